@@ -119,46 +119,62 @@ def _interpolate(nodes, weights):
 
 class _Bucket(eqx.Module):
     lines: jax.Array  # (n_b,) int indices into the line list
-    size: int = eqx.field(static=True)  # cells (fine) or nodes (coarse)
+    size: int = eqx.field(static=True)  # window length: cells (windowed levels) or nodes (top)
+
+
+class _Level(eqx.Module):
+    """One level of the hierarchy: its padded sample wavelengths and its windows.
+
+    Level 0 samples are the pixels; the samples of level l + 1 are the nodes of level l
+    (one every ``h`` samples, node ``i`` at sample ``(i - 1) h``), padded on both sides.
+    """
+
+    wavelength: jax.Array  # (n_cells * h,) float64, padded, increasing
+    buckets: tuple[_Bucket, ...]
+    offset: int = eqx.field(static=True)  # index of the first real sample (pixel or node)
+    n_real: int = eqx.field(static=True)  # number of real samples
 
 
 class Synthesizer(eqx.Module):
     """Precomputed geometry and window plan for fast synthesis on one wavelength grid.
 
-    Built by :func:`plan_windows`; called as ``synth(center, ln_a, ln_sigma, ln_gamma)``.
+    Built by :func:`plan_windows`; called as ``synth(center, ln_a, ln_sigma, ln_gamma)``
+    with (n_lines,) arrays, returning (n_pix,) flux. Levels ``0 .. L-1`` hold windows of
+    ``T - I[S]`` (level 0) or ``S - I[S]`` (higher levels) in cells of ``h`` samples; the
+    top level holds ``S`` itself on its samples.
     """
 
-    pixel_wavelength: jax.Array  # (n_cells, h) float64, padded
-    node_wavelength: jax.Array  # (n_cells + 3,) float64: node i at padded pixel (i-1) h
-    weights: jax.Array  # (h, 4)
-    index_anchor: jax.Array  # (n_knots,) float64 wavelengths of every h-th real pixel
-    index_value: jax.Array  # (n_knots,) padded pixel index of those wavelengths
-    fine: tuple[_Bucket, ...]
-    coarse: tuple[_Bucket, ...]
+    levels: tuple[_Level, ...]
+    weights: jax.Array  # (h, 4) cubic Lagrange weights
     h: int = eqx.field(static=True)
-    pad_cells: int = eqx.field(static=True)
     n_pix: int = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
 
-    def pixel_index(self, center):
-        """Fractional padded pixel index of wavelength ``center`` (linear beyond the ends)."""
-        xa, ya = self.index_anchor, self.index_value
-        inner = jnp.interp(center, xa, ya)
-        lo_slope = (ya[1] - ya[0]) / (xa[1] - xa[0])
-        hi_slope = (ya[-1] - ya[-2]) / (xa[-1] - xa[-2])
-        below = ya[0] + (center - xa[0]) * lo_slope
-        above = ya[-1] + (center - xa[-1]) * hi_slope
-        return jnp.where(center < xa[0], below, jnp.where(center > xa[-1], above, inner))
+    @property
+    def fine(self):
+        """Buckets of the full-resolution level (for diagnostics)."""
+        return self.levels[0].buckets
+
+    @property
+    def coarse(self):
+        """Buckets of every coarser level (for diagnostics)."""
+        return tuple(b for level in self.levels[1:] for b in level.buckets)
+
+    def n_evaluations(self) -> int:
+        """Profile evaluations per spectrum (samples covered by all windows)."""
+        h, total = self.h, 0
+        for depth, level in enumerate(self.levels):
+            per = h if depth < len(self.levels) - 1 else 1
+            total += sum(b.size * per * b.lines.shape[0] for b in level.buckets)
+        return total
 
     def __call__(self, center, ln_amplitude, ln_sigma, ln_gamma):
         dt = jnp.dtype(self.dtype)
-        n_cells, h = self.pixel_wavelength.shape
-        n_nodes = n_cells + 3
+        h = self.h
+        weights = self.weights.astype(dt)
         amp = jnp.exp(ln_amplitude)
-        sigma = jnp.exp(ln_sigma)
-        gamma = jnp.exp(ln_gamma)
-        f = pseudo_voigt_fwhm(sigma, gamma)
-        eta = pseudo_voigt_eta(sigma, gamma)
+        f = pseudo_voigt_fwhm(jnp.exp(ln_sigma), jnp.exp(ln_gamma))
+        eta = pseudo_voigt_eta(jnp.exp(ln_sigma), jnp.exp(ln_gamma))
         # Per-line constants of the two profile components (amplitudes in flux units).
         half = 0.5 * f
         lor_amp = (amp * eta * half / jnp.pi).astype(dt)
@@ -166,36 +182,66 @@ class Synthesizer(eqx.Module):
         gsig = f / _FWHM_PER_SIGMA
         gau_amp = (amp * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))).astype(dt)
         gau_k = (0.5 / (gsig * gsig)).astype(dt)
-        cell = jnp.floor(self.pixel_index(center) / h).astype(jnp.int32)
 
-        def lorentz_log(x2, i):
-            depth = lor_amp[i][..., None] / (x2 + half2[i][..., None])
+        def offsets2(wl, i):
+            x = (wl - center[i].reshape((-1,) + (1,) * (wl.ndim - 1))).astype(dt)
+            return x * x
+
+        def smooth(x2, i):  # S = ln(1 - a eta L(x; f/2))
+            shape = (-1,) + (1,) * (x2.ndim - 1)
+            depth = lor_amp[i].reshape(shape) / (x2 + half2[i].reshape(shape))
             return jnp.log1p(-jnp.minimum(depth, _MAX_DEPTH))
 
-        fine = jnp.zeros((n_cells, h), dt)
-        for b in self.fine:
-            i, m = b.lines, b.size
-            c0 = jnp.clip(cell[i] - m // 2, 0, n_cells - m)
-            x = (_take_windows(self.pixel_wavelength, c0, m) - center[i][:, None, None]).astype(dt)
-            x2 = (x * x).reshape(len(i), m * h)
-            lor = lor_amp[i][:, None] / (x2 + half2[i][:, None])
-            gau = gau_amp[i][:, None] * jnp.exp(-gau_k[i][:, None] * x2)
-            full = jnp.log1p(-jnp.minimum(lor + gau, _MAX_DEPTH)).reshape(len(i), m, h)
-            xn = _take_windows(self.node_wavelength, c0, m + 3) - center[i][:, None]
-            s = lorentz_log((xn * xn).astype(dt), i)  # (n_b, m + 3)
-            interp = _interpolate(s, self.weights.astype(dt))  # (n_b, m, h)
-            fine = _add_windows(fine, c0, full - interp)
+        def full(x2, i):  # T = ln(1 - a V(x))
+            shape = (-1,) + (1,) * (x2.ndim - 1)
+            lor = lor_amp[i].reshape(shape) / (x2 + half2[i].reshape(shape))
+            gau = gau_amp[i].reshape(shape) * jnp.exp(-gau_k[i].reshape(shape) * x2)
+            return jnp.log1p(-jnp.minimum(lor + gau, _MAX_DEPTH))
 
-        coarse = jnp.zeros((n_nodes,), dt)
-        for b in self.coarse:
-            i, k = b.lines, b.size
-            n0 = jnp.clip(cell[i] + 2 - k // 2, 0, n_nodes - k)
-            xn = _take_windows(self.node_wavelength, n0, k) - center[i][:, None]
-            coarse = _add_windows(coarse, n0, lorentz_log((xn * xn).astype(dt), i))
+        sums = []
+        top = len(self.levels) - 1
+        for depth, level in enumerate(self.levels):
+            pos = jnp.searchsorted(level.wavelength, center).astype(jnp.int32)
+            if depth == top:
+                acc = jnp.zeros(level.wavelength.shape, dt)
+                for b in level.buckets:
+                    i, k = b.lines, b.size
+                    n0 = jnp.clip(pos[i] - k // 2, 0, level.wavelength.size - k)
+                    x2 = offsets2(_take_windows(level.wavelength, n0, k), i)
+                    acc = _add_windows(acc, n0, smooth(x2, i))
+                sums.append(acc)
+                break
+            cells = level.wavelength.reshape(-1, h)
+            nodes = self.levels[depth + 1]
+            evaluate = full if depth == 0 else smooth
+            acc = jnp.zeros(cells.shape, dt)
+            for b in level.buckets:
+                i, m = b.lines, b.size
+                c0 = jnp.clip(pos[i] // h - m // 2, 0, cells.shape[0] - m)
+                here = evaluate(offsets2(_take_windows(cells, c0, m), i), i)
+                node_wl = _take_windows(nodes.wavelength, nodes.offset + c0, m + 3)
+                interp = _interpolate(smooth(offsets2(node_wl, i), i), weights)
+                acc = _add_windows(acc, c0, here - interp)
+            sums.append(acc)
 
-        log_flux = fine + _interpolate(coarse, self.weights.astype(dt))
-        start = self.pad_cells * h
-        return jnp.exp(log_flux.reshape(-1)[start : start + self.n_pix])
+        total = sums[top]
+        for depth in range(top - 1, -1, -1):
+            nodes = self.levels[depth + 1]
+            n_cells = sums[depth].shape[0]
+            node_values = total[nodes.offset : nodes.offset + n_cells + 3]
+            total = (sums[depth] + _interpolate(node_values, weights)).reshape(-1)
+        start = self.levels[0].offset
+        return jnp.exp(total[start : start + self.n_pix])
+
+
+def _extend(wl: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Wavelength at (integer) pixel positions, linear beyond the ends."""
+    n = wl.size
+    positions = np.round(positions).astype(np.int64)
+    inner = wl[np.clip(positions, 0, n - 1)]
+    below = wl[0] + (positions - 0) * (wl[1] - wl[0])
+    above = wl[-1] + (positions - (n - 1)) * (wl[-1] - wl[-2])
+    return np.where(positions < 0, below, np.where(positions > n - 1, above, inner))
 
 
 def plan_windows(
@@ -208,10 +254,11 @@ def plan_windows(
     center_span: tuple[np.ndarray, np.ndarray] | None = None,
     tolerance: float = 1e-6,
     cell: int = 16,
+    levels: int | None = None,
     coarse_factor: float = 0.1,
     dtype: str = "float32",
 ) -> Synthesizer:
-    """Choose per-line fine/coarse windows from concrete line parameters.
+    """Choose per-line windows on every level from concrete line parameters.
 
     Args:
         wavelength: (n_pix,) strictly increasing, Å.
@@ -220,9 +267,11 @@ def plan_windows(
         center: (n_lines,) Å, typical centres (used for the local pixel spacing).
         center_span: optional ((n_lines,), (n_lines,)) lowest and highest centre each
             line may take; lines whose wings cannot reach the grid are left out.
-        tolerance: per-line truncation threshold in ln flux for the fine windows.
-        cell: coarse node spacing ``h`` in pixels.
-        coarse_factor: the coarse (Lorentz-wing) windows reach ``coarse_factor ×
+        tolerance: per-line truncation threshold in ln flux for the windowed levels.
+        cell: node spacing ``h`` between levels, in samples of the level below.
+        levels: number of interpolated levels above the pixels (default: 2 for grids of
+            at least 64 h² pixels, else 1).
+        coarse_factor: the top level (the bare Lorentz wings) reaches ``coarse_factor ×
             tolerance``, because x^-2 tails of neighbouring lines add up.
         dtype: float dtype of the profile arithmetic.
 
@@ -233,78 +282,77 @@ def plan_windows(
     n_pix = wl.size
     h = int(cell)
     if h < 2:
-        raise ValueError(f"cell: node spacing must be >= 2 pixels, got {cell}")
+        raise ValueError(f"cell: node spacing must be >= 2 samples, got {cell}")
+    if levels is None:
+        levels = 2 if n_pix >= 64 * h * h else 1
     a, f, eta = line_shape_np(ln_amplitude, ln_sigma, ln_gamma)
     center = np.asarray(center, dtype=np.float64)
     lo_c, hi_c = (center, center) if center_span is None else map(np.asarray, center_span)
-    spacing = np.gradient(wl)
-    dl = np.interp(center, wl, spacing)  # local pixel spacing, Å
-    hl = h * dl  # node spacing at the line, Å
+    dl = np.interp(center, wl, np.gradient(wl))  # local pixel spacing, Å
 
     lor_area = a * eta
     half = 0.5 * f
     gsig = f / _FWHM_PER_SIGMA
     gau_peak = a * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))
     t = tolerance
-    x_gauss = gsig * np.sqrt(2.0 * np.log(np.maximum(gau_peak / t, 1.0)))
-    # Interpolation error of the Lorentzian part: c h^4 S, S ~ 120 A w / (pi x^6).
-    x_interp = (_CUBIC_ERR * 120.0 / math.pi * lor_area * half * hl**4 / t) ** (1.0 / 6.0)
-    x_fine = np.maximum.reduce([x_gauss, x_interp, 4.0 * half, 2.0 * hl])
-    # Lorentz wings decay as x^-2 and the truncated tails of neighbouring lines add up,
-    # so the coarse windows reach a lower threshold than the fine ones.
     x_coarse = np.sqrt(lor_area * half / (math.pi * t * coarse_factor))
 
-    reach = np.maximum(x_coarse, x_fine)
+    def interp_reach(spacing):
+        # Interpolation error of the Lorentz part: c h^4 S, S ~ 120 A w / (pi x^6).
+        reach = (_CUBIC_ERR * 120.0 / math.pi * lor_area * half * spacing**4 / t) ** (1 / 6)
+        return np.maximum(reach, 2.0 * spacing)
+
+    # Window sizes, in cells of h samples, level by level (all lines for now).
+    x_gauss = gsig * np.sqrt(2.0 * np.log(np.maximum(gau_peak / t, 1.0)))
+    x0 = np.maximum.reduce([x_gauss, interp_reach(h * dl), 4.0 * half])
+    sizes = [_round_up(2 * np.ceil(x0 / (h * dl)).astype(np.int64) + 2)]
+    for depth in range(1, levels):
+        spacing = h ** (depth + 1) * dl
+        need = 2 * np.ceil(interp_reach(spacing) / spacing).astype(np.int64) + 2
+        cover = 2 * np.ceil((sizes[-1] // 2 + 4) / h).astype(np.int64) + 2
+        sizes.append(_round_up(np.maximum(need, cover)))
+    top_need = 2 * np.ceil(x_coarse / (h**levels * dl)).astype(np.int64) + 4
+    sizes.append(_round_up(np.maximum(top_need, sizes[-1] + 6)))
+
+    reach = np.maximum(x_coarse, x0)
     keep = (a > 0) & (hi_c + reach >= wl[0]) & (lo_c - reach <= wl[-1])
-    keep &= (gau_peak > t * coarse_factor) | (lor_area / (math.pi * half) > t * coarse_factor)
-    index = np.flatnonzero(keep)
-    m = _round_up(2 * np.ceil(x_fine[index] / hl[index]).astype(np.int64) + 2)
-    k = _round_up(
-        np.maximum(2 * np.ceil(x_coarse[index] / hl[index]).astype(np.int64) + 4, m + 4)
-    )
+    keep &= np.maximum(gau_peak, lor_area / (math.pi * half)) > t * coarse_factor
 
-    n_real_cells = -(-n_pix // h)
-    pad = (int(m.max()) if m.size else 4) // 2 + 4
-    n_cells = n_real_cells + 2 * pad
-    n_nodes = n_cells + 3
-    k = np.minimum(k, n_nodes)  # a window never needs more than every node
-    if np.any(k < m + 4):  # the whole padded range is smaller than a core window
-        raise ValueError(
-            f"wavelength: the grid ({n_pix} pixels) is too short for the widest lines' "
-            "cores; synthesise with LineList.flux_exact instead"
+    # Sample positions of every level, in pixel units relative to real pixel 0.
+    built, first, step, n_real = [], 0.0, 1, n_pix
+    for depth in range(levels + 1):
+        window = sizes[depth][keep]
+        widest = int(window.max()) if window.size else 4
+        if depth == levels:
+            # The top level may clip its windows at the ends: it is exact wherever it
+            # evaluates, and clipping keeps the nodes the level below used (K >= m + 6).
+            pad = 4
+            n_samples = n_real + 2 * pad
+            chosen = np.minimum(sizes[depth], n_samples)
+            inside = keep
+        else:
+            # Windowed levels pad by a full widest window, so that every line whose
+            # window could touch a real sample has its whole window inside the array.
+            pad_cells = widest + 4
+            n_cells = -(-n_real // h) + 2 * pad_cells
+            pad, n_samples = pad_cells * h, n_cells * h
+            chosen = np.minimum(sizes[depth], n_cells)
+            margin = (pad_cells - chosen // 2 - 1) * h * step * dl  # Å, no-clip zone
+            inside = keep & (hi_c >= wl[0] - margin) & (lo_c <= wl[-1] + margin)
+        positions = first + step * (np.arange(n_samples) - pad)
+        index = np.flatnonzero(inside)
+        buckets = tuple(
+            _Bucket(jnp.asarray(index[chosen[index] == size], dtype=jnp.int32), int(size))
+            for size in np.unique(chosen[index])
         )
-
-    # Padded pixel wavelengths: linear extension with the end spacings; one extra cell
-    # each side so that every node (padded pixel (i - 1) h) has a wavelength.
-    n_tail = n_cells * h - pad * h - n_pix
-    ext = np.concatenate(
-        [
-            wl[0] - spacing[0] * np.arange(pad * h + h, 0, -1),
-            wl,
-            wl[-1] + spacing[-1] * np.arange(1, n_tail + 3 * h + 1),
-        ]
-    )
-    padded = ext[h : h + n_cells * h]
-    node_wl = ext[np.arange(n_nodes) * h]
-
-    knots = np.unique(np.concatenate([np.arange(0, n_pix, h), [n_pix - 1]]))
-
-    def buckets(sizes):
-        return tuple(
-            _Bucket(jnp.asarray(index[sizes == size], dtype=jnp.int32), int(size))
-            for size in np.unique(sizes)
-        )
-
+        built.append(_Level(jnp.asarray(_extend(wl, positions)), buckets, pad, n_real))
+        # The nodes of this level (node i at sample (i - 1) h) are the next level's
+        # real samples.
+        first, step, n_real = positions[0] - step * h, step * h, n_samples // h + 3
     return Synthesizer(
-        pixel_wavelength=jnp.asarray(padded.reshape(n_cells, h)),
-        node_wavelength=jnp.asarray(node_wl),
+        levels=tuple(built),
         weights=jnp.asarray(_cubic_weights(h)),
-        index_anchor=jnp.asarray(wl[knots]),
-        index_value=jnp.asarray(knots + pad * h, dtype=jnp.float64),
-        fine=buckets(m),
-        coarse=buckets(k),
         h=h,
-        pad_cells=pad,
         n_pix=n_pix,
         dtype=dtype,
     )
