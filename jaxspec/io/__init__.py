@@ -1,0 +1,27 @@
+"""File formats: everything in jaxspec that reads or writes files lives here.
+
+- :mod:`jaxspec.io.grid_hdf5`: the jaxspec-grid HDF5 format (``read_grid_hdf5``,
+  ``write_grid_hdf5``, the streaming ``GridWriter``).
+- :mod:`jaxspec.io.phoenix`: PHOENIX-ACES-AGSS-COND-2011 HiRes FITS import
+  (``read_phoenix_grid``, ``read_phoenix_spectrum``).
+"""
+
+from jaxspec.io.grid_hdf5 import GridWriter, read_grid_hdf5, write_grid_hdf5
+from jaxspec.io.phoenix import (
+    PhoenixSpectrum,
+    phoenix_filename,
+    read_phoenix_grid,
+    read_phoenix_spectrum,
+    read_phoenix_wavelength,
+)
+
+__all__ = [
+    "GridWriter",
+    "PhoenixSpectrum",
+    "phoenix_filename",
+    "read_grid_hdf5",
+    "read_phoenix_grid",
+    "read_phoenix_spectrum",
+    "read_phoenix_wavelength",
+    "write_grid_hdf5",
+]
