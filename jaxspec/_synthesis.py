@@ -112,9 +112,23 @@ def _add_windows(array, start, updates):
 
 
 def _interpolate(nodes, weights):
-    """Cubic interpolation from nodes (..., n + 3) to cells (..., n, h); see module doc."""
+    """Cubic interpolation from nodes (..., n + 3) to cells (..., n, h); see module doc.
+
+    ``weights`` is (h, 4) for index-space interpolation shared by every cell, or
+    (..., n, h, 4) with one set per cell (wavelength-space Lagrange weights).
+    """
     n = nodes.shape[-1] - 3
-    return sum(nodes[..., k : k + n, None] * weights[:, k] for k in range(4))
+    return sum(nodes[..., k : k + n, None] * weights[..., k] for k in range(4))
+
+
+def _lagrange_weights(x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Cubic Lagrange weights of ``nodes`` (n, 4) at points ``x`` (n, h) → (n, h, 4)."""
+    w = np.ones(x.shape + (4,))
+    for k in range(4):
+        for j in range(4):
+            if j != k:
+                w[..., k] *= (x - nodes[:, j, None]) / (nodes[:, k, None] - nodes[:, j, None])
+    return w
 
 
 class _Bucket(eqx.Module):
@@ -131,6 +145,9 @@ class _Level(eqx.Module):
 
     wavelength: jax.Array  # (n_cells * h,) float64, padded, increasing
     buckets: tuple[_Bucket, ...]
+    # (n_cells, h, 4) wavelength-space weights from the next level's nodes, on grids
+    # whose spacing is not smooth in pixel index (else None: shared index weights).
+    cell_weights: jax.Array | None
     offset: int = eqx.field(static=True)  # index of the first real sample (pixel or node)
     n_real: int = eqx.field(static=True)  # number of real samples
 
@@ -220,7 +237,10 @@ class Synthesizer(eqx.Module):
                 c0 = jnp.clip(pos[i] // h - m // 2, 0, cells.shape[0] - m)
                 here = evaluate(offsets2(_take_windows(cells, c0, m), i), i)
                 node_wl = _take_windows(nodes.wavelength, nodes.offset + c0, m + 3)
-                interp = _interpolate(smooth(offsets2(node_wl, i), i), weights)
+                w = weights if level.cell_weights is None else _take_windows(
+                    level.cell_weights.astype(dt), c0, m
+                )
+                interp = _interpolate(smooth(offsets2(node_wl, i), i), w)
                 acc = _add_windows(acc, c0, here - interp)
             sums.append(acc)
 
@@ -229,7 +249,9 @@ class Synthesizer(eqx.Module):
             nodes = self.levels[depth + 1]
             n_cells = sums[depth].shape[0]
             node_values = total[nodes.offset : nodes.offset + n_cells + 3]
-            total = (sums[depth] + _interpolate(node_values, weights)).reshape(-1)
+            level = self.levels[depth]
+            w = weights if level.cell_weights is None else level.cell_weights.astype(dt)
+            total = (sums[depth] + _interpolate(node_values, w)).reshape(-1)
         start = self.levels[0].offset
         return jnp.exp(total[start : start + self.n_pix])
 
@@ -319,6 +341,8 @@ def plan_windows(
     keep &= np.maximum(gau_peak, lor_area / (math.pi * half)) > t * coarse_factor
 
     # Sample positions of every level, in pixel units relative to real pixel 0.
+    steps = np.diff(wl)
+    smooth_grid = bool(np.all(np.abs(np.diff(steps) / steps[:-1]) < 1e-3)) if n_pix > 2 else True
     built, first, step, n_real = [], 0.0, 1, n_pix
     for depth in range(levels + 1):
         window = sizes[depth][keep]
@@ -345,12 +369,25 @@ def plan_windows(
             _Bucket(jnp.asarray(index[chosen[index] == size], dtype=jnp.int32), int(size))
             for size in np.unique(chosen[index])
         )
-        built.append(_Level(jnp.asarray(_extend(wl, positions)), buckets, pad, n_real))
+        built.append([_extend(wl, positions), buckets, pad, n_real])
         # The nodes of this level (node i at sample (i - 1) h) are the next level's
         # real samples.
         first, step, n_real = positions[0] - step * h, step * h, n_samples // h + 3
+    levels_out = []
+    for depth, (level_wl, buckets, pad, n_real) in enumerate(built):
+        cell_weights = None
+        if not smooth_grid and depth < levels:
+            # Kinks in the pixel spacing: interpolate in wavelength, not in pixel index.
+            nxt_wl, _, nxt_pad, _ = built[depth + 1]
+            n_cells = level_wl.size // h
+            node_wl = nxt_wl[nxt_pad : nxt_pad + n_cells + 3]
+            corners = np.stack([node_wl[k : k + n_cells] for k in range(4)], axis=1)
+            cell_weights = jnp.asarray(
+                _lagrange_weights(level_wl.reshape(n_cells, h), corners), dtype=dtype
+            )
+        levels_out.append(_Level(jnp.asarray(level_wl), buckets, cell_weights, pad, n_real))
     return Synthesizer(
-        levels=tuple(built),
+        levels=tuple(levels_out),
         weights=jnp.asarray(_cubic_weights(h)),
         h=h,
         n_pix=n_pix,
