@@ -10,7 +10,9 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from jaxspec import profiles  # noqa: E402
+from jaxspec.grid import SpectralGrid  # noqa: E402
 from jaxspec.lines import LineList  # noqa: E402
+from jaxspec.synthetic import synthetic_grid, synthetic_line_list  # noqa: E402
 
-__all__ = ["LineList", "profiles"]
+__all__ = ["LineList", "SpectralGrid", "profiles", "synthetic_grid", "synthetic_line_list"]
 __version__ = "0.1.0"
