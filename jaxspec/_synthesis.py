@@ -29,6 +29,7 @@ of equal size so that every bucket is one dense gather/evaluate/scatter-add.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -60,6 +61,38 @@ _SIZES = _window_sizes()
 
 def _round_up(n: np.ndarray) -> np.ndarray:
     return _SIZES[np.searchsorted(_SIZES, np.maximum(n, _SIZES[0]))]
+
+
+def _merge_sizes(sizes: np.ndarray, keep: np.ndarray, max_buckets: int) -> np.ndarray:
+    """Round window sizes up into at most ``max_buckets`` distinct values.
+
+    Partitions the sorted distinct sizes of the kept lines into contiguous groups, each
+    taking its largest size, minimising the total evaluated size (dynamic programming).
+    """
+    values, counts = np.unique(sizes[keep], return_counts=True)
+    n, b = values.size, max(1, int(max_buckets))
+    if n <= b:
+        return sizes
+    # cost[i][j]: lines with sizes values[i..j] all evaluated at values[j].
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    best = np.full((b + 1, n + 1), np.inf)
+    cut = np.zeros((b + 1, n + 1), dtype=int)
+    best[0, 0] = 0.0
+    for g in range(1, b + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                c = best[g - 1, i] + (cum[j] - cum[i]) * values[j - 1]
+                if c < best[g, j]:
+                    best[g, j], cut[g, j] = c, i
+    g = int(np.argmin(best[:, n]))
+    tops, j = [], n
+    while j > 0:
+        tops.append(values[j - 1])
+        j, g = cut[g, j], g - 1
+    tops = np.sort(np.array(tops))
+    merged = sizes.copy()
+    merged[keep] = tops[np.searchsorted(tops, sizes[keep])]
+    return merged
 
 
 def _cubic_weights(h: int) -> np.ndarray:
@@ -278,6 +311,7 @@ def plan_windows(
     cell: int = 16,
     levels: int | None = None,
     coarse_factor: float = 0.1,
+    max_buckets: int = 4,
     dtype: str = "float32",
 ) -> Synthesizer:
     """Choose per-line windows on every level from concrete line parameters.
@@ -295,6 +329,8 @@ def plan_windows(
             at least 64 h² pixels, else 1).
         coarse_factor: the top level (the bare Lorentz wings) reaches ``coarse_factor ×
             tolerance``, because x^-2 tails of neighbouring lines add up.
+        max_buckets: most distinct window sizes per level (each is one gather/evaluate/
+            scatter block: fewer blocks compile faster, more waste less work).
         dtype: float dtype of the profile arithmetic.
 
     Returns:
@@ -324,21 +360,24 @@ def plan_windows(
         reach = (_CUBIC_ERR * 120.0 / math.pi * lor_area * half * spacing**4 / t) ** (1 / 6)
         return np.maximum(reach, 2.0 * spacing)
 
-    # Window sizes, in cells of h samples, level by level (all lines for now).
     x_gauss = gsig * np.sqrt(2.0 * np.log(np.maximum(gau_peak / t, 1.0)))
     x0 = np.maximum.reduce([x_gauss, interp_reach(h * dl), 4.0 * half])
-    sizes = [_round_up(2 * np.ceil(x0 / (h * dl)).astype(np.int64) + 2)]
+    reach = np.maximum(x_coarse, x0)
+    keep = (a > 0) & (hi_c + reach >= wl[0]) & (lo_c - reach <= wl[-1])
+    keep &= np.maximum(gau_peak, lor_area / (math.pi * half)) > t * coarse_factor
+
+    # Window sizes, in cells of h samples, level by level; each level's sizes are merged
+    # into at most `max_buckets` distinct values (fewer gathers: faster compiles) before
+    # the next level's coverage is derived from them.
+    merge = functools.partial(_merge_sizes, keep=keep, max_buckets=max_buckets)
+    sizes = [merge(_round_up(2 * np.ceil(x0 / (h * dl)).astype(np.int64) + 2))]
     for depth in range(1, levels):
         spacing = h ** (depth + 1) * dl
         need = 2 * np.ceil(interp_reach(spacing) / spacing).astype(np.int64) + 2
         cover = 2 * np.ceil((sizes[-1] // 2 + 4) / h).astype(np.int64) + 2
-        sizes.append(_round_up(np.maximum(need, cover)))
+        sizes.append(merge(_round_up(np.maximum(need, cover))))
     top_need = 2 * np.ceil(x_coarse / (h**levels * dl)).astype(np.int64) + 4
-    sizes.append(_round_up(np.maximum(top_need, sizes[-1] + 6)))
-
-    reach = np.maximum(x_coarse, x0)
-    keep = (a > 0) & (hi_c + reach >= wl[0]) & (lo_c - reach <= wl[-1])
-    keep &= np.maximum(gau_peak, lor_area / (math.pi * half)) > t * coarse_factor
+    sizes.append(merge(_round_up(np.maximum(top_need, sizes[-1] + 6))))
 
     # Sample positions of every level, in pixel units relative to real pixel 0.
     steps = np.diff(wl)

@@ -1,0 +1,301 @@
+r"""The main job, end to end on the embedded synthetic grid (``jaxspec demo``).
+
+1. synthesise the grid (:func:`jaxspec.synthetic.synthetic_grid`);
+2. clone every spectrum into pseudo-Voigt lines (:func:`jaxspec.clone.clone_grid`);
+3. identify lines across the grid and build the line emulator (blase3D sect. 3);
+4. draw test stars *between* grid nodes (never seen by the build), synthesise their
+   spectra with the same physics (:func:`jaxspec.synthetic.synthetic_line_list`) and add
+   Gaussian noise at S/N 100;
+5. infer Teff, log g, [Fe/H] with Bayesian optimisation (the paper's method), gradient
+   MAP with Laplace errors, and NUTS posteriors;
+6. print and write (ECSV) a table of errors per method and Teff regime (< 7000 K and
+   ≥ 7000 K, as the paper), with seconds per star, plus plots (PNG).
+
+Every step is timed; the whole job at ``size="default"`` is meant to finish within
+10 minutes on 2 CPU cores. Intermediate files (grid, clone store, emulator) are kept in
+the output folder; a rerun resumes the clone store instead of starting over.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DemoConfig", "run_demo", "test_stars"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo does at one size (test stars, inference budgets)."""
+
+    n_stars: int  # test stars between grid nodes
+    n_nuts: int  # of those, how many also get NUTS posteriors
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    n_random: int  # BO random evaluations (paper: 100)
+    n_guided: int  # BO guided evaluations (paper: 20)
+    snr: float = 100.0
+
+
+CONFIGS = {
+    "tiny": DemoConfig(n_stars=3, n_nuts=1, num_warmup=150, num_samples=150, num_chains=2,
+                       n_random=40, n_guided=10),
+    "default": DemoConfig(n_stars=10, n_nuts=4, num_warmup=300, num_samples=300,
+                          num_chains=2, n_random=100, n_guided=20),
+}
+
+
+def test_stars(grid, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` parameter vectors strictly between grid nodes, spread over Teff.
+
+    Teff is stratified over the grid's range (half below and half above 7000 K when the
+    grid spans both regimes); every coordinate is placed mid-way between two neighbouring
+    node values, jittered by ±20 % of the cell, so no test star sits on a node.
+
+    Args:
+        grid: the :class:`~jaxspec.grid.SpectralGrid` the emulator is built from.
+        n: number of stars.
+        seed: random seed.
+
+    Returns:
+        (n, n_params) parameters in ``grid.param_names`` order.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, len(grid.param_names)))
+    for j, name in enumerate(grid.param_names):
+        axis = grid.axes[name]
+        n_cells = axis.size - 1
+        if name == "teff":
+            # Stratify cells over the range so both regimes are represented.
+            cells = np.round(np.linspace(0, n_cells - 1, n)).astype(int)
+        else:
+            cells = rng.integers(0, n_cells, n)
+        frac = 0.5 + rng.uniform(-0.2, 0.2, n)
+        out[:, j] = axis[cells] + frac * (axis[cells + 1] - axis[cells])
+    return out
+
+
+def _log(msg: str, t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
+
+
+def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int = 0,
+             progress: bool = True):
+    """Run the whole pipeline on the embedded grid and write results to ``out``.
+
+    Args:
+        size: ``"tiny"`` (seconds; used by the tests) or ``"default"`` (the demo).
+        out: output folder (created): ``grid.h5``, ``clones.h5``, ``emulator.h5``,
+            ``results.ecsv`` (one row per star and method), ``summary.ecsv`` (errors per
+            method and regime), ``fit.png``, ``errors.png``, ``corner.png``.
+        seed: seed of the test stars and their noise.
+        progress: progress bars on long steps.
+
+    Returns:
+        ``(results, summary)`` astropy Tables.
+    """
+    import jax
+    from astropy.table import Table, vstack
+
+    from jaxspec.clone import clone_grid
+    from jaxspec.identify import identify_store
+    from jaxspec.infer import bayes_opt, fit_map, results_table, sample_nuts
+    from jaxspec.io.clone_store import CloneStore
+    from jaxspec.line_emulator import LineEmulator
+    from jaxspec.synthetic import synthetic_grid, synthetic_line_list
+
+    if size not in CONFIGS:
+        raise ValueError(f"size: expected one of {sorted(CONFIGS)}, got {size!r}")
+    cfg = CONFIGS[size]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    timings = {}
+
+    def step(name, t_start):
+        timings[name] = time.perf_counter() - t_start
+
+    t = time.perf_counter()
+    grid = synthetic_grid(size, progress=progress)
+    grid.to_hdf5(out / "grid.h5", overwrite=True)
+    step("synthesise grid", t)
+    _log(f"grid: {grid.n_nodes} spectra x {grid.n_pix} px "
+         f"({grid.wavelength[0]:.1f}-{grid.wavelength[-1]:.1f} Å)", t0)
+
+    t = time.perf_counter()
+    store = clone_grid(grid, out=out / "clones.h5", progress=progress,
+                       grid_file=out / "grid.h5")
+    if not isinstance(store, CloneStore):
+        store = CloneStore.open(store)
+    step("clone grid", t)
+    rms = np.array([node.residual_rms for node in store.iter_nodes()])
+    _log(f"cloned {rms.size} spectra: median residual RMS {np.median(rms):.2e}", t0)
+
+    t = time.perf_counter()
+    ident = identify_store([store])
+    emulator = LineEmulator.from_identification(ident)
+    emulator.save(out / "emulator.h5", overwrite=True)
+    step("build emulator", t)
+    _log(f"emulator: {emulator.n_lines} lines; " + ident.summary().splitlines()[0], t0)
+
+    truth = test_stars(grid, cfg.n_stars, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    clean = np.stack([
+        np.asarray(synthetic_line_list(*p, size=size).flux(grid.wavelength)) for p in truth
+    ])
+    sigma = np.full_like(clean, 1.0 / cfg.snr)
+    noisy = clean + rng.normal(0.0, 1.0, clean.shape) * sigma
+    labels = [f"star{i:02d}" for i in range(cfg.n_stars)]
+    _log(f"{cfg.n_stars} test stars between nodes, S/N {cfg.snr:g}", t0)
+
+    tables = []
+    t = time.perf_counter()
+    bo = bayes_opt(emulator, noisy, sigma, n_random=cfg.n_random, n_guided=cfg.n_guided,
+                   progress=progress)
+    step("bayes_opt", t)
+    tables.append(results_table(bo, emulator.param_names, files=labels, method="bo",
+                                seconds=timings["bayes_opt"] / cfg.n_stars))
+    _log(f"BO done ({timings['bayes_opt'] / cfg.n_stars:.2f} s per star)", t0)
+
+    t = time.perf_counter()
+    mp = fit_map(emulator, noisy, sigma, progress=progress)
+    step("fit_map", t)
+    tables.append(results_table(mp, emulator.param_names, files=labels, method="map",
+                                seconds=timings["fit_map"] / cfg.n_stars))
+    _log(f"MAP done ({timings['fit_map'] / cfg.n_stars:.2f} s per star)", t0)
+
+    nuts_rows, posterior = [], None
+    t = time.perf_counter()
+    for i in range(cfg.n_nuts):
+        res = sample_nuts(emulator, noisy[i], sigma[i], num_warmup=cfg.num_warmup,
+                          num_samples=cfg.num_samples, num_chains=cfg.num_chains,
+                          key=jax.random.PRNGKey(i), progress=False)
+        nuts_rows.append(res)
+        if posterior is None:
+            posterior = res
+    step("sample_nuts", t)
+    if nuts_rows:
+        tables.append(results_table(nuts_rows, emulator.param_names,
+                                    files=labels[: cfg.n_nuts], method="nuts",
+                                    seconds=timings["sample_nuts"] / cfg.n_nuts))
+        _log(f"NUTS done ({timings['sample_nuts'] / cfg.n_nuts:.1f} s per star)", t0)
+
+    results = vstack(tables)
+    truth_of = dict(zip(labels, truth))
+    for j, name in enumerate(emulator.param_names):
+        results[f"{name}_true"] = [truth_of[f][j] for f in results["file"]]
+        results[f"{name}_error"] = results[name] - results[f"{name}_true"]
+    results.write(out / "results.ecsv", overwrite=True)
+
+    summary = _summary(results, emulator.param_names)
+    summary.write(out / "summary.ecsv", overwrite=True)
+    timing_table = Table({"step": list(timings), "seconds": [round(v, 2) for v in timings.values()]})
+    timing_table.write(out / "timings.ecsv", overwrite=True)
+
+    _plots(out, emulator, grid, noisy, sigma, labels, results, posterior)
+    print()
+    print("Mean |error| (median, std) per method and regime; seconds per star:")
+    summary.pprint(max_lines=-1, max_width=-1)
+    print()
+    timing_table.pprint(max_lines=-1)
+    _log(f"total; wrote {out}/results.ecsv, summary.ecsv, timings.ecsv and plots", t0)
+    return results, summary
+
+
+def _summary(results, param_names):
+    """Mean/median/std of |error| per method and Teff regime, and seconds per star."""
+    from astropy.table import Table
+
+    rows = []
+    teff_true = np.asarray(results["teff_true"]) if "teff_true" in results.colnames else None
+    for method in dict.fromkeys(results["method"]):
+        sel_m = np.asarray(results["method"]) == method
+        regimes = [("all", np.ones_like(sel_m))]
+        if teff_true is not None:
+            regimes = [("Teff < 7000 K", teff_true < 7000), ("Teff >= 7000 K", teff_true >= 7000)]
+        for regime, sel_r in regimes:
+            sel = sel_m & sel_r
+            if not sel.any():
+                continue
+            row = {"method": method, "regime": regime, "n": int(sel.sum())}
+            for name in param_names:
+                err = np.abs(np.asarray(results[f"{name}_error"])[sel])
+                row[f"{name}_mean"] = float(np.mean(err))
+                row[f"{name}_median"] = float(np.median(err))
+                row[f"{name}_std"] = float(np.std(err))
+            row["seconds"] = float(np.mean(np.asarray(results["seconds"])[sel]))
+            row["converged"] = int(np.sum(np.asarray(results["converged"])[sel]))
+            rows.append(row)
+    table = Table(rows=rows)
+    for col in table.colnames:
+        if table[col].dtype.kind == "f":
+            table[col].format = ".3g"
+    return table
+
+
+def _plots(out, emulator, grid, flux, sigma, labels, results, posterior) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = emulator.param_names
+    # Fit of the first star by MAP: data, model, residual.
+    row = [r for r in results if r["method"] == "map" and r["file"] == labels[0]][0]
+    params = np.array([row[n] for n in names])
+    model = np.asarray(emulator(params))
+    wl = grid.wavelength
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(11, 5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax0.plot(wl, flux[0], lw=0.5, color="k", label="test star (S/N 100)")
+    ax0.plot(wl, model, lw=0.7, color="C1", label="emulator at MAP")
+    ax0.legend(loc="lower left")
+    ax0.set_ylabel("normalised flux")
+    truth = ", ".join(f"{n}={row[n + '_true']:.4g}" for n in names)
+    fit = ", ".join(f"{n}={row[n]:.4g}±{row[n + '_err']:.2g}" for n in names)
+    ax0.set_title(f"{labels[0]}: true {truth}\nMAP {fit}", fontsize=9)
+    ax1.plot(wl, flux[0] - model, lw=0.5, color="k")
+    ax1.set_ylabel("residual")
+    ax1.set_xlabel("wavelength [Å]")
+    fig.savefig(out / "fit.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    # Errors against true Teff per method.
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+    for ax, name in zip(np.atleast_1d(axes), names):
+        for k, method in enumerate(dict.fromkeys(results["method"])):
+            sel = np.asarray(results["method"]) == method
+            ax.scatter(np.asarray(results["teff_true"])[sel],
+                       np.asarray(results[f"{name}_error"])[sel], s=14, label=method,
+                       color=f"C{k}")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("true Teff [K]")
+        ax.set_title(f"{name} error")
+    np.atleast_1d(axes)[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "errors.png", dpi=120)
+    plt.close(fig)
+
+    if posterior is not None:
+        samples = np.stack([np.ravel(posterior.samples[n]) for n in names], axis=1)
+        fig, axes = plt.subplots(len(names), len(names), figsize=(7, 7))
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax = axes[i, j]
+                if j > i:
+                    ax.axis("off")
+                elif i == j:
+                    ax.hist(samples[:, i], bins=30, color="k", histtype="step")
+                else:
+                    ax.plot(samples[:, j], samples[:, i], ",", color="k", alpha=0.4)
+                if i == len(names) - 1:
+                    ax.set_xlabel(names[j])
+                if j == 0 and i > 0:
+                    ax.set_ylabel(names[i])
+        fig.suptitle(f"{labels[0]}: NUTS posterior")
+        fig.savefig(out / "corner.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
