@@ -42,8 +42,8 @@ class DemoConfig:
 
 
 CONFIGS = {
-    "tiny": DemoConfig(n_stars=3, n_nuts=1, num_warmup=150, num_samples=150, num_chains=2,
-                       n_random=40, n_guided=10),
+    "tiny": DemoConfig(n_stars=2, n_nuts=1, num_warmup=100, num_samples=100, num_chains=2,
+                       n_random=30, n_guided=5),
     "default": DemoConfig(n_stars=10, n_nuts=4, num_warmup=300, num_samples=300,
                           num_chains=2, n_random=100, n_guided=20),
 }
