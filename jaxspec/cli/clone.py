@@ -1,0 +1,236 @@
+"""``jaxspec clone GRID | info | plot``: clone grid spectra into line lists, inspect, plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from jaxspec.cli._common import matplotlib_pyplot, parse_range, save_figure
+
+_ACTIONS = ("info", "plot")
+
+_DESCRIPTION = """\
+Clone every spectrum of a continuum-normalised grid into a pseudo-Voigt line list (the
+blase method, blase3D paper Sect. 2.3), or inspect a clone store.
+
+  jaxspec clone GRID.h5 --out CLONES.h5 [options]   clone (resumable: rerun to continue)
+  jaxspec clone info CLONES.h5                       nodes done, lines per node, residuals
+  jaxspec clone plot CLONES.h5 --teff T --logg G --feh Z --out FIG.png [--grid GRID.h5]
+                                                     spectrum, clone and residual at one
+                                                     node, and FIG_lines.png: lines per
+                                                     node over the first two axes
+
+The first positional is an action when it is "info" or "plot", otherwise the grid file.
+Defaults are the blase3D paper's: prominence 0.005, wing cut 6000 px, 100 epochs, Adam
+learning rate 0.05.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "clone",
+        help="clone grid spectra into line lists (blase); info/plot a clone store",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="GRID|info|plot",
+                   help="grid file to clone, or the action info/plot")
+    p.add_argument("store", nargs="?", metavar="CLONES",
+                   help="clone store (for info and plot)")
+    g = p.add_argument_group("cloning (GRID)")
+    g.add_argument("--out", help="clone store to write (GRID), or figure file (plot)")
+    g.add_argument("--prominence", type=float, default=0.005,
+                   help="minimum line depth (prominence) in normalised flux (0.005)")
+    g.add_argument("--wing-cut", type=int, default=6000,
+                   help="longest window, in pixels, a line is evaluated over (6000)")
+    g.add_argument("--epochs", type=int, default=100, help="Adam steps per pass (100)")
+    g.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (0.05)")
+    g.add_argument("--passes", type=int, choices=(1, 2), default=2,
+                   help="2: re-detect lines in the residual and refit (default); 1: the "
+                   "paper's single pass")
+    g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
+    g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
+    g.add_argument("--overwrite-settings", action="store_true",
+                   help="continue a store cloned with different settings")
+    g.add_argument("--no-resume", action="store_true",
+                   help="refuse to continue an existing store")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    q = p.add_argument_group("plot")
+    q.add_argument("--teff", type=float)
+    q.add_argument("--logg", type=float)
+    q.add_argument("--feh", type=float)
+    q.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="other parameters of grids not in teff/logg/feh (repeatable)")
+    q.add_argument("--grid", help="grid file with the spectra (default: the store's "
+                   "grid_file attribute)")
+    q.add_argument("--wavelength", type=parse_range, help="Å range to show, LO:HI")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.target in _ACTIONS:
+        if args.store is None:
+            raise ValueError(f"`jaxspec clone {args.target}` needs a clone store: "
+                             f"jaxspec clone {args.target} CLONES.h5")
+        return _info(args) if args.target == "info" else _plot(args)
+    if args.store is not None:
+        raise ValueError(
+            f"unexpected argument {args.store!r}: clone with `jaxspec clone GRID.h5 --out "
+            "CLONES.h5`, or use the actions info/plot"
+        )
+    return _clone(args)
+
+
+def _clone(args: argparse.Namespace) -> int:
+    from jaxspec.clone import clone_grid
+
+    if not args.out:
+        raise ValueError("`jaxspec clone GRID.h5` needs --out CLONES.h5")
+    grid_path = Path(args.target)
+    if not grid_path.exists():
+        raise FileNotFoundError(f"{grid_path}: no such grid file")
+    store = clone_grid(
+        grid_path, args.out, prominence=args.prominence, wing_cut=args.wing_cut,
+        epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
+        batch_size=args.batch_size, resume=not args.no_resume,
+        overwrite_settings=args.overwrite_settings, progress=not args.quiet,
+        max_nodes=args.max_nodes,
+    )
+    print(f"wrote {args.out}: {store.n_done}/{int(store.mask.size)} nodes cloned"
+          + _line_summary(store))
+    return 0
+
+
+def _line_summary(store) -> str:
+    if store.n_done == 0:
+        return ""
+    n = store.n_lines[store.mask]
+    rms = store.residual_rms[store.mask]
+    return (f"; lines per node {n.min()}/{int(np.median(n))}/{n.max()} (min/median/max); "
+            f"residual RMS median {np.median(rms):.2g}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from jaxspec.io.clone_store import CloneStore
+
+    store = CloneStore(args.store)
+    size = Path(args.store).stat().st_size / 2**20
+    total = int(store.mask.size)
+    print(f"{args.store} ({size:.1f} MiB): jaxspec clone store")
+    axes = ", ".join(f"{n} {a[0]:g}..{a[-1]:g} ({a.size})" for n, a in store.axes.items())
+    wl = store.wavelength
+    print(f"  grid: {axes}; {wl.size} px, {wl[0]:.2f}-{wl[-1]:.2f} Å"
+          + (f"; from {store.grid_file}" if store.grid_file else ""))
+    print("  settings: " + ", ".join(f"{k}={v:g}" for k, v in store.settings.items()))
+    print(f"  nodes: {store.n_done}/{total} cloned"
+          + (f", {len(store.incomplete)} incomplete (redo with resume)"
+             if store.incomplete else ""))
+    if store.n_done:
+        n = store.n_lines[store.mask]
+        rms = store.residual_rms[store.mask]
+        print(f"  lines per node: min {n.min()}, median {np.median(n):g}, max {n.max()}; "
+              f"total {n.sum()}")
+        p90 = np.percentile(rms, 90)
+        print(f"  residual RMS: min {rms.min():.3g}, median {np.median(rms):.3g}, "
+              f"90th percentile {p90:.3g}, max {rms.max():.3g}")
+        worst = np.unravel_index(np.nanargmax(np.where(store.mask, store.residual_rms,
+                                                       -np.inf)), store.shape)
+        print("  worst node: " + ", ".join(
+            f"{k}={v:g}" for k, v in zip(store.param_names, store.node_params(worst))))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from jaxspec.grid import SpectralGrid
+    from jaxspec.io.clone_store import CloneStore
+
+    if not args.out:
+        raise ValueError("`jaxspec clone plot` needs --out FIG.png")
+    store = CloneStore(args.store)
+    params = {n: getattr(args, n) for n in ("teff", "logg", "feh")
+              if getattr(args, n) is not None}
+    for item in args.param:
+        name, _, value = item.partition("=")
+        params[name] = float(value)
+    index = store.index(**params)
+    node = store.read_node(index)
+    grid_file = args.grid or store.grid_file
+    if not grid_file:
+        raise ValueError(f"{args.store} records no grid file; pass --grid GRID.h5")
+    if not Path(grid_file).exists():
+        raise FileNotFoundError(f"grid file {grid_file} not found; pass --grid GRID.h5")
+    wl = store.wavelength
+    lo, hi = args.wavelength if args.wavelength is not None else (wl[0], wl[-1])
+    keep = (wl >= lo) & (wl <= hi)
+    if not keep.any():
+        raise ValueError(f"--wavelength {lo:g}:{hi:g} selects no pixel of {args.store} "
+                         f"({wl[0]:.2f}-{wl[-1]:.2f} Å)")
+    grid = SpectralGrid.from_hdf5(grid_file, wavelength=(float(wl[keep][0]),
+                                                         float(wl[keep][-1])), **{
+        n: (v, v) for n, v in zip(store.param_names, node.params)})
+    flux = grid.flux.reshape(-1)
+    wl = grid.wavelength
+    model = np.asarray(store.lines(index).flux(wl))
+    label = ", ".join(f"{k}={v:g}" for k, v in zip(store.param_names, node.params))
+
+    plt = matplotlib_pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(11, 7), sharex=True,
+                             gridspec_kw={"height_ratios": [2, 2, 1]})
+    axes[0].plot(wl, flux, lw=0.6, color="k")
+    axes[0].set_ylabel("grid spectrum")
+    axes[0].set_title(f"{Path(args.store).name}: {label}; {node.n_lines} lines, "
+                      f"residual RMS {node.residual_rms:.2g}")
+    axes[1].plot(wl, model, lw=0.6, color="C3")
+    inside = (node.center >= wl[0]) & (node.center <= wl[-1])
+    axes[1].plot(node.center[inside], np.full(inside.sum(), 1.02), "|", color="C0", ms=5)
+    axes[1].set_ylabel("clone (line list)")
+    axes[2].plot(wl, flux - model, lw=0.6, color="C2")
+    axes[2].axhline(0.0, color="0.5", lw=0.5)
+    axes[2].set_ylabel("spectrum − clone")
+    axes[2].set_xlabel("wavelength [Å]")
+    out = save_figure(fig, args.out)
+    plt.close(fig)
+    lines_out = save_figure(_lines_map(plt, store), out.with_name(out.stem + "_lines"
+                                                                  + out.suffix))
+    print(f"wrote {out} and {lines_out}")
+    return 0
+
+
+def _lines_map(plt, store):
+    """Lines per node over the first two axes, one panel per value of the third (blase3D
+    fig. 2); further axes at their first value."""
+    n = np.where(store.mask, store.n_lines, np.nan).astype(float)
+    names = store.param_names
+    axes = list(store.axes.values())
+    if n.ndim == 1:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(axes[0], n, "o-")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel("lines per node")
+        return fig
+    n = n.reshape(n.shape[:3] + (-1,))[..., 0] if n.ndim > 3 else n
+    panels = n.shape[2] if n.ndim == 3 else 1
+    fig, grid_axes = plt.subplots(1, panels, figsize=(4.5 * panels + 1, 4), squeeze=False)
+    vmax = np.nanmax(n) if np.isfinite(n).any() else 1.0
+    for k in range(panels):
+        ax = grid_axes[0, k]
+        data = n[:, :, k] if n.ndim == 3 else n
+        image = ax.pcolormesh(_edges(axes[0]), _edges(axes[1]), data.T, vmin=0, vmax=vmax,
+                              cmap="viridis", shading="flat")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        if n.ndim == 3:
+            ax.set_title(f"{names[2]} = {axes[2][k]:g}")
+    fig.colorbar(image, ax=grid_axes[0].tolist(), label="lines per node")
+    return fig
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges around node values (for pcolormesh)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return np.array([v[0] - 0.5, v[0] + 0.5])
+    mid = 0.5 * (v[1:] + v[:-1])
+    return np.r_[v[0] - (mid[0] - v[0]), mid, v[-1] + (v[-1] - mid[-1])]

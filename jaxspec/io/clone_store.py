@@ -1,0 +1,459 @@
+r"""The jaxspec-clones HDF5 store (version 1): line-list clones of every node of a grid.
+
+Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`CloneStore`
+(the manifold stage reads it node by node). Layout (a contract other tools rely on)::
+
+    /                    attrs: format = "jaxspec-clones"   (str)
+                                version = 1                 (int)
+                                param_names = [k str]       (axis order of the grid)
+                                normalized = True
+                                prominence, wing_cut, epochs, learning_rate,
+                                max_shift, passes, deblend, amplitude_margin,
+                                width_margin, tolerance     (clone settings)
+                                grid_file (str, optional: the cloned grid's path)
+                                jaxspec_version (str)
+    /wavelength          (n_pix,) float64, Å: the cloned grid's wavelengths
+    /axes/<name>         (n_i,) float64, one per name in param_names
+    /nodes/<i>_<j>_<k>   one group per cloned node (axis indices joined by "_")
+        line_id          (n,) float64: pre-optimisation centre μ, Å, rounded to 0.01
+                         (blase3D Sect. 3.1), unique and increasing within the node
+        center           (n,) float64: fitted centre μ', Å
+        ln_amplitude     (n,) float64: ln a (a in Å)
+        ln_sigma         (n,) float64: ln σ (Å)
+        ln_gamma         (n,) float64: ln γ (Å)
+        attrs: index (int array), params (float64, param_names order),
+               residual_rms (float), n_lines (int), complete = True (written last)
+
+A node group whose ``complete`` attribute is missing or False was interrupted while being
+written: readers treat it as not cloned (with a warning) and :func:`clone_grid` redoes it.
+The file is opened, written and closed once per batch of nodes, so a killed job loses at
+most the batch in progress.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "SETTING_NAMES",
+    "VERSION",
+    "CloneStore",
+    "CloneStoreWriter",
+    "NodeClone",
+    "read_clone_store",
+]
+
+FORMAT = "jaxspec-clones"
+VERSION = 1
+#: Root attributes that hold the clone settings (compared on resume).
+SETTING_NAMES = (
+    "prominence", "wing_cut", "epochs", "learning_rate", "max_shift", "passes", "deblend",
+    "amplitude_margin", "width_margin", "tolerance",
+)
+_LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
+_FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
+
+
+class NodeClone(NamedTuple):
+    """The clone of one grid node, as stored.
+
+    ``index`` is the node's position on the grid axes, ``params`` its parameter values
+    (``param_names`` order); the line arrays are (n,) and sorted by ``line_id``.
+    """
+
+    index: tuple[int, ...]
+    params: np.ndarray
+    line_id: np.ndarray
+    center: np.ndarray
+    ln_amplitude: np.ndarray
+    ln_sigma: np.ndarray
+    ln_gamma: np.ndarray
+    residual_rms: float
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.line_id.size)
+
+
+def node_name(index) -> str:
+    """Group name of a node: its axis indices joined by "_" (e.g. "12_3_1")."""
+    return "_".join(str(int(i)) for i in index)
+
+
+def _attr_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _settings_equal(a: Mapping, b: Mapping) -> list[str]:
+    """Names of settings that differ between two settings dicts."""
+    diff = []
+    for name in SETTING_NAMES:
+        x, y = a.get(name), b.get(name)
+        if x is None or y is None:
+            if x is not y:
+                diff.append(name)
+        elif not math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=0.0):
+            diff.append(name)
+    return diff
+
+
+class CloneStore:
+    """Read-only view of a jaxspec-clones store, validated on open.
+
+    Metadata (axes, wavelength, settings, which nodes are complete) is read at once;
+    node line lists are read on demand (the file is opened per call, so a store can be
+    read while :func:`~jaxspec.clone.clone_grid` is still adding nodes between batches).
+
+    Attributes:
+        path: the file.
+        param_names: parameter names in axis order.
+        axes: ``{name: (n_i,) float64}``.
+        wavelength: (n_pix,) float64, Å.
+        settings: clone settings (``prominence``, ``wing_cut``, ``epochs``,
+            ``learning_rate``, ...).
+        mask: bool array over the grid shape, True where the node's clone is complete.
+        grid_file: path of the cloned grid file, or None.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a jaxspec-clones file, an unsupported version, a missing
+            attribute or dataset, or a complete node group whose arrays disagree in
+            length (the message names the file, the field and the fix). Incomplete node
+            groups only warn.
+    """
+
+    def __init__(self, path: str | PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such clone store")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(
+                f"{self.path}: not a readable HDF5 file ({err}); it may be truncated by a "
+                f"crash while being written{_FIX}"
+            ) from None
+        with f:
+            self._read_metadata(f)
+
+    @classmethod
+    def open(cls, path: str | PathLike) -> CloneStore:
+        """Open and validate a store (same as ``CloneStore(path)``)."""
+        return cls(path)
+
+    # ------------------------------------------------------------------ metadata
+
+    def _read_metadata(self, f: h5py.File) -> None:
+        where = str(self.path)
+        fmt = _attr_str(f.attrs.get("format", ""))
+        if fmt != FORMAT:
+            raise ValueError(
+                f"{where}: root attribute format is {fmt!r}, not {FORMAT!r}: this is not a "
+                "jaxspec clone store (a grid file? clone it with `jaxspec clone GRID --out "
+                "clones.h5`)"
+            )
+        version = f.attrs.get("version")
+        if version is None or int(version) != VERSION:
+            raise ValueError(
+                f"{where}: clone store version {version!r} is not supported (this jaxspec "
+                f"reads version {VERSION}){_FIX}"
+            )
+        missing = [a for a in ("param_names", *SETTING_NAMES) if a not in f.attrs]
+        if missing:
+            raise ValueError(f"{where}: missing root attribute(s) {missing}{_FIX}")
+        self.param_names = tuple(_attr_str(n) for n in np.atleast_1d(f.attrs["param_names"]))
+        self.settings = {}
+        for name in SETTING_NAMES:
+            value = f.attrs[name]
+            self.settings[name] = (int(value) if name in ("wing_cut", "epochs", "passes",
+                                                          "deblend") else float(value))
+        grid_file = f.attrs.get("grid_file")
+        self.grid_file = _attr_str(grid_file) if grid_file not in (None, "") else None
+        if "wavelength" not in f:
+            raise ValueError(f"{where}: missing dataset /wavelength{_FIX}")
+        self.wavelength = np.asarray(f["wavelength"][()], dtype=np.float64)
+        self.axes = {}
+        for name in self.param_names:
+            if f"axes/{name}" not in f:
+                raise ValueError(f"{where}: missing dataset /axes/{name}{_FIX}")
+            self.axes[name] = np.asarray(f[f"axes/{name}"][()], dtype=np.float64)
+        self.shape = tuple(a.size for a in self.axes.values())
+        self.mask = np.zeros(self.shape, dtype=bool)
+        self._n_lines = np.zeros(self.shape, dtype=np.int64)
+        self._rms = np.full(self.shape, np.nan)
+        incomplete = []
+        nodes = f.get("nodes")
+        for name in (nodes.keys() if nodes is not None else ()):
+            group = nodes[name]
+            index = self._parse_name(name)
+            if not bool(group.attrs.get("complete", False)):
+                incomplete.append(name)
+                continue
+            self._check_node(group, name)
+            self.mask[index] = True
+            self._n_lines[index] = group["line_id"].shape[0]
+            self._rms[index] = float(group.attrs["residual_rms"])
+        self.incomplete = tuple(incomplete)
+        if incomplete:
+            warnings.warn(
+                f"{where}: {len(incomplete)} node group(s) were not completely written "
+                f"(first: /nodes/{incomplete[0]}), probably by an interrupted run; they are "
+                "treated as not cloned. Resume with clone_grid(..., resume=True) to redo "
+                "them",
+                stacklevel=3,
+            )
+
+    def _parse_name(self, name: str) -> tuple[int, ...]:
+        try:
+            index = tuple(int(p) for p in name.split("_"))
+        except ValueError:
+            index = ()
+        if len(index) != len(self.shape) or not all(
+            0 <= i < n for i, n in zip(index, self.shape)
+        ):
+            raise ValueError(
+                f"{self.path}: node group /nodes/{name} does not name a node of the "
+                f"{' x '.join(map(str, self.shape))} grid (expected indices joined by "
+                f"'_'){_FIX}"
+            )
+        return index
+
+    def _check_node(self, group: h5py.Group, name: str) -> None:
+        where = f"{self.path}: node /nodes/{name}"
+        missing = [k for k in _LINE_FIELDS if k not in group]
+        if missing:
+            raise ValueError(f"{where} is marked complete but lacks dataset(s) {missing}{_FIX}")
+        lengths = {k: group[k].shape for k in _LINE_FIELDS}
+        if len({s for s in lengths.values()}) != 1 or len(lengths["line_id"]) != 1:
+            raise ValueError(
+                f"{where}: line arrays have inconsistent shapes {lengths}; every field "
+                f"needs one value per line{_FIX}"
+            )
+        for attr in ("params", "residual_rms"):
+            if attr not in group.attrs:
+                raise ValueError(f"{where}: missing attribute {attr!r}{_FIX}")
+
+    # ------------------------------------------------------------------ access
+
+    @property
+    def n_done(self) -> int:
+        """Number of complete nodes."""
+        return int(self.mask.sum())
+
+    @property
+    def n_lines(self) -> np.ndarray:
+        """Lines per node over the grid shape (0 where not cloned)."""
+        return self._n_lines.copy()
+
+    @property
+    def residual_rms(self) -> np.ndarray:
+        """Residual RMS per node over the grid shape (NaN where not cloned)."""
+        return self._rms.copy()
+
+    def node_params(self, index) -> np.ndarray:
+        """Parameter values (param_names order) of the node at ``index``."""
+        return np.array([a[i] for a, i in zip(self.axes.values(), index)], dtype=np.float64)
+
+    def index(self, **params: float) -> tuple[int, ...]:
+        """Axis indices of the node with exactly these parameter values."""
+        from jaxspec.grid import _node_index
+
+        return _node_index(self.axes, params)
+
+    def read_node(self, index) -> NodeClone:
+        """The stored clone of the node at ``index`` (a tuple of axis indices).
+
+        Raises:
+            ValueError: the index is outside the grid, or that node is not (completely)
+                cloned.
+        """
+        index = tuple(int(i) for i in index)
+        if len(index) != len(self.shape) or not all(0 <= i < n for i, n in zip(index, self.shape)):
+            raise ValueError(
+                f"index {index} is not a node of the {self.shape} grid of {self.path}"
+            )
+        if not self.mask[index]:
+            raise ValueError(
+                f"{self.path}: node {index} ("
+                + ", ".join(f"{n}={v:g}" for n, v in zip(self.param_names,
+                                                         self.node_params(index)))
+                + ") is not cloned; see CloneStore.mask, or resume clone_grid"
+            )
+        with h5py.File(self.path, "r") as f:
+            group = f["nodes"][node_name(index)]
+            arrays = {k: np.asarray(group[k][()], dtype=np.float64) for k in _LINE_FIELDS}
+            rms = float(group.attrs["residual_rms"])
+            params = np.asarray(group.attrs["params"], dtype=np.float64)
+        return NodeClone(index=index, params=params, residual_rms=rms, **arrays)
+
+    def iter_nodes(self) -> Iterator[NodeClone]:
+        """Every complete node, in C (row-major) order of the grid axes."""
+        for index in zip(*np.nonzero(self.mask)):
+            yield self.read_node(tuple(int(i) for i in index))
+
+    def lines(self, index):
+        """The fitted :class:`~jaxspec.lines.LineList` (centres μ') of a node."""
+        from jaxspec.lines import LineList
+
+        node = self.read_node(index)
+        return LineList(node.center, node.ln_amplitude, node.ln_sigma, node.ln_gamma)
+
+    def __repr__(self) -> str:
+        axes = ", ".join(f"{n}: {a.size}" for n, a in self.axes.items())
+        return (f"CloneStore({self.path.name}: {axes}; {self.n_done}/{self.mask.size} nodes "
+                f"cloned; {self.wavelength.size} px)")
+
+
+def read_clone_store(path: str | PathLike) -> CloneStore:
+    """Open and validate a jaxspec-clones store; see :class:`CloneStore`."""
+    return CloneStore(path)
+
+
+class CloneStoreWriter:
+    """Create or resume a clone store and append node clones batch by batch.
+
+    Args:
+        path: the store (``.h5``).
+        axes: ordered ``{name: values}`` of the cloned grid.
+        wavelength: (n_pix,) Å of the cloned grid.
+        settings: clone settings (a dict with every name in :data:`SETTING_NAMES`).
+        resume: continue an existing store at ``path`` (its complete nodes are kept).
+            Without it an existing file is an error.
+        overwrite_settings: on resume, accept settings that differ from the store's and
+            record the new ones (nodes already cloned keep theirs; a warning says how
+            many). Without it differing settings are an error.
+        grid_file: recorded as the root attribute ``grid_file`` (or None).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``resume`` is False.
+        ValueError: on resume, a foreign or corrupt file, a store of another grid
+            (different axes or wavelengths), or different settings without
+            ``overwrite_settings``.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike,
+        axes: Mapping[str, np.ndarray],
+        wavelength: np.ndarray,
+        settings: Mapping,
+        *,
+        resume: bool = True,
+        overwrite_settings: bool = False,
+        grid_file: str | None = None,
+    ):
+        self.path = Path(path)
+        self.axes = {k: np.asarray(v, dtype=np.float64) for k, v in axes.items()}
+        self.wavelength = np.asarray(wavelength, dtype=np.float64)
+        self.settings = dict(settings)
+        self.shape = tuple(a.size for a in self.axes.values())
+        if self.path.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{self.path} exists; pass resume=True (CLI: the default) to continue "
+                    "it, or delete it to start over"
+                )
+            self._resume(overwrite_settings, grid_file)
+        else:
+            self._create(grid_file)
+
+    def _create(self, grid_file) -> None:
+        from jaxspec import __version__
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(self.path, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["version"] = VERSION
+            f.attrs["param_names"] = np.array(list(self.axes), dtype=h5py.string_dtype())
+            f.attrs["normalized"] = True
+            for name in SETTING_NAMES:
+                f.attrs[name] = self.settings[name]
+            f.attrs["grid_file"] = "" if grid_file is None else str(grid_file)
+            f.attrs["jaxspec_version"] = __version__
+            f.create_dataset("wavelength", data=self.wavelength)
+            for name, values in self.axes.items():
+                f.create_dataset(f"axes/{name}", data=values)
+            f.create_group("nodes")
+        self.done = np.zeros(self.shape, dtype=bool)
+
+    def _resume(self, overwrite_settings: bool, grid_file) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            store = CloneStore(self.path)
+        for w in caught:
+            warnings.warn(str(w.message), stacklevel=4)
+        same_axes = (tuple(store.axes) == tuple(self.axes) and all(
+            a.shape == b.shape and np.allclose(a, b, rtol=1e-12, atol=0)
+            for a, b in zip(store.axes.values(), self.axes.values())))
+        if not same_axes:
+            raise ValueError(
+                f"{self.path} holds clones of another grid (axes "
+                + ", ".join(f"{n}: {a.size}" for n, a in store.axes.items())
+                + " vs " + ", ".join(f"{n}: {a.size}" for n, a in self.axes.items())
+                + "); write to a new file with out=..."
+            )
+        if store.wavelength.shape != self.wavelength.shape or not np.allclose(
+            store.wavelength, self.wavelength, rtol=0, atol=1e-9
+        ):
+            raise ValueError(
+                f"{self.path}: the store's wavelengths ({store.wavelength.size} px) differ "
+                f"from the grid's ({self.wavelength.size} px); write to a new file with "
+                "out=..."
+            )
+        diff = _settings_equal(store.settings, self.settings)
+        if diff and not overwrite_settings:
+            pairs = ", ".join(f"{n}={store.settings[n]!r} (now {self.settings[n]!r})"
+                              for n in diff)
+            raise ValueError(
+                f"{self.path} was cloned with different settings: {pairs}. Resume with the "
+                "store's settings, write to a new file, or pass overwrite_settings=True "
+                "(CLI: --overwrite-settings) to continue with the new ones"
+            )
+        with h5py.File(self.path, "a") as f:
+            for name in store.incomplete:
+                del f["nodes"][name]
+            if diff:
+                warnings.warn(
+                    f"{self.path}: continuing with new settings ({', '.join(diff)}); "
+                    f"{store.n_done} node(s) were cloned with the earlier ones",
+                    stacklevel=4,
+                )
+                for name in SETTING_NAMES:
+                    f.attrs[name] = self.settings[name]
+            if grid_file is not None:
+                f.attrs["grid_file"] = str(grid_file)
+        self.done = store.mask.copy()
+
+    def write(self, nodes: list[NodeClone]) -> None:
+        """Append node clones; each group is marked complete after all its data, and
+        the file is closed (flushed) before returning."""
+        with h5py.File(self.path, "a") as f:
+            root = f.require_group("nodes")
+            for node in nodes:
+                name = node_name(node.index)
+                if name in root:
+                    del root[name]
+                group = root.create_group(name)
+                order = np.argsort(node.line_id, kind="stable")
+                for key in _LINE_FIELDS:
+                    group.create_dataset(
+                        key, data=np.asarray(getattr(node, key), dtype=np.float64)[order]
+                    )
+                group.attrs["index"] = np.asarray(node.index, dtype=np.int64)
+                group.attrs["params"] = np.asarray(node.params, dtype=np.float64)
+                group.attrs["residual_rms"] = float(node.residual_rms)
+                group.attrs["n_lines"] = int(node.line_id.size)
+                f.flush()
+                group.attrs["complete"] = True
+            f.flush()
+        for node in nodes:
+            self.done[tuple(node.index)] = True

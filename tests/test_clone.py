@@ -1,0 +1,304 @@
+"""Cloning spectra into line lists: recovery of known lines, bad input, the fitting model
+and its gradients, grid cloning with resume, and the `jaxspec clone` CLI.
+
+Sizes are tiny and shapes repeat, so that the few XLA compiles are shared between tests.
+"""
+
+import warnings
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspec import LineList
+from jaxspec import clone as clone_module
+from jaxspec.clone import (
+    ABSENT_LN_AMPLITUDE,
+    CloneResult,
+    CloneSettings,
+    clone,
+    clone_grid,
+)
+from jaxspec.grid import SpectralGrid
+from jaxspec.io.clone_store import CloneStore
+from jaxspec.profiles import pseudo_voigt
+
+WL = np.linspace(8500.0, 8520.0, 2001)  # 0.01 Å pixels
+N_TRUE = 30
+
+
+def known_lines(seed=3, scale=None):
+    """30 lines at least 0.3 Å apart, depths 0.03-0.5, FWHM 0.08-0.15 Å."""
+    rng = np.random.default_rng(seed)
+    center = np.sort(8500.8 + 0.3 * np.arange(N_TRUE) * 2.05 + rng.uniform(0, 0.25, N_TRUE))
+    sigma = rng.uniform(0.02, 0.045, N_TRUE)
+    gamma = rng.uniform(0.01, 0.035, N_TRUE)
+    depth = np.exp(rng.uniform(np.log(0.03), np.log(0.5), N_TRUE))
+    if scale is not None:
+        depth = np.clip(depth * scale, 0, 0.9)
+    v0 = np.asarray(pseudo_voigt(0.0, sigma, gamma))
+    ln_a = np.where(depth > 0, np.log(np.maximum(depth, 1e-30) / v0), ABSENT_LN_AMPLITUDE)
+    return LineList(center, ln_a, np.log(sigma), np.log(gamma))
+
+
+def peak_depth(lines):
+    return np.asarray(jnp.exp(lines.ln_amplitude) * pseudo_voigt(
+        0.0, jnp.exp(lines.ln_sigma), jnp.exp(lines.ln_gamma)))
+
+
+@pytest.fixture(scope="module")
+def truth():
+    lines = known_lines()
+    return lines, np.asarray(lines.flux_exact(WL))
+
+
+@pytest.fixture(scope="module")
+def cloned(truth):
+    return clone(WL, truth[1])
+
+
+# ---------------------------------------------------------------- one spectrum
+
+
+def test_clone_recovers_known_lines(truth, cloned):
+    lines, _ = truth
+    assert isinstance(cloned, CloneResult)
+    # Every true line is found, at most a few extra (blend/wing helpers).
+    assert N_TRUE <= cloned.n_lines <= N_TRUE + 8
+    fit_center = np.asarray(cloned.lines.center)
+    fit_depth = peak_depth(cloned.lines)
+    true_depth = peak_depth(lines)
+    for c, d in zip(np.asarray(lines.center), true_depth):
+        j = np.argmin(np.abs(fit_center - c))
+        assert abs(fit_center[j] - c) < 0.005, f"line at {c:.3f} Å: nearest fit {fit_center[j]:.4f}"
+        assert fit_depth[j] == pytest.approx(d, rel=0.1, abs=0.01)
+    assert float(cloned.residual_rms) < 2e-3
+    # The clone is an ordinary line list: the standard synthesis reproduces the spectrum.
+    full = np.asarray(cloned.lines.flux(WL))
+    assert np.sqrt(np.mean((full - truth[1]) ** 2)) < 2e-3
+
+
+def test_result_fields(cloned):
+    n = cloned.n_lines
+    initial = np.asarray(cloned.initial_lines.center)
+    ids = np.asarray(cloned.line_id)
+    np.testing.assert_array_equal(ids, np.round(initial, 2))
+    assert np.all(np.diff(ids) > 0)  # unique, sorted
+    shift = np.abs(np.asarray(cloned.lines.center) - initial)
+    assert shift.max() <= 0.05 + 1e-12  # max_shift
+    history = np.asarray(cloned.loss_history)
+    assert history.shape == (200,)  # 2 passes × 100 epochs
+    assert history[-1] < 0.05 * history[0]
+    assert cloned.model_flux.shape == WL.shape and cloned.n_masked == 0
+    assert cloned.lines.center.dtype == jnp.float64 and cloned.lines.n_lines == n
+
+
+def test_fitting_model_matches_untruncated_product(truth):
+    lines, exact = truth
+    n = lines.n_lines
+    ln_f = np.log(np.asarray(clone_module.pseudo_voigt_fwhm(
+        jnp.exp(lines.ln_sigma), jnp.exp(lines.ln_gamma))))
+    a, s, g = (np.asarray(v) for v in (lines.ln_amplitude, lines.ln_sigma, lines.ln_gamma))
+    x = clone_module._Lines(
+        mu0=np.asarray(lines.center), u=np.zeros(n), ln_a=a, ln_s=s, ln_g=g, a0=a, s0=s,
+        g0=g, lo_a=a - 30, hi_a=a, lo_s=s, hi_s=s, lo_g=g, hi_g=g, hi_f=ln_f,
+        peak=np.zeros(n, int))
+    problem, slots = clone_module._plan(WL, [x], CloneSettings())
+    params = tuple(jnp.asarray(clone_module._gather_slots([x], slots, k, f)) for k, f in
+                   (("u", 0.0), ("ln_a", ABSENT_LN_AMPLITUDE), ("ln_s", -5.0), ("ln_g", -5.0)))
+    log_flux = jax.jit(clone_module._log_flux)(problem, params, 0.05)
+    model = np.exp(np.asarray(log_flux)[0, problem.pad : problem.pad + WL.size])
+    assert np.max(np.abs(model - exact)) < 1e-4
+
+    # Gradients of the clone loss (hand-written VJP) are finite and match autodiff.
+    target = jnp.asarray(np.pad(exact, (problem.pad, log_flux.shape[1] - problem.pad
+                                        - WL.size), constant_values=1.0), jnp.float32)
+    shifted = (params[0] + 0.2, params[1] - 0.1, params[2], params[3])
+
+    def loss(p):
+        return jnp.sum((jnp.exp(clone_module._log_flux(problem, p, 0.05)[0]) - target) ** 2)
+
+    grad = jax.jit(jax.grad(loss))(shifted)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grad)
+    assert float(jnp.max(jnp.abs(grad[1]))) > 0
+    fine, coarse = clone_module._fine_terms, clone_module._coarse_terms
+    try:
+        clone_module._fine_terms = clone_module._full_forward
+        clone_module._coarse_terms = clone_module._smooth_forward
+        reference = jax.jit(jax.grad(loss))(shifted)
+    finally:
+        clone_module._fine_terms, clone_module._coarse_terms = fine, coarse
+    for g, r in zip(grad, reference):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r),
+                                   atol=1e-4 * float(jnp.max(jnp.abs(r))))
+
+
+def test_nan_pixels_are_masked(truth):
+    flux = truth[1].copy()
+    flux[1000:1012] = np.nan
+    with pytest.warns(UserWarning, match=r"12 NaN/inf pixel\(s\) \(first at 8510\.000 Å\)"):
+        result = clone(WL, flux)
+    assert result.n_masked == 12
+    assert float(result.residual_rms) < 2e-3
+    assert np.all(np.isfinite(np.asarray(result.lines.ln_amplitude)))
+
+
+def test_not_normalised_is_refused(truth):
+    with pytest.raises(ValueError, match="continuum_normalize"):
+        clone(WL, truth[1] * 3.2e13)
+
+
+def test_no_line_gives_empty_clone_with_warning():
+    with pytest.warns(UserWarning, match="no line deeper than prominence=0.005"):
+        result = clone(WL, np.ones_like(WL))
+    assert result.n_lines == 0 and float(result.residual_rms) == 0.0
+    np.testing.assert_array_equal(np.asarray(result.model_flux), 1.0)
+
+
+def test_bad_wavelengths_and_settings(truth):
+    with pytest.raises(ValueError, match="not strictly increasing"):
+        clone(WL[::-1], truth[1])
+    with pytest.raises(ValueError, match="shape"):
+        clone(WL, truth[1][:-1])
+    with pytest.raises(ValueError, match="prominence"):
+        clone(WL, truth[1], prominence=-1)
+    with pytest.raises(ValueError, match="wing_cut"):
+        clone(WL, truth[1], wing_cut=10)
+
+
+# ---------------------------------------------------------------- grids
+
+AXES = {"teff": np.array([4000.0, 5000.0]), "logg": np.array([4.0, 4.5]),
+        "feh": np.array([-0.5, 0.0])}
+GRID_KW = {"epochs": 60, "passes": 1, "batch_size": 4, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def grid():
+    """2 × 2 × 2 nodes; line depths scale with the parameters; one node missing."""
+    flux = np.empty((2, 2, 2, WL.size))
+    for i, t in enumerate(AXES["teff"]):
+        for j, g in enumerate(AXES["logg"]):
+            for k, z in enumerate(AXES["feh"]):
+                scale = (1.3 - 0.3 * i) * (1.0 + 0.1 * j) * 10 ** (0.4 * z)
+                flux[i, j, k] = np.asarray(known_lines(scale=scale).flux_exact(WL))
+    mask = np.ones((2, 2, 2), dtype=bool)
+    mask[1, 1, 1] = False
+    flux[1, 1, 1] = np.nan
+    return SpectralGrid(AXES, WL, flux, mask=mask, normalized=True)
+
+
+@pytest.fixture(scope="module")
+def full_store(grid, tmp_path_factory):
+    path = tmp_path_factory.mktemp("clones") / "full.h5"
+    return clone_grid(grid, path, **GRID_KW)
+
+
+def test_clone_grid_writes_every_existing_node(grid, full_store):
+    store = full_store
+    assert store.mask.tolist() == grid.mask.tolist()
+    assert store.settings["epochs"] == 60 and store.settings["passes"] == 1
+    assert store.settings["prominence"] == 0.005 and store.settings["wing_cut"] == 6000
+    for node in store.iter_nodes():
+        assert node.n_lines >= N_TRUE - 2
+        assert node.residual_rms < 3e-3
+        np.testing.assert_array_equal(node.params, grid.node_params()[0][
+            list(zip(*np.nonzero(grid.mask))).index(node.index)])
+        assert np.all(np.diff(node.line_id) > 0)
+    with h5py.File(store.path, "r") as f:
+        assert sorted(f["nodes"]) == ["0_0_0", "0_0_1", "0_1_0", "0_1_1", "1_0_0", "1_0_1",
+                                      "1_1_0"]
+
+
+def test_resume_after_interruption_gives_the_same_store(grid, full_store, tmp_path):
+    path = tmp_path / "resumed.h5"
+
+    def stop(done, total):
+        raise KeyboardInterrupt  # as if killed after the first batch was written
+
+    with pytest.raises(KeyboardInterrupt):
+        clone_grid(grid, path, callback=stop, **GRID_KW)
+    partial = CloneStore(path)
+    assert partial.n_done == 4
+    calls = []
+    store = clone_grid(grid, path, callback=lambda d, t: calls.append((d, t)), **GRID_KW)
+    assert calls == [(7, 7)]  # only the remaining batch was cloned
+    assert store.mask.tolist() == full_store.mask.tolist()
+    for a, b in zip(full_store.iter_nodes(), store.iter_nodes()):
+        assert a.index == b.index
+        np.testing.assert_array_equal(a.line_id, b.line_id)
+        for field in ("center", "ln_amplitude", "ln_sigma", "ln_gamma"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-6)
+
+
+def test_resume_refuses_other_settings(grid, full_store, tmp_path):
+    path = tmp_path / "copy.h5"
+    path.write_bytes(full_store.path.read_bytes())
+    with pytest.raises(ValueError, match=r"different settings: prominence=0.005 \(now 0.01\)"):
+        clone_grid(grid, path, prominence=0.01, **GRID_KW)
+    with pytest.raises(ValueError, match="epochs=60"):
+        clone_grid(grid, path, **{**GRID_KW, "epochs": 100})
+    with pytest.warns(UserWarning, match="7 node"):
+        store = clone_grid(grid, path, prominence=0.01, overwrite_settings=True, **GRID_KW)
+    assert store.settings["prominence"] == 0.01 and store.n_done == 7
+
+
+def test_resume_redoes_truncated_node_and_refuses_foreign_store(grid, full_store, tmp_path):
+    path = tmp_path / "truncated.h5"
+    path.write_bytes(full_store.path.read_bytes())
+    with h5py.File(path, "a") as f:
+        del f["nodes/1_0_1"].attrs["complete"]
+    calls = []
+    with pytest.warns(UserWarning, match="not completely written"):
+        store = clone_grid(grid, path, callback=lambda d, t: calls.append(d), **GRID_KW)
+    assert calls == [7] and store.n_done == 7
+    foreign = tmp_path / "grid.h5"
+    grid.to_hdf5(foreign)
+    with pytest.raises(ValueError, match="not a jaxspec clone store"):
+        clone_grid(grid, foreign, **GRID_KW)
+
+
+def test_clone_grid_refuses_unnormalised_grid(grid, tmp_path):
+    raw = SpectralGrid(grid.axes, grid.wavelength, grid.flux, mask=grid.mask)
+    with pytest.raises(ValueError, match="preprocess_grid"):
+        clone_grid(raw, tmp_path / "x.h5", **GRID_KW)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_clone_info_plot(grid, tmp_path, capsys):
+    from jaxspec.cli import main
+
+    grid_path = tmp_path / "grid.h5"
+    grid.to_hdf5(grid_path)
+    out = tmp_path / "clones.h5"
+    args = ["clone", str(grid_path), "--out", str(out), "--epochs", "60", "--passes", "1",
+            "--batch-size", "4", "--quiet"]
+    assert main(args) == 0
+    assert "7/8 nodes cloned" in capsys.readouterr().out
+    store = CloneStore(out)
+    assert store.grid_file == str(grid_path.resolve())
+
+    assert main(["clone", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nodes: 7/8 cloned" in text and "lines per node" in text and "residual RMS" in text
+
+    fig = tmp_path / "fig.png"
+    assert main(["clone", "plot", str(out), "--teff", "4000", "--logg", "4.5", "--feh", "0",
+                 "--wavelength", "8505:8510", "--out", str(fig)]) == 0
+    assert fig.stat().st_size > 0 and (tmp_path / "fig_lines.png").stat().st_size > 0
+
+    # Errors are one line for people, not tracebacks.
+    assert main(["clone", "info"]) == 1
+    assert "needs a clone store" in capsys.readouterr().err
+    assert main(["clone", str(grid_path), "--out", str(out), "--epochs", "50", "--passes",
+                 "1", "--quiet"]) == 1
+    assert "different settings" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["clone", "plot", str(out), "--teff", "5000", "--logg", "4.5", "--feh",
+                     "0", "--out", str(fig)]) == 1
+    assert "not cloned" in capsys.readouterr().err
