@@ -1,0 +1,456 @@
+"""Line-emulator benchmark: accuracy at held-out nodes, speed, storage.
+
+Parts (``--parts``, comma-separated; default all):
+
+accuracy
+    The default embedded grid (61 Teff x 9 log g x 2 [Fe/H], 25,405 px). 108 nodes are
+    held out (Teff indices 5, 15, ..., 55 at every log g and [Fe/H]; their Teff
+    neighbours stay) and excluded from cloning and building. Emulators are built from
+
+    * ``oracle``: the generating line lists of the synthetic model (perfect clones,
+      identifier = rest wavelength at 0.01 Å): the interpolation error alone;
+    * ``clones``: :func:`jaxspec.clone.clone_grid` of the grid without the held-out nodes
+      (cached in ``--out``), with matcher ``id`` (blase3D) and ``track``, then refined
+      end to end (``--refine-epochs``).
+
+    Reported: unique lines, lines per node, RMS and max |error| of emulator spectra
+    against the true spectra at training and held-out nodes, and the baseline: pixel-space
+    multilinear interpolation of the neighbouring grid spectra
+    (:class:`jaxspec.pixel_emulator.PixelEmulator` with the same nodes held out).
+speed
+    ms per spectrum, single call and batches of 64 (jit, plan reused), for the default
+    emulator and for a blase3D-scale one: the real 9,028-line PHOENIX T4700 clone given
+    smooth synthetic Teff/log g/[Fe/H] dependence on the 73 x 9 x 2 PHOENIX node lattice,
+    481,100 px (8038-12849 Å at 0.01 Å).
+storage
+    File size of the default emulator, and of a blase3D-sized manifold (128,723 lines x
+    1314 nodes, 9,167 lines per node on average, presence drawn as Teff x log g blocks)
+    written with the same sparse layout.
+
+    python benchmarks/bench_emulator.py [--out /tmp/jaxspec_bench] [--parts speed,storage]
+
+Timings on a shared 2-core CPU are noisy (±20 % between runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxspec  # noqa: F401  (float64)
+from jaxspec.grid import SpectralGrid
+from jaxspec.identify import identify_lines, identify_store
+from jaxspec.line_emulator import LineEmulator, write_emulator_file
+from jaxspec.lines import LineList
+from jaxspec.manifold import LineManifold
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HELD_TEFF = (5, 15, 25, 35, 45, 55)
+evaluate = eqx.filter_jit(lambda e, p: e(p))
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def timed(fn, *args, repeats=5):
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(fn(*args))
+    return (time.perf_counter() - t0) / repeats
+
+
+# ------------------------------------------------------------------------- data
+
+
+def default_grid(out: Path) -> SpectralGrid:
+    path = out / "grid_default.h5"
+    if not path.exists():
+        from jaxspec.synthetic import synthetic_grid
+
+        t0 = time.perf_counter()
+        synthetic_grid("default").to_hdf5(path)
+        log(f"default grid generated in {time.perf_counter() - t0:.0f} s -> {path}")
+    return SpectralGrid.from_hdf5(path)
+
+
+def held_mask(grid: SpectralGrid) -> np.ndarray:
+    held = np.zeros(grid.shape, dtype=bool)
+    held[list(HELD_TEFF)] = True
+    return held
+
+
+def emulator_spectra(emulator, params, batch=16):
+    out = []
+    for start in range(0, params.shape[0], batch):
+        sel = params[start:start + batch]
+        pad = np.concatenate([sel, np.repeat(sel[:1], batch - sel.shape[0], 0)])
+        out.append(np.asarray(evaluate(emulator, pad))[: sel.shape[0]])
+    return np.concatenate(out)
+
+
+def errors(model, truth):
+    diff = np.asarray(model, dtype=np.float64) - truth
+    rms = np.sqrt(np.mean(diff**2, axis=-1))
+    return float(np.sqrt(np.mean(rms**2))), float(np.max(np.abs(diff)))
+
+
+# ------------------------------------------------------------------------- accuracy
+
+
+def oracle_nodes(grid: SpectralGrid, held: np.ndarray):
+    """Perfect clones: the synthetic model's own line lists at every non-held node, with
+    identifiers = rest wavelength at 0.01 Å (``index`` holds each line's true number)."""
+    from types import SimpleNamespace
+
+    from jaxspec.synthetic import _MIN_DEPTH, _line_data, _node_lines
+
+    data = _line_data("default", 0)
+    params, flat = grid.node_params()
+    keep = ~held.reshape(-1)[flat]
+    p = _node_lines(data, params[keep, 0], params[keep, 1], params[keep, 2])
+    rest = np.asarray(data["wavelength"])
+    nodes = []
+    for row, f in enumerate(flat[keep]):
+        ok = p["depth"][row] >= _MIN_DEPTH
+        nodes.append(SimpleNamespace(
+            index=int(f), line_id=np.round(rest[ok], 2), center=p["center"][row, ok],
+            ln_amplitude=np.log(p["ew"][row, ok]), ln_sigma=np.log(p["sigma_eff"][row, ok]),
+            ln_gamma=np.log(p["gamma_eff"][row, ok]), number=np.flatnonzero(ok)))
+    return nodes, rest
+
+
+def oracle_identification(grid: SpectralGrid, held: np.ndarray):
+    """Identification by the true line numbers (no matching error): interpolation alone."""
+    from jaxspec.identify import Identification, complete_values
+
+    nodes, rest = oracle_nodes(grid, held)
+    shape = grid.shape
+    values = np.zeros((rest.size, math.prod(shape), 4), dtype=np.float32)
+    present = np.zeros((rest.size, math.prod(shape)), dtype=bool)
+    for n in nodes:
+        present[n.number, n.index] = True
+        values[n.number, n.index] = np.stack(
+            [n.center - rest[n.number], n.ln_amplitude, n.ln_sigma, n.ln_gamma], -1)
+    used = present.any(axis=1)
+    values = values[used].reshape(-1, *shape, 4)
+    present = present[used].reshape(-1, *shape)
+    observed = ~held
+    complete_values(values, present, observed, grid.axes)
+    return Identification(axes=grid.axes, line_id=np.round(rest[used], 2), center=rest[used],
+                          values=values, present=present, observed=observed, matcher="exact")
+
+
+def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path):
+    """Clone the grid without the held-out nodes (cached); returns the store path or None."""
+    path = out / "clones_default.h5"
+    try:
+        from jaxspec.clone import clone_grid
+        from jaxspec.io.clone_store import CloneStore  # noqa: F401
+    except ImportError as err:
+        log(f"clones: skipped ({err})")
+        return None
+    flux = np.where(held[..., None], np.nan, grid.flux)
+    masked = SpectralGrid(grid.axes, grid.wavelength, flux, mask=grid.mask & ~held,
+                          normalized=True)
+    t0 = time.perf_counter()
+    try:
+        clone_grid(masked, out=path)  # resumes a partial store
+    except NotImplementedError:
+        log("clones: skipped (jaxspec.clone.clone_grid is not implemented yet)")
+        return None
+    log(f"clone store {path} ready ({time.perf_counter() - t0:.0f} s this run)")
+    return path
+
+
+def accuracy(out: Path, refine_epochs: int, report: dict):
+    from jaxspec.pixel_emulator import PixelEmulator
+    from jaxspec.refine import refine
+
+    grid = default_grid(out)
+    held = held_mask(grid)
+    params, flat = grid.node_params()
+    flux = grid.flux.reshape(-1, grid.n_pix)[flat]
+    is_held = held.reshape(-1)[flat]
+    hot = params[:, 0] >= 7000.0
+    log(f"grid: {grid}; {int(is_held.sum())} held-out nodes (Teff "
+        + ", ".join(f"{grid.axes['teff'][i]:g}" for i in HELD_TEFF) + " K)")
+
+    t0 = time.perf_counter()
+    pixel = PixelEmulator.from_grid(grid, holdout=params[is_held])
+    base = emulator_spectra(pixel, params[is_held])
+    rms, mx = errors(base, flux[is_held])
+    log(f"baseline pixel interpolation at held-out nodes: RMS {rms:.2e}, max {mx:.2e} "
+        f"({time.perf_counter() - t0:.0f} s)")
+    report["pixel_baseline_heldout"] = {"rms": rms, "max": mx}
+    for name, sel in (("cool", ~hot[is_held]), ("hot", hot[is_held])):
+        r, m = errors(base[sel], flux[is_held][sel])
+        report[f"pixel_baseline_heldout_{name}"] = {"rms": r, "max": m}
+
+    def assess(label, emulator):
+        model = emulator_spectra(emulator, params)
+        row = {"unique_lines": emulator.n_lines}
+        per = emulator.present().sum(0)[np.asarray(emulator.observed)]
+        row["lines_per_node"] = float(per.mean()) if per.size else 0.0
+        for name, sel in (("train", ~is_held), ("heldout", is_held),
+                          ("heldout_cool", is_held & ~hot), ("heldout_hot", is_held & hot)):
+            r, m = errors(model[sel], flux[sel])
+            row[name] = {"rms": r, "max": m}
+        log(f"{label:>14}: {row['unique_lines']:6,} lines, {row['lines_per_node']:6.0f}/node; "
+            f"train RMS {row['train']['rms']:.2e} max {row['train']['max']:.2e}; held-out RMS "
+            f"{row['heldout']['rms']:.2e} max {row['heldout']['max']:.2e} (cool "
+            f"{row['heldout_cool']['rms']:.2e}, hot {row['heldout_hot']['rms']:.2e})")
+        report[label] = row
+        return row
+
+    oracle = LineEmulator.from_identification(oracle_identification(grid, held), grid.wavelength)
+    assess("oracle_exact", oracle)
+    nodes, _ = oracle_nodes(grid, held)
+    for matcher in ("id", "track"):
+        t0 = time.perf_counter()
+        ident = identify_lines(nodes, grid.axes, matcher=matcher)
+        log(f"oracle clones, {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
+        assess(f"oracle_{matcher}", LineEmulator.from_identification(ident, grid.wavelength))
+
+    # Clone-like scatter on the perfect clones, then end-to-end refinement: what refine()
+    # recovers when every node value carries independent fitting noise.
+    from jaxspec.identify import complete_values
+
+    rng = np.random.default_rng(0)
+    values = np.array(oracle.manifold.values)
+    present = oracle.present()
+    scatter = np.array([0.001, 0.03, 0.03, 0.03], dtype=np.float32)
+    values += np.where(present[..., None], rng.normal(0, 1, values.shape) * scatter, 0.0)
+    complete_values(values, present, np.asarray(oracle.observed), grid.axes)
+    noisy = oracle.with_table(np.moveaxis(values, 0, -2))
+    assess("oracle_noisy", noisy)
+    if refine_epochs:
+        refined, history = refine(noisy, grid, epochs=refine_epochs, batch_size=8,
+                                  progress=False)
+        log(f"refine (oracle_noisy): {history.summary()}")
+        report["refine_oracle_noisy"] = {
+            "epochs": refine_epochs, "seconds": history.seconds, "loss": history.loss,
+            "rms_train_before": history.rms_train_before,
+            "rms_train_after": history.rms_train_after,
+            "rms_heldout_before": history.rms_holdout_before,
+            "rms_heldout_after": history.rms_holdout_after,
+        }
+        assess("refined_oracle_noisy", refined)
+
+    store = clone_store(grid, held, out)
+    if store is None:
+        return oracle
+    from jaxspec.io.clone_store import CloneStore
+
+    built = {}
+    for matcher in ("id", "track"):
+        t0 = time.perf_counter()
+        ident = identify_store(CloneStore.open(store), matcher=matcher)
+        emulator = LineEmulator.from_identification(ident)
+        log(f"{matcher}: {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
+        built[matcher] = emulator
+        assess(f"clones_{matcher}", emulator)
+        path = emulator.save(out / f"emulator_default_{matcher}.h5", overwrite=True)
+        report[f"clones_{matcher}"]["file_MiB"] = path.stat().st_size / 2**20
+    if refine_epochs:
+        for matcher in ("track",):
+            refined, history = refine(built[matcher], grid, epochs=refine_epochs,
+                                      batch_size=8, progress=False)
+            log(f"refine ({matcher}): {history.summary()}")
+            report[f"refine_{matcher}"] = {
+                "epochs": refine_epochs, "seconds": history.seconds, "loss": history.loss,
+                "rms_train_before": history.rms_train_before,
+                "rms_train_after": history.rms_train_after,
+                "rms_heldout_before": history.rms_holdout_before,
+                "rms_heldout_after": history.rms_holdout_after,
+            }
+            assess(f"refined_{matcher}", refined)
+            refined.save(out / f"emulator_default_{matcher}_refined.h5", overwrite=True)
+        return refined
+    return built["track"]
+
+
+# ------------------------------------------------------------------------- speed
+
+
+def blase3d_axes():
+    teff = np.concatenate([np.arange(2300.0, 7000.0, 100.0), np.arange(7000.0, 12001.0, 200.0)])
+    return {"teff": teff, "logg": np.arange(2.0, 6.01, 0.5), "feh": np.array([-0.5, 0.0])}
+
+
+def blase3d_scale_emulator():
+    """The real T4700 clone with smooth synthetic dependence on the PHOENIX lattice."""
+    lines = LineList.from_npz(DATA / "phoenix_clone_T4700_g4.5_HPF.npz")
+    axes = blase3d_axes()
+    rng = np.random.default_rng(0)
+    n = lines.n_lines
+    t = (axes["teff"][:, None, None] - 4700.0) / 1000.0
+    g = axes["logg"][None, :, None] - 4.5
+    z = axes["feh"][None, None, :]
+    alpha = rng.normal(-0.3, 0.3, n)
+    beta = rng.normal(0.0, 0.1, n)
+    values = np.empty((n, *(a.size for a in axes.values()), 4), dtype=np.float32)
+    tt, gg, zz = (np.broadcast_to(v, values.shape[1:4]) for v in (t, g, z))
+    values[..., 0] = (0.002 * tt + 0.001 * gg)[None] * rng.normal(1, 0.3, n)[:, None, None, None]
+    values[..., 1] = (np.asarray(lines.ln_amplitude)[:, None, None, None]
+                      + alpha[:, None, None, None] * tt * (tt < 0.5) + beta[:, None, None, None] * gg
+                      + 0.5 * zz)
+    values[..., 2] = np.asarray(lines.ln_sigma)[:, None, None, None] + 0.25 * np.log1p(tt * 0.2127)
+    values[..., 3] = np.asarray(lines.ln_gamma)[:, None, None, None] + 0.3 * gg
+    # Lines vanish away from a random Teff range around 4700 K (absent: ln a = -1000).
+    lo = rng.uniform(2300.0, 4600.0, n)
+    hi = rng.uniform(4800.0, 9000.0, n)
+    absent = (axes["teff"][None, :] < lo[:, None]) | (axes["teff"][None, :] > hi[:, None])
+    values[..., 1][np.broadcast_to(absent[:, :, None, None], values.shape[:4])] = -1000.0
+    manifold = LineManifold(axes, values)
+    wl = 8038.0 + 0.01 * np.arange(481_100)
+    return LineEmulator(manifold, np.asarray(lines.center), wl)
+
+
+def speed(emulator, label, report, repeats):
+    theta = jnp.asarray(np.mean(emulator.bounds, axis=1) + np.array([37.0, 0.07, -0.03]))
+    rng = np.random.default_rng(1)
+    lo, hi = emulator.bounds[:, 0], emulator.bounds[:, 1]
+    batch = jnp.asarray(lo + (hi - lo) * rng.random((64, len(lo))))
+    t0 = time.perf_counter()
+    jax.block_until_ready(evaluate(emulator, theta))
+    compile_s = time.perf_counter() - t0
+    single = timed(evaluate, emulator, theta, repeats=repeats)
+    jax.block_until_ready(evaluate(emulator, batch))
+    batched = timed(evaluate, emulator, batch, repeats=max(1, repeats // 4)) / 64
+    grad = eqx.filter_jit(jax.grad(lambda p, e: jnp.sum(e(p) ** 2)))
+    jax.block_until_ready(grad(theta, emulator))
+    t_grad = timed(grad, theta, emulator, repeats=repeats)
+    n_eval = emulator.synthesizer.n_evaluations()
+    log(f"{label}: {emulator.n_lines:,} lines, {emulator.n_pix:,} px, {n_eval / 1e6:.1f} M profile "
+        f"evaluations; compile {compile_s:.1f} s; single {single * 1e3:.1f} ms; batched(64) "
+        f"{batched * 1e3:.1f} ms/spectrum; grad wrt params {t_grad * 1e3:.1f} ms")
+    report[f"speed_{label}"] = {"n_lines": emulator.n_lines, "n_pix": emulator.n_pix,
+                                "single_ms": single * 1e3, "batched64_ms": batched * 1e3,
+                                "grad_ms": t_grad * 1e3, "compile_s": compile_s}
+
+
+# ------------------------------------------------------------------------- storage
+
+
+def blase3d_storage(out: Path, report: dict):
+    """Write a blase3D-sized sparse manifold with realistic sparsity; report its size."""
+    axes = blase3d_axes()
+    shape = tuple(a.size for a in axes.values())
+    n_nodes = math.prod(shape)
+    n_lines = 128_723
+    rng = np.random.default_rng(0)
+    # Presence: a Teff interval x log g interval x [Fe/H] subset per line, sized so that a
+    # node holds 9,167 lines on average (7.1 % of 128,723), as in blase3D Sect. 3.1.
+    nt, ng, nz = shape
+    len_t = np.clip(rng.geometric(1 / 10.05, n_lines), 1, nt)
+    len_g = rng.integers(2, ng + 1, n_lines)
+    t0 = rng.integers(0, nt - len_t + 1)
+    g0 = rng.integers(0, ng - len_g + 1)
+    both_z = rng.random(n_lines) < 0.7
+    z0 = rng.integers(0, nz, n_lines)
+    it = np.arange(nt)[None, :]
+    ig = np.arange(ng)[None, :]
+    in_t = (it >= t0[:, None]) & (it < (t0 + len_t)[:, None])
+    in_g = (ig >= g0[:, None]) & (ig < (g0 + len_g)[:, None])
+    in_z = both_z[:, None] | (np.arange(nz)[None, :] == z0[:, None])
+    present = (in_t[:, :, None, None] & in_g[:, None, :, None] & in_z[:, None, None, :])
+    present = present.reshape(n_lines, n_nodes)
+    n_present = int(present.sum())
+    # Values: smooth in the node parameters plus clone-to-clone scatter, as fitted clones.
+    tt, gg, zz = (m.reshape(-1) for m in np.meshgrid(*axes.values(), indexing="ij"))
+    line_of, node_of = np.nonzero(present)
+    base = rng.normal(0.0, 1.0, (n_lines, 4))
+    vals = np.empty((n_present, 4), dtype=np.float32)
+    vals[:, 0] = 0.003 * base[line_of, 0] + 1e-6 * (tt[node_of] - 5000) + rng.normal(0, 0.002, n_present)
+    vals[:, 1] = -4.0 + base[line_of, 1] - 2e-4 * (tt[node_of] - 5000) + 0.3 * zz[node_of] \
+        + rng.normal(0, 0.05, n_present)
+    vals[:, 2] = -3.3 + 0.2 * base[line_of, 2] + 0.5 * np.log(tt[node_of] / 5000) \
+        + rng.normal(0, 0.02, n_present)
+    vals[:, 3] = -3.0 + 0.2 * base[line_of, 3] + 0.3 * (gg[node_of] - 4.5) \
+        + rng.normal(0, 0.02, n_present)
+    center = np.sort(rng.uniform(8038.0, 12849.0, n_lines))
+    wl = 8038.0 + 0.01 * np.arange(481_100)
+    observed = np.ones(shape, dtype=bool)
+    sizes = {}
+    for comp in ("gzip", None):
+        path = out / f"blase3d_sized_{comp or 'raw'}.h5"
+        t_start = time.perf_counter()
+        write_emulator_file(path, wavelength=wl, axes=axes, center=center, observed=observed,
+                            present=present, values=vals, compression=comp, overwrite=True)
+        sizes[comp or "raw"] = (path.stat().st_size, time.perf_counter() - t_start)
+    dense = 4 * n_lines * n_nodes * 4
+    log(f"blase3D-sized manifold: {n_lines:,} lines x {n_nodes} nodes; {n_present:,} detections "
+        f"({n_present / n_nodes:,.0f} per node, {100 * n_present / (n_lines * n_nodes):.1f} %)")
+    log(f"  dense float32 would be {dense / 1e9:.2f} GB; sparse layout: raw "
+        f"{sizes['raw'][0] / 1e9:.3f} GB, gzip {sizes['gzip'][0] / 1e9:.3f} GB "
+        f"(write {sizes['gzip'][1]:.0f} s); arithmetic: {n_present:,} x 16 B = "
+        f"{n_present * 16 / 1e9:.3f} GB values + {n_lines:,} x {math.ceil(n_nodes / 8)} B = "
+        f"{n_lines * math.ceil(n_nodes / 8) / 1e9:.3f} GB presence bits + centres/wavelength")
+    report["storage_blase3d"] = {
+        "n_lines": n_lines, "n_nodes": n_nodes, "n_present": n_present,
+        "dense_float32_GB": dense / 1e9, "raw_GB": sizes["raw"][0] / 1e9,
+        "gzip_GB": sizes["gzip"][0] / 1e9, "write_s": sizes["gzip"][1],
+    }
+    (out / "blase3d_sized_raw.h5").unlink()
+    return out / "blase3d_sized_gzip.h5"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
+    parser.add_argument("--parts", default="accuracy,speed,storage")
+    parser.add_argument("--refine-epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--load-big", action="store_true",
+                        help="also load the blase3D-sized file (needs ~10 GB of memory)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
+        f"{os.cpu_count()}; timings on shared CPUs are noisy")
+    report: dict = {}
+    default = None
+    if "accuracy" in parts:
+        default = accuracy(out, args.refine_epochs, report)
+    if "speed" in parts:
+        if default is None:
+            grid = default_grid(out)
+            held = held_mask(grid)
+            default = LineEmulator.from_identification(
+                oracle_identification(grid, held), grid.wavelength)
+        speed(default, "default", report, args.repeats)
+        if (DATA / "phoenix_clone_T4700_g4.5_HPF.npz").exists():
+            speed(blase3d_scale_emulator(), "blase3d_scale", report, args.repeats)
+        else:
+            log("blase3D-scale speed: skipped (needs ../shared/data/phoenix_clone_T4700_g4.5_HPF.npz)")
+    if "storage" in parts:
+        if default is not None:
+            path = default.save(out / "emulator_default.h5", overwrite=True)
+            report["storage_default_MiB"] = path.stat().st_size / 2**20
+            log(f"default emulator file: {report['storage_default_MiB']:.1f} MiB "
+                f"({default.n_lines:,} lines x {default.manifold.grid_shape} nodes)")
+        big = blase3d_storage(out, report)
+        if args.load_big:
+            t0 = time.perf_counter()
+            emu = LineEmulator.load(big)
+            report["storage_blase3d"]["load_s"] = time.perf_counter() - t0
+            log(f"  loaded back in {report['storage_blase3d']['load_s']:.0f} s "
+                f"({emu.n_lines:,} lines)")
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    log(f"report: {out / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()

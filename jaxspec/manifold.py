@@ -1,0 +1,247 @@
+r"""Line manifolds: per-line parameters as continuous functions of stellar parameters.
+
+A :class:`LineManifold` holds, for every spectral line ``j``, its parameter vector
+(for the emulator: :math:`\mu'_j - \mu_j`, :math:`\ln a_j`, :math:`\ln\sigma_j`,
+:math:`\ln\gamma_j`) on the nodes of a rectilinear grid of stellar parameters
+:math:`\theta = (T_{eff}, \log g, [Fe/H], \dots)` and evaluates it anywhere inside the
+grid by multilinear interpolation (blase3D paper, Sect. 3.2, eq. 3):
+
+.. math::
+    v_j(\theta) = \sum_{c \in \{0,1\}^k} \Big[\prod_{d=1}^{k} w_{d,c_d}(\theta_d)\Big]
+                  \, v_j(\mathbf{i} + c),
+    \qquad w_{d,1} = t_d = \frac{\theta_d - x_{d,i_d}}{x_{d,i_d+1} - x_{d,i_d}},
+    \quad w_{d,0} = 1 - t_d,
+
+with :math:`i_d` the cell of axis ``d`` that holds :math:`\theta_d`. This is exactly
+scipy's ``RegularGridInterpolator(method="linear")``, which blase3D used one line at a
+time; here all lines share one cell lookup and one gather of the :math:`2^k` corner slabs,
+so 10^5 lines cost one memory pass. Axes may be non-uniform (PHOENIX: 100 K steps below
+7000 K, 200 K above).
+
+The module is pure JAX: ``jit``, ``vmap`` and ``grad`` with respect to the parameters
+and to the node values (the basis of :func:`jaxspec.refine.refine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+__all__ = ["LineManifold"]
+
+_OUT_OF_BOUNDS = ("error", "clamp")
+
+
+class LineManifold(eqx.Module):
+    r"""Per-line parameters on a rectilinear grid, interpolated multilinearly.
+
+    Args:
+        axes: ordered mapping ``{name: 1-D array}`` of the grid axes (strictly
+            increasing, float64, any spacing), e.g. ``{"teff": ..., "logg": ...,
+            "feh": ...}``. An axis of length 1 is allowed (its parameter must then equal
+            that value).
+        values: ``(n_lines, *grid_shape, n_out)`` node values (for the emulator ``n_out
+            = 4``: μ' − μ in Å, ln a, ln σ, ln γ). Their dtype is kept (float32 halves
+            memory; float64 when exact agreement with scipy matters). Absent lines carry
+            ln a = −1000 (blase3D Sect. 3.1) and interpolate linearly like any value.
+        out_of_bounds: what a parameter outside the axes does. ``"error"`` (default):
+            :func:`equinox.error_if` raises (at run time, inside ``jit`` too) with the
+            bounds in the message. ``"clamp"``: the parameter is clipped into the box
+            (flat outside it, zero gradient there); use only where a caller keeps its own
+            track of the bounds.
+
+    Call ``manifold(params)`` with ``params (..., k)`` in the order of ``param_names``;
+    returns ``(..., n_lines, n_out)``.
+
+    Storage: node values live grid-first, ``table`` ``(*grid_shape, n_lines, n_out)``,
+    so that each corner of a cell is one contiguous slab of all lines; ``values`` returns
+    the lines-first view.
+    """
+
+    axes: tuple[Float[Array, " n_i"], ...]
+    table: Float[Array, "*grid n_lines n_out"]
+    names: tuple[str, ...] = eqx.field(static=True)
+    out_of_bounds: str = eqx.field(static=True)
+    _bounds_text: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        axes: Mapping[str, ArrayLike],
+        values: ArrayLike | None = None,
+        *,
+        out_of_bounds: str = "error",
+        table: ArrayLike | None = None,
+    ):
+        if not isinstance(axes, Mapping) or len(axes) == 0:
+            raise ValueError(
+                "LineManifold: axes must be a non-empty dict {name: 1-D array}, e.g. "
+                "{'teff': [...], 'logg': [...]}"
+            )
+        if out_of_bounds not in _OUT_OF_BOUNDS:
+            raise ValueError(
+                f"LineManifold: out_of_bounds={out_of_bounds!r}; pass one of {_OUT_OF_BOUNDS}"
+            )
+        names, arrays = [], []
+        for name, a in axes.items():
+            a = np.asarray(a, dtype=np.float64)
+            if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
+                raise ValueError(
+                    f"LineManifold: axis {name!r} must be a non-empty finite 1-D array, got "
+                    f"shape {a.shape}"
+                )
+            if np.any(np.diff(a) <= 0):
+                raise ValueError(
+                    f"LineManifold: axis {name!r} is not strictly increasing; sort it (and "
+                    "the values along it)"
+                )
+            names.append(str(name))
+            arrays.append(a)
+        shape = tuple(a.size for a in arrays)
+        if (values is None) == (table is None):
+            raise ValueError("LineManifold: pass exactly one of values= or table=")
+        if values is not None:
+            values = jnp.asarray(values)
+            if values.ndim != len(shape) + 2 or values.shape[1:-1] != shape:
+                raise ValueError(
+                    f"LineManifold: values has shape {values.shape}, expected (n_lines, "
+                    f"{', '.join(map(str, shape))}, n_out) for axes "
+                    f"{dict(zip(names, shape))}"
+                )
+            table = jnp.moveaxis(values, 0, -2)
+        else:
+            table = jnp.asarray(table)
+            if table.ndim != len(shape) + 2 or table.shape[:-2] != shape:
+                raise ValueError(
+                    f"LineManifold: table has shape {table.shape}, expected "
+                    f"({', '.join(map(str, shape))}, n_lines, n_out)"
+                )
+        if not jnp.issubdtype(table.dtype, jnp.floating):
+            table = table.astype(jnp.float64)
+        self.axes = tuple(jnp.asarray(a) for a in arrays)
+        self.table = table
+        self.names = tuple(names)
+        self.out_of_bounds = out_of_bounds
+        self._bounds_text = ", ".join(
+            f"{n} in [{a[0]:g}, {a[-1]:g}]" for n, a in zip(names, arrays)
+        )
+
+    # ------------------------------------------------------------------ shape and views
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.names
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(self.table.shape[:-2])
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.table.shape[-2])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.table.shape[-1])
+
+    @property
+    def values(self) -> Float[Array, "n_lines *grid n_out"]:
+        """Node values, lines first: ``(n_lines, *grid_shape, n_out)``."""
+        return jnp.moveaxis(self.table, -2, 0)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """``(k, 2)`` float64 ``[low, high]`` of each axis."""
+        return np.array([[float(a[0]), float(a[-1])] for a in self.axes])
+
+    def axes_dict(self) -> dict[str, np.ndarray]:
+        """The axes as ``{name: numpy float64 array}``."""
+        return {n: np.asarray(a) for n, a in zip(self.names, self.axes)}
+
+    def take_lines(self, index: ArrayLike) -> LineManifold:
+        """A manifold with only the lines ``index`` (integer array or boolean mask)."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return eqx.tree_at(lambda m: m.table, self, self.table[..., index, :])
+
+    # ------------------------------------------------------------------ evaluation
+
+    def __call__(self, params: ArrayLike) -> Float[Array, "... n_lines n_out"]:
+        r"""Interpolated line parameters at ``params``.
+
+        Args:
+            params: ``(..., k)`` stellar parameters in ``param_names`` order (units of
+                the axes, e.g. K, dex, dex).
+
+        Returns:
+            ``(..., n_lines, n_out)``, multilinear in each cell (module docstring).
+
+        Raises:
+            equinox's runtime error (``XlaRuntimeError``/``EqxRuntimeError``) naming the
+            bounds, when a parameter is outside the axes or NaN and ``out_of_bounds`` is
+            ``"error"``.
+        """
+        params = jnp.asarray(params)
+        if not jnp.issubdtype(params.dtype, jnp.floating):
+            params = params.astype(jnp.float64)
+        k = len(self.axes)
+        if params.ndim == 0 or params.shape[-1] != k:
+            raise ValueError(
+                f"LineManifold: params has shape {params.shape}; the last axis must hold "
+                f"the {k} parameters {self.names}"
+            )
+        params = self._check_bounds(params)
+        lead = params.shape[:-1]
+        flat = params.reshape(-1, k)
+        out = jax.vmap(self._interpolate_one)(flat)
+        return out.reshape(*lead, *out.shape[1:])
+
+    def _check_bounds(self, params):
+        lo = jnp.stack([a[0] for a in self.axes])
+        hi = jnp.stack([a[-1] for a in self.axes])
+        if self.out_of_bounds == "clamp":
+            return jnp.clip(params, lo, hi)
+        # A relative slack of 1e-9 lets values read back from text (5772.0000000001) in.
+        slack = 1e-9 * jnp.maximum(1.0, jnp.maximum(jnp.abs(lo), jnp.abs(hi)))
+        inside = (params >= lo - slack) & (params <= hi + slack)
+        return eqx.error_if(
+            params,
+            ~jnp.all(inside),
+            f"LineManifold: parameters outside the grid or NaN; the manifold covers "
+            f"{self._bounds_text} ({', '.join(self.names)} is the order of the last axis "
+            "of params). Keep inference inside these bounds or build with "
+            "out_of_bounds='clamp'.",
+        )
+
+    def _interpolate_one(self, theta):
+        starts, weights, sizes = [], [], []
+        for d, axis in enumerate(self.axes):
+            n = axis.shape[0]
+            x = theta[d]
+            if n == 1:
+                starts.append(jnp.zeros((), jnp.int32))
+                weights.append(jnp.ones((1,), dtype=theta.dtype))
+                sizes.append(1)
+                continue
+            # scipy's rule: the cell [x_i, x_{i+1}] with x_i <= x, clipped to the ends.
+            i = jnp.clip(jnp.searchsorted(axis, x, side="right") - 1, 0, n - 2)
+            i = i.astype(jnp.int32)
+            x0, x1 = axis[i], axis[i + 1]
+            t = (x - x0) / (x1 - x0)
+            starts.append(i)
+            weights.append(jnp.stack([1.0 - t, t]))
+            sizes.append(2)
+        zero = jnp.zeros((), jnp.int32)
+        slab = jax.lax.dynamic_slice(
+            self.table, (*starts, zero, zero), (*sizes, *self.table.shape[-2:])
+        )
+        # Contract the corner axes one at a time: (2, 2, 2, L, 4) -> (L, 4).
+        for w in weights:
+            w = w.astype(jnp.result_type(w.dtype, slab.dtype))
+            slab = jnp.tensordot(w, slab, axes=(0, 0))
+        return slab

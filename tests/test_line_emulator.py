@@ -1,0 +1,255 @@
+"""LineEmulator: spectra at nodes, gradients (absent lines too), files, restrict, refine, CLI."""
+
+from types import SimpleNamespace
+
+import equinox as eqx
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspec import LineList
+from jaxspec.emulator import load_emulator
+from jaxspec.grid import SpectralGrid
+from jaxspec.identify import identify_lines
+from jaxspec.line_emulator import LineEmulator
+
+AXES = {"teff": np.array([5000.0, 5500.0, 6000.0]), "logg": np.array([4.0, 4.5]),
+        "feh": np.array([-0.5, 0.0])}
+WL = 8500.0 + 0.01 * np.arange(801)
+BASE = np.array([8501.0, 8502.3, 8503.1, 8504.6, 8505.2, 8506.8, 8507.5])
+LN_A0 = np.array([-3.5, -4.0, -3.0, -4.5, -3.8, -4.2, -3.2])
+ABSENT = 2  # line 2 vanishes at Teff = 6000 K
+
+evaluate = eqx.filter_jit(lambda e, p: e(p))
+
+
+def node_lines(teff, logg, feh):
+    x = (teff - 5000.0) / 500.0
+    center = BASE + 0.002 * x
+    ln_a = LN_A0 + 0.6 * feh - 0.2 * x + 0.1 * (logg - 4.0)
+    ln_s = np.full(BASE.size, np.log(0.02)) + 0.05 * x
+    ln_g = np.full(BASE.size, np.log(0.03)) + 0.2 * (logg - 4.0)
+    keep = np.ones(BASE.size, bool)
+    keep[ABSENT] = teff < 6000.0
+    return center, ln_a, ln_s, ln_g, keep
+
+
+def make_nodes_and_grid():
+    shape = tuple(a.size for a in AXES.values())
+    nodes, lists = [], []
+    for index in np.ndindex(*shape):
+        params = [AXES[n][i] for n, i in zip(AXES, index)]
+        center, ln_a, ln_s, ln_g, keep = node_lines(*params)
+        nodes.append(SimpleNamespace(
+            index=index, params=params, line_id=np.round(BASE[keep], 2), center=center[keep],
+            ln_amplitude=ln_a[keep], ln_sigma=ln_s[keep], ln_gamma=ln_g[keep]))
+        lists.append((center, np.where(keep, ln_a, -1000.0), ln_s, ln_g))
+    batch = LineList(*(np.stack(v) for v in zip(*lists)))
+    flux = jax.jit(jax.vmap(lambda ll: ll.flux_exact(WL)))(batch)
+    grid = SpectralGrid(AXES, WL, np.asarray(flux).reshape(*shape, WL.size), normalized=True)
+    return nodes, grid
+
+
+@pytest.fixture(scope="module")
+def built():
+    nodes, grid = make_nodes_and_grid()
+    ident = identify_lines(nodes, AXES, meta={"wavelength": WL})
+    return nodes, grid, LineEmulator.from_identification(ident)
+
+
+def test_reproduces_clone_spectra_at_nodes(built):
+    _, grid, emulator = built
+    params, flat = grid.node_params()
+    flux = np.asarray(evaluate(emulator, params.reshape(3, 4, 3)))
+    assert flux.shape == (3, 4, WL.size)
+    truth = grid.flux.reshape(-1, WL.size)[flat].reshape(3, 4, -1)
+    assert np.max(np.abs(flux - truth)) < 5e-5
+    assert truth.min() < 0.7  # lines are really there
+    assert emulator.param_names == ("teff", "logg", "feh")
+    np.testing.assert_allclose(emulator.bounds, [[5000, 6000], [4, 4.5], [-0.5, 0]])
+    assert emulator.n_lines == BASE.size and emulator.n_pix == WL.size
+
+
+def test_gradients_are_finite_including_absent_lines(built):
+    _, _, emulator = built
+    # Between Teff 5500 and 6000 line 2 interpolates towards ln a = -1000: dead nearly
+    # everywhere in the cell, alive only at its 5500 K edge.
+    theta = jnp.array([5800.0, 4.2, -0.2])
+    loss = lambda ep: jnp.sum((ep[0](ep[1]) - 0.9) ** 2)
+    gm, g = eqx.filter_jit(eqx.filter_grad(loss))((emulator, theta))
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+    table = np.asarray(gm.manifold.table)
+    assert np.all(np.isfinite(table))
+    assert np.all(table[..., ABSENT, :] == 0.0)  # dead at theta: exactly no gradient
+    assert np.any(table[..., 0, :] != 0.0)
+    assert np.all(np.isfinite(np.asarray(gm.center)))
+
+
+def test_out_of_bounds_parameters_raise_with_the_bounds(built):
+    _, grid, emulator = built
+    params, _ = grid.node_params()
+    bad = params.reshape(3, 4, 3).copy()
+    bad[0, 0, 0] = 6500.0
+    with pytest.raises(Exception, match=r"teff in \[5000, 6000\]"):
+        jax.block_until_ready(evaluate(emulator, bad))
+
+
+def test_save_load_round_trip(built, tmp_path):
+    _, grid, emulator = built
+    path = emulator.save(tmp_path / "emu.h5")
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == "jaxspec-emulator" and f.attrs["kind"] == "line"
+        assert f["lines/values"].dtype == np.float32
+        n_present = int(emulator.present().sum())
+        assert f["lines/values"].shape == (n_present, 4)
+    loaded = load_emulator(path)
+    assert isinstance(loaded, LineEmulator)
+    np.testing.assert_array_equal(loaded.center, emulator.center)
+    np.testing.assert_allclose(loaded.manifold.table, emulator.manifold.table, atol=1e-6)
+    params, _ = grid.node_params()
+    a = evaluate(emulator, params.reshape(3, 4, 3))
+    b = evaluate(loaded, params.reshape(3, 4, 3))
+    assert np.max(np.abs(np.asarray(a) - np.asarray(b))) < 1e-6
+    with pytest.raises(FileExistsError, match="overwrite"):
+        emulator.save(path)
+
+
+def test_restrict_keeps_lines_that_touch_the_range(built):
+    _, _, emulator = built
+    # At tolerance 1e-3 the windows reach ~1-3 Å: lines far from the range drop out (at
+    # the default 1e-6 the Lorentz wings of these lines reach the whole 8 Å).
+    emulator = emulator.replan(tolerance=1e-3)
+    small = emulator.restrict((8504.0, 8505.5))
+    assert 2 <= small.n_lines < emulator.n_lines
+    assert np.asarray(small.center).min() > 8502.5  # the two bluest lines are gone
+    assert small.wavelength[0] >= 8504.0 and small.wavelength[-1] <= 8505.5
+    params, _ = built[1].node_params()
+    full = np.asarray(evaluate(built[2], params.reshape(3, 4, 3)))  # compiled before
+    keep = (WL >= 8504.0) & (WL <= 8505.5)
+    part = np.asarray(evaluate(small, params.reshape(3, 4, 3)))
+    assert np.max(np.abs(part - full[..., keep])) < 1e-3
+    with pytest.raises(ValueError, match=r"covers 8500.00–8508.00 Å"):
+        emulator.restrict((9000.0, 9100.0))
+    with pytest.raises(ValueError, match="lo > hi"):
+        emulator.restrict((8505.0, 8504.0))
+
+
+def test_refine_lowers_the_loss(built):
+    from jaxspec.refine import refine
+
+    _, grid, emulator = built
+    rng = np.random.default_rng(0)
+    table = np.array(emulator.manifold.table)
+    present = np.moveaxis(emulator.present(), 0, -1)
+    table[..., 1] += np.where(present, rng.normal(0.0, 0.15, present.shape), 0.0)
+    noisy = emulator.with_table(table)
+    held = np.zeros(grid.shape, bool)
+    held[1, 0, 1] = True  # Teff 5500: interpolated from 5000 and 6000 while training
+    refined, history = refine(noisy, grid, epochs=4, batch_size=4, learning_rate=0.02,
+                              holdout=held, progress=False)
+    assert history.n_train == 11 and history.n_holdout == 1
+    assert history.rms_train_after < 0.6 * history.rms_train_before
+    assert history.loss[-1] < history.loss[0]
+    assert np.isfinite(history.rms_holdout_after)
+    assert not bool(refined.observed[1, 0, 1])
+    assert refined.info["refine"]["epochs"] == 4
+    # Absent entries stay absent.
+    assert np.all(np.asarray(refined.manifold.table)[2, :, :, ABSENT, 1] == -1000.0)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def fake_store(nodes, path="clones.h5", **settings):
+    base = {"prominence": 0.005, "wing_cut": 6000, "epochs": 100, "learning_rate": 0.05}
+    base.update(settings)
+    return SimpleNamespace(path=path, param_names=tuple(AXES), axes=AXES, settings=base,
+                           wavelength=WL, iter_nodes=lambda: iter(nodes))
+
+
+def test_cli_build_synth_info_plot(built, tmp_path, monkeypatch, capsys):
+    from astropy.table import Table
+
+    from jaxspec.cli import build, main
+
+    nodes, _, _ = built
+    monkeypatch.setattr(build, "_open_stores", lambda paths: [fake_store(nodes)])
+    out = tmp_path / "emu.h5"
+    assert main(["build", "clones.h5", "--out", str(out), "--matcher", "track",
+                 "--expect-settings", "prominence=0.005"]) == 0
+    assert "unique lines" in capsys.readouterr().out
+    # Settings other than expected: a clear error, no file.
+    assert main(["build", "clones.h5", "--out", str(tmp_path / "x.h5"),
+                 "--expect-settings", "wing_cut=3000"]) == 1
+    assert "wing_cut=6000 (expected 3000.0)" in capsys.readouterr().err
+    assert main(["build", "clones.h5", "--out", str(tmp_path / "x.h5"),
+                 "--refine-epochs", "2"]) == 1
+    assert "--grid" in capsys.readouterr().err
+
+    spec = tmp_path / "spec.ecsv"
+    assert main(["synth", str(out), "--teff", "5772", "--logg", "4.44", "--feh", "0",
+                 "--out", str(spec)]) == 0
+    table = Table.read(spec)
+    assert str(table["wavelength"].unit) == "Angstrom" and len(table) == WL.size
+    assert table["flux"].min() < 0.9
+    assert main(["synth", str(out), "--teff", "7000", "--logg", "4.44", "--feh", "0",
+                 "--out", str(tmp_path / "y.ecsv")]) == 1
+    err = capsys.readouterr().err
+    assert "teff=7000 outside" in err and "teff in [5000, 6000]" in err
+    assert main(["synth", str(out), "--teff", "5500", "--out", str(tmp_path / "y.ecsv")]) == 1
+    assert "missing --logg, --feh" in capsys.readouterr().err
+
+    assert main(["emulator", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "matcher=track" in info and "7 unique" in info
+    fig = tmp_path / "fig.png"
+    assert main(["emulator", "plot", str(out), "--line", "8503.1", "--feh", "0",
+                 "--out", str(fig)]) == 0
+    assert fig.stat().st_size > 10_000
+    assert main(["emulator", "plot", str(out), "--line", "8600", "--out", str(fig)]) == 1
+    assert "nearest lines" in capsys.readouterr().err
+
+
+def write_clone_store(path, nodes):
+    """A clone store in the documented jaxspec-clones layout (version 1)."""
+    from jaxspec.io.clone_store import SETTING_NAMES
+
+    settings = {"prominence": 0.005, "wing_cut": 6000, "epochs": 100, "learning_rate": 0.05,
+                "max_shift": 0.05, "passes": 2, "deblend": 8, "amplitude_margin": 1.0,
+                "width_margin": 1.0, "tolerance": 1e-6}
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="jaxspec-clones", version=1, param_names=list(AXES),
+                       normalized=True, **{k: settings[k] for k in SETTING_NAMES})
+        f["wavelength"] = WL
+        for name, axis in AXES.items():
+            f[f"axes/{name}"] = axis
+        for n in nodes:
+            g = f.create_group("nodes/" + "_".join(map(str, n.index)))
+            for key in ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma"):
+                g[key] = getattr(n, key)
+            g.attrs.update(index=list(n.index), params=list(n.params), residual_rms=0.0,
+                           n_lines=len(n.line_id), complete=True)
+
+
+def test_cli_build_reads_a_real_clone_store(built, tmp_path, capsys):
+    pytest.importorskip("jaxspec.io.clone_store", reason="clone store reader not in this version")
+    from jaxspec.cli import main
+
+    nodes, _, emulator = built
+    store = tmp_path / "clones.h5"
+    write_clone_store(store, nodes)
+    out = tmp_path / "emu.h5"
+    assert main(["build", str(store), "--out", str(out), "--expect-settings",
+                 "wing_cut=6000"]) == 0
+    loaded = LineEmulator.load(out)
+    np.testing.assert_allclose(loaded.center, emulator.center)
+    assert loaded.info["clone_settings"]["prominence"] == 0.005
+    # Two stores cloned with different settings are not combined.
+    other = tmp_path / "other.h5"
+    write_clone_store(other, nodes[:0])
+    with h5py.File(other, "a") as f:
+        f.attrs["prominence"] = 0.01
+    assert main(["build", str(store), str(other), "--out", str(tmp_path / "x.h5")]) == 1
+    assert "prominence=0.01 (expected 0.005)" in capsys.readouterr().err
