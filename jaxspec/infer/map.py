@@ -1,0 +1,411 @@
+r"""Maximum a posteriori fits by gradient descent, with Laplace uncertainties.
+
+The negative log posterior, in physical parameters :math:`\theta` inside the search box
+(the emulator's bounds, Teff optionally limited to ``teff_guess ± teff_window``), is
+
+.. math::
+    -\ln p(\theta \mid D) = \tfrac12 \chi^2(\theta) - \ln p(\theta) + \text{const},
+    \qquad \chi^2 = \sum_i \frac{(M_i(\theta) - D_i)^2}{\sigma_i^2}
+
+with known uncertainties, and, when the noise level is unknown (no uncertainties, or
+``fit_noise=True``), the profile over a noise scale s (:math:`\sigma_i \to s\sigma_i`,
+maximised at :math:`\hat s^2 = \chi^2/N`):
+
+.. math:: -\ln p(\theta \mid D) = \tfrac{N}{2} \ln\left[\chi^2(\theta) + N s_{min}^2\right]
+    - \ln p(\theta) + \text{const},
+
+with a floor :math:`s_{min}` = ``NOISE_FLOOR`` = 1e-5 so that an exact fit of a noise-free
+spectrum keeps a finite optimum.
+
+:math:`p(\theta)` is uniform on the box unless ``priors`` gives numpyro distributions.
+
+Algorithm:
+
+1. a coarse search: ``n_search`` scrambled-Sobol points of the box (plus ``init``, e.g. a
+   :func:`~jaxspec.infer.bayes_opt` result); the best ``n_starts`` become starts;
+2. Adam (``steps``, learning rate ``lr`` with cosine decay) on
+   :math:`z = \operatorname{logit}(u)`, :math:`u = (\theta - \theta_{lo}) / (\theta_{hi} -
+   \theta_{lo})`, from every start at once (vmap);
+3. ``n_newton`` (12) projected Newton steps in u (with backtracking, faces of the box as
+   active constraints) from each end point, which lands parameters exactly on a face
+   when the optimum is there (logit space cannot reach it);
+4. the best start wins; its Laplace covariance is the inverse Hessian of the negative log
+   posterior in u, scaled to physical units:
+   :math:`\Sigma_\theta = S H_u^{-1} S`, :math:`S = \operatorname{diag}(\theta_{hi} -
+   \theta_{lo})` (with a profiled noise scale, H is that of :math:`\chi^2/2\hat s^2`
+   at the fitted :math:`\hat s`, which stays positive definite on a face of the box).
+
+Converged (no ``NOT_CONVERGED`` flag) means: finite, and either the Newton decrement
+:math:`\tfrac12 g^\top H^{-1} g` over the free parameters is below ``tol`` nats or the
+last Newton step could not lower the objective by ``tol`` (a minimum on a kink of a
+piecewise-linear emulator). The Hessian must be positive definite for the errors
+(otherwise ``HESSIAN`` and NaN errors).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.scipy.linalg import cho_solve
+from jaxtyping import Array, Float, Int
+
+from jaxspec.infer._box import box_edge, to_physical, to_unit, window_edge
+from jaxspec.infer._prepare import as_batch, boxes, keys_for, map_batches, unbatch
+from jaxspec.infer.likelihood import chi2, rms_loss
+from jaxspec.infer.results import Status, is_converged, status_message
+
+__all__ = ["MapResult", "fit_map", "neg_log_posterior"]
+
+_U_EPS = 1e-9
+#: Smallest fitted noise scale (in units of σ; of the flux when no σ is given): a
+#: noise-free spectrum that an emulator reproduces exactly still has a finite optimum.
+NOISE_FLOOR = 1e-5
+
+
+class MapResult(eqx.Module):
+    """Outcome of :func:`fit_map` (fields gain a leading axis for many spectra).
+
+    params
+        ``(n_params,)`` MAP estimate, physical units.
+    sigma
+        ``(n_params,)`` Laplace 1σ (NaN when the Hessian is not positive definite).
+    covariance
+        ``(n_params, n_params)`` Laplace covariance.
+    loss
+        RMS residual at ``params`` (blase3D eq. 4).
+    neg_log_posterior
+        objective at ``params`` (nats, up to a constant).
+    noise_scale
+        fitted s (:math:`\\sqrt{\\chi^2/N}`) when the noise is profiled, else 1.
+    decrement
+        Newton decrement :math:`\\tfrac12 g^\\top H^{-1} g` at the end (nats).
+    status
+        :class:`~jaxspec.infer.results.Status` flags.
+    n_evaluations
+        objective evaluations (a gradient or Hessian counts as one).
+    starts, start_objective
+        ``(n_starts, n_params)`` end points of every start and their objectives.
+    """
+
+    params: Float[Array, "... n_params"]
+    sigma: Float[Array, "... n_params"]
+    covariance: Float[Array, "... n_params n_params"]
+    loss: Float[Array, "..."]
+    neg_log_posterior: Float[Array, "..."]
+    noise_scale: Float[Array, "..."]
+    decrement: Float[Array, "..."]
+    status: Int[Array, "..."]
+    n_evaluations: Int[Array, "..."]
+    starts: Float[Array, "... n_starts n_params"]
+    start_objective: Float[Array, "... n_starts"]
+
+    @property
+    def converged(self):
+        return is_converged(self.status)
+
+    def rows(self) -> list[dict]:
+        p = np.atleast_2d(np.asarray(self.params))
+        s = np.atleast_2d(np.asarray(self.sigma))
+        flat = {k: np.atleast_1d(np.asarray(getattr(self, k))) for k in (
+            "loss", "status", "n_evaluations", "noise_scale", "decrement")}
+        return [
+            {
+                "params": p[i],
+                "sigma": s[i],
+                "loss": flat["loss"][i],
+                "n_evaluations": flat["n_evaluations"][i],
+                "converged": bool(is_converged(flat["status"][i])),
+                "message": status_message(
+                    flat["status"][i], f"Newton decrement {flat['decrement'][i]:.2g} nats"
+                ),
+                "extra": {"noise_scale": float(flat["noise_scale"][i])},
+            }
+            for i in range(p.shape[0])
+        ]
+
+
+class _Config(NamedTuple):
+    n_search: int
+    n_starts: int
+    steps: int
+    lr: float
+    n_newton: int
+    tol: float
+    fit_noise: bool
+    priors: tuple  # ((index, distribution), ...) hashable by identity
+    has_init: bool
+
+
+def neg_log_posterior(emulator, obs, theta, fit_noise: bool = False, priors=None):
+    """The MAP objective (module docstring) at physical ``theta`` ``(n_params,)``.
+
+    Args:
+        emulator: any emulator.
+        obs: an unbatched :class:`~jaxspec.infer.Observation`.
+        theta: parameters, physical units.
+        fit_noise: profile the noise scale (``N/2 ln χ²``) instead of ``χ²/2``.
+        priors: None or ``{name: numpyro distribution}``.
+    """
+    items = () if priors is None else tuple(
+        (list(emulator.param_names).index(n), d) for n, d in priors.items()
+    )
+    return _objective(emulator, obs, theta, fit_noise, items)
+
+
+def _objective(emulator, obs, theta, fit_noise, prior_items):
+    model = obs.project(emulator(theta))
+    c2 = chi2(model, obs.flux, obs.sigma, obs.mask)
+    n = jnp.sum(obs.mask)
+    # the noise floor keeps ln χ² finite (and the Hessian defined) for an exact fit
+    val = 0.5 * n * jnp.log(c2 + n * NOISE_FLOOR**2) if fit_noise else 0.5 * c2
+    return val + _prior_term(theta, prior_items)
+
+
+def _prior_term(theta, prior_items):
+    val = 0.0
+    for i, d in prior_items:
+        val = val - d.log_prob(theta[i])
+    return val
+
+
+def _sobol(n: int, k: int) -> np.ndarray:
+    from scipy.stats import qmc
+
+    return qmc.Sobol(k, scramble=True, seed=0).random(n)
+
+
+def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Config):
+    k = lower.shape[-1]
+
+    def f_u(u):
+        return _objective(emulator, obs, to_physical(u, lower, upper), cfg.fit_noise, cfg.priors)
+
+    def safe(v):
+        return jnp.where(jnp.isfinite(v), v, jnp.inf)
+
+    # 1. coarse search (a random Cranley–Patterson shift of a fixed Sobol set)
+    shift = jax.random.uniform(key, (k,), dtype=jnp.float64)
+    pts = jnp.mod(jnp.asarray(_sobol(cfg.n_search, k)) + shift, 1.0)
+    vals = jax.lax.map(lambda u: safe(f_u(u)), pts, batch_size=32)
+    order = jnp.argsort(vals)
+    starts = pts[order[: cfg.n_starts]]
+    n_eval = cfg.n_search
+    if cfg.has_init:
+        u_init = jnp.clip(to_unit(init, lower, upper), 0.0, 1.0)
+        starts = starts.at[-1].set(u_init)
+    starts = jnp.clip(starts, 1e-4, 1 - 1e-4)
+
+    # 2. Adam in logit space
+    sched = optax.cosine_decay_schedule(cfg.lr, max(cfg.steps, 1), alpha=0.05)
+    opt = optax.adam(sched)
+    g_z = jax.grad(lambda z: f_u(jax.nn.sigmoid(z)))
+
+    def adam(z0):
+        def body(_, carry):
+            z, state = carry
+            g = g_z(z)
+            g = jnp.where(jnp.isfinite(g), g, 0.0)
+            upd, state = opt.update(g, state, z)
+            return jnp.clip(z + upd, -25.0, 25.0), state
+
+        z, _ = jax.lax.fori_loop(0, cfg.steps, body, (z0, opt.init(z0)))
+        return jax.nn.sigmoid(z)
+
+    u_adam = jax.vmap(adam)(jnp.log(starts) - jnp.log1p(-starts))
+    n_eval += cfg.n_starts * cfg.steps
+
+    # 3. projected Newton with backtracking in u
+    grad_u = jax.grad(f_u)
+
+    def grad_hess(u):  # forward-over-reverse; the gradient comes along as aux
+        def g2(u):
+            g = grad_u(u)
+            return g, g
+
+        h, g = jax.jacfwd(g2, has_aux=True)(u)
+        return g, h
+
+    trials = jnp.array([1.0, 0.5, 0.25, 0.1, 0.02])
+
+    def free_system(u, g, h):
+        active = ((u <= _U_EPS) & (g > 0)) | ((u >= 1 - _U_EPS) & (g < 0))
+        free = ~active
+        both = free[:, None] & free[None, :]
+        return jnp.where(free, g, 0.0), jnp.where(both, h, jnp.eye(k))
+
+    def direction(g_f, h_f):
+        # Newton direction where H is positive definite, else steepest descent scaled by
+        # the diagonal (the Levenberg limit).
+        chol = jnp.linalg.cholesky(h_f)
+        ok = jnp.all(jnp.isfinite(chol))
+        d_newton = -cho_solve((jnp.where(ok, chol, jnp.eye(k)), True), g_f)
+        diag = jnp.maximum(jnp.abs(jnp.diag(h_f)), 1e-12)
+        d = jnp.where(ok, d_newton, -g_f / diag)
+        dec = jnp.where(ok, -0.5 * g_f @ d_newton, jnp.inf)
+        return jnp.where(jnp.isfinite(d), d, 0.0), dec
+
+    def newton(u0):
+        # n_newton steps plus a last pass that only evaluates gradient and Hessian at the
+        # end point (one compiled copy of the Hessian serves the steps and the Laplace
+        # approximation).
+        def body(i, carry):
+            u, f0, gain, _, _, _ = carry
+            g, h = grad_hess(u)
+            d, dec = direction(*free_system(u, g, h))
+            cand = jnp.clip(u[None, :] + trials[:, None] * d[None, :], 0.0, 1.0)
+            fc = jax.vmap(lambda c: safe(f_u(c)))(cand)
+            j = jnp.argmin(fc)
+            step = i < cfg.n_newton
+            better = (fc[j] < f0) & step
+            gain = jnp.where(step, jnp.where(better, f0 - fc[j], 0.0), gain)
+            u_new = jnp.where(better, cand[j], u)
+            return u_new, jnp.where(better, fc[j], f0), gain, dec, h, g
+
+        f0 = safe(f_u(u0))
+        init = (u0, f0, jnp.inf, jnp.inf, jnp.zeros((k, k)), jnp.zeros(k))
+        return jax.lax.fori_loop(0, cfg.n_newton + 1, body, init)
+
+    u_end, f_end, gain, dec, h_end, g_end = jax.vmap(newton)(u_adam)
+    n_eval += cfg.n_starts * ((cfg.n_newton + 1) * (2 + trials.size) + 1)
+    best = jnp.argmin(f_end)
+    u, f, gain, dec, h, g = (a[best] for a in (u_end, f_end, gain, dec, h_end, g_end))
+
+    # 4. Laplace. With a profiled noise scale, f = N/2 ln C and its Hessian carries
+    # -N/2 ∇C∇Cᵀ/C², which vanishes at an interior optimum but not on a face of the box
+    # (where it can make H indefinite); the Laplace approximation at the fitted noise
+    # s² = C/N is N/2 ∇²C/C = H + (2/N) g gᵀ, with g the likelihood part of the gradient.
+    if cfg.fit_noise:
+        g_lik = g
+        if cfg.priors:
+            g_lik = g_lik - jax.grad(
+                lambda v: _prior_term(to_physical(v, lower, upper), cfg.priors))(u)
+        h = h + (2.0 / jnp.sum(obs.mask)) * jnp.outer(g_lik, g_lik)
+    chol = jnp.linalg.cholesky(h)
+    pd = jnp.all(jnp.isfinite(chol))
+    cov_u = jnp.linalg.inv(jnp.where(pd, h, jnp.eye(k)))
+    scale = upper - lower
+    cov = jnp.where(pd, cov_u * scale[:, None] * scale[None, :], jnp.nan)
+    theta = to_physical(u, lower, upper)
+    model = obs.project(emulator(theta))
+    n_used = jnp.sum(obs.mask)
+    noise = jnp.where(
+        cfg.fit_noise,
+        jnp.sqrt(chi2(model, obs.flux, obs.sigma, obs.mask) / n_used + NOISE_FLOOR**2),
+        1.0,
+    )
+    converged = (dec < cfg.tol) | (gain < cfg.tol)
+    status = jnp.where(jnp.isfinite(f), 0, int(Status.NONFINITE))
+    status |= jnp.where(converged, 0, int(Status.NOT_CONVERGED))
+    status |= jnp.where(pd, 0, int(Status.HESSIAN))
+    status |= jnp.where(window_edge(u, lower, upper, b_lower, b_upper),
+                        int(Status.WINDOW_EDGE), 0)
+    status |= jnp.where(box_edge(u), int(Status.BOX_EDGE), 0)
+    return MapResult(
+        params=theta,
+        sigma=jnp.sqrt(jnp.diag(cov)),
+        covariance=cov,
+        loss=rms_loss(model, obs.flux, obs.mask),
+        neg_log_posterior=f,
+        noise_scale=noise,
+        decrement=dec,
+        status=status.astype(jnp.int32),
+        n_evaluations=jnp.asarray(n_eval + 2, dtype=jnp.int32),
+        starts=to_physical(u_end, lower, upper),
+        start_objective=f_end,
+    )
+
+
+@eqx.filter_jit
+def _map_batch(emulator, obs, lower, upper, b_lower, b_upper, init, keys, cfg):
+    def one(o, lo, hi, i0, key):
+        return _map_one(emulator, o, lo, hi, b_lower, b_upper, i0, key, cfg)
+
+    return jax.vmap(one)(obs, lower, upper, init, keys)
+
+
+def fit_map(
+    emulator,
+    flux,
+    uncertainty=None,
+    *,
+    mask=None,
+    teff_guess=None,
+    teff_window: float = 500.0,
+    init=None,
+    priors: dict | None = None,
+    fit_noise: bool | None = None,
+    n_search: int = 256,
+    n_starts: int = 4,
+    steps: int = 100,
+    lr: float = 0.05,
+    n_newton: int = 12,
+    tol: float = 1e-3,
+    key=None,
+    resample: str = "model",
+    batch_size: int = 1,
+    progress: bool = False,
+) -> MapResult:
+    r"""MAP parameters and Laplace uncertainties of one spectrum or many (module doc).
+
+    Args:
+        emulator: any :class:`~jaxspec.emulator.Emulator`.
+        flux: flux ``(n_pix,)`` / ``(n, n_pix)`` on the emulator's wavelengths, a
+            :class:`~jaxspec.infer.Spectrum` / :class:`~jaxspec.infer.Observation`, or a
+            list of them.
+        uncertainty: 1σ for a flux array, or None.
+        mask: bool for a flux array (True = use), or None.
+        teff_guess: None, one Teff (K) or one per spectrum: limit Teff to
+            ``teff_guess ± teff_window``.
+        teff_window: K.
+        init: ``(n_params,)`` or ``(n, n_params)`` physical start (e.g. a
+            :class:`~jaxspec.infer.BayesOptResult`'s ``params``), added to the starts.
+        priors: ``{name: numpyro distribution}`` replacing the uniform prior of those
+            parameters (the box still bounds the search).
+        fit_noise: profile an unknown noise scale; default: when no uncertainties.
+        n_search: coarse-search points.
+        n_starts: optimisations run (best of the search, vmapped).
+        steps: Adam steps per start; ``lr`` its learning rate (cosine decay to 5 %).
+        n_newton: projected Newton steps after Adam.
+        tol: convergence tolerance, nats.
+        key: PRNG key or int seed for the search shift (default 0).
+        resample: ``"model"`` or ``"data"``.
+        batch_size: spectra per compiled (vmapped) call; 1 is fastest on CPU.
+        progress: tqdm bar over batches.
+
+    Returns:
+        :class:`MapResult` (leading axis for several spectra).
+    """
+    if n_starts < 1 or n_search < n_starts:
+        raise ValueError(f"need 1 <= n_starts ({n_starts}) <= n_search ({n_search})")
+    obs, batched = as_batch(emulator, flux, uncertainty, mask, resample)
+    n = obs.flux.shape[0]
+    lower, upper, b_lower, b_upper = boxes(emulator, n, teff_guess, teff_window)
+    if fit_noise is None:
+        fit_noise = not obs.has_uncertainty
+    items = ()
+    if priors:
+        unknown = [p for p in priors if p not in emulator.param_names]
+        if unknown:
+            raise ValueError(f"priors for unknown parameters {unknown}; the emulator has "
+                             f"{emulator.param_names}")
+        items = tuple((emulator.param_names.index(p), d) for p, d in priors.items())
+    has_init = init is not None
+    init_arr = jnp.broadcast_to(
+        jnp.asarray(init if has_init else np.zeros(emulator.n_params), dtype=jnp.float64),
+        (n, emulator.n_params),
+    )
+    cfg = _Config(int(n_search), int(n_starts), int(steps), float(lr), int(n_newton),
+                  float(tol), bool(fit_noise), items, has_init)
+    keys = keys_for(key, n)
+
+    def run(o, lo, hi, i0, k):
+        return _map_batch(emulator, o, lo, hi, b_lower, b_upper, i0, k, cfg)
+
+    result = map_batches(run, (obs, lower, upper, init_arr, keys), n, batch_size, progress,
+                         "fit_map")
+    return unbatch(result, batched)

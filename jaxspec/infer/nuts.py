@@ -1,0 +1,397 @@
+r"""Posterior sampling with NUTS (numpyro).
+
+The probabilistic model is the plain numpyro function :func:`spectrum_model`:
+
+.. math::
+    \theta_d &\sim \mathcal{U}(\theta_{d,lo}, \theta_{d,hi})
+        \quad\text{(or a user prior)},\\
+    s &\sim \text{LogUniform}(10^{-6}, 10^{3}) \quad\text{(only when the noise is fitted)},\\
+    D_i &\sim \mathcal{N}\big(M_i(\theta),\ (s\,\sigma_i)^2\big)
+        \quad\text{for every used pixel } i,
+
+with :math:`M` the emulator's flux on the data pixels and the box the emulator's bounds
+(Teff optionally limited to ``teff_guess ± teff_window``). :func:`sample_nuts` runs
+``num_chains`` NUTS chains (one compiled function for all chains), started near
+the MAP (:func:`~jaxspec.infer.fit_map`, jittered by half its Laplace σ), and returns a
+:class:`NutsResult` holding the samples, arviz ``InferenceData``, split R-hat, effective
+sample sizes and divergences.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import constrain_fn, potential_energy
+from tqdm.auto import tqdm
+
+from jaxspec.infer._box import EDGE_TOL, search_box
+from jaxspec.infer._prepare import as_batch, keys_for
+from jaxspec.infer.likelihood import rms_loss
+from jaxspec.infer.results import Status, is_converged, status_message
+
+__all__ = ["NutsResult", "sample_nuts", "spectrum_model"]
+
+_NOISE_PRIOR = (1e-6, 1e3)
+
+
+def spectrum_model(emulator, obs, lower, upper, priors=None, fit_noise: bool = False):
+    """numpyro model of one spectrum (module docstring).
+
+    Args:
+        emulator: any :class:`~jaxspec.emulator.Emulator`.
+        obs: an unbatched :class:`~jaxspec.infer.Observation`.
+        lower, upper: ``(n_params,)`` box of the uniform priors.
+        priors: None or ``{name: numpyro distribution}`` replacing those uniform priors.
+        fit_noise: sample a noise scale ``noise_scale`` multiplying the uncertainties.
+
+    Sample sites: one per parameter (named as ``emulator.param_names``), optionally
+    ``noise_scale``, and the observed ``flux``.
+    """
+    priors = priors or {}
+    values = []
+    for i, name in enumerate(emulator.param_names):
+        d = priors.get(name)
+        if d is None:
+            d = dist.Uniform(lower[i], upper[i])
+        values.append(numpyro.sample(name, d))
+    theta = jnp.stack(values)
+    scale = numpyro.sample("noise_scale", dist.LogUniform(*_NOISE_PRIOR)) if fit_noise else 1.0
+    model = obs.project(emulator(theta))
+    with numpyro.handlers.mask(mask=obs.mask):
+        numpyro.sample("flux", dist.Normal(model, scale * obs.sigma), obs=obs.flux)
+
+
+@dataclass
+class NutsResult:
+    """Outcome of :func:`sample_nuts` for one spectrum.
+
+    Attributes:
+        samples: ``{site: (num_chains, num_samples)}`` posterior draws (physical units).
+        params: ``(n_params,)`` posterior means.
+        sigma: ``(n_params,)`` posterior standard deviations.
+        rhat: ``(n_params,)`` split Gelman–Rubin R-hat.
+        ess: ``(n_params,)`` effective sample sizes.
+        n_divergent: divergent transitions after warmup.
+        loss: RMS residual (eq. 4) at the posterior mean.
+        n_evaluations: gradient evaluations (leapfrog steps, warmup estimated from the
+            sampling phase) plus those of the initial MAP.
+        status: :class:`~jaxspec.infer.results.Status` flags.
+        seconds: wall-clock time (sampling plus this spectrum's share of the initial MAP).
+        inference_data: arviz ``InferenceData`` (None when arviz is not installed).
+        param_names: names, in order.
+    """
+
+    samples: dict
+    params: np.ndarray
+    sigma: np.ndarray
+    rhat: np.ndarray
+    ess: np.ndarray
+    n_divergent: int
+    loss: float
+    n_evaluations: int
+    status: int
+    seconds: float
+    param_names: tuple
+    inference_data: object = field(default=None, repr=False)
+
+    @property
+    def converged(self) -> bool:
+        return bool(is_converged(self.status))
+
+    @property
+    def message(self) -> str:
+        return status_message(
+            self.status,
+            f"R-hat max {np.nanmax(self.rhat):.3f}, ESS min {np.nanmin(self.ess):.0f}, "
+            f"{self.n_divergent} divergent",
+        )
+
+    def rows(self) -> list[dict]:
+        extra = {
+            "rhat_max": float(np.nanmax(self.rhat)),
+            "ess_min": float(np.nanmin(self.ess)),
+            "n_divergent": int(self.n_divergent),
+        }
+        if "noise_scale" in self.samples:
+            extra["noise_scale"] = float(np.mean(self.samples["noise_scale"]))
+        return [{
+            "params": self.params, "sigma": self.sigma, "loss": self.loss,
+            "n_evaluations": self.n_evaluations, "converged": self.converged,
+            "message": self.message, "extra": extra,
+        }]
+
+
+def _unconstrained(value, d):
+    return dist.biject_to(d.support).inv(value)
+
+
+def sample_nuts(
+    emulator,
+    flux,
+    uncertainty=None,
+    *,
+    mask=None,
+    teff_guess=None,
+    teff_window: float = 500.0,
+    priors: dict | None = None,
+    fit_noise: bool | None = None,
+    init="map",
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    chain_method: str | None = None,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 8,
+    dense_mass: bool = True,
+    rhat_max: float = 1.05,
+    ess_min: float = 100.0,
+    max_divergent_fraction: float = 0.01,
+    key=None,
+    resample: str = "model",
+    inference_data: bool = True,
+    progress: bool = False,
+):
+    r"""Sample the posterior of one spectrum (or each of many) with NUTS.
+
+    Args:
+        emulator: any :class:`~jaxspec.emulator.Emulator`.
+        flux: flux ``(n_pix,)`` / ``(n, n_pix)`` on the emulator's wavelengths, a
+            :class:`~jaxspec.infer.Spectrum` / :class:`~jaxspec.infer.Observation`, or a
+            list of them.
+        uncertainty, mask: for a flux array.
+        teff_guess, teff_window: limit the Teff prior to ``guess ± window`` (K).
+        priors: ``{name: numpyro distribution}`` replacing uniform priors.
+        fit_noise: sample a noise scale; default: when there are no uncertainties.
+        init: ``"map"`` (default: run :func:`~jaxspec.infer.fit_map` first), None
+            (numpyro's default init: uniform in the unconstrained box), or physical
+            parameters ``(n_params,)`` / ``(n, n_params)``.
+        num_warmup, num_samples, num_chains: NUTS settings per spectrum.
+        chain_method: ``"vectorized"`` (chains vmapped, in lock-step: best on GPU) or
+            ``"sequential"`` (``lax.map`` over chains: best on CPU, where lock-step
+            chains wait for the longest trajectory); default: by backend.
+        target_accept_prob, max_tree_depth: NUTS settings.
+        dense_mass: adapt a dense mass matrix (default; cheap for a few parameters and
+            it absorbs the Teff–log g–[Fe/H] correlations) instead of a diagonal one.
+        rhat_max, ess_min, max_divergent_fraction: thresholds that flag a result as not
+            converged (Status.RHAT, LOW_ESS, DIVERGENT).
+        key: PRNG key or int seed.
+        resample: ``"model"`` or ``"data"``.
+        inference_data: also build arviz ``InferenceData``.
+        progress: tqdm bar over spectra.
+
+    Returns:
+        :class:`NutsResult`, or a list of them for several spectra (one compiled sampler
+        is reused across spectra of one call).
+    """
+    obs_all, batched = as_batch(emulator, flux, uncertainty, None if mask is None else mask,
+                                resample)
+    n = obs_all.flux.shape[0]
+    lo, hi, _ = search_box(emulator, teff_guess, teff_window)
+    lo = np.broadcast_to(lo, (n, emulator.n_params))
+    hi = np.broadcast_to(hi, (n, emulator.n_params))
+    if fit_noise is None:
+        fit_noise = not obs_all.has_uncertainty
+    priors = dict(priors or {})
+    unknown = [p for p in priors if p not in emulator.param_names]
+    if unknown:
+        raise ValueError(f"priors for unknown parameters {unknown}; the emulator has "
+                         f"{emulator.param_names}")
+    names = tuple(emulator.param_names)
+    keys = keys_for(key, n)
+
+    map_result = None
+    t_map = time.perf_counter()
+    if isinstance(init, str):
+        if init != "map":
+            raise ValueError(f"init={init!r}; pass 'map', None or parameter values")
+        from jaxspec.infer.map import fit_map
+
+        map_result = fit_map(emulator, obs_all, teff_guess=teff_guess,
+                             teff_window=teff_window, priors=priors or None,
+                             fit_noise=fit_noise, key=keys[0])
+        init_theta = np.asarray(map_result.params)
+        init_sigma = np.asarray(map_result.sigma)
+    elif init is not None:
+        init_theta = np.broadcast_to(np.asarray(init, dtype=np.float64), (n, len(names)))
+        init_sigma = np.full((n, len(names)), np.nan)
+    else:
+        init_theta = None
+    t_map = (time.perf_counter() - t_map) / n  # the initial MAP, per spectrum
+
+    if chain_method is None:
+        chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
+    if chain_method not in ("vectorized", "sequential"):
+        raise ValueError(f"chain_method={chain_method!r}; pass 'vectorized' or 'sequential'")
+    cfg = _Config(int(num_warmup), int(num_samples), int(num_chains), str(chain_method),
+                  float(target_accept_prob), int(max_tree_depth), bool(dense_mass),
+                  bool(fit_noise), tuple(priors.items()))
+    results = []
+    for i in tqdm(range(n), desc="sample_nuts", disable=not progress, unit="spectrum"):
+        t0 = time.perf_counter()
+        obs = jax.tree.map(lambda a: a[i], obs_all)
+        k_run, k_init = jax.random.split(keys[i])
+        if init_theta is not None:
+            z0 = _chain_inits(
+                k_init, init_theta[i], init_sigma[i], lo[i], hi[i], names, priors,
+                num_chains, fit_noise, np.asarray(map_result.noise_scale)[i] if map_result
+                else 1.0,
+            )
+        else:
+            z0 = _random_inits(k_init, names, num_chains, fit_noise)
+        draws, diverging, num_steps = _run_chains(
+            emulator, obs, jnp.asarray(lo[i]), jnp.asarray(hi[i]), z0,
+            jax.random.split(k_run, num_chains), cfg,
+        )
+        results.append(_summarise(
+            draws, diverging, num_steps, emulator, obs, names, lo[i], hi[i], rhat_max,
+            ess_min, max_divergent_fraction, map_result, i, inference_data,
+            time.perf_counter() - t0 + t_map,
+        ))
+    return results if batched else results[0]
+
+
+class _Config(NamedTuple):
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    chain_method: str
+    target_accept_prob: float
+    max_tree_depth: int
+    dense_mass: bool
+    fit_noise: bool
+    priors: tuple
+
+
+def _model_for(cfg):
+    priors = dict(cfg.priors)
+
+    def model(emulator, obs, lower, upper):
+        spectrum_model(emulator, obs, lower, upper, priors, cfg.fit_noise)
+
+    return model
+
+
+@eqx.filter_jit
+def _run_chains(emulator, obs, lower, upper, z0, keys, cfg):
+    """All chains of one spectrum: warmup then sampling, one compiled function.
+
+    Uses numpyro's functional NUTS kernels (``numpyro.infer.hmc.hmc``) with the potential
+    energy of :func:`spectrum_model`, so the compiled sampler takes the emulator and data
+    as arguments and is reused across spectra.
+    """
+    model = _model_for(cfg)
+    args = (emulator, obs, lower, upper)
+
+    def potential_fn_gen(*model_args):
+        return lambda z: potential_energy(model, model_args, {}, z)
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+
+    def chain(z_init, key):
+        state = init_kernel(
+            z_init, cfg.num_warmup, target_accept_prob=cfg.target_accept_prob,
+            max_tree_depth=cfg.max_tree_depth, dense_mass=cfg.dense_mass, model_args=args,
+            rng_key=key,
+        )
+
+        def step(state, _):
+            state = sample_kernel(state, model_args=args)
+            return state, (state.z, state.diverging, state.num_steps)
+
+        state, (_, _, warm_steps) = jax.lax.scan(step, state, None, length=cfg.num_warmup)
+        _, (zs, div, steps) = jax.lax.scan(step, state, None, length=cfg.num_samples)
+        draws = jax.vmap(lambda z: constrain_fn(model, args, {}, z))(zs)
+        return draws, div, jnp.sum(steps) + jnp.sum(warm_steps)
+
+    if cfg.chain_method == "vectorized":
+        return jax.vmap(chain)(z0, keys)
+    return jax.lax.map(lambda a: chain(*a), (z0, keys))
+
+
+def _random_inits(key, names, num_chains, fit_noise):
+    sites = list(names) + (["noise_scale"] if fit_noise else [])
+    keys = jax.random.split(key, len(sites))
+    out = {s: jax.random.uniform(k, (num_chains,), minval=-2.0, maxval=2.0)
+           for s, k in zip(sites, keys)}
+    if fit_noise:
+        out["noise_scale"] = jnp.full((num_chains,), jnp.log(1e-2))
+    return out
+
+
+def _chain_inits(key, theta, sigma, lo, hi, names, priors, num_chains, fit_noise, noise):
+    width = hi - lo
+    jitter = np.where(np.isfinite(sigma), 0.5 * sigma, 0.01 * width)
+    z = np.array(jax.random.normal(key, (num_chains, len(names))))
+    z[0] = 0.0  # one chain starts at the MAP itself
+    vals = np.clip(theta + jitter * z, lo + EDGE_TOL * width, hi - EDGE_TOL * width)
+    out = {}
+    for j, name in enumerate(names):
+        d = priors.get(name) or dist.Uniform(lo[j], hi[j])
+        out[name] = _unconstrained(jnp.asarray(vals[:, j]), d)
+    if fit_noise:
+        s = float(np.clip(noise, 2 * _NOISE_PRIOR[0], 0.5 * _NOISE_PRIOR[1]))
+        out["noise_scale"] = jnp.full((num_chains,), np.log(s))
+    return out
+
+
+def _summarise(draws, diverging, num_steps, emulator, obs, names, lo, hi, rhat_max,
+               ess_min, max_div, map_result, i, want_idata, seconds):
+    samples = {k: np.asarray(v) for k, v in draws.items()}  # (C, S)
+    chains = np.stack([samples[n] for n in names], axis=-1)  # (C, S, k)
+    flat = chains.reshape(-1, len(names))
+    mean, std = flat.mean(axis=0), flat.std(axis=0, ddof=1)
+    if chains.shape[0] > 1:
+        rhat = np.array([float(split_gelman_rubin(chains[..., j])) for j in range(len(names))])
+    else:
+        rhat = np.full(len(names), np.nan)
+    ess = np.array([float(effective_sample_size(chains[..., j])) for j in range(len(names))])
+    diverging = np.asarray(diverging)
+    n_div = int(np.sum(diverging))
+    n_eval = int(np.sum(np.asarray(num_steps)))
+    if map_result is not None:
+        n_eval += int(np.asarray(map_result.n_evaluations)[i])
+    status = 0
+    if not np.all(np.isfinite(flat)):
+        status |= int(Status.NONFINITE)
+    if np.any(rhat > rhat_max):
+        status |= int(Status.RHAT)
+    if np.any(ess < ess_min):
+        status |= int(Status.LOW_ESS)
+    if n_div > max_div * flat.shape[0]:
+        status |= int(Status.DIVERGENT)
+    u = (mean - lo) / (hi - lo)
+    if np.any((u < 0.05) | (u > 0.95)):
+        status |= int(Status.BOX_EDGE)
+    model = obs.project(emulator(jnp.asarray(mean)))
+    loss = float(rms_loss(model, obs.flux, obs.mask))
+    idata = _to_inference_data(samples, diverging, rhat, ess, names) if want_idata else None
+    return NutsResult(
+        samples=samples, params=mean, sigma=std, rhat=rhat, ess=ess, n_divergent=n_div,
+        loss=loss, n_evaluations=n_eval, status=status, seconds=seconds,
+        param_names=names, inference_data=idata,
+    )
+
+
+def _to_inference_data(samples, diverging, rhat, ess, names):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz as az
+    except ImportError:  # pragma: no cover - arviz is a dependency
+        return None
+    idata = az.from_dict(posterior=samples, sample_stats={"diverging": diverging})
+    idata.posterior.attrs["rhat"] = [float(r) for r in rhat]
+    idata.posterior.attrs["ess"] = [float(e) for e in ess]
+    idata.posterior.attrs["param_names"] = list(names)
+    return idata

@@ -1,0 +1,337 @@
+r"""Observed spectra, and their pixels matched to an emulator's.
+
+Two containers:
+
+:class:`Spectrum`
+    What the observer has: ``wavelength`` (Å), ``flux`` (normalised like the emulator's),
+    optional 1σ ``uncertainty`` and a pixel ``mask`` (True = use the pixel). Host-side
+    numpy, validated once: NaN/inf flux is masked with a warning, non-positive
+    uncertainties are an error.
+
+:class:`Observation`
+    What the likelihoods consume: fixed-shape device arrays of the *comparison pixels*
+    and the linear map from the emulator's pixels to them. Made by :func:`observe`; a
+    PyTree, so it can be vmapped over many spectra (stacked with
+    :func:`stack_observations`).
+
+Resampling (:func:`observe`)
+----------------------------
+``resample="model"`` (default)
+    The emulator's flux is linearly interpolated onto the data's wavelengths,
+    :math:`M(\lambda_j) = (1 - w_j) M_{i_j} + w_j M_{i_j + 1}` with
+    :math:`\lambda_{i_j} \le \lambda_j < \lambda_{i_j + 1}` on the emulator's grid. Data
+    pixels stay independent, so the Gaussian likelihood is exact. Data pixels outside the
+    emulator's range are dropped (masked); a spectrum covering part of the range uses
+    that part.
+``resample="data"``
+    The data are linearly interpolated onto the emulator's pixels within the overlap,
+    :math:`D_i = (1 - w_i) D_{j_i} + w_i D_{j_i + 1}`, with variance
+    :math:`(1 - w_i)^2 \sigma_{j_i}^2 + w_i^2 \sigma_{j_i + 1}^2`, inflated by
+    :math:`\max(1, \Delta\lambda_{data} / \Delta\lambda_{model})` where the model pixels
+    are finer, because then several model pixels reuse one data pixel and treating them
+    as independent would count its information several times. Emulator pixels outside the
+    data's coverage, or next to a masked data pixel, are masked. This is the comparison
+    of the blase3D paper's eq. (4) (data and model on the model's pixels).
+
+When the data are on the emulator's own pixels both give the same arrays.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from jaxspec.grid import _validate_wavelength
+
+__all__ = ["Observation", "Spectrum", "observe", "pad_observation", "stack_observations"]
+
+
+@dataclass(frozen=True, eq=False, init=False)
+class Spectrum:
+    """An observed (or simulated) spectrum, validated.
+
+    Args:
+        wavelength: ``(n,)`` Å, finite, strictly increasing; stored float64.
+        flux: ``(n,)`` flux, normalised like the emulator's spectra. NaN/inf pixels are
+            masked with a warning.
+        uncertainty: ``(n,)`` 1σ flux uncertainty (same units as flux) or None (unknown:
+            the inference methods then fit a noise scale). Must be > 0 at every used
+            pixel; NaN/inf pixels are masked with a warning.
+        mask: ``(n,)`` bool, True where the pixel is used, or None (all).
+        name: label used in messages (e.g. the file name).
+
+    Raises:
+        ValueError: shapes differ, wavelengths are not increasing, an uncertainty is zero
+            or negative, or no pixel is left.
+    """
+
+    wavelength: np.ndarray
+    flux: np.ndarray
+    uncertainty: np.ndarray | None
+    mask: np.ndarray
+    name: str
+
+    def __init__(self, wavelength, flux, uncertainty=None, mask=None, name: str = "spectrum"):
+        where = f"{name}: "
+        wl = _validate_wavelength(wavelength, label=f"{where}wavelength")
+        flux = np.asarray(flux, dtype=np.float64)
+        if flux.shape != wl.shape:
+            raise ValueError(
+                f"{where}flux has shape {flux.shape} but wavelength has {wl.shape}; pass one "
+                "flux value per pixel"
+            )
+        if mask is None:
+            mask = np.ones(wl.shape, dtype=bool)
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != wl.shape or mask.dtype != np.bool_:
+                raise ValueError(
+                    f"{where}mask has shape {mask.shape} and dtype {mask.dtype}; pass a bool "
+                    f"array of shape {wl.shape}, True where the pixel is used"
+                )
+            mask = mask.copy()
+        bad = mask & ~np.isfinite(flux)
+        if bad.any():
+            warnings.warn(
+                f"{where}flux has {int(bad.sum())} NaN/inf pixel(s) (first at "
+                f"{wl[np.flatnonzero(bad)[0]]:.3f} Å); they are masked",
+                stacklevel=2,
+            )
+            mask &= ~bad
+        if uncertainty is not None:
+            uncertainty = np.asarray(uncertainty, dtype=np.float64)
+            if uncertainty.shape != wl.shape:
+                raise ValueError(
+                    f"{where}uncertainty has shape {uncertainty.shape} but wavelength has "
+                    f"{wl.shape}; pass one 1σ value per pixel or None"
+                )
+            nonfinite = mask & ~np.isfinite(uncertainty)
+            if nonfinite.any():
+                warnings.warn(
+                    f"{where}uncertainty has {int(nonfinite.sum())} NaN/inf pixel(s) (first "
+                    f"at {wl[np.flatnonzero(nonfinite)[0]]:.3f} Å); they are masked",
+                    stacklevel=2,
+                )
+                mask &= ~nonfinite
+            bad = mask & (uncertainty <= 0)
+            if bad.any():
+                j = np.flatnonzero(bad)[0]
+                raise ValueError(
+                    f"{where}uncertainty is zero or negative at {int(bad.sum())} pixel(s) "
+                    f"(first {uncertainty[j]:g} at {wl[j]:.3f} Å); uncertainties are 1σ and "
+                    "must be > 0: fix them, mask those pixels, or pass no uncertainty to fit "
+                    "a noise scale"
+                )
+        if not mask.any():
+            raise ValueError(f"{where}no usable pixel (all masked or non-finite)")
+        object.__setattr__(self, "wavelength", wl)
+        object.__setattr__(self, "flux", flux)
+        object.__setattr__(self, "uncertainty", uncertainty)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "name", str(name))
+
+    @property
+    def n_pix(self) -> int:
+        return int(self.wavelength.size)
+
+    def __repr__(self) -> str:
+        return (
+            f"Spectrum({self.name!r}: {self.n_pix} px in [{self.wavelength[0]:.3f}, "
+            f"{self.wavelength[-1]:.3f}] Å, {int(self.mask.sum())} used, uncertainty "
+            f"{'given' if self.uncertainty is not None else 'none'})"
+        )
+
+
+class Observation(eqx.Module):
+    """A spectrum on its comparison pixels, ready for the likelihoods (see module doc).
+
+    Fields (shape ``(m,)``, or ``(n_spectra, m)`` when stacked):
+
+    wavelength
+        comparison pixels, Å, float64.
+    flux
+        data; 0 at masked pixels (always finite, so gradients stay finite).
+    sigma
+        1σ uncertainty; 1 at masked pixels and everywhere when none was given.
+    mask
+        bool, True where the pixel counts.
+    index, weight
+        model flux at pixel j is ``(1 - weight[j]) * M[index[j]] + weight[j] *
+        M[index[j] + 1]`` for emulator flux ``M``.
+    has_uncertainty
+        static bool: False when the spectrum had no uncertainties (methods then fit a
+        noise scale by default).
+    """
+
+    wavelength: Float[Array, " m"]
+    flux: Float[Array, " m"]
+    sigma: Float[Array, " m"]
+    mask: Bool[Array, " m"]
+    index: Int[Array, " m"]
+    weight: Float[Array, " m"]
+    has_uncertainty: bool = eqx.field(static=True, default=True)
+
+    def project(self, model_flux: Float[Array, "... n_pix"]) -> Float[Array, "... m"]:
+        """Emulator flux on its pixels ``(..., n_pix)`` → flux on the comparison pixels."""
+        lo = jnp.take(model_flux, self.index, axis=-1)
+        hi = jnp.take(model_flux, self.index + 1, axis=-1)
+        return lo + self.weight * (hi - lo)
+
+    @property
+    def n_used(self):
+        """Number of pixels that count."""
+        return jnp.sum(self.mask, axis=-1)
+
+
+def observe(spectrum: Spectrum, emulator_or_wavelength, resample: str = "model") -> Observation:
+    """Match a spectrum's pixels to an emulator's (see the module docstring).
+
+    Args:
+        spectrum: the :class:`Spectrum`.
+        emulator_or_wavelength: an :class:`~jaxspec.emulator.Emulator` or its
+            ``(n_pix,)`` wavelength array, Å.
+        resample: ``"model"`` (default; emulator onto the data pixels) or ``"data"``
+            (data onto the emulator pixels).
+
+    Returns:
+        An :class:`Observation`.
+
+    Raises:
+        ValueError: the spectrum and the emulator do not overlap in wavelength (the
+            message gives both ranges), fewer than 2 usable pixels overlap, or an unknown
+            ``resample``.
+    """
+    model_wl = getattr(emulator_or_wavelength, "wavelength", emulator_or_wavelength)
+    model_wl = np.asarray(model_wl, dtype=np.float64)
+    if resample not in ("model", "data"):
+        raise ValueError(f"resample={resample!r}; pass 'model' or 'data'")
+    wl, n = spectrum.wavelength, model_wl.size
+    if n < 2:
+        raise ValueError("the emulator has fewer than 2 pixels; nothing to interpolate")
+    lo_m, hi_m = model_wl[0], model_wl[-1]
+    inside = (wl >= lo_m) & (wl <= hi_m)
+    used = spectrum.mask & inside
+    ranges = (
+        f"{spectrum.name} covers {wl[0]:.2f}–{wl[-1]:.2f} Å but the emulator covers "
+        f"{lo_m:.2f}–{hi_m:.2f} Å"
+    )
+    if used.sum() < 2:
+        what = "they do not overlap" if not inside.any() else "fewer than 2 usable pixels overlap"
+        raise ValueError(
+            f"{ranges}; {what}: pass a spectrum of the emulator's wavelength range (or an "
+            "emulator of the spectrum's)"
+        )
+    if (spectrum.mask & ~inside).any():
+        warnings.warn(
+            f"{ranges}; {int((spectrum.mask & ~inside).sum())} pixel(s) outside the "
+            "emulator's range are ignored",
+            stacklevel=2,
+        )
+    has_unc = spectrum.uncertainty is not None
+    sigma = spectrum.uncertainty if has_unc else np.ones_like(spectrum.flux)
+    if resample == "model":
+        index, weight = _bracket(model_wl, wl)
+        flux = np.where(used, spectrum.flux, 0.0)
+        sig = np.where(used, sigma, 1.0)
+        out_wl, mask = wl, used
+    else:
+        index = np.minimum(np.arange(n), n - 2)
+        weight = (np.arange(n) - index).astype(np.float64)  # 0, or 1 at the last pixel
+        j, w = _bracket(wl, model_wl)
+        covered = (model_wl >= wl[0]) & (model_wl <= wl[-1])
+        ok_lo = spectrum.mask[j]
+        ok_hi = spectrum.mask[j + 1] | (w == 0.0)
+        ok_lo = ok_lo | (w == 1.0)
+        mask = covered & ok_lo & ok_hi
+        f_lo = np.where(spectrum.mask[j], spectrum.flux[j], 0.0)
+        f_hi = np.where(spectrum.mask[j + 1], spectrum.flux[j + 1], 0.0)
+        s_lo = np.where(spectrum.mask[j], sigma[j], 0.0)
+        s_hi = np.where(spectrum.mask[j + 1], sigma[j + 1], 0.0)
+        flux = (1 - w) * f_lo + w * f_hi
+        var = (1 - w) ** 2 * s_lo**2 + w**2 * s_hi**2
+        data_step = np.gradient(wl)[j]
+        model_step = np.gradient(model_wl)
+        var = var * np.maximum(1.0, data_step / model_step)
+        flux = np.where(mask, flux, 0.0)
+        sig = np.where(mask & (var > 0), np.sqrt(np.where(var > 0, var, 1.0)), 1.0)
+        out_wl = model_wl
+        if mask.sum() < 2:
+            raise ValueError(f"{ranges}; fewer than 2 emulator pixels are covered by usable data")
+    return Observation(
+        wavelength=jnp.asarray(out_wl, dtype=jnp.float64),
+        flux=jnp.asarray(flux, dtype=jnp.float64),
+        sigma=jnp.asarray(sig, dtype=jnp.float64),
+        mask=jnp.asarray(mask),
+        index=jnp.asarray(index, dtype=jnp.int32),
+        weight=jnp.asarray(weight, dtype=jnp.float64),
+        has_uncertainty=has_unc,
+    )
+
+
+def _bracket(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left index into ``grid`` and fractional position (clipped to [0, 1]) of each x."""
+    i = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.size - 2)
+    w = (x - grid[i]) / (grid[i + 1] - grid[i])
+    return i, np.clip(w, 0.0, 1.0)
+
+
+def stack_observations(observations, length: int | None = None) -> Observation:
+    """Stack observations into one with a leading batch axis, padding with masked pixels.
+
+    Args:
+        observations: sequence of :class:`Observation` (same ``has_uncertainty``).
+        length: pad every one to this many pixels (default: the longest); a fixed value
+            keeps one compiled shape across calls.
+
+    Returns:
+        An :class:`Observation` with fields ``(n_spectra, length)``.
+    """
+    observations = list(observations)
+    if not observations:
+        raise ValueError("no observations to stack")
+    kinds = {o.has_uncertainty for o in observations}
+    if len(kinds) > 1:
+        raise ValueError(
+            "some spectra have uncertainties and some do not; stack them separately"
+        )
+    m = max(int(o.flux.shape[-1]) for o in observations)
+    length = m if length is None else int(length)
+    if length < m:
+        raise ValueError(f"length={length} is shorter than the longest observation ({m})")
+    return Observation(
+        **{
+            name: jnp.stack([_pad(getattr(o, name), length, fill) for o in observations])
+            for name, fill in (
+                ("wavelength", None), ("flux", 0.0), ("sigma", 1.0), ("mask", False),
+                ("index", 0), ("weight", 0.0),
+            )
+        },
+        has_uncertainty=kinds.pop(),
+    )
+
+
+def pad_observation(obs: Observation, length: int) -> Observation:
+    """One observation padded with masked pixels to ``length`` (one compiled shape)."""
+    return Observation(
+        **{
+            name: _pad(getattr(obs, name), length, fill)
+            for name, fill in (
+                ("wavelength", None), ("flux", 0.0), ("sigma", 1.0), ("mask", False),
+                ("index", 0), ("weight", 0.0),
+            )
+        },
+        has_uncertainty=obs.has_uncertainty,
+    )
+
+
+def _pad(a, length, fill):
+    extra = length - a.shape[-1]
+    if extra <= 0:
+        return a
+    value = a[-1] if fill is None else fill
+    return jnp.concatenate([a, jnp.full((extra,), value, dtype=a.dtype)])

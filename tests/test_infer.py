@@ -1,0 +1,280 @@
+"""Inference: likelihoods, resampling, BO, MAP, NUTS, calibration, `jaxspec infer`, bad input.
+
+One small hand-made 2-parameter grid of Gaussian lines (201 px) serves every test, and
+every call uses the same shapes and options where possible so that each method compiles
+once (JAX compilation dominates the run time).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from astropy.table import Table
+from scipy.stats import norm
+
+from jaxspec.cli import main
+from jaxspec.grid import SpectralGrid
+from jaxspec.infer import (
+    Spectrum,
+    Status,
+    bayes_opt,
+    chi2,
+    fit_map,
+    gaussian_coverage,
+    gaussian_log_likelihood,
+    observe,
+    results_table,
+    rms_loss,
+    sample_coverage,
+    sample_nuts,
+)
+from jaxspec.io.spectrum import read_spectrum, write_spectrum
+from jaxspec.pixel_emulator import PixelEmulator
+
+TRUTH = {"teff": 5000.0, "logg": 4.25}
+SIGMA = 0.01
+
+
+def make_line_grid() -> SpectralGrid:
+    """Teff 4000–6000 (step 250) × log g 3.5–5 (step 0.25); four Gaussian lines whose
+    depths and widths change smoothly (and non-linearly) with both parameters."""
+    teff = np.arange(4000.0, 6001.0, 250.0)
+    logg = np.arange(3.5, 5.01, 0.25)
+    wl = np.linspace(5000.0, 5010.0, 201)
+    t, g = np.meshgrid(teff, logg, indexing="ij")
+    x, y = (t - 4000.0) / 2000.0, (g - 3.5) / 1.5
+    lines = [  # centre Å, depth, width Å
+        (5002.0, 0.6 * np.exp(-1.2 * x), 0.10 + 0.08 * y),
+        (5004.5, 0.2 + 0.4 * x**1.5, 0.15 + 0 * y),
+        (5007.0, 0.45 + 0 * x, 0.08 + 0.10 * y**1.3),
+        (5008.5, 0.15 + 0.25 * y * (1 - 0.5 * x), 0.12 + 0 * y),
+    ]
+    flux = np.ones(t.shape + wl.shape)
+    for c, d, w in lines:
+        flux -= d[..., None] * np.exp(-0.5 * ((wl - c) / w[..., None]) ** 2)
+    return SpectralGrid({"teff": teff, "logg": logg}, wl, flux, normalized=True)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return make_line_grid()
+
+
+@pytest.fixture(scope="module")
+def emulator(grid):
+    """The truth node is held out: the emulator interpolates across it."""
+    return PixelEmulator.from_grid(grid, holdout=[TRUTH])
+
+
+@pytest.fixture(scope="module")
+def clean(grid):
+    return grid.spectrum(**TRUTH)
+
+
+@pytest.fixture(scope="module")
+def noisy(clean):
+    rng = np.random.default_rng(1)
+    return clean + SIGMA * rng.normal(size=clean.size)
+
+
+@pytest.fixture(scope="module")
+def emulated_noisy(emulator):
+    """Data the emulator can fit exactly up to noise (a well-posed problem)."""
+    rng = np.random.default_rng(2)
+    f = np.asarray(emulator(jnp.array([5100.0, 4.1])))
+    return f + SIGMA * rng.normal(size=f.size)
+
+
+@pytest.fixture(scope="module")
+def map_result(emulator, emulated_noisy):
+    return fit_map(emulator, emulated_noisy, np.full(emulated_noisy.size, SIGMA))
+
+
+# ---------------------------------------------------------------- likelihoods
+
+
+def test_likelihoods():
+    rng = np.random.default_rng(0)
+    model, data = rng.normal(size=50), rng.normal(size=50)
+    sigma = rng.uniform(0.5, 2.0, size=50)
+    mask = np.arange(50) % 3 != 0
+    assert np.isclose(rms_loss(model, data), np.sqrt(np.mean((model - data) ** 2)))
+    assert np.isclose(rms_loss(model, data, mask),
+                      np.sqrt(np.mean((model - data)[mask] ** 2)))
+    assert np.isclose(chi2(model, data, sigma, mask),
+                      np.sum(((model - data) / sigma)[mask] ** 2))
+    want = norm.logpdf(data, model, 1.5 * sigma)[mask].sum()
+    got = gaussian_log_likelihood(model, data, sigma, mask, noise_scale=1.5)
+    assert np.isclose(got, want)
+    # masked pixels may hold anything (NaN) without poisoning values or gradients
+    bad = np.where(mask, data, np.nan)
+    grad = jax.grad(lambda m: gaussian_log_likelihood(m, jnp.where(mask, bad, 0.0), sigma,
+                                                      mask))(jnp.asarray(model))
+    assert np.all(np.isfinite(grad))
+
+
+def test_observe_resampling(emulator, clean):
+    wl = emulator.wavelength
+    # data on a coarser grid covering part of the emulator's range
+    coarse = np.linspace(5001.0, 5009.0, 81)
+    flux = np.interp(coarse, wl, clean)
+    spec = Spectrum(coarse, flux, np.full(coarse.size, SIGMA), name="coarse")
+    obs = observe(spec, emulator)  # default: the emulator onto the data pixels
+    assert obs.flux.shape == (81,) and bool(obs.mask.all())
+    np.testing.assert_allclose(obs.project(jnp.asarray(clean)), flux, atol=1e-12)
+    obs = observe(spec, emulator, resample="data")  # the data onto the emulator pixels
+    assert obs.flux.shape == (wl.size,)
+    inside = (wl >= 5001.0) & (wl <= 5009.0)
+    np.testing.assert_array_equal(np.asarray(obs.mask), inside)
+    # model pixels twice as fine as the data: variance inflated by the ratio (2)
+    # (σ√2 on data pixels, σ half-way between: two half-weighted neighbours)
+    sig = np.asarray(obs.sigma)[inside]
+    np.testing.assert_allclose([sig.min(), sig.max()], [SIGMA, SIGMA * np.sqrt(2)], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- methods
+
+
+def test_map_recovers_held_out_node(emulator, clean, noisy):
+    sig = np.full(clean.size, SIGMA)
+    res = fit_map(emulator, np.stack([clean, noisy]), sig)
+    assert res.params.shape == (2, 2) and np.all(res.converged)
+    # noise-free: limited only by the interpolation across the held-out node
+    assert abs(res.params[0, 0] - TRUTH["teff"]) < 30
+    assert abs(res.params[0, 1] - TRUTH["logg"]) < 0.03
+    # S/N 100: within 4 sigma
+    z = (np.asarray(res.params[1]) - np.array(list(TRUTH.values()))) / np.asarray(res.sigma[1])
+    assert np.all(np.abs(z) < 4), z
+    # the per-spectrum call gives the same answer as the batch
+    one = fit_map(emulator, noisy, sig)
+    np.testing.assert_allclose(one.params, res.params[1], rtol=1e-8)
+
+
+def test_bayes_opt_finds_optimum_region(emulator, clean):
+    res = bayes_opt(emulator, clean, np.full(clean.size, SIGMA), teff_guess=5100.0)
+    assert res.history_params.shape == (120, 2) and res.n_evaluations == 120
+    assert abs(res.params[0] - TRUTH["teff"]) < 120
+    assert abs(res.params[1] - TRUTH["logg"]) < 0.15
+    assert np.all(res.history_params[:, 0] >= 4600) and np.all(res.history_params[:, 0] <= 5600)
+    # guided evaluations improve on the random ones
+    assert res.loss <= res.history_loss[:100].min()
+    assert bool(res.converged)
+
+
+def test_nuts_posterior_and_laplace(emulator, emulated_noisy, map_result):
+    res = sample_nuts(emulator, emulated_noisy, np.full(emulated_noisy.size, SIGMA),
+                      num_warmup=300, num_samples=300, num_chains=2, key=3)
+    assert res.converged, res.message
+    assert np.all(res.rhat < 1.05) and np.all(res.ess > 100)
+    truth = np.array([5100.0, 4.1])
+    assert np.all(np.abs(res.params - truth) < 4 * res.sigma)
+    # Laplace sigma matches the posterior std on this well-posed problem
+    np.testing.assert_allclose(map_result.sigma, res.sigma, rtol=0.3)
+    assert res.samples["teff"].shape == (2, 300)
+    idata = res.inference_data
+    assert idata is not None and "teff" in idata.posterior
+
+
+def test_calibration_helpers():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 2
+    truth = rng.normal(size=(n, k))
+    sigma = np.full((n, k), 0.7)
+    mean = truth + sigma * rng.normal(size=(n, k))
+    cov = gaussian_coverage(truth, mean, sigma)
+    np.testing.assert_allclose(cov["coverage"][0.68], 0.68, atol=0.03)
+    np.testing.assert_allclose(cov["coverage"][0.95], 0.95, atol=0.02)
+    # posterior draws around the same means: same coverage
+    draws = [m + s * rng.normal(size=(400, k)) for m, s in zip(mean[:300], sigma[:300])]
+    cov = sample_coverage(truth[:300], draws)
+    np.testing.assert_allclose(cov["coverage"][0.68], 0.68, atol=0.09)
+    # over-confident intervals are revealed
+    assert np.all(gaussian_coverage(truth, mean, sigma / 3)["coverage"][0.68] < 0.4)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_spectrum_outside_emulator_range(emulator):
+    spec = Spectrum(np.linspace(6000, 6010, 50), np.ones(50), name="far.ecsv")
+    with pytest.raises(ValueError, match=r"far.ecsv covers 6000.00–6010.00 Å but the "
+                       r"emulator covers 5000.00–5010.00 Å"):
+        observe(spec, emulator)
+
+
+def test_nan_flux_masked_with_warning(emulator, noisy):
+    flux = noisy.copy()
+    flux[[10, 11]] = np.nan
+    with pytest.warns(UserWarning, match="2 NaN/inf pixel"):
+        spec = Spectrum(emulator.wavelength, flux, np.full(flux.size, SIGMA))
+    assert spec.mask.sum() == flux.size - 2
+    obs = observe(spec, emulator)
+    assert np.all(np.isfinite(np.asarray(obs.flux)))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.01])
+def test_non_positive_uncertainty_is_an_error(emulator, noisy, bad):
+    sig = np.full(noisy.size, SIGMA)
+    sig[5] = bad
+    with pytest.raises(ValueError, match="zero or negative at 1 pixel"):
+        Spectrum(emulator.wavelength, noisy, sig)
+
+
+def test_non_convergence_is_flagged(emulator, noisy):
+    """A Teff window that excludes the truth leaves the answer on its edge: flagged."""
+    res = fit_map(emulator, noisy, np.full(noisy.size, SIGMA), teff_guess=5700.0,
+                  teff_window=300.0)
+    assert res.status & Status.WINDOW_EDGE and not bool(res.converged)
+    table = results_table(res, emulator.param_names, method="map")
+    assert not table["converged"][0] and "edge of the Teff window" in table["message"][0]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, emulator, noisy, clean):
+    d = tmp_path_factory.mktemp("infer_cli")
+    em_path = emulator.save(d / "pixel.h5")
+    wl = emulator.wavelength
+    write_spectrum(Spectrum(wl, noisy, np.full(wl.size, SIGMA)), d / "a.ecsv")
+    t = Table({"wavelength": wl, "flux": clean, "uncertainty": np.full(wl.size, SIGMA)})
+    t.write(d / "b.csv")
+    Table({"wave": wl, "flux": clean}).write(d / "nocol.ecsv")
+    Table({"wavelength": wl + 3000, "flux": clean}).write(d / "far.ecsv")
+    return d, em_path
+
+
+def test_cli_writes_table(cli_files, capsys):
+    d, em = cli_files
+    out = d / "res.ecsv"
+    code = main(["infer", str(em), str(d / "a.ecsv"), str(d / "b.csv"), "--method", "map",
+                 "--teff-guess", "5100", "--out", str(out), "--plot"])
+    assert code == 0, capsys.readouterr().err
+    t = Table.read(out)
+    required = ["file", "method", "teff", "logg", "teff_err", "logg_err", "loss",
+                "n_evaluations", "seconds", "converged", "message"]
+    assert t.colnames[: len(required)] == required
+    assert len(t) == 2 and list(t["method"]) == ["map", "map"]
+    assert np.all(t["converged"]) and np.all(np.abs(t["teff"] - 5000) < 60)
+    assert np.all(t["teff_err"] > 0) and np.all(t["seconds"] > 0)
+    assert (d / "res_a_fit.png").exists() and (d / "res_a_corner.png").exists()
+    assert read_spectrum(d / "b.csv").uncertainty is not None
+
+
+def test_cli_bad_inputs(cli_files, capsys):
+    d, em = cli_files
+    out = str(d / "bad.ecsv")
+    assert main(["infer", str(em), str(d / "nocol.ecsv"), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "nocol.ecsv: missing column(s) wavelength" in err and "wave" in err
+    assert main(["infer", str(em), str(d / "far.ecsv"), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "far.ecsv covers 8000.00–8010.00 Å but the emulator covers 5000.00–5010.00" in err
+    # a window that excludes the answer: the row says so, stderr warns
+    code = main(["infer", str(em), str(d / "a.ecsv"), "--teff-guess", "5700",
+                 "--teff-window", "300", "--out", out, "--overwrite"])
+    assert code == 0
+    assert "did not converge" in capsys.readouterr().err
+    assert not Table.read(out)["converged"][0]
+

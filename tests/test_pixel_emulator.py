@@ -1,0 +1,93 @@
+"""PixelEmulator: exact at nodes, multilinear between, hold-outs, missing nodes, files."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspec.emulator import load_emulator
+from jaxspec.grid import SpectralGrid
+from jaxspec.pixel_emulator import PixelEmulator
+
+WL = np.linspace(6000.0, 6001.0, 11)
+AXES = {"teff": np.array([4000.0, 4500.0, 5500.0]), "logg": np.array([4.0, 4.5]),
+        "feh": np.array([-0.5])}
+
+
+def linear_grid(mask=None):
+    """Flux = 1e-4 teff + logg + feh + wavelength/1e4: multilinear, so interpolation
+    is exact everywhere."""
+    mesh = np.meshgrid(*AXES.values(), indexing="ij")
+    base = 1e-4 * mesh[0] + mesh[1] + mesh[2]
+    flux = base[..., None] + WL / 1e4
+    if mask is not None:
+        flux = flux.copy()
+        flux[~mask] = np.nan
+    return SpectralGrid(AXES, WL, flux, mask=mask)
+
+
+def expected(theta):
+    t, g, f = theta
+    return 1e-4 * t + g + f + WL / 1e4
+
+
+def test_exact_at_nodes_and_between():
+    grid = linear_grid()
+    em = PixelEmulator.from_grid(grid)
+    params, flat = grid.node_params()
+    np.testing.assert_allclose(em(jnp.asarray(params)), grid.flux.reshape(-1, WL.size)[flat])
+    theta = jnp.array([4700.0, 4.3, -0.5])
+    np.testing.assert_allclose(em(theta), expected(np.asarray(theta)), rtol=1e-12)
+    # batch shapes, jit, vmap, grad
+    batch = jnp.stack([theta, theta + jnp.array([100.0, 0.1, 0.0])])[None]
+    assert em(batch).shape == (1, 2, WL.size)
+    np.testing.assert_allclose(eqx.filter_jit(em)(theta), em(theta))
+    np.testing.assert_allclose(jax.vmap(em)(batch[0]), em(batch[0]))
+    g = jax.grad(lambda t: em(t).sum())(theta)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g[:2], [1e-4 * WL.size, WL.size], rtol=1e-10)
+    assert em.param_names == ("teff", "logg", "feh")
+    np.testing.assert_array_equal(em.bounds, [[4000, 5500], [4, 4.5], [-0.5, -0.5]])
+
+
+def test_clamps_outside_the_box():
+    em = PixelEmulator.from_grid(linear_grid())
+    np.testing.assert_allclose(em(jnp.array([3000.0, 4.2, -0.5])),
+                               em(jnp.array([4000.0, 4.2, -0.5])))
+
+
+def test_holdout_filled_along_teff():
+    grid = linear_grid()
+    em = PixelEmulator.from_grid(grid, holdout=[{"teff": 4500.0, "logg": 4.0, "feh": -0.5}])
+    assert em.filled.sum() == 1 and em.filled[1, 0, 0]
+    # the linear grid is reproduced by the fill (interpolation between 4000 and 5500)
+    np.testing.assert_allclose(em(jnp.array([4500.0, 4.0, -0.5])), expected((4500, 4, -0.5)))
+    # edge hold-outs are extrapolated from the two nearest nodes
+    em = PixelEmulator.from_grid(grid, holdout=np.array([[4000.0, 4.5, -0.5]]))
+    np.testing.assert_allclose(em(jnp.array([4000.0, 4.5, -0.5])), expected((4000, 4.5, -0.5)))
+    with pytest.raises(ValueError, match="not a node"):
+        PixelEmulator.from_grid(grid, holdout=[[4100.0, 4.0, -0.5]])
+
+
+def test_missing_nodes_error_or_fill():
+    mask = np.ones((3, 2, 1), dtype=bool)
+    mask[1, 1, 0] = False
+    grid = linear_grid(mask)
+    with pytest.raises(ValueError, match="lacks 1 node.*teff=4500, logg=4.5.*fill='interpolate'"):
+        PixelEmulator.from_grid(grid)
+    em = PixelEmulator.from_grid(grid, fill="interpolate")
+    np.testing.assert_allclose(em(jnp.array([4500.0, 4.5, -0.5])), expected((4500, 4.5, -0.5)))
+
+
+def test_save_load_roundtrip(tmp_path):
+    em = PixelEmulator.from_grid(linear_grid(), holdout=[[4500.0, 4.0, -0.5]])
+    path = em.save(tmp_path / "pix.h5")
+    with pytest.raises(FileExistsError):
+        em.save(path)
+    back = load_emulator(path)
+    assert isinstance(back, PixelEmulator) and back.param_names == em.param_names
+    theta = jnp.array([4800.0, 4.1, -0.5])
+    np.testing.assert_array_equal(back(theta), em(theta))
+    np.testing.assert_array_equal(back.wavelength, WL)
+    np.testing.assert_array_equal(back.filled, em.filled)
