@@ -82,6 +82,7 @@ import optax
 from jaxtyping import Array, Float
 from scipy.signal import find_peaks, peak_widths
 
+from jaxspec._synthesis import _cubic_weights, _extend
 from jaxspec.lines import LineList
 from jaxspec.profiles import pseudo_voigt_eta, pseudo_voigt_fwhm
 
@@ -431,13 +432,6 @@ def _round_up(n, ladder=_SIZE_LADDER):
     return ladder[np.minimum(np.searchsorted(ladder, n), ladder.size - 1)]
 
 
-def _cubic_weights(h: int) -> np.ndarray:
-    """(h, 4) weights of nodes at (-1, 0, 1, 2) for offsets t = r/h, r = 0..h-1."""
-    t = np.arange(h) / h
-    return np.stack([-t * (t - 1) * (t - 2) / 6, (t + 1) * (t - 1) * (t - 2) / 2,
-                     -(t + 1) * t * (t - 2) / 2, (t + 1) * t * (t - 1) / 6], axis=1)
-
-
 def _interpolate(nodes, weights):
     """Cubic interpolation from nodes (..., n + 3) to cells (..., n, h), as a matrix
     product on materialised taps (one elementwise fusion is ~10× slower on XLA:CPU)."""
@@ -609,15 +603,6 @@ def _log_flux(problem: _Problem, params, max_shift):
                          problem.coarse_start, _coarse_terms(consts, problem.coarse_d_node))
     coarse = _interpolate(nodes.reshape(n_spec, n_cells + 3), problem.weights)
     return pixels.reshape(n_spec, n_cells * h) + coarse.reshape(n_spec, n_cells * h)
-
-
-def _extend(wl: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Wavelength at integer pixel indices, linear beyond both ends."""
-    n = wl.size
-    inner = wl[np.clip(index, 0, n - 1)]
-    below = wl[0] + index * (wl[1] - wl[0])
-    above = wl[-1] + (index - (n - 1)) * (wl[-1] - wl[-2])
-    return np.where(index < 0, below, np.where(index > n - 1, above, inner))
 
 
 def _window_needs(wl, mu0, hi_a, hi_f, settings: CloneSettings):
