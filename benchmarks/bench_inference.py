@@ -15,7 +15,9 @@ Passes: noise-free and S/N 100 (Gaussian noise σ = 1/100 of the normalised flux
 method and pass: mean |error|, median error and std of the error per parameter for
 Teff < 7000 K and ≥ 7000 K, seconds per star (after compilation). Then calibration at
 S/N 50: coverage of the 68 % / 95 % Laplace intervals (MAP) over ``--calibration-stars``
-spectra, and of NUTS intervals over ``--nuts-calibration-stars``.
+spectra, and of NUTS intervals over ``--nuts-calibration-stars``; with
+``--calibration-source emulator`` the spectra are made by the emulator itself at random
+interior parameters, which separates the method's calibration from emulator error.
 
     python benchmarks/bench_inference.py                       # pixel emulator, all
     python benchmarks/bench_inference.py --emulator line.h5    # any emulator file
@@ -76,14 +78,14 @@ def data_flux(grid: SpectralGrid, pts: np.ndarray, kind: str) -> np.ndarray:
     ])
 
 
-def spectra(grid, flux, snr, rng, names="star"):
+def spectra(wavelength, flux, snr, rng, names="star"):
     out = []
     for i, f in enumerate(flux):
         if snr is None:
-            out.append(Spectrum(grid.wavelength, f, name=f"{names}{i}"))
+            out.append(Spectrum(wavelength, f, name=f"{names}{i}"))
         else:
             sig = np.full_like(f, 1.0 / snr)
-            out.append(Spectrum(grid.wavelength, f + sig * rng.normal(size=f.size), sig,
+            out.append(Spectrum(wavelength, f + sig * rng.normal(size=f.size), sig,
                                 name=f"{names}{i}"))
     return out
 
@@ -158,11 +160,16 @@ def main(argv=None):
     p.add_argument("--nuts-calibration-stars", type=int, default=20)
     p.add_argument("--snr", type=float, default=100.0)
     p.add_argument("--calibration-snr", type=float, default=50.0)
+    p.add_argument("--calibration-source", choices=("grid", "emulator"), default="grid",
+                   help="grid: the test spectra (emulator error included); emulator: "
+                   "spectra made by the emulator itself at random interior parameters "
+                   "(checks the method's own calibration, without emulator error)")
     p.add_argument("--teff-window", type=float, default=500.0)
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-samples", type=int, default=300)
     p.add_argument("--nuts-chains", type=int, default=4)
-    p.add_argument("--passes", default="noise-free,snr", help="noise-free,snr")
+    p.add_argument("--passes", default="noise-free,snr",
+                   help="noise-free,snr (or none: calibration only)")
     p.add_argument("--out", help="folder for the result tables (ECSV) and a JSON summary")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
@@ -202,9 +209,9 @@ def main(argv=None):
     if out:
         out.mkdir(parents=True, exist_ok=True)
 
-    for pass_name in args.passes.split(","):
+    for pass_name in [q for q in args.passes.split(",") if q and q != "none"]:
         snr = None if pass_name == "noise-free" else args.snr
-        data = spectra(grid, clean, snr, rng)
+        data = spectra(grid.wavelength, clean, snr, rng)
         for method in methods:
             sel = np.arange(len(pts))
             if method == "nuts":
@@ -231,11 +238,18 @@ def main(argv=None):
                                          min(args.calibration_stars, len(pts_all)))
                              .round().astype(int))
         cal_pts = pts_all[cal_pick]
-        cal_data = spectra(grid, data_flux(grid, cal_pts, args.test_points),
-                           args.calibration_snr, rng)
+        if args.calibration_source == "grid":
+            cal_flux = data_flux(grid, cal_pts, args.test_points)
+        else:  # random interior points, spectra from the emulator itself
+            lo = np.array([3200.0, 2.2, -0.45])
+            hi = np.array([10800.0, 5.8, -0.05])
+            cal_pts = lo + (hi - lo) * rng.uniform(size=cal_pts.shape)
+            cal_flux = np.asarray(emulator(jax.numpy.asarray(cal_pts)))
+        cal_wl = grid.wavelength if args.calibration_source == "grid" else emulator.wavelength
+        cal_data = spectra(cal_wl, cal_flux, args.calibration_snr, rng)
         guess = cal_pts[:, 0]
-        print(f"\ncalibration at S/N {args.calibration_snr:g} "
-              "(coverage of central intervals; ideal 0.68 / 0.95)")
+        print(f"\ncalibration at S/N {args.calibration_snr:g}, {args.calibration_source} "
+              "spectra (coverage of central intervals; ideal 0.68 / 0.95)")
         if "map" in methods:
             t0 = time.perf_counter()
             res = fit_map(emulator, cal_data, teff_guess=guess, teff_window=args.teff_window,

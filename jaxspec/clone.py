@@ -39,11 +39,13 @@ prominence 0.005, wing cut 6000 pixels):
    :math:`\ln\sigma`, :math:`\ln\gamma`, and the centre
    :math:`\mu'_j = \mu_j + s \tanh u_j` (the paper's shifted centre, bounded to
    :math:`\pm s`, ``max_shift`` = 0.05 Å; :math:`\mu_j` stays the line's identifier).
-   After every step amplitudes and widths are projected into a box: :math:`\ln a \le
-   \ln a_0 + 1` (``amplitude_margin``) and total FWHM :math:`\le e^{1.1} f_0 \approx 3
-   f_0` (``width_margin``; σ and γ are scaled down together beyond it). The synthesis
-   windows are planned once for the box's edges, so the whole loop (``lax.scan`` over
-   epochs) is one compiled program. The sum of squared residuals is minimised (Adam is
+   After every step amplitudes and widths are projected into a box: total FWHM
+   :math:`\le f_{max} = \max(e^{1.1} f_0, w_{1/2})` (``width_margin``; σ and γ are
+   scaled down together beyond it), :math:`w_{1/2}` the peak's width at half its depth
+   below the continuum (which lets broad lines, whose f0 overlapping wings cut short,
+   grow), and :math:`\ln a \le \ln a_0 + 1 + \ln(f_{max} / e^{1.1} f_0)`
+   (``amplitude_margin``). The synthesis windows are planned once for the box's edges,
+   so the whole loop (``lax.scan`` over epochs) is one compiled program. The sum of squared residuals is minimised (Adam is
    scale-invariant except for its ε = 1e-8, which would throttle the tiny gradients of
    a mean over 10⁵–10⁶ pixels); ``loss_history`` records the mean.
 5. **Refinement** (``passes=2``, the default; ``passes=1`` is the paper's single pass):
@@ -295,26 +297,36 @@ def _detect(wl, depth_curve, prominence, good):
       its prominence lies within that half-prominence interval, the broad feature is a
       line of its own: it is added at the interval's midpoint with the half-prominence
       width and the depth at the narrow line's curvature stops; the narrow line keeps the
-      rest of the depth (1 − D = (1 − D_broad)(1 − D_narrow)).
+      rest of the depth (1 − D = (1 − D_broad)(1 − D_narrow)). When the midpoint has the
+      narrow peak's identifier (0.01 Å), the peak is taken as one broad line instead.
 
     FWHM: the width at half prominence (``scipy.signal.peak_widths``) or the *local
     width*, 1.47 times the distance between the curvature zeros (or valleys) around the
     peak (for the equal-split pseudo-Voigt FWHM = 1.47 × the inflection-point distance;
     blending does not widen it), whichever is smaller. Shoulders take their local width.
-    Floored at one pixel.
+    Floored at one pixel. *Extent*: the width of a peak at half its depth below the
+    continuum (at most down to its bases), an upper bound for broad lines whose
+    half-prominence or local widths are cut short by overlapping wings.
 
-    Returns (peak pixel, centre Å, depth, FWHM Å), peaks/shoulders first.
+    Returns (peak pixel, centre Å, depth, FWHM Å, extent Å), peaks/shoulders first.
     """
     n = wl.size
     index = np.arange(n)
     peaks, props = find_peaks(depth_curve, prominence=prominence)
     if peaks.size == 0:
         empty = np.zeros(0)
-        return peaks, empty, empty, empty
+        return peaks, empty, empty, empty, empty
+    prominence_data = (props["prominences"], props["left_bases"], props["right_bases"])
     width_px, _, left_ips, right_ips = peak_widths(
-        depth_curve, peaks, rel_height=0.5,
-        prominence_data=(props["prominences"], props["left_bases"], props["right_bases"]),
-    )
+        depth_curve, peaks, rel_height=0.5, prominence_data=prominence_data)
+    # Width at half the depth below the continuum; rel_height is relative to the
+    # prominence, and 1 reaches the bases.
+    absolute = np.clip(0.5 * depth_curve[peaks] / props["prominences"], 0.5, 1.0)
+    extent_px = np.array([
+        peak_widths(depth_curve, peaks[i : i + 1], rel_height=float(r),
+                    prominence_data=tuple(d[i : i + 1] for d in prominence_data))[0][0]
+        for i, r in enumerate(absolute)
+    ]) if np.any(absolute > 0.5) else width_px
     kappa = np.zeros(n)
     kappa[1:-1] = 2.0 * depth_curve[1:-1] - depth_curve[:-2] - depth_curve[2:]
     typical = max(float(np.median(width_px)), 2.0)
@@ -334,6 +346,7 @@ def _detect(wl, depth_curve, prominence, good):
     left = stops[np.clip(np.searchsorted(stops, every, side="left") - 1, 0, stops.size - 1)]
     local = 1.47 * (right - left).astype(np.float64)
     width = np.r_[np.minimum(local[: peaks.size], width_px), local[peaks.size :]]
+    extent = np.r_[np.maximum(extent_px, width_px), local[peaks.size :]]
     height = depth_curve[every].astype(np.float64)
     pos = np.r_[_parabola_vertex(depth_curve, peaks), _parabola_vertex(kappa, shoulders)]
     # Broad companions of narrow peaks on broad features without a peak of their own.
@@ -350,6 +363,10 @@ def _detect(wl, depth_curve, prominence, good):
         if base < prominence:
             continue
         mid = 0.5 * (left_ips[j] + right_ips[j])
+        same = np.round(np.interp([mid, pos[j]], index, wl), 2)
+        if same[0] == same[1]:  # centred on the narrow peak: one broad line instead
+            width[j] = width_px[j]
+            continue
         comp_pos.append(mid)
         comp_width.append(width_px[j])
         comp_depth.append(base)
@@ -359,14 +376,16 @@ def _detect(wl, depth_curve, prominence, good):
         every = np.r_[every, np.asarray(comp_pix, dtype=np.int64)]
         pos = np.r_[pos, comp_pos]
         width = np.r_[width, comp_width]
+        extent = np.r_[extent, comp_width]
         height = np.r_[height, comp_depth]
     # A line next to a masked pixel is not trustworthy (its shape is unknown).
     ok = (good[every] > 0) & (good[np.maximum(every - 1, 0)] > 0)
     ok &= good[np.minimum(every + 1, n - 1)] > 0
-    every, pos, width, height = every[ok], pos[ok], width[ok], height[ok]
+    every, pos, width, extent, height = (v[ok] for v in (every, pos, width, extent, height))
     center = np.interp(pos, index, wl)
-    fwhm = np.maximum(width, 1.0) * np.interp(pos, index, np.gradient(wl))
-    return every, center, height, fwhm
+    spacing = np.interp(pos, index, np.gradient(wl))
+    fwhm = np.maximum(width, 1.0) * spacing
+    return every, center, height, fwhm, np.maximum(extent, 1.0) * spacing
 
 
 def _unique_ids(center: np.ndarray, taken: np.ndarray | None = None) -> np.ndarray:
@@ -854,22 +873,24 @@ class _Lines:
 
 def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lines:
     """Lines detected in ``depth_curve`` with their initial parameters and box."""
-    peak, mu0, height, fwhm = _detect(wl, depth_curve, settings.prominence, good)
+    peak, mu0, height, fwhm, extent = _detect(wl, depth_curve, settings.prominence, good)
     keep = _unique_ids(mu0, taken)
-    peak, mu0, height, fwhm = peak[keep], mu0[keep], height[keep], fwhm[keep]
+    peak, mu0, height, fwhm, extent = (v[keep] for v in (peak, mu0, height, fwhm, extent))
     sigma, gamma, v0 = _v0_equal_split(fwhm)
     depth = np.clip(height, 1e-6, _MAX_INIT_DEPTH)
     ln_a = np.log(depth / v0)
     ln_s, ln_g = np.log(sigma), np.log(gamma)
     floor = np.full_like(ln_s, math.log(_MIN_WIDTH))
+    # Box: total FWHM up to e^width_margin f0, or the extent of broad lines; the area may
+    # grow by e^amplitude_margin beyond what that extra width needs at the same depth.
+    hi_f = np.maximum(np.log(fwhm) + settings.width_margin, np.log(extent))
+    hi_a = ln_a + settings.amplitude_margin + (hi_f - np.log(fwhm) - settings.width_margin)
     return _Lines(
         mu0=mu0, u=np.zeros_like(mu0), ln_a=ln_a, ln_s=ln_s, ln_g=ln_g,
         a0=ln_a.copy(), s0=ln_s.copy(), g0=ln_g.copy(),
-        # a up to e^margin; widths up to e^margin × the FWHM as a pure component.
-        lo_a=ln_a - 30.0, hi_a=ln_a + settings.amplitude_margin,
-        lo_s=floor, hi_s=np.log(fwhm / _FWHM_PER_SIGMA) + settings.width_margin,
-        lo_g=floor, hi_g=np.log(0.5 * fwhm) + settings.width_margin,
-        hi_f=np.log(fwhm) + settings.width_margin,
+        lo_a=ln_a - 30.0, hi_a=hi_a,
+        lo_s=floor, hi_s=hi_f - math.log(_FWHM_PER_SIGMA),
+        lo_g=floor, hi_g=hi_f - math.log(2.0), hi_f=hi_f,
         peak=peak,
     )
 

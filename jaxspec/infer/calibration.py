@@ -11,6 +11,10 @@ true value in 68 % of spectra, and the 95 % interval in 95 %. Two interval kinds
 
 With n spectra a coverage estimate has binomial standard error
 :math:`\sqrt{p(1-p)/n}` (4.7 % for p = 0.68, n = 100), returned alongside.
+
+Truths on a face of a uniform prior (e.g. [Fe/H] = 0 at the top of the box) are never
+inside an equal-tailed interval of draws, which all lie inside the box; test calibration
+with interior truths.
 """
 
 from __future__ import annotations
