@@ -173,9 +173,9 @@ def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path):
     return path
 
 
-def accuracy(out: Path, refine_epochs: int, report: dict):
+def accuracy(out: Path, refine_epochs: int, report: dict, parts=("oracle", "clones"),
+             batch_size: int = 4):
     from jaxspec.pixel_emulator import PixelEmulator
-    from jaxspec.refine import refine
 
     grid = default_grid(out)
     held = held_mask(grid)
@@ -214,6 +214,17 @@ def accuracy(out: Path, refine_epochs: int, report: dict):
         return row
 
     oracle = LineEmulator.from_identification(oracle_identification(grid, held), grid.wavelength)
+    if "oracle" in parts:
+        oracle_part(grid, held, oracle, assess, refine_epochs, report)
+    if "clones" not in parts:
+        return oracle
+    return clones_part(grid, held, out, assess, refine_epochs, report, batch_size)
+
+
+def oracle_part(grid, held, oracle, assess, refine_epochs, report):
+    from jaxspec.identify import complete_values
+    from jaxspec.refine import refine
+
     assess("oracle_exact", oracle)
     nodes, _ = oracle_nodes(grid, held)
     for matcher in ("id", "track"):
@@ -224,8 +235,6 @@ def accuracy(out: Path, refine_epochs: int, report: dict):
 
     # Clone-like scatter on the perfect clones, then end-to-end refinement: what refine()
     # recovers when every node value carries independent fitting noise.
-    from jaxspec.identify import complete_values
-
     rng = np.random.default_rng(0)
     values = np.array(oracle.manifold.values)
     present = oracle.present()
@@ -247,10 +256,14 @@ def accuracy(out: Path, refine_epochs: int, report: dict):
         }
         assess("refined_oracle_noisy", refined)
 
+
+def clones_part(grid, held, out, assess, refine_epochs, report, batch_size):
+    from jaxspec.io.clone_store import CloneStore
+    from jaxspec.refine import refine
+
     store = clone_store(grid, held, out)
     if store is None:
-        return oracle
-    from jaxspec.io.clone_store import CloneStore
+        return None
 
     built = {}
     for matcher in ("id", "track"):
@@ -265,7 +278,7 @@ def accuracy(out: Path, refine_epochs: int, report: dict):
     if refine_epochs:
         for matcher in ("track",):
             refined, history = refine(built[matcher], grid, epochs=refine_epochs,
-                                      batch_size=8, progress=False)
+                                      batch_size=batch_size, progress=False)
             log(f"refine ({matcher}): {history.summary()}")
             report[f"refine_{matcher}"] = {
                 "epochs": refine_epochs, "seconds": history.seconds, "loss": history.loss,
@@ -409,8 +422,11 @@ def blase3d_storage(out: Path, report: dict):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
-    parser.add_argument("--parts", default="accuracy,speed,storage")
+    parser.add_argument("--parts", default="oracle,clones,speed,storage")
     parser.add_argument("--refine-epochs", type=int, default=10)
+    parser.add_argument("--clone-refine-epochs", type=int, default=3,
+                        help="epochs of refinement of the clone-built emulator (slow: its "
+                        "broad clone lines make each gradient ~0.5 s)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--load-big", action="store_true",
                         help="also load the blase3D-sized file (needs ~10 GB of memory)")
@@ -420,21 +436,28 @@ def main():
     parts = set(args.parts.split(","))
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
         f"{os.cpu_count()}; timings on shared CPUs are noisy")
-    report: dict = {}
-    default = None
-    if "accuracy" in parts:
-        default = accuracy(out, args.refine_epochs, report)
+    path = out / "report.json"
+    report: dict = json.loads(path.read_text()) if path.exists() else {}
+    emulators = {}
+    if "oracle" in parts:
+        emulators["default_oracle"] = accuracy(out, args.refine_epochs, report,
+                                               parts=("oracle",))
+    if "clones" in parts:
+        built = accuracy(out, args.clone_refine_epochs, report, parts=("clones",))
+        if built is not None:
+            emulators["default_clones"] = built
     if "speed" in parts:
-        if default is None:
+        if not emulators:
             grid = default_grid(out)
-            held = held_mask(grid)
-            default = LineEmulator.from_identification(
-                oracle_identification(grid, held), grid.wavelength)
-        speed(default, "default", report, args.repeats)
+            emulators["default_oracle"] = LineEmulator.from_identification(
+                oracle_identification(grid, held_mask(grid)), grid.wavelength)
+        for label, emulator in emulators.items():
+            speed(emulator, label, report, args.repeats)
         if (DATA / "phoenix_clone_T4700_g4.5_HPF.npz").exists():
             speed(blase3d_scale_emulator(), "blase3d_scale", report, args.repeats)
         else:
             log("blase3D-scale speed: skipped (needs ../shared/data/phoenix_clone_T4700_g4.5_HPF.npz)")
+    default = emulators.get("default_clones", emulators.get("default_oracle"))
     if "storage" in parts:
         if default is not None:
             path = default.save(out / "emulator_default.h5", overwrite=True)

@@ -100,12 +100,54 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
     return ln_a, ln_s, ln_g, lo, hi
 
 
-def _plan(table, center, wavelength, tolerance, margin=0.0, lines_first=False) -> Synthesizer:
+def _plan(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
+          wing_cut=None) -> Synthesizer:
     ln_a, ln_s, ln_g, lo, hi = _line_maxima(table, center, margin, lines_first)
-    return plan_windows(
+    plan = plan_windows(
         np.asarray(wavelength, dtype=np.float64), ln_a, ln_s, ln_g,
         0.5 * (lo + hi), center_span=(lo, hi), tolerance=tolerance,
     )
+    return _cap_windows(plan, wing_cut)
+
+
+def _cap_windows(plan: Synthesizer, wing_cut: int | None) -> Synthesizer:
+    """Limit every line's windows to about ``wing_cut`` pixels (blase's wing cut).
+
+    Windows of level d span ``size × h^(d+1)`` pixels (the top level ``size × h^L``);
+    each is cut to the cap, but never below what the level under it needs (cover of the
+    finer window, top ≥ finer + 6), so the hierarchy stays consistent: a line is evaluated
+    in full within ~±wing_cut/2 pixels of its centre and not beyond (Gaussian cores and
+    Lorentz wings alike), as in the clones fitted with that wing cut."""
+    import dataclasses
+
+    from jaxspec._synthesis import _Bucket
+
+    if wing_cut is None:
+        return plan
+    h, top = plan.h, len(plan.levels) - 1
+    below: dict[int, int] = {}
+    levels = []
+    for depth, level in enumerate(plan.levels):
+        unit = h ** (depth + 1) if depth < top else h**top
+        cap = max(4, math.ceil(wing_cut / unit))
+        sizes: dict[int, int] = {}
+        for bucket in level.buckets:
+            for line in np.asarray(bucket.lines).tolist():
+                need = 0
+                if line in below:
+                    m = below[line]
+                    need = m + 6 if depth == top else 2 * math.ceil((m // 2 + 4) / h) + 2
+                sizes[line] = min(bucket.size, max(cap, need))
+        below = sizes
+        groups: dict[int, list[int]] = {}
+        for line, size in sizes.items():
+            groups.setdefault(size, []).append(line)
+        buckets = tuple(
+            _Bucket(jnp.asarray(sorted(groups[size]), dtype=jnp.int32), int(size))
+            for size in sorted(groups)
+        )
+        levels.append(dataclasses.replace(level, buckets=buckets))
+    return dataclasses.replace(plan, levels=tuple(levels))
 
 
 def _planned_lines(plan: Synthesizer) -> np.ndarray:
@@ -131,6 +173,10 @@ class LineEmulator(Emulator):
         tolerance: synthesis truncation tolerance (ln flux per line) of the plan.
         plan_margin: added to every line's maxima of ln a, ln σ, ln γ when planning
             windows (room for refinement to grow lines).
+        wing_cut: evaluate each line within about this many pixels around its centre
+            and not beyond (blase's wing cut; None: full wings to ``tolerance``). Clones
+            fitted with a wing cut are reproduced faithfully with the same one, and it
+            bounds the cost of the very broad lines that clones of cool stars contain.
         provenance: JSON-able dict stored in the file (matcher, settings, refinement).
         synthesizer: a plan made for exactly these values and wavelengths (skips
             planning; used by :meth:`load`).
@@ -144,6 +190,7 @@ class LineEmulator(Emulator):
     observed: Bool[Array, "*grid"]
     grid_wavelength: Float[Array, " n_pix"]
     tolerance: float = eqx.field(static=True)
+    wing_cut: int | None = eqx.field(static=True)
     provenance: str = eqx.field(static=True)
 
     def __init__(
@@ -157,6 +204,7 @@ class LineEmulator(Emulator):
         plan_margin: float = 0.0,
         provenance: dict | str | None = None,
         synthesizer: Synthesizer | None = None,
+        wing_cut: int | None = None,
     ):
         if manifold.n_out != 4:
             raise ValueError(
@@ -183,10 +231,13 @@ class LineEmulator(Emulator):
                 f"LineEmulator: observed has shape {observed.shape}, the grid "
                 f"{manifold.grid_shape}"
             )
+        if wing_cut is not None and int(wing_cut) < 16:
+            raise ValueError(f"LineEmulator: wing_cut={wing_cut!r} pixels; pass >= 16 or None")
         self.manifold = manifold
         self.center = jnp.asarray(center)
         if synthesizer is None:
-            synthesizer = _plan(np.asarray(manifold.table), center, wl, tolerance, plan_margin)
+            synthesizer = _plan(np.asarray(manifold.table), center, wl, tolerance, plan_margin,
+                                wing_cut=wing_cut)
         elif synthesizer.n_pix != wl.size:
             raise ValueError(
                 f"LineEmulator: synthesizer planned for {synthesizer.n_pix} px, wavelength "
@@ -196,6 +247,7 @@ class LineEmulator(Emulator):
         self.observed = jnp.asarray(observed)
         self.grid_wavelength = jnp.asarray(wl)
         self.tolerance = float(tolerance)
+        self.wing_cut = None if wing_cut is None else int(wing_cut)
         self.provenance = provenance if isinstance(provenance, str) else json.dumps(
             provenance or {}, default=_json_default
         )
@@ -285,7 +337,7 @@ class LineEmulator(Emulator):
         return LineEmulator(
             self.manifold, np.asarray(self.center), self.wavelength,
             observed=np.asarray(self.observed), tolerance=tol, plan_margin=plan_margin,
-            provenance=self.provenance,
+            provenance=self.provenance, wing_cut=self.wing_cut,
         )
 
     def with_provenance(self, provenance: dict) -> LineEmulator:
@@ -308,6 +360,7 @@ class LineEmulator(Emulator):
             manifold, np.asarray(self.center), self.wavelength,
             observed=np.asarray(self.observed) if observed is None else observed,
             tolerance=self.tolerance, plan_margin=plan_margin, provenance=info,
+            wing_cut=self.wing_cut,
         )
 
     def restrict(self, wavelength: tuple[float, float]) -> LineEmulator:
@@ -335,7 +388,8 @@ class LineEmulator(Emulator):
                 "range that overlaps it by at least 2 pixels"
             )
         table = np.asarray(self.manifold.table)
-        plan = _plan(table, np.asarray(self.center), wl[keep], self.tolerance)
+        plan = _plan(table, np.asarray(self.center), wl[keep], self.tolerance,
+                     wing_cut=self.wing_cut)
         lines = _planned_lines(plan)
         manifold = self.manifold.take_lines(lines)
         info = self.info
@@ -343,6 +397,7 @@ class LineEmulator(Emulator):
         return LineEmulator(
             manifold, np.asarray(self.center)[lines], wl[keep],
             observed=np.asarray(self.observed), tolerance=self.tolerance, provenance=info,
+            wing_cut=self.wing_cut,
         )
 
     # ------------------------------------------------------------------ building
@@ -356,6 +411,7 @@ class LineEmulator(Emulator):
         tolerance: float = 1e-6,
         out_of_bounds: str = "error",
         provenance: dict | None = None,
+        wing_cut: int | None | str = "clones",
     ) -> LineEmulator:
         """Emulator from identified clones (:func:`jaxspec.identify.identify_store`).
 
@@ -366,6 +422,9 @@ class LineEmulator(Emulator):
             tolerance: synthesis truncation tolerance.
             out_of_bounds: "error" or "clamp" (see :class:`~jaxspec.manifold.LineManifold`).
             provenance: extra entries for the file's provenance record.
+            wing_cut: pixels (see the class), None for full wings, or "clones" (default):
+                the ``wing_cut`` the clones were fitted with (``ident.meta["settings"]``),
+                else None.
         """
         if wavelength is None:
             if "wavelength" not in ident.meta:
@@ -384,9 +443,11 @@ class LineEmulator(Emulator):
             "sources": ident.meta.get("sources", []),
         }
         info.update(provenance or {})
+        if wing_cut == "clones":
+            wing_cut = (ident.meta.get("settings") or {}).get("wing_cut")
         manifold = LineManifold(ident.axes, ident.values, out_of_bounds=out_of_bounds)
         return cls(manifold, ident.center, wavelength, observed=ident.observed,
-                   tolerance=tolerance, provenance=info)
+                   tolerance=tolerance, provenance=info, wing_cut=wing_cut)
 
     # ------------------------------------------------------------------ files
 
@@ -397,8 +458,8 @@ class LineEmulator(Emulator):
         Layout::
 
             /                  attrs format="jaxspec-emulator", kind="line", version=1,
-                               param_names, tolerance, out_of_bounds, n_lines,
-                               provenance (JSON)
+                               param_names, tolerance, wing_cut (pixels, -1: none),
+                               out_of_bounds, n_lines, provenance (JSON)
             /wavelength        (n_pix,) float64, Å
             /axes/<name>       (n_i,) float64, one per parameter (order: param_names)
             /observed          (*grid_shape) bool, nodes that had a clone
@@ -435,6 +496,7 @@ class LineEmulator(Emulator):
             present=present.reshape(present.shape[0], -1),
             values=values,
             tolerance=self.tolerance,
+            wing_cut=self.wing_cut,
             out_of_bounds=self.manifold.out_of_bounds,
             provenance=self.provenance,
             overwrite=overwrite,
@@ -491,15 +553,17 @@ class LineEmulator(Emulator):
                 block[p] = stored[offset:offset + n]
                 offset += n
             tolerance = float(f.attrs.get("tolerance", 1e-6))
+            wing_cut = int(f.attrs.get("wing_cut", -1))
+            wing_cut = None if wing_cut < 0 else wing_cut
             out_of_bounds = str(f.attrs.get("out_of_bounds", "error"))
             provenance = str(f.attrs.get("provenance", "{}"))
         values = values.reshape(center.size, *shape, 4)
         present = present.reshape(center.size, *shape)
         complete_values(values, present, observed, axes)
-        plan = _plan(values, center, wl, tolerance, lines_first=True)
+        plan = _plan(values, center, wl, tolerance, lines_first=True, wing_cut=wing_cut)
         manifold = LineManifold(axes, values, out_of_bounds=out_of_bounds)
         return cls(manifold, center, wl, observed=observed, tolerance=tolerance,
-                   provenance=provenance, synthesizer=plan)
+                   provenance=provenance, synthesizer=plan, wing_cut=wing_cut)
 
 
 def write_emulator_file(
@@ -512,6 +576,7 @@ def write_emulator_file(
     present: np.ndarray,
     values: np.ndarray,
     tolerance: float = 1e-6,
+    wing_cut: int | None = None,
     out_of_bounds: str = "error",
     provenance: str = "{}",
     overwrite: bool = False,
@@ -542,6 +607,7 @@ def write_emulator_file(
         f.attrs["version"] = VERSION
         f.attrs["param_names"] = list(axes)
         f.attrs["tolerance"] = float(tolerance)
+        f.attrs["wing_cut"] = -1 if wing_cut is None else int(wing_cut)
         f.attrs["out_of_bounds"] = out_of_bounds
         f.attrs["n_lines"] = int(center.size)
         f.attrs["provenance"] = provenance

@@ -136,6 +136,22 @@ def test_restrict_keeps_lines_that_touch_the_range(built):
         emulator.restrict((8505.0, 8504.0))
 
 
+def test_wing_cut_limits_each_line_to_its_window(built):
+    _, _, emulator = built
+    one = emulator.manifold.take_lines([0])  # the line at 8501.0 Å, pixel 100
+    theta = np.array([5200.0, 4.1, -0.3])
+    full = LineEmulator(one, np.asarray(emulator.center)[:1], WL)
+    cut = LineEmulator(one, np.asarray(emulator.center)[:1], WL, wing_cut=64)
+    wide = LineEmulator(one, np.asarray(emulator.center)[:1], WL, wing_cut=100_000)
+    assert cut.synthesizer.n_evaluations() < full.synthesizer.n_evaluations()
+    f_full, f_cut, f_wide = (np.asarray(evaluate(e, theta)) for e in (full, cut, wide))
+    np.testing.assert_array_equal(f_wide, f_full)  # a cut beyond every window: no change
+    assert np.all(f_cut[400:] == 1.0) and np.all(f_full[400:] < 1.0)
+    assert np.max(np.abs(f_cut[80:121] - f_full[80:121])) < 1e-4  # the core is kept
+    with pytest.raises(ValueError, match="wing_cut"):
+        LineEmulator(one, np.asarray(emulator.center)[:1], WL, wing_cut=3)
+
+
 def test_refine_lowers_the_loss(built):
     from jaxspec.refine import refine
 
@@ -246,6 +262,7 @@ def test_cli_build_reads_a_real_clone_store(built, tmp_path, capsys):
     loaded = LineEmulator.load(out)
     np.testing.assert_allclose(loaded.center, emulator.center)
     assert loaded.info["clone_settings"]["prominence"] == 0.005
+    assert loaded.wing_cut == 6000  # the clones' wing cut, kept in the file
     # Two stores cloned with different settings are not combined.
     other = tmp_path / "other.h5"
     write_clone_store(other, nodes[:0])

@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="fraction of nodes held out of refinement to report generalisation")
     p.add_argument("--tolerance", type=float, default=1e-6,
                    help="synthesis truncation tolerance (ln flux per line)")
+    p.add_argument("--wing-cut", type=int, default=None,
+                   help="pixels each line is evaluated over (default: the clones' wing_cut; "
+                   "0: full wings)")
     p.add_argument("--clamp", action="store_true",
                    help="clip parameters outside the grid instead of raising")
     p.add_argument("--overwrite", action="store_true")
@@ -92,8 +95,10 @@ def _build(args: argparse.Namespace) -> int:
             if callable(close):
                 close()
     print(ident.summary())
+    wing_cut = "clones" if args.wing_cut is None else (args.wing_cut or None)
     emulator = LineEmulator.from_identification(
         ident, tolerance=args.tolerance, out_of_bounds="clamp" if args.clamp else "error",
+        wing_cut=wing_cut,
     )
     if args.wavelength is not None:
         emulator = emulator.restrict(args.wavelength)
