@@ -451,6 +451,8 @@ def main():
             grid = default_grid(out)
             emulators["default_oracle"] = LineEmulator.from_identification(
                 oracle_identification(grid, held_mask(grid)), grid.wavelength)
+            # For bench_inference.py --emulator: the line emulator of perfect clones.
+            emulators["default_oracle"].save(out / "emulator_default_oracle.h5", overwrite=True)
         for label, emulator in emulators.items():
             speed(emulator, label, report, args.repeats)
         if (DATA / "phoenix_clone_T4700_g4.5_HPF.npz").exists():
