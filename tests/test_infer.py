@@ -278,3 +278,30 @@ def test_cli_bad_inputs(cli_files, capsys):
     assert "did not converge" in capsys.readouterr().err
     assert not Table.read(out)["converged"][0]
 
+
+
+def test_systematic_floor_restores_coverage_of_biased_estimates():
+    from jaxspec.infer import add_systematics, gaussian_coverage, sample_coverage, systematic_floor
+
+    rng = np.random.default_rng(3)
+    n = 400
+    truth = rng.uniform([4000.0, 3.0], [6000.0, 5.0], (n, 2))
+    sys_true = np.array([40.0, 0.05])  # emulator bias, different for every star
+    stat = np.array([10.0, 0.01])      # what the likelihood alone reports
+    est = truth + rng.normal(size=(n, 2)) * np.hypot(sys_true, stat)
+    sigma = np.broadcast_to(stat, est.shape)
+    narrow = gaussian_coverage(truth, est, sigma)["coverage"][0.68]
+    assert np.all(narrow < 0.4)  # the likelihood-only intervals are far too narrow
+    half = slice(0, n // 2)
+    floor = systematic_floor(truth[half], truth[half] + rng.normal(size=(n // 2, 2)) * sys_true)
+    np.testing.assert_allclose(floor, sys_true, rtol=0.2)
+    cov = gaussian_coverage(truth, est, add_systematics(floor, sigma=sigma))
+    assert np.all(np.abs(cov["coverage"][0.68] - 0.68) < 0.07)
+    assert np.all(np.abs(cov["coverage"][0.95] - 0.95) < 0.04)
+    draws = [e + rng.normal(size=(500, 2)) * stat for e in est[:200]]
+    cov = sample_coverage(truth[:200], add_systematics(floor, draws=draws))
+    assert np.all(np.abs(cov["coverage"][0.68] - 0.68) < 0.1)
+    with pytest.raises(ValueError, match="at least 5"):
+        systematic_floor(truth[:3], est[:3])
+    with pytest.raises(ValueError, match="floor"):
+        add_systematics(np.array([-1.0, 0.0]), sigma=sigma)

@@ -15,7 +15,12 @@ arrays on the emulator's wavelengths, as :class:`Spectrum` objects (any waveleng
 """
 
 from jaxspec.infer.bayes_opt import BayesOptResult, bayes_opt
-from jaxspec.infer.calibration import gaussian_coverage, sample_coverage
+from jaxspec.infer.calibration import (
+    add_systematics,
+    gaussian_coverage,
+    sample_coverage,
+    systematic_floor,
+)
 from jaxspec.infer.likelihood import (
     chi2,
     gaussian_log_likelihood,
@@ -30,6 +35,7 @@ from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observa
 
 __all__ = [
     "BayesOptResult",
+    "add_systematics",
     "MapResult",
     "NutsResult",
     "Observation",
@@ -50,5 +56,6 @@ __all__ = [
     "sample_nuts",
     "spectrum_model",
     "stack_observations",
+    "systematic_floor",
     "status_message",
 ]
