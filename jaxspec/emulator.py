@@ -11,7 +11,10 @@ Every emulator in jaxspec is an :class:`Emulator`, an equinox Module with
 * ``wavelength``: ``(n_pix,)`` float64, Å;
 * ``save(path)`` and ``Emulator.load(path)`` (HDF5, root attributes
   ``format = "jaxspec-emulator"`` and ``kind``), with :func:`load_emulator` reading any
-  kind.
+  kind;
+* optionally ``model_variance``: ``(n_pix,)`` variance of the emulator's own error per
+  pixel (e.g. The Cannon's intrinsic scatter squared), added to the data variance by
+  :func:`jaxspec.infer.observe`; None (the default) when the emulator claims none.
 
 Inference (:mod:`jaxspec.infer`), extrinsic effects and the CLI only use this interface.
 """
@@ -74,6 +77,12 @@ class Emulator(eqx.Module):
     def load(cls, path: str | PathLike) -> Emulator:
         """Read an emulator file written by ``save`` (of this class)."""
         raise NotImplementedError(f"{cls.__name__} has no loader")
+
+    @property
+    def model_variance(self):
+        """``(n_pix,)`` variance (flux²) of the emulator's own error, added in quadrature
+        to the data's σ² in inference, or None (default: the emulator claims none)."""
+        return None
 
     @property
     def n_params(self) -> int:

@@ -34,6 +34,13 @@ Resampling (:func:`observe`)
     of the blase3D paper's eq. (4) (data and model on the model's pixels).
 
 When the data are on the emulator's own pixels both give the same arrays.
+
+Emulator variance. An emulator with a ``model_variance`` :math:`v_i` (e.g. The Cannon's
+intrinsic scatter :math:`s_\lambda^2`, Ness et al. 2015) contributes it to the
+uncertainty of every comparison pixel of a spectrum that has uncertainties,
+:math:`\sigma_j^2 \to \sigma_j^2 + v(\lambda_j)`, with :math:`v(\lambda_j) = (1 - w_j)
+v_{i_j} + w_j v_{i_j + 1}` (linear interpolation; its own pixels when ``resample="data"``).
+Without uncertainties the fitted noise scale stands for all of the error.
 """
 
 from __future__ import annotations
@@ -194,7 +201,8 @@ def observe(spectrum: Spectrum, emulator_or_wavelength, resample: str = "model")
     Args:
         spectrum: the :class:`Spectrum`.
         emulator_or_wavelength: an :class:`~jaxspec.emulator.Emulator` or its
-            ``(n_pix,)`` wavelength array, Å.
+            ``(n_pix,)`` wavelength array, Å. An emulator's ``model_variance`` (if not
+            None) is added to the data variance (module docstring).
         resample: ``"model"`` (default; emulator onto the data pixels) or ``"data"``
             (data onto the emulator pixels).
 
@@ -262,6 +270,16 @@ def observe(spectrum: Spectrum, emulator_or_wavelength, resample: str = "model")
         out_wl = model_wl
         if mask.sum() < 2:
             raise ValueError(f"{ranges}; fewer than 2 emulator pixels are covered by usable data")
+    model_var = getattr(emulator_or_wavelength, "model_variance", None)
+    if has_unc and model_var is not None:
+        v = np.asarray(model_var, dtype=np.float64)
+        if v.shape != model_wl.shape:
+            raise ValueError(
+                f"the emulator's model_variance has shape {v.shape}; it must have one value "
+                f"per emulator pixel {model_wl.shape}"
+            )
+        v_at = (1 - weight) * v[index] + weight * v[np.minimum(index + 1, n - 1)]
+        sig = np.where(mask, np.sqrt(sig**2 + v_at), sig)
     return Observation(
         wavelength=jnp.asarray(out_wl, dtype=jnp.float64),
         flux=jnp.asarray(flux, dtype=jnp.float64),

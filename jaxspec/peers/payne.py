@@ -1,0 +1,221 @@
+r"""The Payne (Ting et al. 2019, ApJ 879, 69): one multilayer perceptron, labels → spectrum.
+
+.. math::
+    x = \frac{\ell - \ell_{min}}{\ell_{max} - \ell_{min}} - \tfrac12, \qquad
+    f(\ell) = W_3\,\phi\big(W_2\,\phi(W_1 x + b_1) + b_2\big) + b_3,
+
+with :math:`\phi` the leaky ReLU (slope 0.01), two hidden layers of 100 units and one
+output per pixel: the network of the seed snippet (``Linear(num_label, 100), LeakyReLU,
+Linear(100, 100), LeakyReLU, Linear(100, num_pix)``, Adam with learning rate 1e-3) and of
+the authors' code (``The_Payne/training.py``: labels scaled to [−0.5, 0.5] by the
+training minimum and maximum, mean-squared-error loss, minibatches, the weights of the
+best validation loss kept).
+
+Choices beyond the seed: the training spectra are centred on their mean spectrum and
+divided by their overall standard deviation for training, and that affine map is folded
+back into the last layer afterwards (the network computed is the one above); Glorot
+initialisation; early stopping after ``patience`` epochs without validation improvement.
+Weights are float32, as trained.
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float
+
+from jaxspec.emulator import Emulator, register_emulator
+from jaxspec.grid import SpectralGrid
+from jaxspec.peers import _dense, _store
+from jaxspec.peers._data import (
+    check_positive_int,
+    check_widths,
+    min_max,
+    split,
+    training_set,
+)
+
+__all__ = ["PayneEmulator", "train_payne"]
+
+
+@register_emulator("payne")
+class PayneEmulator(Emulator):
+    r"""The Payne's network (module docstring).
+
+    Fields:
+
+    layers
+        ``((W_1, b_1), ..., (W_L, b_L))`` float32, ``W_l`` shaped ``(n_{l-1}, n_l)``,
+        ``n_L = n_pix``.
+    label_min, label_max
+        ``(k,)`` the label scaling (training minimum and maximum; also the bounds).
+    wavelength_
+        ``(n_pix,)`` float64, Å.
+    names
+        parameter names (static).
+    provenance
+        JSON string of training information (static; see :attr:`info`).
+
+    ``emulator(params)``: params ``(..., k)`` → flux ``(..., n_pix)`` float32; jit-,
+    vmap- and grad-safe. Train with :func:`train_payne`.
+    """
+
+    layers: tuple[tuple[Float[Array, "n_in n_out"], Float[Array, " n_out"]], ...]
+    label_min: Float[Array, " k"]
+    label_max: Float[Array, " k"]
+    wavelength_: np.ndarray
+    names: tuple[str, ...] = eqx.field(static=True)
+    provenance: str = eqx.field(static=True, default="{}")
+
+    def __check_init__(self):
+        k, n_pix = len(self.names), int(np.shape(self.wavelength_)[0])
+        sizes = _dense.check_chain(self.layers, "PayneEmulator")
+        if sizes[0] != k or sizes[-1] != n_pix:
+            raise ValueError(
+                f"PayneEmulator: the network maps {sizes[0]} → {sizes[-1]} but the emulator "
+                f"has {k} parameters and {n_pix} pixels"
+            )
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.names
+
+    @property
+    def bounds(self) -> np.ndarray:
+        return np.stack([np.asarray(self.label_min), np.asarray(self.label_max)],
+                        axis=-1).astype(np.float64)
+
+    @property
+    def wavelength(self) -> np.ndarray:
+        return np.asarray(self.wavelength_, dtype=np.float64)
+
+    @property
+    def info(self) -> dict:
+        """Training information (widths, epochs, losses, seconds, ...)."""
+        return json.loads(self.provenance or "{}")
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """Widths of the hidden layers."""
+        return tuple(int(w.shape[1]) for w, _ in self.layers[:-1])
+
+    def __call__(self, params) -> Float[Array, "... n_pix"]:
+        """Flux at params ``(..., k)`` (order of ``param_names``) → ``(..., n_pix)``."""
+        params = jnp.asarray(params)
+        k = len(self.names)
+        if params.shape[-1:] != (k,):
+            raise ValueError(
+                f"params has shape {params.shape}; the last axis must hold the {k} "
+                f"parameters {self.names}"
+            )
+        x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
+        acts = ("leaky_relu",) * (len(self.layers) - 1) + ("linear",)
+        return _dense.apply(self.layers, x, acts)
+
+    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
+        """Write to HDF5 (``kind="payne"``; layout of :mod:`jaxspec.peers._store` with
+        datasets ``label_min``, ``label_max`` and the group ``layers``). Returns the path."""
+        return _store.write(
+            path, self.kind, self.names, self.wavelength_, self.bounds, self.provenance,
+            {"label_min": self.label_min, "label_max": self.label_max},
+            {"layers": self.layers}, overwrite,
+        )
+
+    @classmethod
+    def load(cls, path: str | PathLike) -> PayneEmulator:
+        """Read a file written by :meth:`save`."""
+        d = _store.read(path, "payne", cls.__name__, ("label_min", "label_max"), ("layers",))
+        return cls(layers=d["layers"], label_min=d["label_min"], label_max=d["label_max"],
+                   wavelength_=d["wavelength"], names=d["names"], provenance=d["info"])
+
+
+def train_payne(
+    grid: SpectralGrid,
+    holdout=None,
+    *,
+    hidden=(100, 100),
+    learning_rate: float = 1e-3,
+    batch_size: int = 64,
+    max_epochs: int = 1000,
+    patience: int = 100,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> PayneEmulator:
+    r"""Train The Payne on the nodes of a grid.
+
+    Args:
+        grid: a :class:`~jaxspec.grid.SpectralGrid` of normalised spectra.
+        holdout: nodes to leave out entirely: None, a bool array of ``grid.shape``,
+            ``(n, k)`` node parameters or ``{name: value}`` dicts.
+        hidden: hidden-layer widths (seed: two of 100).
+        learning_rate: Adam step (seed: 1e-3).
+        batch_size: spectra per step. The authors' code uses 512 for grids of 10³–10⁴
+            spectra; with ~10³ nodes that is one or two steps per epoch, so the default
+            here is 64.
+        max_epochs: at most this many passes over the training nodes.
+        patience: stop after this many epochs without a better validation loss.
+        val_fraction: fraction of the training nodes (random, ``seed``) kept for
+            validation and early stopping; 0 uses the training loss.
+        seed: initialisation, split, shuffling.
+        progress: tqdm bar over epochs.
+
+    Returns:
+        A :class:`PayneEmulator` holding the best-validation weights; ``info`` records the
+        settings, ``best_epoch``, ``epochs``, the losses per epoch (MSE of flux) and the
+        training seconds.
+
+    Raises:
+        ValueError: a non-positive size, a label with a single value, or too few nodes.
+    """
+    hidden = check_widths("hidden", hidden)
+    batch_size = check_positive_int("batch_size", batch_size)
+    max_epochs = check_positive_int("max_epochs", max_epochs)
+    patience = check_positive_int("patience", patience)
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate={learning_rate}; pass a positive step size")
+    labels, flux = training_set(grid, holdout)
+    names = grid.param_names
+    lo, hi = min_max(labels, names)
+    x = ((labels - lo) / (hi - lo) - 0.5).astype(np.float32)
+    mean = flux.mean(axis=0, dtype=np.float64)
+    std = float(np.std(flux - mean)) or 1.0
+    y = ((flux - mean) / std).astype(np.float32)
+    tr, va = split(len(x), val_fraction, seed)
+
+    acts = ("leaky_relu",) * len(hidden) + ("linear",)
+    net = _dense.init_layers(jax.random.PRNGKey(seed), (len(names), *hidden, grid.n_pix))
+
+    def loss(layers, xb, yb, key):
+        return jnp.mean((_dense.apply(layers, xb, acts) - yb) ** 2)
+
+    net, history = _dense.fit(
+        net, loss, (x[tr], y[tr]), (x[va], y[va]) if va.size else None,
+        optax.adam(learning_rate), max_epochs=max_epochs, batch_size=batch_size,
+        patience=patience, seed=seed, progress=progress, desc="train payne",
+    )
+    net = _dense.fold_output(net, std, mean)
+    info = {
+        "n_train": int(tr.size), "n_val": int(va.size), "hidden": list(hidden),
+        "activation": "leaky_relu", "learning_rate": learning_rate,
+        "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience,
+        "seed": seed, "flux_scale": std,
+        "best_epoch": history["best_epoch"], "epochs": history["epochs"],
+        "best_val_mse": history["best_loss"] * std**2, "seconds": history["seconds"],
+        "train_loss": [v * std**2 for v in history["train_loss"]],
+        "val_loss": [v * std**2 for v in history["val_loss"]],
+    }
+    return PayneEmulator(
+        layers=net, label_min=jnp.asarray(lo, dtype=jnp.float64),
+        label_max=jnp.asarray(hi, dtype=jnp.float64),
+        wavelength_=np.asarray(grid.wavelength, dtype=np.float64), names=tuple(names),
+        provenance=json.dumps(info),
+    )
+
