@@ -142,6 +142,7 @@ def _import_all_kinds() -> None:
         "jaxspec.peers.cannon",
         "jaxspec.peers.payne",
         "jaxspec.peers.autoencoder",
+        "jaxspec.extrinsic",
     ):
         try:
             found = importlib.util.find_spec(module) is not None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import matplotlib_pyplot, save_figure
+from jaxspec.cli._common import matplotlib_pyplot, parse_range, save_figure
 
 _METHODS = ("bo", "map", "nuts")
 
@@ -24,7 +25,11 @@ def register(sub) -> None:
         "posterior std for nuts; absent for bo), loss (RMS, blase3D eq. 4), n_evaluations, "
         "seconds, converged and a message. A SPECTRUM is a table astropy reads (ECSV, "
         "FITS, CSV) with columns wavelength (Å), flux and optionally uncertainty (1σ) and "
-        "mask. Spectra without uncertainties get a fitted noise scale.",
+        "mask. Spectra without uncertainties get a fitted noise scale. With --fit (or "
+        "--rv/--vsini/--resolution/--lsf) the emulator is observed through radial "
+        "velocity, rotation, line-spread function, pixel integration and a Chebyshev "
+        "continuum (jaxspec.extrinsic); EMULATOR may then also be a line-list .npz (a "
+        "blase clone), fitted as a fixed template.",
     )
     p.add_argument("emulator", help="emulator file (any kind: jaxspec build / train)")
     p.add_argument("spectra", nargs="+", metavar="SPECTRUM", help="spectrum table(s)")
@@ -54,6 +59,48 @@ def register(sub) -> None:
     g.add_argument("--warmup", type=int, default=500)
     g.add_argument("--samples", type=int, default=500)
     g.add_argument("--chains", type=int, default=4)
+    g = p.add_argument_group(
+        "extrinsic", "radial velocity (km/s, relativistic), v sin i (km/s, Gray's kernel), "
+        "resolving power R (Gaussian LSF of FWHM λ/R) and a Chebyshev continuum")
+    g.add_argument("--fit", metavar="LIST",
+                   help="extrinsic parameters fitted with the stellar ones, comma-separated "
+                   "from rv, vsini, resolution, continuum=K (Chebyshev degree K: K + 1 "
+                   "coefficients c0..cK), e.g. rv,vsini,resolution,continuum=3")
+    g.add_argument("--rv", type=float, default=0.0, metavar="KMS",
+                   help="fixed RV when rv is not fitted (default 0)")
+    g.add_argument("--vsini", type=float, default=0.0, metavar="KMS",
+                   help="fixed v sin i when vsini is not fitted (default 0: no rotation)")
+    g.add_argument("--resolution", type=float, metavar="R",
+                   help="fixed R when resolution is not fitted (default: no LSF)")
+    g.add_argument("--rv-range", type=parse_range, default=(-100.0, 100.0), metavar="LO:HI",
+                   help="RV prior box, km/s (default -100:100); the model must cover the "
+                   "spectrum at every RV in it")
+    g.add_argument("--vsini-range", type=parse_range, default=(0.0, 50.0), metavar="LO:HI",
+                   help="v sin i prior box, km/s (default 0:50)")
+    g.add_argument("--resolution-range", type=parse_range, default=(20000.0, 120000.0),
+                   metavar="LO:HI", help="R prior box (default 20000:120000)")
+    g.add_argument("--c0-range", type=parse_range, default=(0.5, 1.5), metavar="LO:HI",
+                   help="box of the continuum's c0 (default 0.5:1.5)")
+    g.add_argument("--continuum-range", type=parse_range, default=(-0.5, 0.5),
+                   metavar="LO:HI", help="box of c1..cK (default -0.5:0.5)")
+    g.add_argument("--epsilon", type=float, default=0.6,
+                   help="linear limb darkening of the rotation kernel (default 0.6)")
+    g.add_argument("--lsf", metavar="TABLE",
+                   help="tabulated LSF instead of a Gaussian: a table with columns "
+                   "velocity (km/s) and profile")
+    g.add_argument("--rv-step", type=float, default=1.0, metavar="KMS",
+                   help="step of the initial RV scan (default 1 km/s)")
+    g.add_argument("--rv-window", type=float, default=20.0, metavar="KMS",
+                   help="after the RV scan, search rv within best ± this (default 20 km/s; "
+                   "0: keep the whole --rv-range)")
+    g.add_argument("--template-step", type=float, default=0.3, metavar="KMS",
+                   help="sampling of a line-list template, km/s per pixel (default 0.3)")
+    p.add_argument("--prior", action="append", default=[], metavar="NAME=normal:MU:SIGMA",
+                   help="Gaussian prior (truncated to the box) on any parameter, e.g. "
+                   "resolution=normal:55000:3000; repeatable; map and nuts only")
+    p.add_argument("--fit-noise", action="store_true",
+                   help="fit a noise scale even when uncertainties are given (errors then "
+                   "scale with sqrt(chi2/nu))")
     p.add_argument("--progress", action="store_true", help="progress bar over spectra")
     p.set_defaults(func=_infer)
 
@@ -62,7 +109,6 @@ def _infer(args: argparse.Namespace) -> int:
     from astropy.table import vstack
     from tqdm.auto import tqdm
 
-    from jaxspec.emulator import load_emulator
     from jaxspec.infer import bayes_opt, fit_map, observe, results_table, sample_nuts
     from jaxspec.infer.spectrum import pad_observation
     from jaxspec.io.spectrum import read_spectrum
@@ -70,7 +116,6 @@ def _infer(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    emulator = load_emulator(args.emulator)
     spectra = [read_spectrum(path) for path in args.spectra]
     guesses = [None] * len(spectra)
     if args.teff_guess is not None:
@@ -80,40 +125,81 @@ def _infer(args: argparse.Namespace) -> int:
                 "give one for all or one per spectrum"
             )
         guesses = list(np.broadcast_to(args.teff_guess, (len(spectra),)))
+    if args.method == "bo" and args.prior:
+        raise ValueError("--prior needs --method map or nuts; bo searches the box (a uniform "
+                         "prior): narrow it with the --*-range options instead")
+    base = _load_model(args, spectra)
+    extrinsic = _wants_extrinsic(args, base)
+    emulators, inits, notes = [], [], []
+    for spectrum in spectra:
+        if extrinsic:
+            em, init, note = _observed(args, base, spectrum)
+        else:
+            em, init, note = base, None, ""
+        emulators.append(em)
+        inits.append(init)
+        notes.append(note)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        observations = [observe(s, emulator, args.resample) for s in spectra]
+        observations = [observe(s, em, args.resample) for s, em in zip(spectra, emulators)]
     for w in caught:
         print(f"jaxspec infer: warning: {w.message}", file=sys.stderr)
     # one pixel count for all spectra: one compilation
     length = max(int(o.flux.shape[0]) for o in observations)
     observations = [pad_observation(o, length) for o in observations]
 
-    names = emulator.param_names
     tables, results = [], []
     for i in tqdm(range(len(spectra)), desc="jaxspec infer", disable=not args.progress):
-        kw = dict(teff_guess=guesses[i], teff_window=args.teff_window, key=args.seed)
+        em = emulators[i]
+        priors = _priors(args.prior, em)
+        kw = {"teff_guess": guesses[i], "teff_window": args.teff_window, "key": args.seed}
+        fit_noise = True if args.fit_noise else None
         t0 = time.perf_counter()
         if args.method == "bo":
-            res = bayes_opt(emulator, observations[i], n_random=args.n_random,
+            res = bayes_opt(em, observations[i], n_random=args.n_random,
                             n_guided=args.n_guided, **kw)
         elif args.method == "map":
-            res = fit_map(emulator, observations[i], n_starts=args.starts, **kw)
+            res = fit_map(em, observations[i], n_starts=args.starts, init=inits[i],
+                          priors=priors, fit_noise=fit_noise, **kw)
         else:
-            res = sample_nuts(emulator, observations[i], num_warmup=args.warmup,
+            init = "map"
+            if inits[i] is not None:  # the MAP from the RV scan's start, then NUTS
+                init = np.asarray(fit_map(em, observations[i], n_starts=args.starts,
+                                          init=inits[i], priors=priors, fit_noise=fit_noise,
+                                          **kw).params)
+            res = sample_nuts(em, observations[i], num_warmup=args.warmup,
                               num_samples=args.samples, num_chains=args.chains,
-                              inference_data=False, **kw)
+                              inference_data=False, init=init, priors=priors,
+                              fit_noise=fit_noise, **kw)
         np.asarray(res.params)  # wait for the device
         seconds = time.perf_counter() - t0
         results.append(res)
-        tables.append(results_table(res, names, files=[args.spectra[i]], method=args.method,
-                                    seconds=seconds))
+        table = results_table(res, em.param_names, files=[args.spectra[i]], method=args.method,
+                              seconds=seconds)
+        chi2_nu = _chi2_nu(em, observations[i], res)
+        if chi2_nu is not None:
+            table["chi2_nu"] = [chi2_nu]
+            table["chi2_nu"].description = "chi2 per degree of freedom (given uncertainties)"
+        if notes[i]:
+            table["extrinsic_note"] = [notes[i]]
+        tables.append(table)
     table = vstack(tables, metadata_conflicts="silent")
+    for name in ("rv", "vsini"):
+        for col in (name, f"{name}_err"):
+            if col in table.colnames:
+                table[col].unit = "km/s"
     table.meta.update({
         "emulator": str(args.emulator), "method": args.method,
         "teff_window": args.teff_window, "resample": args.resample, "seed": args.seed,
         "note": "seconds of the first spectrum include JIT compilation",
     })
+    if extrinsic:
+        table.meta.update({
+            "fit": args.fit or "", "rv_range": list(args.rv_range),
+            "vsini_range": list(args.vsini_range),
+            "resolution_range": list(args.resolution_range), "epsilon": args.epsilon,
+            "rv_window": args.rv_window, "priors": list(args.prior),
+        })
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write(out, format="ascii.ecsv", overwrite=True)
     print(f"wrote {out}: {len(table)} spectra, method {args.method}")
@@ -123,9 +209,135 @@ def _infer(args: argparse.Namespace) -> int:
               + "; ".join(bad), file=sys.stderr)
     if args.plot:
         for i, res in enumerate(results):
-            for path in _plots(emulator, observations[i], res, args, out, Path(args.spectra[i])):
+            for path in _plots(emulators[i], observations[i], res, args, out,
+                               Path(args.spectra[i])):
                 print(f"wrote {path}")
     return 0
+
+
+def _load_model(args, spectra):
+    """The emulator file, or a line-list .npz synthesised as a Template covering every
+    spectrum at every RV of --rv-range (plus the broadening margin)."""
+    import jaxspec.extrinsic  # noqa: F401  (registers the "template" emulator kind)
+    from jaxspec.emulator import load_emulator
+
+    path = Path(args.emulator)
+    if path.suffix.lower() != ".npz":
+        return load_emulator(path)
+    from jaxspec.extrinsic import Template, parse_fit, required_model_range
+    from jaxspec.lines import LineList
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such line-list file")
+    names, _ = parse_fit(args.fit)
+    if not (args.fit or args.rv or args.vsini or args.resolution):
+        raise ValueError(f"{path} is a line list (a template without parameters); pass "
+                         "--fit (e.g. rv,vsini,resolution,continuum=3)")
+    rv_range = args.rv_range if "rv" in names else (args.rv, args.rv)
+    vsini_max = args.vsini_range[1] if "vsini" in names else args.vsini
+    r_min = args.resolution_range[0] if "resolution" in names else args.resolution
+    lsf_half = 0.0
+    if args.lsf:
+        v, _ = _read_lsf(args.lsf)
+        lsf_half = float(np.max(np.abs(v)))
+    ranges = [required_model_range(s.wavelength, rv_range=rv_range, vsini_max=max(vsini_max, 0),
+                                   resolution_min=r_min if (r_min or 0) > 0 else None,
+                                   lsf_half_width=lsf_half, velocity_step=args.template_step)
+              for s in spectra]
+    lo = min(r[0] for r in ranges) - 1.0
+    hi = max(r[1] for r in ranges) + 1.0
+    lines = LineList.from_npz(path)
+    return Template.from_line_list(lines, (lo, hi), velocity_step=args.template_step,
+                                   label=path.name)
+
+
+def _wants_extrinsic(args, base) -> bool:
+    from jaxspec.extrinsic import Template
+
+    return bool(args.fit or args.rv or args.vsini or args.resolution is not None or args.lsf
+                or isinstance(base, Template))
+
+
+def _read_lsf(path):
+    from astropy.table import Table
+
+    t = Table.read(path)
+    cols = {c.lower(): c for c in t.colnames}
+    if "velocity" not in cols or "profile" not in cols:
+        raise ValueError(f"{path}: an LSF table needs columns velocity (km/s) and profile "
+                         f"(columns present: {', '.join(t.colnames)})")
+    return (np.asarray(t[cols["velocity"]], dtype=np.float64),
+            np.asarray(t[cols["profile"]], dtype=np.float64))
+
+
+def _observed(args, base, spectrum):
+    """The emulator observed at ``spectrum``'s pixels, a start and a note for the table.
+
+    When rv is fitted, a χ² scan over the RV box (continuum by least squares) gives the
+    start and narrows the rv box to best ± --rv-window (a multimodal RV likelihood
+    otherwise defeats local optimisers), like --teff-guess/--teff-window for Teff.
+    """
+    from jaxspec.extrinsic import ObservedEmulator, initial_guess
+
+    em = ObservedEmulator.build(
+        base, spectrum.wavelength, fit=args.fit, rv=args.rv, vsini=args.vsini,
+        resolution=args.resolution, rv_range=args.rv_range, vsini_range=args.vsini_range,
+        resolution_range=args.resolution_range,
+        continuum_range=(args.c0_range, args.continuum_range), epsilon=args.epsilon,
+        lsf=_read_lsf(args.lsf) if args.lsf else None)
+    _priors(args.prior, em)  # bad --prior options fail before the RV scan
+    fitted = em.extrinsic_names
+    if "rv" not in fitted and em.continuum_degree is None:
+        return em, None, ""
+    guess = initial_guess(em, spectrum.flux, spectrum.uncertainty, spectrum.mask,
+                          step=args.rv_step)
+    note = ""
+    if "rv" in fitted:
+        note = f"rv scan best {guess.best_rv:.2f} km/s"
+        if args.rv_window > 0:
+            lo, hi = em.bounds[em.param_names.index("rv")]
+            box = (max(lo, guess.best_rv - args.rv_window),
+                   min(hi, guess.best_rv + args.rv_window))
+            em = em.with_bounds(rv=box)
+            note += f"; rv searched in {box[0]:.2f}:{box[1]:.2f}"
+    return em, guess.params, note
+
+
+def _priors(specs, em):
+    """``NAME=normal:MU:SIGMA`` options → numpyro TruncatedNormal priors within the box."""
+    import numpyro.distributions as dist
+
+    priors = {}
+    for spec in specs:
+        name, eq, rest = spec.partition("=")
+        parts = rest.split(":")
+        if not eq or len(parts) != 3 or parts[0] != "normal":
+            raise ValueError(f"--prior {spec!r}: write NAME=normal:MU:SIGMA, e.g. "
+                             "resolution=normal:55000:3000")
+        if name not in em.param_names:
+            raise ValueError(f"--prior {spec!r}: no parameter {name!r}; the parameters are "
+                             f"{', '.join(em.param_names)}")
+        try:
+            mu, sigma = float(parts[1]), float(parts[2])
+        except ValueError:
+            raise ValueError(f"--prior {spec!r}: MU and SIGMA must be numbers") from None
+        if not sigma > 0:
+            raise ValueError(f"--prior {spec!r}: SIGMA must be > 0")
+        lo, hi = em.bounds[em.param_names.index(name)]
+        priors[name] = dist.TruncatedNormal(mu, sigma, low=lo, high=hi)
+    return priors or None
+
+
+def _chi2_nu(em, obs, res):
+    """χ²/ν at the result's parameters (None without uncertainties)."""
+    import jax.numpy as jnp
+
+    if not obs.has_uncertainty:
+        return None
+    model = np.asarray(obs.project(em(jnp.asarray(np.asarray(res.params)))))
+    mask = np.asarray(obs.mask)
+    z = (model - np.asarray(obs.flux))[mask] / np.asarray(obs.sigma)[mask]
+    return float(np.sum(z**2) / max(int(mask.sum()) - em.n_params, 1))
 
 
 def _plots(emulator, obs, res, args, out: Path, spectrum_path: Path):
@@ -145,8 +357,9 @@ def _plots(emulator, obs, res, args, out: Path, spectrum_path: Path):
     ax.plot(wl, model, lw=0.6, color="C3", label="model")
     ax.set_ylabel("normalised flux")
     ax.legend(loc="lower left")
-    ax.set_title(f"{spectrum_path.name} ({args.method}): " + ", ".join(
-        f"{n}={v:.4g}" for n, v in zip(names, params)))
+    title = f"{spectrum_path.name} ({args.method}): " + ", ".join(
+        f"{n}={v:.4g}" for n, v in zip(names, params))
+    ax.set_title(textwrap.fill(title, 110), fontsize=9)
     axr.plot(wl, data - model, lw=0.5, color="k")
     axr.axhline(0, color="C3", lw=0.6)
     axr.set_ylabel("data − model")
