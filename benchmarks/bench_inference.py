@@ -62,6 +62,8 @@ from jaxspec.pixel_emulator import PixelEmulator
 TEFF = np.arange(3000.0, 11001.0, 400.0)
 LOGG = np.arange(2.0, 6.01, 1.0)
 FEH = np.array([-0.5, 0.0])
+# Teff bins of the systematic floor (the emulator's error differs by regime).
+FLOOR_EDGES = np.array([3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8500.0, 11000.0])
 
 
 def test_points(kind: str) -> np.ndarray:
@@ -78,11 +80,25 @@ def test_points(kind: str) -> np.ndarray:
 def data_flux(grid: SpectralGrid, pts: np.ndarray, kind: str) -> np.ndarray:
     if kind == "nodes":
         return np.stack([grid.spectrum(teff=t, logg=g, feh=f) for t, g, f in pts])
+    from jaxspec.lines import LineList
     from jaxspec.synthetic import synthetic_line_list
 
-    return np.stack([
-        np.asarray(synthetic_line_list(t, g, f).flux(grid.wavelength)) for t, g, f in pts
-    ])
+    # Untruncated synthesis (LineList.flux_exact) with the line lists padded to a common
+    # length (inert lines, a = 0), so one compiled function serves every test point;
+    # the windowed `flux` would plan and compile anew for each line list.
+    lists = [synthetic_line_list(t, g, f) for t, g, f in pts]
+    size = 256 * -(-max(ll.n_lines for ll in lists) // 256)
+    wl = jax.numpy.asarray(grid.wavelength)
+    exact = jax.jit(lambda ll: ll.flux_exact(wl))
+
+    def padded(ll):
+        extra = size - ll.n_lines
+        fill = lambda v, x: np.concatenate([np.asarray(v), np.full(extra, x)])  # noqa: E731
+        return LineList(fill(ll.center, float(grid.wavelength[0])),
+                        fill(ll.ln_amplitude, -1000.0), fill(ll.ln_sigma, 0.0),
+                        fill(ll.ln_gamma, 0.0))
+
+    return np.stack([np.asarray(exact(padded(ll))) for ll in lists])
 
 
 def spectra(wavelength, flux, snr, rng, names="star"):
@@ -260,11 +276,15 @@ def main(argv=None):
                 res = fit_map(emulator, spectra(grid.wavelength, cal_flux[fit_set], None, rng),
                               teff_guess=cal_pts[fit_set, 0], teff_window=args.teff_window,
                               key=key)
-                floor = systematic_floor(cal_pts[fit_set], np.asarray(res.params))
+                floor = systematic_floor(cal_pts[fit_set], np.asarray(res.params),
+                                         edges=FLOOR_EDGES)
                 print(f"\nsystematic floor from {len(fit_set)} noise-free MAP fits of other "
-                      f"held-out spectra ({time.perf_counter() - t0:.0f} s): "
-                      + ", ".join(f"{n} {v:.3g}" for n, v in zip(names, floor)))
-                summary["systematic_floor"] = dict(zip(names, floor.tolist()))
+                      f"held-out spectra ({time.perf_counter() - t0:.0f} s), per Teff bin:")
+                for lo, hi, row in zip(FLOOR_EDGES[:-1], FLOOR_EDGES[1:], floor):
+                    print(f"  {lo:5.0f}-{hi:5.0f} K: "
+                          + ", ".join(f"{n} {v:.3g}" for n, v in zip(names, row)))
+                summary["systematic_floor"] = {"edges": FLOOR_EDGES.tolist(),
+                                               "floor": floor.tolist()}
                 cal_pts, cal_flux = cal_pts[cal_set], cal_flux[cal_set]
         else:  # random interior points, spectra from the emulator itself
             lo = np.array([3200.0, 2.2, -0.45])
@@ -285,8 +305,9 @@ def main(argv=None):
             _print_coverage("MAP Laplace", cov, names, seconds)
             summary["calibration_map"] = _jsonable(cov)
             if floor is not None:
-                cov = gaussian_coverage(cal_pts, np.asarray(res.params),
-                                        add_systematics(floor, sigma=np.asarray(res.sigma)))
+                cov = gaussian_coverage(cal_pts, np.asarray(res.params), add_systematics(
+                    floor, sigma=np.asarray(res.sigma), edges=FLOOR_EDGES,
+                    at=np.asarray(res.params)[:, 0]))
                 _print_coverage("MAP Laplace + systematic floor", cov, names, seconds)
                 summary["calibration_map_systematics"] = _jsonable(cov)
         if "nuts" in methods and args.nuts_calibration_stars > 0:
@@ -306,7 +327,9 @@ def main(argv=None):
             _print_coverage("NUTS", cov, names, seconds)
             summary["calibration_nuts"] = _jsonable(cov)
             if floor is not None:
-                cov = sample_coverage(cal_pts[sub], add_systematics(floor, draws=draws))
+                cov = sample_coverage(cal_pts[sub], add_systematics(
+                    floor, draws=draws, edges=FLOOR_EDGES,
+                    at=np.array([r.params[0] for r in res])))
                 _print_coverage("NUTS + systematic floor", cov, names, seconds)
                 summary["calibration_nuts_systematics"] = _jsonable(cov)
     if out:

@@ -305,3 +305,22 @@ def test_systematic_floor_restores_coverage_of_biased_estimates():
         systematic_floor(truth[:3], est[:3])
     with pytest.raises(ValueError, match="floor"):
         add_systematics(np.array([-1.0, 0.0]), sigma=sigma)
+
+
+def test_binned_systematic_floor_follows_the_regime():
+    from jaxspec.infer import add_systematics, gaussian_coverage, systematic_floor
+
+    rng = np.random.default_rng(4)
+    n = 2000
+    truth = np.column_stack([rng.uniform(3000, 11000, n), rng.uniform(2, 6, n)])
+    scale = np.where(truth[:, :1] < 7000, [20.0, 0.02], [200.0, 0.2])  # hot stars: 10x worse
+    est = truth + rng.normal(size=(n, 2)) * scale
+    edges = [3000.0, 7000.0, 11000.0]
+    floor = systematic_floor(truth[::2], est[::2], edges=edges)
+    assert floor.shape == (2, 2)
+    np.testing.assert_allclose(floor[1] / floor[0], [10.0, 10.0], rtol=0.25)
+    sigma = add_systematics(floor, sigma=np.zeros((n // 2, 2)), edges=edges, at=est[1::2, 0])
+    cov = gaussian_coverage(truth[1::2], est[1::2], sigma)
+    assert np.all(np.abs(cov["coverage"][0.68] - 0.68) < 0.07)
+    with pytest.raises(ValueError, match="edges"):
+        add_systematics(floor, sigma=sigma)

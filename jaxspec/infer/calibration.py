@@ -97,24 +97,30 @@ def sample_coverage(truth, samples, levels=LEVELS) -> dict:
     return out
 
 
-def systematic_floor(truth, estimate) -> np.ndarray:
+def systematic_floor(truth, estimate, edges=None, by: int = 0) -> np.ndarray:
     r"""Per-parameter systematic error of an emulator, from noise-free fits.
 
     :math:`\sigma_\mathrm{sys} = \sqrt{\mathrm{median}(e)^2 + (1.4826\,
     \mathrm{MAD}(e))^2}` of the errors :math:`e = \hat\theta - \theta_\mathrm{true}`
-    (robust RMS: a few failed fits do not set the floor).
+    (robust RMS: a few failed fits do not set the floor). An emulator's error differs
+    across the grid (cool and hot stars, say), so the floor can be measured in bins of one
+    parameter (``edges`` over parameter ``by``, e.g. Teff).
 
     Args:
         truth: ``(n_spectra, n_params)`` true parameters of spectra the emulator was *not*
             built from (held-out nodes or points between nodes).
         estimate: ``(n_spectra, n_params)`` estimates from noise-free spectra (e.g.
             ``fit_map(...).params``); non-finite rows are ignored.
+        edges: None (one floor for all spectra) or increasing bin edges ``(n_bins + 1,)``
+            of parameter ``by``; a bin with fewer than 5 fits takes the global floor.
+        by: index of the binning parameter.
 
     Returns:
-        ``(n_params,)`` floor, in the parameters' units.
+        ``(n_params,)`` floor, or ``(n_bins, n_params)`` with ``edges``, in the
+        parameters' units.
 
     Raises:
-        ValueError: shapes differ or fewer than 5 finite rows.
+        ValueError: shapes differ, fewer than 5 finite rows, or bad ``edges``.
     """
     truth = np.atleast_2d(np.asarray(truth, dtype=np.float64))
     estimate = np.atleast_2d(np.asarray(estimate, dtype=np.float64))
@@ -126,24 +132,53 @@ def systematic_floor(truth, estimate) -> np.ndarray:
     if ok.sum() < 5:
         raise ValueError(f"systematic_floor: {int(ok.sum())} finite fits; pass at least 5 "
                          "noise-free fits of held-out spectra")
-    err = err[ok]
-    med = np.median(err, axis=0)
-    mad = np.median(np.abs(err - med), axis=0)
-    return np.sqrt(med**2 + (1.4826 * mad) ** 2)
+
+    def robust(e):
+        med = np.median(e, axis=0)
+        mad = np.median(np.abs(e - med), axis=0)
+        return np.sqrt(med**2 + (1.4826 * mad) ** 2)
+
+    overall = robust(err[ok])
+    if edges is None:
+        return overall
+    edges = _check_edges(edges)
+    rows = _bin_of(edges, truth[:, by])
+    out = np.empty((edges.size - 1, truth.shape[1]))
+    for b in range(edges.size - 1):
+        sel = ok & (rows == b)
+        out[b] = robust(err[sel]) if sel.sum() >= 5 else overall
+    return out
 
 
-def add_systematics(floor, sigma=None, draws=None, seed: int = 0):
+def _check_edges(edges) -> np.ndarray:
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"edges={edges.tolist()}: pass at least two increasing bin edges")
+    return edges
+
+
+def _bin_of(edges: np.ndarray, x) -> np.ndarray:
+    """Bin index of ``x`` (values beyond the ends go to the end bins)."""
+    return np.clip(np.searchsorted(edges, np.asarray(x, dtype=np.float64), side="right") - 1,
+                   0, edges.size - 2)
+
+
+def add_systematics(floor, sigma=None, draws=None, seed: int = 0, edges=None, at=None):
     r"""Fold a systematic floor into Laplace errors or posterior draws.
 
     Args:
-        floor: ``(n_params,)`` from :func:`systematic_floor`.
-        sigma: ``(..., n_params)`` statistical 1σ (Laplace); returned as
-            :math:`\sqrt{\sigma^2 + \sigma_\mathrm{sys}^2}`.
-        draws: ``(..., n_draws, n_params)`` posterior draws, or a sequence of
+        floor: ``(n_params,)`` or binned ``(n_bins, n_params)`` from
+            :func:`systematic_floor`.
+        sigma: ``(n_spectra, n_params)`` (or ``(n_params,)``) statistical 1σ (Laplace);
+            returned as :math:`\sqrt{\sigma^2 + \sigma_\mathrm{sys}^2}`.
+        draws: ``(n_spectra, n_draws, n_params)`` posterior draws, or a sequence of
             ``(n_draws, n_params)`` arrays; each draw gets an independent
             :math:`N(0, \sigma_\mathrm{sys}^2)` offset (convolution of the posterior with
             the emulator's error distribution).
         seed: seed of the offsets.
+        edges: the bin edges a binned floor was measured with.
+        at: ``(n_spectra,)`` value of the binning parameter of each spectrum (its estimate,
+            e.g. the MAP Teff), for a binned floor.
 
     Returns:
         The inflated ``sigma`` or ``draws`` (whichever was given; a tuple if both).
@@ -151,15 +186,27 @@ def add_systematics(floor, sigma=None, draws=None, seed: int = 0):
     floor = np.asarray(floor, dtype=np.float64)
     if np.any(~np.isfinite(floor)) or np.any(floor < 0):
         raise ValueError(f"add_systematics: floor={floor} must be finite and >= 0")
+    if floor.ndim == 2:
+        if edges is None or at is None:
+            raise ValueError("add_systematics: a binned floor needs edges= and at= (the "
+                             "binning parameter of each spectrum)")
+        edges = _check_edges(edges)
+        if floor.shape[0] != edges.size - 1:
+            raise ValueError(f"add_systematics: floor has {floor.shape[0]} bins, edges "
+                             f"{edges.size - 1}")
+        per = floor[_bin_of(edges, np.atleast_1d(at))]  # (n_spectra, n_params)
+    else:
+        per = None
     out = []
     if sigma is not None:
-        out.append(np.sqrt(np.asarray(sigma, dtype=np.float64) ** 2 + floor**2))
+        sigma = np.asarray(sigma, dtype=np.float64)
+        f = floor if per is None else per.reshape(sigma.shape)
+        out.append(np.sqrt(sigma**2 + f**2))
     if draws is not None:
         rng = np.random.default_rng(seed)
-        if isinstance(draws, (list, tuple)):
-            out.append([np.asarray(d) + rng.normal(size=np.shape(d)) * floor for d in draws])
-        else:
-            out.append(np.asarray(draws) + rng.normal(size=np.shape(draws)) * floor)
+        rows = [floor] * len(draws) if per is None else list(per)
+        noisy = [np.asarray(d) + rng.normal(size=np.shape(d)) * f for d, f in zip(draws, rows)]
+        out.append(noisy if isinstance(draws, (list, tuple)) else np.stack(noisy))
     if not out:
         raise ValueError("add_systematics: pass sigma= or draws=")
     return out[0] if len(out) == 1 else tuple(out)
