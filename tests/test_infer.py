@@ -324,3 +324,15 @@ def test_binned_systematic_floor_follows_the_regime():
     assert np.all(np.abs(cov["coverage"][0.68] - 0.68) < 0.07)
     with pytest.raises(ValueError, match="edges"):
         add_systematics(floor, sigma=sigma)
+
+
+def test_laplace_errors_survive_a_parameter_pinned_on_the_box_face(emulator):
+    lo, hi = emulator.bounds[:, 0], emulator.bounds[:, 1]
+    theta = np.array([0.5 * (lo[0] + hi[0]) + 37.0, hi[1]])
+    flux = np.asarray(emulator(jnp.asarray(theta)))
+    # Data that prefer log g beyond the top of the box (extrapolated along log g).
+    below = np.asarray(emulator(jnp.asarray(theta - np.array([0.0, 0.2]))))
+    res = fit_map(emulator, flux + 2.0 * (flux - below), np.full(flux.size, SIGMA))
+    assert np.isclose(float(res.params[1]), hi[1])
+    assert np.isnan(float(res.sigma[1]))  # one-sided: no Gaussian error
+    assert np.isfinite(float(res.sigma[0])) and float(res.sigma[0]) > 0  # the other survives

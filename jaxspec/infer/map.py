@@ -285,11 +285,18 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
             g_lik = g_lik - jax.grad(
                 lambda v: _prior_term(to_physical(v, lower, upper), cfg.priors))(u)
         h = h + (2.0 / jnp.sum(obs.mask)) * jnp.outer(g_lik, g_lik)
+    # Parameters held on a face of the box by an outward gradient are not free: the
+    # Laplace covariance is that of the others conditional on them (their own errors are
+    # NaN: the posterior there is one-sided), so one pinned parameter (e.g. R at its upper
+    # bound) does not void the errors of all.
+    _, h = free_system(u, g, h)
+    pinned = ((u <= _U_EPS) & (g > 0)) | ((u >= 1 - _U_EPS) & (g < 0))
     chol = jnp.linalg.cholesky(h)
     pd = jnp.all(jnp.isfinite(chol))
     cov_u = jnp.linalg.inv(jnp.where(pd, h, jnp.eye(k)))
     scale = upper - lower
     cov = jnp.where(pd, cov_u * scale[:, None] * scale[None, :], jnp.nan)
+    cov = jnp.where(pinned[:, None] | pinned[None, :], jnp.nan, cov)
     theta = to_physical(u, lower, upper)
     model = obs.project(emulator(theta))
     n_used = jnp.sum(obs.mask)
