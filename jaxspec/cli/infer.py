@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxspec.cli._common import matplotlib_pyplot, parse_range, save_figure
 
-_METHODS = ("bo", "map", "nuts")
+_METHODS = ("bo", "map", "nuts", "amortized")
 
 
 def register(sub) -> None:
@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("spectra", nargs="+", metavar="SPECTRUM", help="spectrum table(s)")
     p.add_argument("--method", choices=_METHODS, default="map",
                    help="bo: GP Bayesian optimisation (paper); map: gradient MAP + Laplace "
-                   "errors (default); nuts: posterior samples")
+                   "errors (default); nuts: posterior samples; amortized: a network from "
+                   "`jaxspec train regressor|flow` given as EMULATOR")
     p.add_argument("--out", required=True, help="output table (.ecsv)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--teff-guess", type=float, nargs="+", metavar="K",
@@ -114,6 +115,11 @@ def _infer(args: argparse.Namespace) -> int:
     from jaxspec.io.spectrum import read_spectrum
 
     out = Path(args.out)
+    if args.method == "amortized":
+        from jaxspec.cli._amortised import infer_amortized
+
+        return infer_amortized(args.emulator, args.spectra, out, overwrite=args.overwrite,
+                               seed=args.seed)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     spectra = [read_spectrum(path) for path in args.spectra]

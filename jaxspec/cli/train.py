@@ -82,7 +82,7 @@ TRAINERS: dict[str, Callable] = {
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    top = sub.add_parser(
         "train",
         help="train an emulator (The Cannon, The Payne, autoencoder, ...) on a grid",
         description="Train an emulator of KIND on the spectra of GRID (jaxspec-grid HDF5) "
@@ -90,9 +90,12 @@ def register(sub) -> None:
         "cannon: quadratic per-pixel model with intrinsic scatter (Ness et al. 2015); "
         "payne: multilayer perceptron labels → spectrum (Ting et al. 2019); autoencoder: "
         "decoder of a spectrum autoencoder stacked on a labels → latent network (Gebran "
-        "et al.). Options not given take the defaults of jaxspec.peers.train_<kind>.",
+        "et al.). Options not given take the defaults of jaxspec.peers.train_<kind>. "
+        "regressor, flow: amortised inference networks trained on spectra simulated with "
+        "an EMULATOR file (jaxspec train regressor --help).",
     )
-    p.add_argument("kind", choices=sorted(TRAINERS), help="emulator kind")
+    kinds = top.add_subparsers(dest="kind", metavar="KIND", required=True)
+    p = argparse.ArgumentParser(add_help=False)  # options shared by the grid trainers
     p.add_argument("grid", help="grid file (.h5, jaxspec-grid format)")
     p.add_argument("--out", required=True, help="output emulator file (.h5)")
     p.add_argument("--overwrite", action="store_true")
@@ -119,7 +122,12 @@ def register(sub) -> None:
     g.add_argument("--finetune-epochs", type=int,
                    help="end-to-end generator epochs after the two stages (default 0)")
     p.add_argument("--progress", action="store_true", help="progress bars over epochs")
-    p.set_defaults(func=_train)
+    for kind in sorted(TRAINERS):
+        k = kinds.add_parser(kind, parents=[p], help=f"train {'an' if kind[0] in 'aeiou' else 'a'} {kind} emulator on a grid")
+        k.set_defaults(func=_train)
+    from jaxspec.cli._amortised import add_train_parsers
+
+    add_train_parsers(kinds)
 
 
 def parse_holdout(items, names) -> list[dict]:

@@ -1,0 +1,158 @@
+"""HDF5 files of amortised models.
+
+Layout (root attributes ``format = "jaxspec-amortised"``, ``kind`` = ``"regressor"`` or
+``"flow"``, ``version``, ``param_names`` and ``config`` as JSON, ``history`` as JSON):
+
+* ``bounds`` ``(k, 2)``, ``wavelength`` ``(m,)`` Å and ``edges`` ``(m + 1,)`` Å (the
+  network's pixels), ``snr_range`` ``(2,)``;
+* ``standardizer/<field>``;
+* ``weights/leaf_NNNN``: the array leaves of the network (equinox tree leaves, in
+  ``jax.tree.leaves`` order of ``eqx.filter(tree, eqx.is_array)``), rebuilt on load into
+  a skeleton made from ``config``.
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = "jaxspec-amortised"
+VERSION = 1
+
+
+def write(path, kind: str, tree, *, names, bounds, wavelength, edges, snr_range, standardizer,
+          config: dict, history: dict | None, overwrite: bool) -> Path:
+    import h5py
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["kind"] = kind
+        f.attrs["version"] = VERSION
+        f.attrs["param_names"] = json.dumps(list(names))
+        f.attrs["config"] = json.dumps(config)
+        f.attrs["history"] = json.dumps(history or {})
+        f.create_dataset("bounds", data=np.asarray(bounds, dtype=np.float64))
+        f.create_dataset("wavelength", data=np.asarray(wavelength, dtype=np.float64))
+        f.create_dataset("edges", data=np.asarray(edges, dtype=np.float64))
+        f.create_dataset("snr_range", data=np.asarray(snr_range, dtype=np.float64))
+        g = f.create_group("standardizer")
+        for field in ("label_mean", "label_scale", "flux_mean", "flux_scale", "snr_mean",
+                      "snr_scale"):
+            g.create_dataset(field, data=np.asarray(getattr(standardizer, field)))
+        w = f.create_group("weights")
+        w.attrs["n_leaves"] = len(leaves)
+        for i, leaf in enumerate(leaves):
+            w.create_dataset(f"leaf_{i:04d}", data=np.asarray(leaf))
+    return path
+
+
+def read(path, kind: str) -> dict:
+    """Everything but the network: a dict with ``names``, ``bounds``, ``wavelength``,
+    ``edges``, ``snr_range``, ``standardizer`` (dict of arrays), ``config``, ``history``
+    and ``leaves`` (list of arrays)."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not an HDF5 file ({err}); pass a model written by "
+                         "`jaxspec train regressor|flow`") from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(
+                f"{path}: root attribute format is {f.attrs.get('format')!r}, expected "
+                f"{FORMAT!r}; train a model with `jaxspec train regressor|flow`"
+            )
+        if f.attrs.get("kind") != kind:
+            raise ValueError(
+                f"{path}: model kind is {f.attrs.get('kind')!r}, not {kind!r}; load it with "
+                "jaxspec.amortised.load_amortised"
+            )
+        try:
+            out = {
+                "names": tuple(json.loads(f.attrs["param_names"])),
+                "config": json.loads(f.attrs["config"]),
+                "history": json.loads(f.attrs.get("history", "{}")),
+                "bounds": f["bounds"][()],
+                "wavelength": f["wavelength"][()],
+                "edges": f["edges"][()],
+                "snr_range": tuple(float(v) for v in f["snr_range"][()]),
+                "standardizer": {k: f["standardizer"][k][()] for k in f["standardizer"]},
+                "leaves": [f["weights"][f"leaf_{i:04d}"][()]
+                           for i in range(int(f["weights"].attrs["n_leaves"]))],
+            }
+        except KeyError as err:
+            raise ValueError(f"{path}: model file lacks {err}; rewrite it with .save") from None
+    return out
+
+
+def restore(skeleton, leaves, path):
+    """The skeleton (from ``eqx.filter_eval_shape``: shapes only) with its array leaves
+    replaced by ``leaves`` (checked one by one)."""
+    arrays, static = eqx.partition(
+        skeleton, lambda x: eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct))
+    old, treedef = jax.tree.flatten(arrays)
+    if len(old) != len(leaves):
+        raise ValueError(
+            f"{path}: the file has {len(leaves)} weight arrays but its config builds a network "
+            f"with {len(old)}; the file is damaged or from another jaxspec version"
+        )
+    new = []
+    for i, (a, b) in enumerate(zip(old, leaves)):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(
+                f"{path}: weight {i} has shape {tuple(b.shape)}, the network expects "
+                f"{tuple(a.shape)}; the file is damaged or from another jaxspec version"
+            )
+        new.append(jnp.asarray(b, dtype=a.dtype))
+    return eqx.combine(jax.tree.unflatten(treedef, new), static)
+
+
+def load_amortised(path: str | PathLike):
+    """Load a model file of any kind (:class:`~jaxspec.amortised.CNNRegressor` or
+    :class:`~jaxspec.amortised.FlowPosterior`), dispatching on its ``kind`` attribute.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a jaxspec amortised-model file, or an unknown kind.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        with h5py.File(path, "r") as f:
+            fmt, kind = f.attrs.get("format"), f.attrs.get("kind")
+    except OSError as err:
+        raise ValueError(f"{path}: not an HDF5 file ({err}); pass a model written by "
+                         "`jaxspec train regressor|flow`") from None
+    if fmt != FORMAT:
+        raise ValueError(
+            f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}; pass a model "
+            "written by `jaxspec train regressor|flow` (emulators go to `jaxspec infer "
+            "--method map|bo|nuts`)"
+        )
+    if kind == "regressor":
+        from jaxspec.amortised.regressor import CNNRegressor
+
+        return CNNRegressor.load(path)
+    if kind == "flow":
+        from jaxspec.amortised.flow import FlowPosterior
+
+        return FlowPosterior.load(path)
+    raise ValueError(f"{path}: model kind {kind!r} is unknown (known: regressor, flow)")

@@ -1,0 +1,376 @@
+r"""A 1-D residual CNN that maps a spectrum straight to labels (BOSS Net).
+
+Architecture (Sizemore et al. 2024, sect. 3.2 and fig. 5), for a standardised spectrum
+:math:`\tilde x \in \mathbb R^m` with a positional-encoding channel (a ramp from -1 to 1
+across the pixels, the paper's "positional encoding as a channel"):
+
+* stem: Conv1d(2 → c, kernel 7) → BatchNorm → ELU → MaxPool(2);
+* ``stages`` residual blocks, block j with :math:`c\,2^{\min(j, 3)}` channels, each
+  :math:`y = \mathrm{ELU}(\mathrm{BN}(W_2 * \mathrm{ELU}(\mathrm{BN}(W_1 * h))) + P h)`
+  (He et al. 2016), the first convolution of every block after the first with stride 2,
+  :math:`P` a 1×1 convolution where the shape changes (identity otherwise);
+* adaptive average pooling to 8 positions, then a ReLU MLP 128 → 64 → k.
+
+Widths scale with the spectrum length: :math:`c = 2^{\mathrm{round}(\log_2(m/128))}`
+clipped to [4, 64] (8 channels for ~1,000 pixels, 32 for BOSS Net's 3,900) and
+``stages`` = :math:`\lfloor\log_2(m/32)\rfloor` clipped to [1, 4], so that the last
+block sees at least ~16 positions. The paper does not list its widths.
+
+Training (:func:`train_regressor`): mean squared error on standardised labels, Adamax
+with learning rate 1e-4 and batch 512 (the paper's), early stopping on a validation set.
+Spectra are simulated and streamed (:mod:`jaxspec.amortised.simulate`).
+
+Uncertainties (:meth:`CNNRegressor.predict`): BOSS Net (sect. 4) passes 20 copies of the
+spectrum scattered by its uncertainties (capped at 5× their median) through the network
+and adopts the scatter of the predictions,
+:math:`\sigma_\theta = \mathrm{std}_d\,f(x + \sigma \odot \epsilon_d)`,
+:math:`\epsilon_d \sim \mathcal N(0, I)`, :math:`d = 1..20`; the point estimate is
+:math:`f(x)`. This is a measure of sensitivity to the noise, not a posterior width.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from os import PathLike
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxspec.amortised import _io
+from jaxspec.amortised._inputs import prepare
+from jaxspec.amortised._train import fit
+from jaxspec.amortised.result import AmortisedResult, status_of
+from jaxspec.amortised.simulate import Simulator, Standardizer, as_key, fit_standardizer
+
+__all__ = ["CNNRegressor", "default_architecture", "train_regressor"]
+
+_F32 = jnp.float32
+#: Monte Carlo draws over the flux errors (BOSS Net sect. 4).
+N_DRAWS = 20
+
+
+def default_architecture(n_pix: int) -> dict:
+    """``{"channels": c, "stages": s, "pool": 8, "head": [128, 64]}`` for ``n_pix`` pixels
+    (module docstring)."""
+    if n_pix < 8:
+        raise ValueError(f"n_pix={n_pix}; the CNN needs at least 8 pixels")
+    c = int(np.clip(2 ** round(math.log2(n_pix / 128)), 4, 64))
+    s = int(np.clip(math.floor(math.log2(n_pix / 32)), 1, 4))
+    return {"channels": c, "stages": s, "pool": 8, "head": [128, 64]}
+
+
+def _bn(c):
+    return eqx.nn.BatchNorm(c, axis_name="batch", momentum=0.9, mode="batch", dtype=_F32)
+
+
+def _normed(bn, y, state):
+    # equinox's zero-debiasing (1 - momentum**counter, counter int64) promotes the
+    # normalised output to float64 under x64; the network stays float32
+    y, state = bn(y, state)
+    return y.astype(_F32), state
+
+
+class _ResBlock(eqx.Module):
+    conv1: eqx.nn.Conv1d
+    bn1: eqx.nn.BatchNorm
+    conv2: eqx.nn.Conv1d
+    bn2: eqx.nn.BatchNorm
+    proj: eqx.nn.Conv1d | None
+
+    def __init__(self, cin, cout, stride, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv1 = eqx.nn.Conv1d(cin, cout, 3, stride=stride, padding=1, dtype=_F32, key=k1)
+        self.bn1 = _bn(cout)
+        self.conv2 = eqx.nn.Conv1d(cout, cout, 3, padding=1, dtype=_F32, key=k2)
+        self.bn2 = _bn(cout)
+        self.proj = (None if cin == cout and stride == 1 else
+                     eqx.nn.Conv1d(cin, cout, 1, stride=stride, dtype=_F32, key=k3))
+
+    def __call__(self, h, state):
+        y, state = _normed(self.bn1, self.conv1(h), state)
+        y, state = _normed(self.bn2, self.conv2(jax.nn.elu(y)), state)
+        skip = h if self.proj is None else self.proj(h)
+        return jax.nn.elu(y + skip), state
+
+
+class _ResNet1d(eqx.Module):
+    """The BOSS Net network: standardised flux ``(m,)`` float32 → standardised labels
+    ``(k,)``; call as ``net(x, state) -> (y, state)`` inside ``vmap(axis_name="batch")``."""
+
+    stem: eqx.nn.Conv1d
+    stem_bn: eqx.nn.BatchNorm
+    blocks: tuple[_ResBlock, ...]
+    head: tuple[eqx.nn.Linear, ...]
+    pool: int = eqx.field(static=True)
+
+    def __init__(self, n_pix: int, n_out: int, channels: int, stages: int, pool: int,
+                 head: list[int], key):
+        keys = jax.random.split(key, stages + len(head) + 2)
+        self.stem = eqx.nn.Conv1d(2, channels, 7, padding=3, dtype=_F32, key=keys[0])
+        self.stem_bn = _bn(channels)
+        blocks, cin = [], channels
+        for j in range(stages):
+            cout = channels * 2 ** min(j, 3)
+            blocks.append(_ResBlock(cin, cout, 1 if j == 0 else 2, keys[1 + j]))
+            cin = cout
+        self.blocks = tuple(blocks)
+        sizes = [cin * pool, *head, n_out]
+        self.head = tuple(eqx.nn.Linear(a, b, dtype=_F32, key=k)
+                          for a, b, k in zip(sizes[:-1], sizes[1:], keys[stages + 1:]))
+        self.pool = pool
+
+    def __call__(self, x, state):
+        m = x.shape[-1]
+        pos = jnp.linspace(-1.0, 1.0, m, dtype=_F32)
+        h = jnp.stack([x.astype(_F32), pos])
+        h, state = _normed(self.stem_bn, self.stem(h), state)
+        h = eqx.nn.MaxPool1d(2, 2)(jax.nn.elu(h))
+        for block in self.blocks:
+            h, state = block(h, state)
+        h = eqx.nn.AdaptiveAvgPool1d(self.pool)(h).reshape(-1)
+        for layer in self.head[:-1]:
+            h = jax.nn.relu(layer(h))
+        return self.head[-1](h), state
+
+
+def _network(config: dict, n_pix: int, n_out: int, key):
+    return eqx.nn.make_with_state(_ResNet1d)(
+        n_pix, n_out, config["channels"], config["stages"], config["pool"], config["head"], key)
+
+
+def _mse(net, state, z, x, s, training):
+    pred, state = jax.vmap(net, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+        x, state)
+    # equinox's running-variance update (x n/(n-1)) promotes to float64 under x64; keep
+    # the state float32 so that its dtype (and the compiled step) never changes
+    state = jax.tree.map(
+        lambda a: a.astype(_F32) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+    return jnp.mean((pred - z.astype(_F32)) ** 2), state
+
+
+class CNNRegressor(eqx.Module):
+    """A trained BOSS Net-style regressor (module docstring).
+
+    Fields: ``network`` and ``state`` (weights and batch-norm statistics),
+    ``standardizer`` (:class:`~jaxspec.amortised.simulate.Standardizer`), ``wavelength``
+    ``(m,)`` and ``edges`` ``(m + 1,)`` (float64 Å, the pixels it reads), ``box`` (prior
+    bounds), ``names`` (parameter names), ``snr_range`` (training S/N), ``config``
+    (architecture, JSON) and ``history`` (training log, JSON). Train one with
+    :func:`train_regressor`; :meth:`predict` infers labels; :meth:`save` / :meth:`load`.
+    """
+
+    network: _ResNet1d
+    state: eqx.nn.State
+    standardizer: Standardizer
+    wavelength: np.ndarray
+    edges: np.ndarray
+    box: tuple[tuple[float, float], ...] = eqx.field(static=True)
+    names: tuple[str, ...] = eqx.field(static=True)
+    snr_range: tuple[float, float] = eqx.field(static=True)
+    config: str = eqx.field(static=True)
+    history: str = eqx.field(static=True, default="{}")
+
+    kind = "regressor"
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.names
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(k, 2) float64 box of the training parameters."""
+        return np.asarray(self.box, dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def n_pix(self) -> int:
+        return int(np.shape(self.wavelength)[0])
+
+    def __call__(self, flux):
+        """Labels ``(..., k)`` (physical units) of noise-scattered-free spectra ``(..., m)``
+        on the network's pixels (jit- and grad-safe; batch norm on running statistics)."""
+        flux = jnp.asarray(flux)
+        if flux.shape[-1:] != (self.n_pix,):
+            raise ValueError(
+                f"flux has shape {flux.shape}; the last axis must be the network's "
+                f"{self.n_pix} pixels"
+            )
+        net = eqx.nn.inference_mode(self.network)
+        x = self.standardizer.flux(flux).reshape(-1, self.n_pix)
+        z = jax.vmap(lambda v: net(v, self.state)[0])(x)
+        return self.standardizer.physical(z.astype(jnp.float64)).reshape(
+            *flux.shape[:-1], len(self.names))
+
+    def predict(
+        self,
+        data,
+        uncertainty=None,
+        *,
+        snr=None,
+        n_draws: int = N_DRAWS,
+        key=0,
+        batch_size: int = 64,
+        emulator=None,
+        return_samples: bool = False,
+        progress: bool = False,
+    ) -> AmortisedResult:
+        """Labels of spectra, with Monte Carlo uncertainties (module docstring).
+
+        Args:
+            data: flux ``(m,)`` / ``(n, m)`` on the network's pixels, a
+                :class:`~jaxspec.infer.Spectrum` (any wavelengths; resampled) or a list.
+            uncertainty: 1σ for a flux array (broadcastable), or None.
+            snr: S/N per spectrum when no uncertainty is known (default: DER_SNR of the
+                flux); the noise draws then use σ = 1/snr.
+            n_draws: noise draws per spectrum (20, the paper's).
+            key: PRNG key or int seed.
+            batch_size: spectra per compiled call.
+            emulator: optional emulator (on any pixels covering the network's) to report
+                the RMS residual ``loss`` at the estimate; else NaN.
+            return_samples: keep the ``n_draws`` predictions in ``samples``.
+            progress: tqdm bar over batches.
+
+        Returns:
+            :class:`~jaxspec.amortised.AmortisedResult` (``method="regressor"``).
+        """
+        if not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
+            raise ValueError(f"n_draws={n_draws!r}; pass an integer >= 2")
+        flux, sigma, snr_used, _, _ = prepare(self, data, uncertainty, snr)
+        key = as_key(key)
+        n = flux.shape[0]
+        b = max(1, min(int(batch_size), n))
+        outs = []
+        for i, start in enumerate(tqdm(range(0, n, b), desc="regressor", disable=not progress)):
+            idx = np.minimum(np.arange(start, start + b), n - 1)
+            out = _predict_batch(self, jnp.asarray(flux[idx]), jnp.asarray(sigma[idx]),
+                                 jax.random.fold_in(key, i), int(n_draws))
+            outs.append([np.asarray(a)[: min(b, n - start)] for a in out])
+        point, draws = (np.concatenate([o[j] for o in outs]) for j in (0, 1))
+        q16, med, q84 = np.quantile(draws, [0.16, 0.5, 0.84], axis=1)
+        loss = _loss(emulator, self, point, flux)
+        return AmortisedResult(
+            params=point, sigma=draws.std(axis=1, ddof=1), median=med, q16=q16, q84=q84,
+            rejected_fraction=np.zeros(n), snr=snr_used, loss=loss,
+            status=status_of(point, self.bounds), n_evaluations=int(n_draws) + 1,
+            samples=draws if return_samples else None, method="regressor", names=self.names,
+        )
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
+        """Write the model to HDF5 (layout in :mod:`jaxspec.amortised._io`, ``kind =
+        "regressor"``); returns the path."""
+        return _io.write(path, "regressor", (self.network, self.state), names=self.names,
+                         bounds=self.bounds, wavelength=self.wavelength, edges=self.edges,
+                         snr_range=self.snr_range, standardizer=self.standardizer,
+                         config=json.loads(self.config), history=json.loads(self.history),
+                         overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | PathLike) -> CNNRegressor:
+        """Read a file written by :meth:`save`."""
+        d = _io.read(path, "regressor")
+        cfg = d["config"]
+        skeleton = eqx.filter_eval_shape(_network, cfg, len(d["wavelength"]), len(d["names"]),
+                                         jax.random.key(0))
+        network, state = _io.restore(skeleton, d["leaves"], path)
+        return cls(network=network, state=state,
+                   standardizer=Standardizer(**{k: jnp.asarray(v)
+                                                for k, v in d["standardizer"].items()}),
+                   wavelength=np.asarray(d["wavelength"]), edges=np.asarray(d["edges"]),
+                   box=tuple(map(tuple, np.asarray(d["bounds"]).tolist())), names=d["names"],
+                   snr_range=d["snr_range"], config=json.dumps(cfg),
+                   history=json.dumps(d["history"]))
+
+
+@eqx.filter_jit
+def _predict_batch(model: CNNRegressor, flux, sigma, key, n_draws: int):
+    noise = jax.random.normal(key, (n_draws,) + flux.shape, dtype=jnp.float64) * sigma
+    xs = jnp.concatenate([flux[None], flux[None] + noise])  # (1 + d, b, m)
+    theta = model(xs)
+    return theta[0], jnp.moveaxis(theta[1:], 0, 1)
+
+
+def _loss(emulator, model, params, flux) -> np.ndarray:
+    """RMS residual (blase3D eq. 4) between ``flux`` and the rebinned emulator."""
+    n = flux.shape[0]
+    if emulator is None:
+        return np.full(n, np.nan)
+    from jaxspec.amortised.simulate import Rebin
+
+    rebin = Rebin.between(emulator.wavelength, model.edges, label="the emulator")
+    b = np.asarray(emulator.bounds)
+    p = np.clip(np.nan_to_num(np.asarray(params), nan=0.0), b[:, 0], b[:, 1])
+    model_flux = np.asarray(rebin(emulator(jnp.asarray(p))))
+    loss = np.sqrt(np.mean((model_flux - flux) ** 2, axis=-1))
+    return np.where(np.all(np.isfinite(params), axis=-1), loss, np.nan)
+
+
+def train_regressor(
+    simulator: Simulator,
+    *,
+    n_train: int = 100_000,
+    n_val: int | None = None,
+    batch_size: int = 512,
+    lr: float = 1e-4,
+    max_epochs: int = 100,
+    patience: int = 5,
+    channels: int | None = None,
+    stages: int | None = None,
+    n_standardize: int = 2048,
+    key=0,
+    progress: bool = False,
+) -> CNNRegressor:
+    """Train a :class:`CNNRegressor` on spectra streamed from ``simulator``.
+
+    Args:
+        simulator: :class:`~jaxspec.amortised.simulate.Simulator` (emulator, network
+            pixels, S/N range, optional extrinsic transform).
+        n_train: training spectra (parameters fixed, noise redrawn each epoch).
+        n_val: validation spectra (default ``n_train // 10``, at least 2; the paper's
+            80:10:10 split), rounded up to whole batches.
+        batch_size: 512 (paper).
+        lr: Adamax learning rate, 1e-4 (paper).
+        max_epochs, patience: early stopping on the validation MSE.
+        channels, stages: override :func:`default_architecture`.
+        n_standardize: pilot spectra for the flux standardisation.
+        key: PRNG key or int seed.
+        progress: tqdm bar over epochs.
+
+    Returns:
+        The trained model; ``json.loads(model.history)`` holds per-epoch losses and times.
+    """
+    if not isinstance(simulator, Simulator):
+        raise TypeError(
+            f"simulator is a {type(simulator).__name__}; pass "
+            "jaxspec.amortised.Simulator.from_emulator(emulator, ...)"
+        )
+    if not lr > 0:
+        raise ValueError(f"lr={lr}; pass a positive learning rate")
+    key = as_key(key)
+    k_std, k_net, k_fit = jax.random.split(key, 3)
+    config = default_architecture(simulator.n_pix)
+    if channels is not None:
+        config["channels"] = int(channels)
+    if stages is not None:
+        config["stages"] = int(stages)
+    std = fit_standardizer(simulator, k_std, n=n_standardize)
+    network, state = _network(config, simulator.n_pix, len(simulator.names), k_net)
+    network, state, history = fit(
+        network, state, _mse, optax.adamax(lr), simulator, std,
+        n_train=n_train, batch_size=batch_size,
+        n_val=max(2, n_train // 10) if n_val is None else n_val,
+        max_epochs=max_epochs, patience=patience, key=k_fit, progress=progress,
+        desc="train regressor", eval_model=eqx.nn.inference_mode)
+    history.update({"optimizer": "adamax", "lr": lr, "batch_size": batch_size,
+                    "snr_range": list(simulator.snr_range)})
+    return CNNRegressor(
+        network=network, state=state, standardizer=std,
+        wavelength=np.asarray(simulator.wavelength), edges=np.asarray(simulator.edges),
+        box=simulator.box, names=simulator.names, snr_range=simulator.snr_range,
+        config=json.dumps(config), history=json.dumps(history))
