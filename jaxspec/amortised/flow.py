@@ -56,7 +56,13 @@ from jaxspec.amortised._inputs import prepare
 from jaxspec.amortised._train import fit
 from jaxspec.amortised.regressor import _loss
 from jaxspec.amortised.result import AmortisedResult, status_of
-from jaxspec.amortised.simulate import Simulator, Standardizer, as_key, fit_standardizer
+from jaxspec.amortised.simulate import (
+    Simulator,
+    Standardizer,
+    _Labelled,
+    as_key,
+    fit_standardizer,
+)
 
 __all__ = ["FlowPosterior", "default_flow_architecture", "train_flow"]
 
@@ -144,7 +150,7 @@ def _nll(model, state, z, x, s, training):
     return -jnp.mean(flow.log_prob(z, _condition(embedding, x, s))), state
 
 
-class FlowPosterior(eqx.Module):
+class FlowPosterior(_Labelled):
     """A trained conditional flow :math:`p(\\theta \\mid x)` (module docstring).
 
     Fields: ``embedding`` and ``flow`` (the networks), ``standardizer``, ``wavelength``
@@ -166,19 +172,6 @@ class FlowPosterior(eqx.Module):
     history: str = eqx.field(static=True, default="{}")
 
     kind = "flow"
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def bounds(self) -> np.ndarray:
-        """(k, 2) float64 box of the training parameters (the prior's support)."""
-        return np.asarray(self.box, dtype=np.float64).reshape(-1, 2)
-
-    @property
-    def n_pix(self) -> int:
-        return int(np.shape(self.wavelength)[0])
 
     def _features(self, flux, snr):
         flux = jnp.asarray(flux)

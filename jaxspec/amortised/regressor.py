@@ -46,7 +46,13 @@ from jaxspec.amortised import _io
 from jaxspec.amortised._inputs import prepare
 from jaxspec.amortised._train import fit
 from jaxspec.amortised.result import AmortisedResult, status_of
-from jaxspec.amortised.simulate import Simulator, Standardizer, as_key, fit_standardizer
+from jaxspec.amortised.simulate import (
+    Simulator,
+    Standardizer,
+    _Labelled,
+    as_key,
+    fit_standardizer,
+)
 
 __all__ = ["CNNRegressor", "default_architecture", "train_regressor"]
 
@@ -154,7 +160,7 @@ def _mse(net, state, z, x, s, training):
     return jnp.mean((pred - z.astype(_F32)) ** 2), state
 
 
-class CNNRegressor(eqx.Module):
+class CNNRegressor(_Labelled):
     """A trained BOSS Net-style regressor (module docstring).
 
     Fields: ``network`` and ``state`` (weights and batch-norm statistics),
@@ -177,19 +183,6 @@ class CNNRegressor(eqx.Module):
     history: str = eqx.field(static=True, default="{}")
 
     kind = "regressor"
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def bounds(self) -> np.ndarray:
-        """(k, 2) float64 box of the training parameters."""
-        return np.asarray(self.box, dtype=np.float64).reshape(-1, 2)
-
-    @property
-    def n_pix(self) -> int:
-        return int(np.shape(self.wavelength)[0])
 
     def __call__(self, flux):
         """Labels ``(..., k)`` (physical units) of noise-scattered-free spectra ``(..., m)``

@@ -205,7 +205,26 @@ def network_grid(
 # --------------------------------------------------------------------------- simulator
 
 
-class Simulator(eqx.Module):
+class _Labelled(eqx.Module):
+    """Base of the simulator and the networks: fields ``names``, ``box`` (``((lo, hi),
+    ...)``, the parameters' box) and ``wavelength`` (network pixels, Å) give
+    ``param_names``, ``bounds`` and ``n_pix``."""
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.names
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(k, 2) float64 box of the parameters (the training prior's support)."""
+        return np.asarray(self.box, dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def n_pix(self) -> int:
+        return int(np.shape(self.wavelength)[0])
+
+
+class Simulator(_Labelled):
     r"""Draws ``(θ, S/N, noisy spectrum)`` from the prior (module docstring).
 
     Fields:
@@ -298,19 +317,6 @@ class Simulator(eqx.Module):
             transform=transform,
         )
 
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def bounds(self) -> np.ndarray:
-        """(k, 2) float64 prior box (the emulator's bounds)."""
-        return np.asarray(self.box, dtype=np.float64).reshape(-1, 2)
-
-    @property
-    def n_pix(self) -> int:
-        return int(self.wavelength.size)
-
     def noise_free(self, theta: Float[Array, "n k"], keys=None) -> Float[Array, "n m"]:
         """Noise-free network-pixel spectra ``(n, m)`` (float64) at ``theta`` ``(n, k)``;
         ``keys`` ``(n,)`` feed ``transform`` (required when one is set)."""
@@ -348,7 +354,7 @@ def _draw(simulator, key, n, snr):
     return training_batch(simulator, k_set, k_noise, n, snr=snr)
 
 
-class BinnedEmulator(eqx.Module):
+class BinnedEmulator(_Labelled):
     """An emulator followed by a :class:`Rebin`: ``params (..., k) -> flux (..., m)`` on
     the network pixels. It has the :class:`~jaxspec.emulator.Emulator` interface that
     inference uses (``param_names``, ``bounds``, ``wavelength``, ``n_params``, ``n_pix``,
@@ -363,14 +369,6 @@ class BinnedEmulator(eqx.Module):
     def __call__(self, params):
         """Flux ``(..., m)`` at ``params`` ``(..., k)``."""
         return self.rebin(self.emulator(params))
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def bounds(self) -> np.ndarray:
-        return np.asarray(self.box, dtype=np.float64).reshape(-1, 2)
 
     @property
     def wavelength(self) -> np.ndarray:

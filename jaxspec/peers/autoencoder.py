@@ -44,9 +44,10 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from jaxspec.emulator import Emulator, register_emulator
+from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
 from jaxspec.peers import _dense, _store
+from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
     check_widths,
@@ -64,7 +65,7 @@ _LAYER = tuple[Float[Array, "n_in n_out"], Float[Array, " n_out"]]
 
 
 @register_emulator("autoencoder")
-class AutoencoderEmulator(Emulator):
+class AutoencoderEmulator(PeerEmulator):
     r"""Decoder stacked on the labels → latent network (module docstring).
 
     Fields:
@@ -109,24 +110,6 @@ class AutoencoderEmulator(Emulator):
                 f"{dec[-1]}, dense {den[0]} → {den[-1]} do not fit {k} parameters, {n_pix} "
                 "pixels and one latent size"
             )
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def bounds(self) -> np.ndarray:
-        return np.stack([np.asarray(self.label_min), np.asarray(self.label_max)],
-                        axis=-1).astype(np.float64)
-
-    @property
-    def wavelength(self) -> np.ndarray:
-        return np.asarray(self.wavelength_, dtype=np.float64)
-
-    @property
-    def info(self) -> dict:
-        """Training information (widths, epochs, losses, seconds, ...)."""
-        return json.loads(self.provenance or "{}")
 
     @property
     def n_latent(self) -> int:

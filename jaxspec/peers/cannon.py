@@ -53,9 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from jaxspec.emulator import Emulator, register_emulator
+from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
 from jaxspec.peers import _store
+from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import check_positive_int, min_max, training_set
 
 __all__ = ["CannonEmulator", "label_vector", "train_cannon"]
@@ -79,7 +80,7 @@ def label_vector(x: Float[Array, "... k"]) -> Float[Array, "... p"]:
 
 
 @register_emulator("cannon")
-class CannonEmulator(Emulator):
+class CannonEmulator(PeerEmulator):
     r"""The Cannon's per-pixel quadratic model (module docstring).
 
     Fields:
@@ -132,26 +133,13 @@ class CannonEmulator(Emulator):
     # ------------------------------------------------------------------ interface
 
     @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
     def bounds(self) -> np.ndarray:
         return np.asarray(self.bounds_, dtype=np.float64)
-
-    @property
-    def wavelength(self) -> np.ndarray:
-        return np.asarray(self.wavelength_, dtype=np.float64)
 
     @property
     def model_variance(self) -> Float[Array, " n_pix"]:
         r""":math:`s_\lambda^2`, ``(n_pix,)`` flux², added to the data variance in inference."""
         return self.scatter**2
-
-    @property
-    def info(self) -> dict:
-        """Training information (numbers of spectra and terms, rank, seconds, ...)."""
-        return json.loads(self.provenance or "{}")
 
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         r""":math:`f_\lambda = \boldsymbol\theta_\lambda^\top \boldsymbol\ell(x)`:

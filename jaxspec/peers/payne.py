@@ -31,9 +31,10 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from jaxspec.emulator import Emulator, register_emulator
+from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
 from jaxspec.peers import _dense, _store
+from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
     check_widths,
@@ -46,7 +47,7 @@ __all__ = ["PayneEmulator", "train_payne"]
 
 
 @register_emulator("payne")
-class PayneEmulator(Emulator):
+class PayneEmulator(PeerEmulator):
     r"""The Payne's network (module docstring).
 
     Fields:
@@ -82,24 +83,6 @@ class PayneEmulator(Emulator):
                 f"PayneEmulator: the network maps {sizes[0]} → {sizes[-1]} but the emulator "
                 f"has {k} parameters and {n_pix} pixels"
             )
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.names
-
-    @property
-    def bounds(self) -> np.ndarray:
-        return np.stack([np.asarray(self.label_min), np.asarray(self.label_max)],
-                        axis=-1).astype(np.float64)
-
-    @property
-    def wavelength(self) -> np.ndarray:
-        return np.asarray(self.wavelength_, dtype=np.float64)
-
-    @property
-    def info(self) -> dict:
-        """Training information (widths, epochs, losses, seconds, ...)."""
-        return json.loads(self.provenance or "{}")
 
     @property
     def hidden(self) -> tuple[int, ...]:
