@@ -46,9 +46,9 @@ class DemoConfig:
 CONFIGS = {
     "tiny": DemoConfig(n_stars=2, n_nuts=1, num_warmup=100, num_samples=100, num_chains=2,
                        n_random=30, n_guided=5),
-    # The default grid's Ca II 8498/8542 Å and Paschen 16/15 window (4,105 px, ~280 lines):
-    # cloning all 1,098 spectra over the whole 25,410 px takes ~20 min on 2 cores, over
-    # this window a few minutes, so the demo stays within 10 minutes.
+    # The default grid's Ca II 8498/8542 Å and Paschen 16/15 window (4,105 px, ~130 lines a node):
+    # cloning all 1,098 spectra over the whole 25,410 px takes ~20 min on 2 cores; over
+    # this window about a quarter of that (the 10-minute target is not met yet: README).
     "default": DemoConfig(n_stars=10, n_nuts=4, num_warmup=300, num_samples=300,
                           num_chains=2, n_random=100, n_guided=20,
                           wavelength=(8490.0, 8560.0)),
