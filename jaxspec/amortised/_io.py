@@ -26,9 +26,15 @@ FORMAT = "jaxspec-amortised"
 VERSION = 1
 
 
-def write(path, kind: str, tree, *, names, bounds, wavelength, edges, snr_range, standardizer,
-          config: dict, history: dict | None, overwrite: bool) -> Path:
+def write(path, model, tree, *, overwrite: bool) -> Path:
+    """Write ``model`` (a flow or regressor: its ``kind``, names, box, pixels, S/N range,
+    standardisation, config and history) with the array leaves of ``tree``."""
     import h5py
+
+    kind, names, bounds = model.kind, model.names, model.bounds
+    wavelength, edges, snr_range = model.wavelength, model.edges, model.snr_range
+    standardizer = model.standardizer
+    config, history = json.loads(model.config), json.loads(model.history)
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -55,6 +61,20 @@ def write(path, kind: str, tree, *, names, bounds, wavelength, edges, snr_range,
         for i, leaf in enumerate(leaves):
             w.create_dataset(f"leaf_{i:04d}", data=np.asarray(leaf))
     return path
+
+
+def model_fields(d: dict) -> dict:
+    """Constructor fields shared by the flow and the regressor, from :func:`read`'s dict."""
+    from jaxspec.amortised.simulate import Standardizer
+
+    return {
+        "standardizer": Standardizer(**{k: jnp.asarray(v)
+                                        for k, v in d["standardizer"].items()}),
+        "wavelength": np.asarray(d["wavelength"]), "edges": np.asarray(d["edges"]),
+        "box": tuple(map(tuple, np.asarray(d["bounds"]).tolist())), "names": d["names"],
+        "snr_range": d["snr_range"], "config": json.dumps(d["config"]),
+        "history": json.dumps(d["history"]),
+    }
 
 
 def read(path, kind: str) -> dict:

@@ -49,7 +49,6 @@ import paramax
 from flowjax.bijections import Affine, Chain, Coupling, Flip, Invert, Permute, Scan
 from flowjax.distributions import Normal, Transformed
 from paramax.utils import inv_softplus
-from tqdm.auto import tqdm
 
 from jaxspec.amortised import _io
 from jaxspec.amortised._inputs import prepare
@@ -63,6 +62,7 @@ from jaxspec.amortised.simulate import (
     as_key,
     fit_standardizer,
 )
+from jaxspec.infer._prepare import map_batches
 
 __all__ = ["FlowPosterior", "default_flow_architecture", "train_flow"]
 
@@ -241,15 +241,17 @@ class FlowPosterior(_Labelled):
         key = as_key(key)
         n = flux.shape[0]
         b = max(1, min(int(batch_size), n))
-        outs = []
-        for i, start in enumerate(tqdm(range(0, n, b), desc="flow", disable=not progress)):
-            idx = np.minimum(np.arange(start, start + b), n - 1)
-            out = _posterior_batch(self, jnp.asarray(flux[idx]), jnp.asarray(snr_used[idx]),
-                                   jax.random.fold_in(key, i), int(n_samples))
+
+        def batch(f, s, ids):  # ids: spectrum numbers; ids[0] // b is the batch number
+            out = _posterior_batch(self, f, s, jax.random.fold_in(key, int(ids[0]) // b),
+                                   int(n_samples))
             if not return_samples:
                 del out["samples"]
-            outs.append({k: np.asarray(v)[: min(b, n - start)] for k, v in out.items()})
-        cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+            return out
+
+        cat = map_batches(batch, (jnp.asarray(flux), jnp.asarray(snr_used), np.arange(n)), n,
+                          b, progress, "flow")
+        cat = {k: np.asarray(v) for k, v in cat.items()}
         lo, hi = cat["q16"], cat["q84"]
         return AmortisedResult(
             params=cat["map"], sigma=0.5 * (hi - lo), median=cat["median"], q16=lo, q84=hi,
@@ -265,28 +267,18 @@ class FlowPosterior(_Labelled):
     def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
         """Write the model to HDF5 (layout in :mod:`jaxspec.amortised._io`, ``kind =
         "flow"``); returns the path."""
-        return _io.write(path, "flow", (self.embedding, self.flow), names=self.names,
-                         bounds=self.bounds, wavelength=self.wavelength, edges=self.edges,
-                         snr_range=self.snr_range, standardizer=self.standardizer,
-                         config=json.loads(self.config), history=json.loads(self.history),
-                         overwrite=overwrite)
+        return _io.write(path, self, (self.embedding, self.flow), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | PathLike) -> FlowPosterior:
         """Read a file written by :meth:`save`."""
         d = _io.read(path, "flow")
-        cfg = d["config"]
         # built for real, not with eqx.filter_eval_shape: flowjax's Coupling keeps a
         # closure over its transformer's initial parameters, which would leak a tracer
-        skeleton = _build(cfg, len(d["wavelength"]), len(d["names"]), jax.random.key(0))
+        skeleton = _build(d["config"], len(d["wavelength"]), len(d["names"]),
+                          jax.random.key(0))
         embedding, flow = _io.restore(skeleton, d["leaves"], path)
-        return cls(embedding=embedding, flow=flow,
-                   standardizer=Standardizer(**{k: jnp.asarray(v)
-                                                for k, v in d["standardizer"].items()}),
-                   wavelength=np.asarray(d["wavelength"]), edges=np.asarray(d["edges"]),
-                   box=tuple(map(tuple, np.asarray(d["bounds"]).tolist())), names=d["names"],
-                   snr_range=d["snr_range"], config=json.dumps(cfg),
-                   history=json.dumps(d["history"]))
+        return cls(embedding=embedding, flow=flow, **_io.model_fields(d))
 
 
 @eqx.filter_jit

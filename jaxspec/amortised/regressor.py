@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxspec.amortised import _io
 from jaxspec.amortised._inputs import prepare
@@ -53,6 +52,7 @@ from jaxspec.amortised.simulate import (
     as_key,
     fit_standardizer,
 )
+from jaxspec.infer._prepare import map_batches
 
 __all__ = ["CNNRegressor", "default_architecture", "train_regressor"]
 
@@ -237,13 +237,14 @@ class CNNRegressor(_Labelled):
         key = as_key(key)
         n = flux.shape[0]
         b = max(1, min(int(batch_size), n))
-        outs = []
-        for i, start in enumerate(tqdm(range(0, n, b), desc="regressor", disable=not progress)):
-            idx = np.minimum(np.arange(start, start + b), n - 1)
-            out = _predict_batch(self, jnp.asarray(flux[idx]), jnp.asarray(sigma[idx]),
-                                 jax.random.fold_in(key, i), int(n_draws))
-            outs.append([np.asarray(a)[: min(b, n - start)] for a in out])
-        point, draws = (np.concatenate([o[j] for o in outs]) for j in (0, 1))
+
+        def batch(f, s, ids):  # ids: spectrum numbers; ids[0] // b is the batch number
+            return _predict_batch(self, f, s, jax.random.fold_in(key, int(ids[0]) // b),
+                                  int(n_draws))
+
+        point, draws = (np.asarray(a) for a in map_batches(
+            batch, (jnp.asarray(flux), jnp.asarray(sigma), np.arange(n)), n, b, progress,
+            "regressor"))
         q16, med, q84 = np.quantile(draws, [0.16, 0.5, 0.84], axis=1)
         loss = _loss(emulator, self, point, flux)
         return AmortisedResult(
@@ -258,27 +259,16 @@ class CNNRegressor(_Labelled):
     def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
         """Write the model to HDF5 (layout in :mod:`jaxspec.amortised._io`, ``kind =
         "regressor"``); returns the path."""
-        return _io.write(path, "regressor", (self.network, self.state), names=self.names,
-                         bounds=self.bounds, wavelength=self.wavelength, edges=self.edges,
-                         snr_range=self.snr_range, standardizer=self.standardizer,
-                         config=json.loads(self.config), history=json.loads(self.history),
-                         overwrite=overwrite)
+        return _io.write(path, self, (self.network, self.state), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | PathLike) -> CNNRegressor:
         """Read a file written by :meth:`save`."""
         d = _io.read(path, "regressor")
-        cfg = d["config"]
-        skeleton = eqx.filter_eval_shape(_network, cfg, len(d["wavelength"]), len(d["names"]),
-                                         jax.random.key(0))
+        skeleton = eqx.filter_eval_shape(_network, d["config"], len(d["wavelength"]),
+                                         len(d["names"]), jax.random.key(0))
         network, state = _io.restore(skeleton, d["leaves"], path)
-        return cls(network=network, state=state,
-                   standardizer=Standardizer(**{k: jnp.asarray(v)
-                                                for k, v in d["standardizer"].items()}),
-                   wavelength=np.asarray(d["wavelength"]), edges=np.asarray(d["edges"]),
-                   box=tuple(map(tuple, np.asarray(d["bounds"]).tolist())), names=d["names"],
-                   snr_range=d["snr_range"], config=json.dumps(cfg),
-                   history=json.dumps(d["history"]))
+        return cls(network=network, state=state, **_io.model_fields(d))
 
 
 @eqx.filter_jit
