@@ -84,6 +84,20 @@ class Emulator(eqx.Module):
         to the data's σ² in inference, or None (default: the emulator claims none)."""
         return None
 
+    def _check_params(self, params):
+        """``params`` as a JAX array whose last axis holds the parameters (ValueError
+        naming the expected names otherwise); shape checks run at trace time."""
+        import jax.numpy as jnp
+
+        params = jnp.asarray(params)
+        k = len(self.param_names)
+        if params.shape[-1:] != (k,):
+            raise ValueError(
+                f"params has shape {params.shape}; the last axis must hold the {k} "
+                f"parameters {tuple(self.param_names)}"
+            )
+        return params
+
     @property
     def n_params(self) -> int:
         return len(self.param_names)

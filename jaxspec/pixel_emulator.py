@@ -103,13 +103,7 @@ class PixelEmulator(Emulator):
 
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         """Flux at ``params`` ``(..., k)`` (order of ``param_names``) → ``(..., n_pix)``."""
-        params = jnp.asarray(params)
-        k = len(self.axes)
-        if params.shape[-1:] != (k,):
-            raise ValueError(
-                f"params has shape {params.shape}; the last axis must hold the {k} "
-                f"parameters {self.names}"
-            )
+        params = self._check_params(params)
         return _multilinear(self.axes, self.flux, params)
 
     # ------------------------------------------------------------------ building

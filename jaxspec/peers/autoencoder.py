@@ -132,13 +132,7 @@ class AutoencoderEmulator(PeerEmulator):
 
     def latent(self, params) -> Float[Array, "... n_latent"]:
         """The dense network's latent vector ``N(x(ℓ))`` for params ``(..., k)``."""
-        params = jnp.asarray(params)
-        k = len(self.names)
-        if params.shape[-1:] != (k,):
-            raise ValueError(
-                f"params has shape {params.shape}; the last axis must hold the {k} "
-                f"parameters {self.names}"
-            )
+        params = self._check_params(params)
         x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
         acts = ("relu",) * (len(self.dense) - 1) + ("linear",)
         return _dense.apply(self.dense, x, acts)

@@ -144,13 +144,7 @@ class CannonEmulator(PeerEmulator):
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         r""":math:`f_\lambda = \boldsymbol\theta_\lambda^\top \boldsymbol\ell(x)`:
         params ``(..., k)`` (order of ``param_names``) → flux ``(..., n_pix)``."""
-        params = jnp.asarray(params)
-        k = len(self.names)
-        if params.shape[-1:] != (k,):
-            raise ValueError(
-                f"params has shape {params.shape}; the last axis must hold the {k} "
-                f"parameters {self.names}"
-            )
+        params = self._check_params(params)
         x = (params - self.pivot) / self.scale
         return label_vector(x) @ self.coefficients
 

@@ -91,13 +91,7 @@ class PayneEmulator(PeerEmulator):
 
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         """Flux at params ``(..., k)`` (order of ``param_names``) → ``(..., n_pix)``."""
-        params = jnp.asarray(params)
-        k = len(self.names)
-        if params.shape[-1:] != (k,):
-            raise ValueError(
-                f"params has shape {params.shape}; the last axis must hold the {k} "
-                f"parameters {self.names}"
-            )
+        params = self._check_params(params)
         x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
         acts = ("leaky_relu",) * (len(self.layers) - 1) + ("linear",)
         return _dense.apply(self.layers, x, acts)
