@@ -42,6 +42,7 @@ __all__ = [
     "synthetic_grid",
     "synthetic_line_data",
     "synthetic_line_list",
+    "synthetic_spectra",
     "synthetic_wavelength",
 ]
 
@@ -747,6 +748,49 @@ def synthetic_line_list(
         np.log(p["sigma_eff"][0, keep]),
         np.log(p["gamma_eff"][0, keep]),
     )
+
+
+def synthetic_spectra(params, wavelength=None, size: str = "default", seed: int = 0) -> np.ndarray:
+    r"""Spectra of the synthetic model at arbitrary parameter points (e.g. between nodes).
+
+    :math:`F(\lambda) = \exp\sum_j \ln[1 - a_j V(\lambda - \mu_j)]` with every line
+    of :func:`synthetic_line_list` evaluated at every pixel
+    (:meth:`jaxspec.lines.LineList.flux_exact`). The line lists are padded with inert
+    lines (a = 0) to a common length, so one compiled function serves all points; this
+    is how test spectra that no grid node holds are made (demo, benchmarks).
+
+    Args:
+        params: ``(n, 3)`` (Teff K, log g dex, [Fe/H] dex) or one ``(3,)`` point.
+        wavelength: ``(n_pix,)`` Å, float64; default :func:`synthetic_wavelength` of
+            ``size``.
+        size, seed: which line data (as :func:`synthetic_line_list`).
+
+    Returns:
+        ``(n, n_pix)`` (or ``(n_pix,)`` for one point) normalised flux, float64.
+
+    Raises:
+        ValueError: ``params`` is not ``(..., 3)`` or a point is outside the model's range.
+    """
+    pts = np.asarray(params, dtype=np.float64)
+    one = pts.ndim == 1
+    pts = np.atleast_2d(pts)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"synthetic_spectra: params has shape {np.shape(params)}; pass "
+                         "(n, 3) rows of (teff, logg, feh)")
+    wl = synthetic_wavelength(size) if wavelength is None else wavelength
+    wl = jnp.asarray(np.asarray(wl, dtype=np.float64))
+    lists = [synthetic_line_list(t, g, f, size=size, seed=seed) for t, g, f in pts]
+    width = 256 * -(-max(ll.n_lines for ll in lists) // 256)
+    exact = jax.jit(lambda ll: ll.flux_exact(wl))
+
+    def padded(ll):
+        extra = width - ll.n_lines
+        return LineList(*(np.concatenate([np.asarray(v), np.full(extra, x)]) for v, x in (
+            (ll.center, float(wl[0])), (ll.ln_amplitude, -1000.0), (ll.ln_sigma, 0.0),
+            (ll.ln_gamma, 0.0))))
+
+    out = np.stack([np.asarray(exact(padded(ll)), dtype=np.float64) for ll in lists])
+    return out[0] if one else out
 
 
 # ---------------------------------------------------------------- grid
