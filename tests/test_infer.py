@@ -175,6 +175,21 @@ def test_nuts_posterior_and_laplace(emulator, emulated_noisy, map_result):
     assert idata is not None and "teff" in idata.posterior
 
 
+def test_map_gauss_newton_matches_exact_hessian(emulator, emulated_noisy, map_result):
+    sig = np.full(emulated_noisy.size, SIGMA)
+    gn = fit_map(emulator, emulated_noisy, sig, hessian="gauss-newton")
+    assert bool(gn.converged), gn.rows()[0]["message"]
+    # same optimum; Laplace errors from the Fisher matrix agree with the exact Hessian's
+    np.testing.assert_allclose(gn.params, map_result.params, rtol=1e-4)
+    np.testing.assert_allclose(gn.sigma, map_result.sigma, rtol=0.1)
+    # profiled noise (no uncertainties): the fitted noise scale sets the errors
+    gn_noise = fit_map(emulator, emulated_noisy, hessian="gauss-newton")
+    np.testing.assert_allclose(gn_noise.noise_scale, SIGMA, rtol=0.1)
+    np.testing.assert_allclose(gn_noise.sigma, map_result.sigma, rtol=0.15)
+    with pytest.raises(ValueError, match="hessian="):
+        fit_map(emulator, emulated_noisy, sig, hessian="bfgs")
+
+
 def test_calibration_helpers():
     rng = np.random.default_rng(0)
     n, k = 4000, 2
@@ -324,6 +339,43 @@ def test_binned_systematic_floor_follows_the_regime():
     assert np.all(np.abs(cov["coverage"][0.68] - 0.68) < 0.07)
     with pytest.raises(ValueError, match="edges"):
         add_systematics(floor, sigma=sigma)
+
+
+def test_empirical_systematics_cover_heavy_tailed_errors():
+    from jaxspec.infer import EmpiricalSystematics, sample_coverage
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    truth = np.column_stack([rng.uniform(3000, 11000, n), rng.uniform(2, 6, n)])
+    # emulator errors: Student-t (3 dof), hot stars 5x worse; statistical errors small
+    scale = np.where(truth[:, :1] < 7000, [20.0, 0.02], [100.0, 0.1])
+    sys_err = rng.standard_t(3, size=(n, 2)) * scale
+    stat = scale / 4
+    edges = [3000.0, 7000.0, 11000.0]
+    cv, test = slice(0, n // 2), slice(n // 2, n)
+    emp = EmpiricalSystematics.from_fits(truth[cv], truth[cv] + sys_err[cv], edges=edges)
+    assert emp.offsets.shape == (n // 2, 2)
+    # test spectra: Laplace mean and sigma of a noisy fit
+    mean = truth[test] + sys_err[test] + rng.normal(size=(n // 2, 2)) * stat[test]
+    draws = emp.convolve(mean=mean, sigma=stat[test], n_draws=1000, seed=1)
+    cov = sample_coverage(truth[test], draws)
+    assert np.all(np.abs(cov["coverage"][0.68] - 0.68) < 0.04), cov["coverage"]
+    assert np.all(np.abs(cov["coverage"][0.95] - 0.95) < 0.02), cov["coverage"]
+    # a Gaussian floor of the same errors misses one level or the other on such tails
+    from jaxspec.infer import add_systematics, gaussian_coverage, systematic_floor
+
+    floor = systematic_floor(truth[cv], truth[cv] + sys_err[cv], edges=edges)
+    g = gaussian_coverage(truth[test], mean, add_systematics(
+        floor, sigma=stat[test], edges=edges, at=mean[:, 0]))["coverage"]
+    assert np.any(np.abs(g[0.95] - 0.95) > 0.02) or np.any(np.abs(g[0.68] - 0.68) > 0.04)
+    # posterior draws are shifted the same way; the bin follows each spectrum's median
+    post = [m + rng.normal(size=(400, 2)) * s for m, s in zip(mean[:5], stat[test][:5])]
+    shifted = emp.convolve(draws=post, seed=2)
+    assert len(shifted) == 5 and shifted[0].shape == (400, 2)
+    with pytest.raises(ValueError, match="min_count"):
+        EmpiricalSystematics.from_fits(truth[:5], truth[:5])
+    with pytest.raises(ValueError, match="draws= or mean="):
+        emp.convolve(mean=mean)
 
 
 def test_laplace_errors_survive_a_parameter_pinned_on_the_box_face(emulator):
