@@ -15,14 +15,18 @@ Passes: noise-free and S/N 100 (Gaussian noise σ = 1/100 of the normalised flux
 method and pass: mean |error|, median error and std of the error per parameter for
 Teff < 7000 K and ≥ 7000 K, seconds per star (after compilation). Then calibration at
 S/N 50: coverage of the 68 % / 95 % Laplace intervals (MAP) over ``--calibration-stars``
-spectra, and of NUTS intervals over ``--nuts-calibration-stars``; with
-``--calibration-source emulator`` the spectra are made by the emulator itself at random
-interior parameters, which separates the method's calibration from emulator error.
-With grid spectra (the default), every other calibration spectrum is fitted noise-free
-to measure the emulator's systematic floor (``jaxspec.infer.systematic_floor``) and the
-coverage of the remaining half is printed with and without it. Use
-``--test-points between`` for calibration: node truths sit on faces of the box
-([Fe/H] = −0.5 or 0), where equal-tailed intervals of box-bounded draws cannot cover.
+spectra at random interior parameter points (between nodes, synthesised with
+``jaxspec.synthetic.synthetic_spectra``), and of NUTS intervals over the first
+``--nuts-calibration-stars`` of them. The emulator's own errors are measured on a
+disjoint cross-validation set of ``--floor-stars`` random interior points fitted
+noise-free, and folded in two ways: a Gaussian floor per Teff bin
+(``jaxspec.infer.systematic_floor``) and the empirical distribution of all the
+cross-validation errors, symmetrised (``jaxspec.infer.EmpiricalSystematics``, convolved
+with the Laplace or NUTS posterior; one pool, because the 95 % tail needs ~100 errors,
+more than a Teff bin holds).
+Coverage is printed for the likelihood alone and for both. ``--calibration-source
+emulator`` makes the calibration spectra with the emulator itself, which checks the
+methods' own calibration without emulator error.
 
     python benchmarks/bench_inference.py                       # pixel emulator, all
     python benchmarks/bench_inference.py --emulator line.h5    # any emulator file
@@ -52,6 +56,7 @@ from jaxspec.infer import (
     fit_map,
     gaussian_coverage,
     results_table,
+    EmpiricalSystematics,
     add_systematics,
     sample_coverage,
     sample_nuts,
@@ -80,25 +85,9 @@ def test_points(kind: str) -> np.ndarray:
 def data_flux(grid: SpectralGrid, pts: np.ndarray, kind: str) -> np.ndarray:
     if kind == "nodes":
         return np.stack([grid.spectrum(teff=t, logg=g, feh=f) for t, g, f in pts])
-    from jaxspec.lines import LineList
-    from jaxspec.synthetic import synthetic_line_list
+    from jaxspec.synthetic import synthetic_spectra
 
-    # Untruncated synthesis (LineList.flux_exact) with the line lists padded to a common
-    # length (inert lines, a = 0), so one compiled function serves every test point;
-    # the windowed `flux` would plan and compile anew for each line list.
-    lists = [synthetic_line_list(t, g, f) for t, g, f in pts]
-    size = 256 * -(-max(ll.n_lines for ll in lists) // 256)
-    wl = jax.numpy.asarray(grid.wavelength)
-    exact = jax.jit(lambda ll: ll.flux_exact(wl))
-
-    def padded(ll):
-        extra = size - ll.n_lines
-        fill = lambda v, x: np.concatenate([np.asarray(v), np.full(extra, x)])  # noqa: E731
-        return LineList(fill(ll.center, float(grid.wavelength[0])),
-                        fill(ll.ln_amplitude, -1000.0), fill(ll.ln_sigma, 0.0),
-                        fill(ll.ln_gamma, 0.0))
-
-    return np.stack([np.asarray(exact(padded(ll))) for ll in lists])
+    return synthetic_spectra(pts, grid.wavelength)
 
 
 def spectra(wavelength, flux, snr, rng, names="star"):
@@ -179,9 +168,13 @@ def main(argv=None):
     p.add_argument("--methods", default="bo,map,nuts")
     p.add_argument("--n-stars", type=int, default=210, help="test spectra (evenly spread)")
     p.add_argument("--nuts-stars", type=int, default=20)
-    p.add_argument("--calibration-stars", type=int, default=210,
-                   help="grid calibration spectra (half set the systematic floor)")
-    p.add_argument("--nuts-calibration-stars", type=int, default=20)
+    p.add_argument("--calibration-stars", type=int, default=120,
+                   help="calibration spectra at random interior points (S/N 50)")
+    p.add_argument("--floor-stars", type=int, default=300,
+                   help="other random interior points fitted noise-free to measure the "
+                   "emulator's errors (cross-validation set)")
+    p.add_argument("--nuts-calibration-stars", type=int, default=20,
+                   help="of the calibration spectra, how many also get NUTS")
     p.add_argument("--snr", type=float, default=100.0)
     p.add_argument("--calibration-snr", type=float, default=50.0)
     p.add_argument("--calibration-source", choices=("grid", "emulator"), default="grid",
@@ -189,8 +182,8 @@ def main(argv=None):
                    "spectra made by the emulator itself at random interior parameters "
                    "(checks the method's own calibration, without emulator error)")
     p.add_argument("--no-systematics", dest="systematics", action="store_false",
-                   help="grid calibration: skip the systematic floor (by default half of "
-                   "the calibration spectra measure it noise-free, the other half test it)")
+                   help="grid calibration: skip measuring the emulator's errors on the "
+                   "cross-validation set (--floor-stars)")
     p.add_argument("--teff-window", type=float, default=500.0)
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-samples", type=int, default=300)
@@ -260,81 +253,111 @@ def main(argv=None):
 
     # calibration at S/N 50
     if args.calibration_stars > 0 and ("map" in methods or "nuts" in methods):
-        rng = np.random.default_rng(args.seed + 1)
-        cal_pick = np.unique(np.linspace(0, len(pts_all) - 1,
-                                         min(args.calibration_stars, len(pts_all)))
-                             .round().astype(int))
-        cal_pts = pts_all[cal_pick]
-        floor = None
-        if args.calibration_source == "grid":
-            cal_flux = data_flux(grid, cal_pts, args.test_points)
-            if args.systematics:
-                # Cross-validation: the floor comes from noise-free fits of every other
-                # spectrum; coverage is then measured on the rest only.
-                fit_set, cal_set = np.arange(len(cal_pts))[0::2], np.arange(len(cal_pts))[1::2]
-                t0 = time.perf_counter()
-                res = fit_map(emulator, spectra(grid.wavelength, cal_flux[fit_set], None, rng),
-                              teff_guess=cal_pts[fit_set, 0], teff_window=args.teff_window,
-                              key=key)
-                floor = systematic_floor(cal_pts[fit_set], np.asarray(res.params),
-                                         edges=FLOOR_EDGES)
-                print(f"\nsystematic floor from {len(fit_set)} noise-free MAP fits of other "
-                      f"held-out spectra ({time.perf_counter() - t0:.0f} s), per Teff bin:")
-                for lo, hi, row in zip(FLOOR_EDGES[:-1], FLOOR_EDGES[1:], floor):
-                    print(f"  {lo:5.0f}-{hi:5.0f} K: "
-                          + ", ".join(f"{n} {v:.3g}" for n, v in zip(names, row)))
-                summary["systematic_floor"] = {"edges": FLOOR_EDGES.tolist(),
-                                               "floor": floor.tolist()}
-                cal_pts, cal_flux = cal_pts[cal_set], cal_flux[cal_set]
-        else:  # random interior points, spectra from the emulator itself
-            lo = np.array([3200.0, 2.2, -0.45])
-            hi = np.array([10800.0, 5.8, -0.05])
-            cal_pts = lo + (hi - lo) * rng.uniform(size=cal_pts.shape)
-            cal_flux = np.asarray(emulator(jax.numpy.asarray(cal_pts)))
-        cal_wl = grid.wavelength if args.calibration_source == "grid" else emulator.wavelength
-        cal_data = spectra(cal_wl, cal_flux, args.calibration_snr, rng)
-        guess = cal_pts[:, 0]
-        print(f"\ncalibration at S/N {args.calibration_snr:g}, {args.calibration_source} "
-              "spectra (coverage of central intervals; ideal 0.68 / 0.95)")
-        if "map" in methods:
-            t0 = time.perf_counter()
-            res = fit_map(emulator, cal_data, teff_guess=guess, teff_window=args.teff_window,
-                          key=key)
-            seconds = time.perf_counter() - t0
-            cov = gaussian_coverage(cal_pts, np.asarray(res.params), np.asarray(res.sigma))
-            _print_coverage("MAP Laplace", cov, names, seconds)
-            summary["calibration_map"] = _jsonable(cov)
-            if floor is not None:
-                cov = gaussian_coverage(cal_pts, np.asarray(res.params), add_systematics(
-                    floor, sigma=np.asarray(res.sigma), edges=FLOOR_EDGES,
-                    at=np.asarray(res.params)[:, 0]))
-                _print_coverage("MAP Laplace + systematic floor", cov, names, seconds)
-                summary["calibration_map_systematics"] = _jsonable(cov)
-        if "nuts" in methods and args.nuts_calibration_stars > 0:
-            sub = np.unique(np.linspace(0, len(cal_pts) - 1,
-                                        min(args.nuts_calibration_stars, len(cal_pts)))
-                            .round().astype(int))
-            t0 = time.perf_counter()
-            res = sample_nuts(emulator, [cal_data[i] for i in sub], teff_guess=guess[sub],
-                              teff_window=args.teff_window, key=key,
-                              num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
-                              num_chains=args.nuts_chains, inference_data=False,
-                              progress=args.progress)
-            seconds = time.perf_counter() - t0
-            draws = [np.stack([r.samples[n] for n in names], -1).reshape(-1, len(names))
-                     for r in res]
-            cov = sample_coverage(cal_pts[sub], draws)
-            _print_coverage("NUTS", cov, names, seconds)
-            summary["calibration_nuts"] = _jsonable(cov)
-            if floor is not None:
-                cov = sample_coverage(cal_pts[sub], add_systematics(
-                    floor, draws=draws, edges=FLOOR_EDGES,
-                    at=np.array([r.params[0] for r in res])))
-                _print_coverage("NUTS + systematic floor", cov, names, seconds)
-                summary["calibration_nuts_systematics"] = _jsonable(cov)
+        calibration(args, grid, emulator, names, methods, key, summary)
     if out:
         (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
         print(f"\nwrote {out}/")
+
+
+# Interior of the default grid's box for random calibration points (truths on a face of
+# the box cannot be covered by equal-tailed intervals of box-bounded draws).
+CAL_LOW = np.array([3050.0, 2.05, -0.45])
+CAL_HIGH = np.array([10950.0, 5.95, -0.05])
+
+
+def calibration(args, grid, emulator, names, methods, key, summary):
+    """Coverage of Laplace and NUTS intervals at S/N ``--calibration-snr`` (module doc).
+
+    With ``--out``, the per-spectrum arrays go to ``calibration.npz`` (truths, estimates,
+    Laplace errors, NUTS draws, cross-validation fits).
+    """
+    rng = np.random.default_rng(args.seed + 1)
+    k = len(names)
+    emp = floor = None
+    arrays = {}
+    if args.calibration_source == "grid":
+        # Two disjoint sets of random interior points: the cross-validation set measures
+        # the emulator's errors noise-free; the test set's coverage is then measured.
+        cv_pts = CAL_LOW + (CAL_HIGH - CAL_LOW) * rng.uniform(size=(args.floor_stars, k))
+        cal_pts = CAL_LOW + (CAL_HIGH - CAL_LOW) * rng.uniform(size=(args.calibration_stars, k))
+        if args.systematics:
+            t0 = time.perf_counter()
+            cv_flux = data_flux(grid, cv_pts, "between")
+            res = fit_map(emulator, spectra(grid.wavelength, cv_flux, None, rng),
+                          teff_guess=cv_pts[:, 0], teff_window=args.teff_window, key=key)
+            est = np.asarray(res.params)
+            arrays.update(cv_truth=cv_pts, cv_estimate=est)
+            floor = systematic_floor(cv_pts, est, edges=FLOOR_EDGES)
+            # one pool: a 95 % tail needs ~100 errors, more than a Teff bin holds here
+            emp = EmpiricalSystematics.from_fits(cv_pts, est)
+            print(f"\nemulator errors from {len(cv_pts)} noise-free MAP fits of random "
+                  f"interior points ({time.perf_counter() - t0:.0f} s); Gaussian floor "
+                  "(robust RMS) per Teff bin:")
+            for lo, hi, row in zip(FLOOR_EDGES[:-1], FLOOR_EDGES[1:], floor):
+                print(f"  {lo:5.0f}-{hi:5.0f} K: "
+                      + ", ".join(f"{n} {v:.3g}" for n, v in zip(names, row)))
+            q = np.quantile(np.abs(emp.offsets), [0.68, 0.95], axis=0)
+            print("  |error| 68th / 95th percentiles: " + ", ".join(
+                f"{n} {a:.3g} / {b:.3g}" for n, a, b in zip(names, *q)))
+            summary["systematic_floor"] = {"edges": FLOOR_EDGES.tolist(),
+                                           "floor": floor.tolist(),
+                                           "abs_error_quantiles_68_95": q.tolist()}
+        cal_flux = data_flux(grid, cal_pts, "between")
+        cal_wl = grid.wavelength
+    else:  # random interior points, spectra from the emulator itself
+        cal_pts = CAL_LOW + (CAL_HIGH - CAL_LOW) * rng.uniform(size=(args.calibration_stars, k))
+        cal_flux = np.asarray(emulator(jax.numpy.asarray(cal_pts)))
+        cal_wl = emulator.wavelength
+    cal_data = spectra(cal_wl, cal_flux, args.calibration_snr, rng)
+    guess = cal_pts[:, 0]
+    print(f"\ncalibration at S/N {args.calibration_snr:g}, {args.calibration_source} "
+          "spectra at random interior points (coverage of central intervals; ideal "
+          "0.68 / 0.95)")
+
+    def report(label, key_name, cov, seconds):
+        _print_coverage(label, cov, names, seconds)
+        summary[key_name] = _jsonable(cov)
+
+    if "map" in methods:
+        t0 = time.perf_counter()
+        res = fit_map(emulator, cal_data, teff_guess=guess, teff_window=args.teff_window,
+                      key=key)
+        seconds = time.perf_counter() - t0
+        mean, sigma = np.asarray(res.params), np.asarray(res.sigma)
+        arrays.update(truth=cal_pts, map_params=mean, map_sigma=sigma)
+        report("MAP Laplace", "calibration_map", gaussian_coverage(cal_pts, mean, sigma),
+               seconds)
+        if floor is not None:
+            report("MAP Laplace + Gaussian floor", "calibration_map_floor",
+                   gaussian_coverage(cal_pts, mean, add_systematics(
+                       floor, sigma=sigma, edges=FLOOR_EDGES, at=mean[:, 0])), seconds)
+            report("MAP Laplace + empirical emulator errors", "calibration_map_empirical",
+                   sample_coverage(cal_pts, emp.convolve(mean=mean, sigma=sigma,
+                                                         seed=args.seed)), seconds)
+    if "nuts" in methods and args.nuts_calibration_stars > 0:
+        sub = np.arange(min(args.nuts_calibration_stars, len(cal_pts)))
+        t0 = time.perf_counter()
+        res = sample_nuts(emulator, [cal_data[i] for i in sub], teff_guess=guess[sub],
+                          teff_window=args.teff_window, key=key,
+                          num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
+                          num_chains=args.nuts_chains, inference_data=False,
+                          progress=args.progress)
+        seconds = time.perf_counter() - t0
+        draws = [np.stack([r.samples[n] for n in names], -1).reshape(-1, k) for r in res]
+        arrays.update(nuts_draws=np.stack(draws), nuts_converged=np.array(
+            [bool(r.converged) for r in res]))
+        print(f"  NUTS converged: {sum(bool(r.converged) for r in res)}/{len(res)}")
+        report("NUTS", "calibration_nuts", sample_coverage(cal_pts[sub], draws), seconds)
+        if floor is not None:
+            report("NUTS + Gaussian floor", "calibration_nuts_floor",
+                   sample_coverage(cal_pts[sub], add_systematics(
+                       floor, draws=draws, edges=FLOOR_EDGES,
+                       at=np.array([r.params[0] for r in res]))), seconds)
+            report("NUTS + empirical emulator errors", "calibration_nuts_empirical",
+                   sample_coverage(cal_pts[sub], emp.convolve(draws=draws, seed=args.seed)),
+                   seconds)
+    if args.out:
+        np.savez(Path(args.out) / "calibration.npz", **arrays)
 
 
 def _print_coverage(label, cov, names, seconds):

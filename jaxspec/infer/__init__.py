@@ -16,6 +16,7 @@ arrays on the emulator's wavelengths, as :class:`Spectrum` objects (any waveleng
 
 from jaxspec.infer.bayes_opt import BayesOptResult, bayes_opt
 from jaxspec.infer.calibration import (
+    EmpiricalSystematics,
     add_systematics,
     gaussian_coverage,
     sample_coverage,
@@ -35,6 +36,7 @@ from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observa
 
 __all__ = [
     "BayesOptResult",
+    "EmpiricalSystematics",
     "add_systematics",
     "MapResult",
     "NutsResult",
