@@ -15,6 +15,7 @@ from jaxspec.synthetic import (
     synthetic_grid,
     synthetic_line_data,
     synthetic_line_list,
+    synthetic_spectra,
     synthetic_wavelength,
 )
 
@@ -101,6 +102,22 @@ def test_grid_node_equals_line_list(tiny):
             np.asarray(lines.flux_exact(wl)), tiny.spectrum(teff=teff, logg=logg, feh=feh),
             atol=1e-4,
         )
+
+
+def test_synthetic_spectra_at_nodes_and_between(tiny):
+    nodes = np.array([[5000.0, 4.5, 0.0], [7000.0, 3.5, -0.5]])
+    between = np.array([[5500.0, 4.0, -0.25]])
+    flux = synthetic_spectra(np.vstack([nodes, between]), size="tiny")
+    assert flux.shape == (3, tiny.n_pix) and flux.dtype == np.float64
+    for row, (teff, logg, feh) in zip(flux, nodes):  # padded lines are inert
+        np.testing.assert_allclose(row, tiny.spectrum(teff=teff, logg=logg, feh=feh),
+                                   atol=1e-4)
+    # between nodes: a spectrum of its own, not a copy of a neighbour
+    assert np.max(np.abs(flux[2] - flux[0])) > 1e-3
+    one = synthetic_spectra(between[0], tiny.wavelength, size="tiny")
+    np.testing.assert_allclose(one, flux[2], atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        synthetic_spectra(np.zeros((2, 2)), size="tiny")
 
 
 def test_wavelength_sizes():
