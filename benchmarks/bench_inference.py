@@ -135,7 +135,8 @@ def run_method(method, emulator, data, pts, args, key):
                                         teff_window=args.teff_window, key=key).params)
     elif method == "map":
         jax.block_until_ready(fit_map(emulator, data[:1], teff_guess=guess[:1],
-                                      teff_window=args.teff_window, key=key).params)
+                                      teff_window=args.teff_window, key=key,
+                                      hessian=args.map_hessian).params)
     else:
         sample_nuts(emulator, data[:1], teff_guess=guess[:1], teff_window=args.teff_window,
                     key=key, num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
@@ -146,7 +147,8 @@ def run_method(method, emulator, data, pts, args, key):
         res = bayes_opt(emulator, data, key=key, progress=args.progress, **kw)
         params, sigma = np.asarray(res.params), None
     elif method == "map":
-        res = fit_map(emulator, data, key=key, progress=args.progress, **kw)
+        res = fit_map(emulator, data, key=key, progress=args.progress,
+                      hessian=args.map_hessian, **kw)
         params, sigma = np.asarray(res.params), np.asarray(res.sigma)
     else:
         res = sample_nuts(emulator, data, key=key, num_warmup=args.nuts_warmup,
@@ -185,6 +187,9 @@ def main(argv=None):
                    help="grid calibration: skip measuring the emulator's errors on the "
                    "cross-validation set (--floor-stars)")
     p.add_argument("--teff-window", type=float, default=500.0)
+    p.add_argument("--map-hessian", choices=("exact", "gauss-newton"), default="exact",
+                   help="fit_map's Hessian for the accuracy passes (gauss-newton: cheaper "
+                   "through a line emulator)")
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-samples", type=int, default=300)
     p.add_argument("--nuts-chains", type=int, default=4)
