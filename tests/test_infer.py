@@ -186,6 +186,13 @@ def test_map_gauss_newton_matches_exact_hessian(emulator, emulated_noisy, map_re
     gn_noise = fit_map(emulator, emulated_noisy, hessian="gauss-newton")
     np.testing.assert_allclose(gn_noise.noise_scale, SIGMA, rtol=0.1)
     np.testing.assert_allclose(gn_noise.sigma, map_result.sigma, rtol=0.15)
+    # NaN flux is masked (with a warning) and stays out of the Jacobian's residuals
+    holes = emulated_noisy.copy()
+    holes[::50] = np.nan
+    with pytest.warns(UserWarning, match="NaN"):
+        gn_holes = fit_map(emulator, holes, sig, hessian="gauss-newton")
+    assert np.all(np.isfinite(gn_holes.sigma))
+    assert np.all(np.abs(np.asarray(gn_holes.params - gn.params)) < 3 * np.asarray(gn.sigma))
     with pytest.raises(ValueError, match="hessian="):
         fit_map(emulator, emulated_noisy, sig, hessian="bfgs")
 

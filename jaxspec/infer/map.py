@@ -225,7 +225,7 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     # 3. projected Newton with backtracking in u
     grad_u = jax.grad(f_u)
 
-    def grad_hess(u):  # forward-over-reverse; the gradient comes along as aux
+    def exact_grad_hess(u):  # forward-over-reverse; the gradient comes along as aux
         def g2(u):
             g = grad_u(u)
             return g, g
@@ -236,15 +236,16 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     def prior_u(v):
         return _prior_term(to_physical(v, lower, upper), cfg.priors)
 
-    def grad_gauss_newton(u):
+    def gauss_newton_grad_hess(u):
         # Gradient and Gauss–Newton Hessian from the model's Jacobian (k forward-mode
         # passes through the emulator, no second derivatives of it):
         # chi2 = rᵀr, r = w (M - D): g = Jᵀr, H = JᵀJ (times N/C' with a profiled noise).
         m = obs.mask
         w = jnp.where(m, 1.0 / jnp.where(m, obs.sigma, 1.0), 0.0)
 
-        def resid(v):
-            return w * (obs.project(emulator(to_physical(v, lower, upper))) - obs.flux)
+        def resid(v):  # masked pixels (their flux may be NaN) contribute exact zeros
+            model = obs.project(emulator(to_physical(v, lower, upper)))
+            return jnp.where(m, w * (model - jnp.where(m, obs.flux, 0.0)), 0.0)
 
         r, jvp_cols = jax.linearize(resid, u)
         jac = jax.vmap(jvp_cols, out_axes=1)(jnp.eye(k, dtype=u.dtype))  # (n_pix, k)
@@ -258,8 +259,7 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
             h = h + jax.hessian(prior_u)(u)
         return g, h
 
-    if cfg.gauss_newton:
-        grad_hess = grad_gauss_newton  # noqa: F811
+    grad_hess = gauss_newton_grad_hess if cfg.gauss_newton else exact_grad_hess
 
     trials = jnp.array([1.0, 0.5, 0.25, 0.1, 0.02])
 
