@@ -51,13 +51,13 @@ import jaxspec  # noqa: F401  (x64)
 from jaxspec.emulator import load_emulator
 from jaxspec.grid import SpectralGrid
 from jaxspec.infer import (
+    EmpiricalSystematics,
     Spectrum,
+    add_systematics,
     bayes_opt,
     fit_map,
     gaussian_coverage,
     results_table,
-    EmpiricalSystematics,
-    add_systematics,
     sample_coverage,
     sample_nuts,
     systematic_floor,

@@ -267,7 +267,7 @@ class EmpiricalSystematics(NamedTuple):
     @classmethod
     def from_fits(cls, truth, estimate, edges=None, by: int = 0, min_count: int = 10,
                   symmetric: bool = True):
-        """Collect :math:`\delta = \theta_{true} - \hat\theta` of noise-free fits.
+        r"""Collect :math:`\delta = \theta_{true} - \hat\theta` of noise-free fits.
 
         Args:
             truth, estimate: ``(n_fits, n_params)``, as for :func:`systematic_floor`;
