@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from jaxspec.cli._common import parse_range
+from jaxspec.cli._common import parse_range, write_results
 
 __all__ = ["add_train_parsers", "infer_amortized"]
 
@@ -189,11 +189,5 @@ def infer_amortized(model_path, spectrum_paths, out, *, overwrite: bool = False,
         "seed": seed, "note": "seconds: batch wall-clock time / spectra, JIT included",
     })
     table["loss"].description = "RMS residual, blase3D eq. (4); NaN without an emulator"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.write(out, format="ascii.ecsv", overwrite=True)
-    print(f"wrote {out}: {len(table)} spectra, method {method}")
-    bad = [f"{row['file']} ({row['message']})" for row in table if not row["converged"]]
-    if bad:
-        print(f"jaxspec infer: warning: {len(bad)} of {len(table)} estimate(s) flagged: "
-              + "; ".join(bad), file=sys.stderr)
+    write_results(table, out, method, "estimate(s) flagged")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -41,3 +42,22 @@ def matplotlib_pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def write_results(table, out: Path, method: str, flagged: str) -> None:
+    """Write an ``infer`` results table (ECSV) and list its unconverged rows on stderr.
+
+    Args:
+        table: astropy Table with ``file``, ``converged`` and ``message`` columns.
+        out: the ECSV path (its folder is created).
+        method: the method name, for the summary line.
+        flagged: what an unconverged row is called in the warning, e.g.
+            ``"fit(s) did not converge"``.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write(out, format="ascii.ecsv", overwrite=True)
+    print(f"wrote {out}: {len(table)} spectra, method {method}")
+    bad = [f"{row['file']} ({row['message']})" for row in table if not row["converged"]]
+    if bad:
+        print(f"jaxspec infer: warning: {len(bad)} of {len(table)} {flagged}: "
+              + "; ".join(bad), file=sys.stderr)

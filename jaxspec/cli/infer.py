@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import matplotlib_pyplot, parse_range, save_figure
+from jaxspec.cli._common import (
+    matplotlib_pyplot,
+    parse_range,
+    save_figure,
+    write_results,
+)
 
 _METHODS = ("bo", "map", "nuts", "amortized")
 
@@ -206,13 +211,7 @@ def _infer(args: argparse.Namespace) -> int:
             "resolution_range": list(args.resolution_range), "epsilon": args.epsilon,
             "rv_window": args.rv_window, "priors": list(args.prior),
         })
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.write(out, format="ascii.ecsv", overwrite=True)
-    print(f"wrote {out}: {len(table)} spectra, method {args.method}")
-    bad = [f"{row['file']} ({row['message']})" for row in table if not row["converged"]]
-    if bad:
-        print(f"jaxspec infer: warning: {len(bad)} of {len(table)} fit(s) did not converge: "
-              + "; ".join(bad), file=sys.stderr)
+    write_results(table, out, args.method, "fit(s) did not converge")
     if args.plot:
         for i, res in enumerate(results):
             for path in _plots(emulators[i], observations[i], res, args, out,
