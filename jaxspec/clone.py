@@ -84,20 +84,16 @@ import optax
 from jaxtyping import Array, Float
 from scipy.signal import find_peaks, peak_widths
 
-from jaxspec._synthesis import _cubic_weights, _extend
 from jaxspec.lines import LineList
-from jaxspec.profiles import pseudo_voigt_eta, pseudo_voigt_fwhm
+from jaxspec.profiles import FWHM_PER_SIGMA, pseudo_voigt_eta, pseudo_voigt_fwhm
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, MAX_DEPTH, _cubic_weights, _extend
 
 __all__ = ["ABSENT_LN_AMPLITUDE", "CloneResult", "CloneSettings", "clone", "clone_grid"]
 
-#: ln a of an absent (padded) line: inert in the product, as in the blase3D paper Sect. 3.1.
-ABSENT_LN_AMPLITUDE = -1000.0
 
 # Equal Gaussian and Lorentzian FWHMs: total FWHM f = f' (sum of Ida's coefficients)^(1/5).
 _EQUAL_SPLIT = (1.0 + 2.69269 + 2.42843 + 4.47163 + 0.07842 + 1.0) ** 0.2
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _MAX_INIT_DEPTH = 0.95
-_MAX_DEPTH = 1.0 - 1e-7  # a V is clipped below 1 before the logarithm
 _MIN_WIDTH = 1e-4  # Å, lower bound of σ and γ (profiles are tested down to it)
 _BLEND_RATIO = 0.4  # smallest local/half-prominence width ratio read as a blend
 
@@ -262,11 +258,11 @@ def _v0_equal_split(fwhm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     Host-side numpy (eager JAX would compile every primitive for every new length)."""
     f_each = fwhm / _EQUAL_SPLIT
-    sigma = f_each / _FWHM_PER_SIGMA
+    sigma = f_each / FWHM_PER_SIGMA
     gamma = 0.5 * f_each
     ratio = 1.0 / _EQUAL_SPLIT  # f_L / f
     eta = ratio * (1.36603 + ratio * (-0.47719 + ratio * 0.11116))
-    gsig = fwhm / _FWHM_PER_SIGMA
+    gsig = fwhm / FWHM_PER_SIGMA
     v0 = eta / (np.pi * 0.5 * fwhm) + (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))
     return sigma, gamma, v0
 
@@ -513,7 +509,7 @@ def _line_constants(ln_a, ln_s, ln_g):
     eta = pseudo_voigt_eta(sigma, gamma)
     amp = jnp.exp(ln_a)
     half = 0.5 * f
-    gsig = f / _FWHM_PER_SIGMA
+    gsig = f / FWHM_PER_SIGMA
     f32 = jnp.float32
     return ((amp * eta * half / jnp.pi).astype(f32), (half * half).astype(f32),
             (amp * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))).astype(f32),
@@ -522,7 +518,7 @@ def _line_constants(ln_a, ln_s, ln_g):
 
 def _smooth_forward(consts, d_node):
     lor, half2, shift = (c[:, None] for c in consts)
-    return jnp.log1p(-jnp.minimum(lor / (jnp.square(d_node - shift) + half2), _MAX_DEPTH))
+    return jnp.log1p(-jnp.minimum(lor / (jnp.square(d_node - shift) + half2), MAX_DEPTH))
 
 
 def _smooth_partials(consts, d_node, g):
@@ -531,7 +527,7 @@ def _smooth_partials(consts, d_node, g):
     x = d_node - shift
     inv = 1.0 / (x * x + half2)
     depth = lor * inv
-    wi = _B(jnp.where(depth < _MAX_DEPTH, -g / (1.0 - depth), 0.0) * inv)
+    wi = _B(jnp.where(depth < MAX_DEPTH, -g / (1.0 - depth), 0.0) * inv)
     wii = _B(wi * inv)
     return (jnp.sum(wi, axis=1), -lor[:, 0] * jnp.sum(wii, axis=1),
             2.0 * lor[:, 0] * jnp.sum(wii * x, axis=1))
@@ -558,7 +554,7 @@ _coarse_terms.defvjp(_coarse_terms_fwd, _coarse_terms_bwd)
 def _full_forward(consts, d_pix, d_node, weights):
     lor, half2, gau, gau_k, shift = (c[:, None] for c in consts)
     x2 = jnp.square(d_pix - shift)
-    full = jnp.log1p(-jnp.minimum(lor / (x2 + half2) + gau * jnp.exp(-gau_k * x2), _MAX_DEPTH))
+    full = jnp.log1p(-jnp.minimum(lor / (x2 + half2) + gau * jnp.exp(-gau_k * x2), MAX_DEPTH))
     smooth = _B(_smooth_forward((consts[0], consts[1], consts[4]), d_node))
     interp = _interpolate(smooth, weights)
     return full - interp.reshape(full.shape)
@@ -588,7 +584,7 @@ def _fine_terms_bwd(residuals, g):
     inv = 1.0 / (x2 + half2)
     gauss = jnp.exp(-gau_k * x2)
     depth = lor * inv + gau * gauss
-    w = jnp.where(depth < _MAX_DEPTH, -g / (1.0 - depth), 0.0)
+    w = jnp.where(depth < MAX_DEPTH, -g / (1.0 - depth), 0.0)
     wi, wg = _B((w * inv, w * gauss))
     wii = _B(wi * inv)
     g_lor = jnp.sum(wi, axis=1) + s_lor
@@ -629,7 +625,7 @@ def _window_needs(wl, mu0, hi_a, hi_f, settings: CloneSettings):
     dl = np.interp(mu0, wl, np.gradient(wl))
     a = np.exp(hi_a)
     f = np.exp(hi_f)
-    half, gsig = 0.5 * f, f / _FWHM_PER_SIGMA
+    half, gsig = 0.5 * f, f / FWHM_PER_SIGMA
     t = settings.tolerance
     # Bounds over the box: Lorentz area <= a (eta <= 1), Gaussian peak <= a / (gsig sqrt 2pi).
     peak = a / (gsig * math.sqrt(2.0 * math.pi))
@@ -889,7 +885,7 @@ def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lin
         mu0=mu0, u=np.zeros_like(mu0), ln_a=ln_a, ln_s=ln_s, ln_g=ln_g,
         a0=ln_a.copy(), s0=ln_s.copy(), g0=ln_g.copy(),
         lo_a=ln_a - 30.0, hi_a=hi_a,
-        lo_s=floor, hi_s=hi_f - math.log(_FWHM_PER_SIGMA),
+        lo_s=floor, hi_s=hi_f - math.log(FWHM_PER_SIGMA),
         lo_g=floor, hi_g=hi_f - math.log(2.0), hi_f=hi_f,
         peak=peak,
     )

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
+
 __all__ = [
     "ABSENT_LN_AMPLITUDE",
     "DEAD_LN_AMPLITUDE",
@@ -55,8 +57,6 @@ __all__ = [
     "identify_store",
 ]
 
-#: ln a written where a line is absent (blase3D Sect. 3.1).
-ABSENT_LN_AMPLITUDE = -1000.0
 #: Interpolated ln a below this: the line contributes nothing (blase3D Sect. 3.2).
 DEAD_LN_AMPLITUDE = -100.0
 #: Identifier precision of the blase3D rule, Å.

@@ -10,7 +10,7 @@ with :math:`(\delta_j, \ln a_j, \ln\sigma_j, \ln\gamma_j)(\theta)` the multiline
 :math:`\mu_j` its float64 reference centre and :math:`V` the pseudo-Voigt (eq. 2). Lines
 whose interpolated ln a is below −100 are left out, as in the paper (Sect. 3.2): they get
 a = 0 through ``jnp.where`` with constant safe widths, so their gradients are exactly zero,
-never NaN. Synthesis uses the fast windowed :class:`~jaxspec._synthesis.Synthesizer`, whose
+never NaN. Synthesis uses the fast windowed :class:`~jaxspec.synthesis.SynthesisPlan`, whose
 windows are planned once from each line's maxima of ln a, ln σ, ln γ and its centre span
 over all grid nodes (multilinear interpolation never exceeds the node extremes, so the plan
 holds everywhere inside the grid).
@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from jaxspec._synthesis import Synthesizer, plan_windows
 from jaxspec.emulator import FORMAT, Emulator, register_emulator
 from jaxspec.identify import (
     ABSENT_LN_AMPLITUDE,
@@ -53,6 +52,7 @@ from jaxspec.identify import (
 )
 from jaxspec.lines import LineList
 from jaxspec.manifold import LineManifold
+from jaxspec.synthesis import SynthesisPlan, plan_synthesis
 
 __all__ = ["LineEmulator", "write_emulator_file"]
 
@@ -101,61 +101,12 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
 
 
 def _plan(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
-          wing_cut=None) -> Synthesizer:
+          wing_cut=None) -> SynthesisPlan:
     ln_a, ln_s, ln_g, lo, hi = _line_maxima(table, center, margin, lines_first)
-    plan = plan_windows(
+    return plan_synthesis(
         np.asarray(wavelength, dtype=np.float64), ln_a, ln_s, ln_g,
-        0.5 * (lo + hi), center_span=(lo, hi), tolerance=tolerance,
+        0.5 * (lo + hi), center_span=(lo, hi), tolerance=tolerance, wing_cut=wing_cut,
     )
-    return _cap_windows(plan, wing_cut)
-
-
-def _cap_windows(plan: Synthesizer, wing_cut: int | None) -> Synthesizer:
-    """Limit every line's windows to about ``wing_cut`` pixels (blase's wing cut).
-
-    Windows of level d span ``size × h^(d+1)`` pixels (the top level ``size × h^L``);
-    each is cut to the cap, but never below what the level under it needs (cover of the
-    finer window, top ≥ finer + 6), so the hierarchy stays consistent: a line is evaluated
-    in full within ~±wing_cut/2 pixels of its centre and not beyond (Gaussian cores and
-    Lorentz wings alike), as in the clones fitted with that wing cut."""
-    import dataclasses
-
-    from jaxspec._synthesis import _Bucket
-
-    if wing_cut is None:
-        return plan
-    h, top = plan.h, len(plan.levels) - 1
-    below: dict[int, int] = {}
-    levels = []
-    for depth, level in enumerate(plan.levels):
-        unit = h ** (depth + 1) if depth < top else h**top
-        cap = max(4, math.ceil(wing_cut / unit))
-        sizes: dict[int, int] = {}
-        for bucket in level.buckets:
-            for line in np.asarray(bucket.lines).tolist():
-                need = 0
-                if line in below:
-                    m = below[line]
-                    need = m + 6 if depth == top else 2 * math.ceil((m // 2 + 4) / h) + 2
-                sizes[line] = min(bucket.size, max(cap, need))
-        below = sizes
-        groups: dict[int, list[int]] = {}
-        for line, size in sizes.items():
-            groups.setdefault(size, []).append(line)
-        buckets = tuple(
-            _Bucket(jnp.asarray(sorted(groups[size]), dtype=jnp.int32), int(size))
-            for size in sorted(groups)
-        )
-        levels.append(dataclasses.replace(level, buckets=buckets))
-    return dataclasses.replace(plan, levels=tuple(levels))
-
-
-def _planned_lines(plan: Synthesizer) -> np.ndarray:
-    """Sorted indices of the lines that the plan evaluates on some level."""
-    used = [np.asarray(b.lines) for level in plan.levels for b in level.buckets]
-    if not used:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate(used)).astype(np.int64)
 
 
 @register_emulator(KIND)
@@ -186,7 +137,7 @@ class LineEmulator(Emulator):
 
     manifold: LineManifold
     center: Float[Array, " n_lines"]
-    synthesizer: Synthesizer
+    synthesizer: SynthesisPlan
     observed: Bool[Array, "*grid"]
     grid_wavelength: Float[Array, " n_pix"]
     tolerance: float = eqx.field(static=True)
@@ -203,7 +154,7 @@ class LineEmulator(Emulator):
         tolerance: float = 1e-6,
         plan_margin: float = 0.0,
         provenance: dict | str | None = None,
-        synthesizer: Synthesizer | None = None,
+        synthesizer: SynthesisPlan | None = None,
         wing_cut: int | None = None,
     ):
         if manifold.n_out != 4:
@@ -390,7 +341,7 @@ class LineEmulator(Emulator):
         table = np.asarray(self.manifold.table)
         plan = _plan(table, np.asarray(self.center), wl[keep], self.tolerance,
                      wing_cut=self.wing_cut)
-        lines = _planned_lines(plan)
+        lines = plan.planned_lines()
         manifold = self.manifold.take_lines(lines)
         info = self.info
         info["restricted"] = [lo, hi]

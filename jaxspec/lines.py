@@ -21,19 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from jaxspec._synthesis import Synthesizer, plan_windows
 from jaxspec.profiles import pseudo_voigt
+from jaxspec.synthesis import MAX_DEPTH, SynthesisPlan, plan_synthesis
 
 __all__ = ["LineList"]
-
-# a V is clipped below 1 before the logarithm; a product term can not reach zero.
-_MAX_DEPTH = 1.0 - 1e-7
-
 
 def _log_terms(offset, amplitude, sigma, gamma):
     """ln(1 - a V(offset)), clipped so that the argument of the log stays positive."""
     depth = amplitude * pseudo_voigt(offset, sigma, gamma)
-    return jnp.log1p(-jnp.minimum(depth, _MAX_DEPTH))
+    return jnp.log1p(-jnp.minimum(depth, MAX_DEPTH))
 
 
 class LineList(eqx.Module):
@@ -156,8 +152,9 @@ class LineList(eqx.Module):
         *,
         tolerance: float = 1e-6,
         cell: int = 16,
+        wing_cut: int | None = None,
         dtype: str = "float32",
-    ) -> Synthesizer:
+    ) -> SynthesisPlan:
         r"""Size each line's evaluation windows for :meth:`flux` on ``wavelength``.
 
         Windows depend on the line strengths and widths, so they are chosen here from
@@ -172,12 +169,14 @@ class LineList(eqx.Module):
             tolerance: per-line truncation threshold in ln flux (coarse Lorentz wings go
                 ten times lower); the default keeps the total error ≤ 2e-5 in flux on the
                 real 9,028-line PHOENIX clone at 0.01 Å sampling.
-            cell: coarse node spacing in pixels (see :mod:`jaxspec._synthesis`).
+            cell: coarse node spacing in pixels (see :mod:`jaxspec.synthesis`).
+            wing_cut: evaluate each line within about this many pixels of its centre
+                only (blase's wing cut); None (default): full wings to ``tolerance``.
             dtype: float dtype of the profile arithmetic (offsets from the float64 line
                 centres are taken in float64 first).
 
         Returns:
-            A :class:`~jaxspec._synthesis.Synthesizer` (an equinox Module).
+            A :class:`~jaxspec.synthesis.SynthesisPlan` (an equinox Module).
         """
         if isinstance(self.center, jax.core.Tracer) or isinstance(wavelength, jax.core.Tracer):
             raise ValueError(
@@ -195,16 +194,17 @@ class LineList(eqx.Module):
         center = np.asarray(self.center)
         lo = np.min(center, axis=lead)
         hi = np.max(center, axis=lead)
-        return plan_windows(
+        return plan_synthesis(
             wl, ln_a, ln_s, ln_g, 0.5 * (lo + hi),
-            center_span=(lo, hi), tolerance=tolerance, cell=cell, dtype=dtype,
+            center_span=(lo, hi), tolerance=tolerance, cell=cell, wing_cut=wing_cut,
+            dtype=dtype,
         )
 
     def flux(
         self,
         wavelength: ArrayLike,
         *,
-        plan: Synthesizer | None = None,
+        plan: SynthesisPlan | None = None,
         tolerance: float = 1e-6,
     ) -> Float[Array, " n_pix"]:
         r"""Model flux, each line evaluated only near its centre.
@@ -214,7 +214,7 @@ class LineList(eqx.Module):
         with :math:`V_j` the pseudo-Voigt (blase3D eq. 2). Each term is split into a
         short window of full-resolution pixels around the core and its smooth Lorentzian
         wing, summed on coarse nodes every 16 pixels and interpolated (cubic) back; see
-        :mod:`jaxspec._synthesis`. The cost grows with ``n_lines × window``, not
+        :mod:`jaxspec.synthesis`. The cost grows with ``n_lines × window``, not
         ``n_lines × n_pix``: the 9,028-line PHOENIX clone on 481,100 pixels takes about
         10 ms on 2 CPU cores and agrees with :meth:`flux_exact` to ≤ 2e-5.
 
@@ -244,6 +244,11 @@ class LineList(eqx.Module):
                     )
                 return self.flux_exact(wavelength)
             plan = self.plan(wavelength, tolerance=tolerance)
+        elif plan.n_lines != self.n_lines:
+            raise ValueError(
+                f"LineList.flux: the plan was made for {plan.n_lines} lines, this list has "
+                f"{self.n_lines}; rebuild it with lines.plan(wavelength)"
+            )
         elif jnp.shape(wavelength)[-1] != plan.n_pix:
             raise ValueError(
                 f"LineList.flux: wavelength has {jnp.shape(wavelength)[-1]} pixels but the "
@@ -253,7 +258,7 @@ class LineList(eqx.Module):
 
 
 @eqx.filter_jit
-def _synthesize(plan: Synthesizer, lines: LineList):
+def _synthesize(plan: SynthesisPlan, lines: LineList):
     # Compiled once per plan structure; inside an outer jit this is simply inlined.
     return plan(lines.center, lines.ln_amplitude, lines.ln_sigma, lines.ln_gamma)
 

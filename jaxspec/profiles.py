@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 __all__ = [
+    "FWHM_PER_SIGMA",
     "gaussian",
     "lorentzian",
     "pseudo_voigt",
@@ -30,7 +31,8 @@ __all__ = [
     "voigt",
 ]
 
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Gaussian FWHM per standard deviation, 2 sqrt(2 ln 2).
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 # Ida, Ando & Toraya (2000), J. Appl. Cryst. 33, 1311, eqs. (3) and (4); the blase3D
@@ -91,7 +93,7 @@ def pseudo_voigt_fwhm(sigma: ArrayLike, gamma: ArrayLike) -> Float[Array, "..."]
     Returns:
         ``f``, Å, shape ``broadcast(sigma, gamma)``.
     """
-    f_g = _FWHM_PER_SIGMA * jnp.asarray(sigma)
+    f_g = FWHM_PER_SIGMA * jnp.asarray(sigma)
     f_l = 2.0 * jnp.asarray(gamma)
     # Horner form in the ratio keeps the polynomial well scaled for widths 1e-4..1e2 Å.
     big = jnp.maximum(f_g, f_l)
@@ -149,7 +151,7 @@ def pseudo_voigt(x: ArrayLike, sigma: ArrayLike, gamma: ArrayLike) -> Float[Arra
     """
     f = pseudo_voigt_fwhm(sigma, gamma)
     eta = pseudo_voigt_eta(sigma, gamma)
-    return eta * lorentzian(x, 0.5 * f) + (1.0 - eta) * gaussian(x, f / _FWHM_PER_SIGMA)
+    return eta * lorentzian(x, 0.5 * f) + (1.0 - eta) * gaussian(x, f / FWHM_PER_SIGMA)
 
 
 def voigt(x: ArrayLike, sigma: ArrayLike, gamma: ArrayLike) -> Float[Array, "..."]:

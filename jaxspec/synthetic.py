@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from jaxspec import _atomic_data as ad
 from jaxspec.grid import SpectralGrid
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
 from jaxspec.lines import LineList
 
 __all__ = [
@@ -103,7 +104,6 @@ _STARK_H = 0.25  # Holtsmark HWHM of a Paschen line per unit linear-Stark scale
 _SHIFT_PER_GAMMA = 0.2  # pressure (red) shift per pressure HWHM, metal and molecular lines
 _SHIFT_MAX = 0.015  # Å, where the shift saturates (tanh)
 _MIN_DEPTH = 1e-4  # lines shallower than this are dropped (absent in the grid)
-_ABSENT_LN_AMPLITUDE = -1000.0  # ln a of an absent line (LineList convention: a = 0)
 _C_ANGSTROM = ad.C_LIGHT * 1e8  # Å/s
 _HC_OVER_K = ad.H_PLANCK * ad.C_LIGHT / ad.K_B  # cm K
 
@@ -786,7 +786,7 @@ def synthetic_spectra(params, wavelength=None, size: str = "default", seed: int 
     def padded(ll):
         extra = width - ll.n_lines
         return LineList(*(np.concatenate([np.asarray(v), np.full(extra, x)]) for v, x in (
-            (ll.center, float(wl[0])), (ll.ln_amplitude, -1000.0), (ll.ln_sigma, 0.0),
+            (ll.center, float(wl[0])), (ll.ln_amplitude, ABSENT_LN_AMPLITUDE), (ll.ln_sigma, 0.0),
             (ll.ln_gamma, 0.0))))
 
     out = np.stack([np.asarray(exact(padded(ll)), dtype=np.float64) for ll in lists])
@@ -915,7 +915,7 @@ def synthetic_grid(
                     unit="batch"):
         p = _node_lines(data, nodes[idx, 0], nodes[idx, 1], nodes[idx, 2])
         center[idx] = p["center"]
-        logs[0, idx] = np.where(p["depth"] >= _MIN_DEPTH, np.log(p["ew"]), _ABSENT_LN_AMPLITUDE)
+        logs[0, idx] = np.where(p["depth"] >= _MIN_DEPTH, np.log(p["ew"]), ABSENT_LN_AMPLITUDE)
         logs[1, idx] = np.log(p["sigma_eff"])
         logs[2, idx] = np.log(p["gamma_eff"])
 

@@ -87,6 +87,29 @@ def test_gradients_are_finite_including_absent_lines(built):
     assert np.all(np.isfinite(np.asarray(gm.center)))
 
 
+def test_hessian_matches_finite_differences_of_the_gradient(built):
+    _, grid, emulator = built
+    target = jnp.asarray(grid.spectrum(teff=5500, logg=4.0, feh=-0.5))
+    scale = jnp.array([100.0, 0.1, 0.1])  # the Hessian in well-scaled coordinates
+
+    def loss(z):
+        return jnp.sum((emulator(jnp.array([5600.0, 4.2, -0.3]) + scale * z) - target) ** 2)
+
+    z0 = jnp.zeros(3)
+    hess = np.asarray(jax.jit(jax.hessian(loss))(z0))
+    grad = jax.jit(jax.grad(loss))
+    eps = 1e-3
+    fd = np.stack([(np.asarray(grad(z0 + eps * e)) - np.asarray(grad(z0 - eps * e))) / (2 * eps)
+                   for e in np.eye(3)])
+    assert np.all(np.isfinite(hess))
+    np.testing.assert_allclose(hess, fd, rtol=2e-3, atol=2e-3 * np.abs(fd).max())
+    np.testing.assert_allclose(hess, hess.T, rtol=1e-4, atol=1e-6 * np.abs(hess).max())
+    # jacfwd and jacrev through the emulator agree.
+    f = lambda z: emulator(jnp.array([5600.0, 4.2, -0.3]) + scale * z)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.jacfwd(f)(z0)), np.asarray(jax.jacrev(f)(z0)),
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_out_of_bounds_parameters_raise_with_the_bounds(built):
     _, grid, emulator = built
     params, _ = grid.node_params()

@@ -1,0 +1,158 @@
+"""The one synthesis engine: derivatives by hand in both modes against plain autodiff of
+the untruncated product (LineList.flux_exact), absent lines, second derivatives."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspec import LineList
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, plan_synthesis, stack_wavelengths
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIELDS = ("center", "ln_amplitude", "ln_sigma", "ln_gamma")
+
+
+def _small_list(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return LineList(
+        rng.uniform(8498.0, 8532.0, n),
+        np.log(rng.uniform(0.001, 0.3, n)),
+        np.log(rng.uniform(0.02, 0.2, n)),
+        np.log(rng.uniform(0.01, 0.5, n)),
+    )
+
+
+def _real_window():
+    path = DATA / "phoenix_clone_T4700_g4.5_HPF.npz"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real PHOENIX clone from ../shared/data)")
+    lines = LineList.from_npz(path)
+    keep = np.flatnonzero((np.asarray(lines.center) > 8620) & (np.asarray(lines.center) < 8700))
+    sub = LineList(*(np.asarray(getattr(lines, k))[keep] for k in FIELDS))
+    return sub, 8640.0 + 0.01 * np.arange(4000)
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.fixture(params=["small", "real"])
+def case(request):
+    if request.param == "small":
+        return _small_list(), np.linspace(8500.0, 8530.0, 3000)
+    return _real_window()
+
+
+def test_both_modes_match_autodiff_of_the_untruncated_product(case):
+    lines, wl = case
+    plan = lines.plan(wl)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=wl.size))
+
+    def fast(ll):
+        return ll.flux(wl, plan=plan)
+
+    def exact(ll):
+        return ll.flux_exact(wl)
+
+    assert _rel(fast(lines), exact(lines)) < 1e-4
+    g = jax.grad(lambda ll: jnp.sum(weights * fast(ll)))(lines)
+    g_ref = jax.grad(lambda ll: jnp.sum(weights * exact(ll)))(lines)
+    rng = np.random.default_rng(2)
+    for name in FIELDS:
+        assert np.all(np.isfinite(np.asarray(getattr(g, name))))
+        assert _rel(getattr(g, name), getattr(g_ref, name)) < 1e-3, name
+        # Forward mode, one field at a time: jvp, linearize and jacfwd agree.
+        direction = jax.tree_util.tree_map(jnp.zeros_like, lines)
+        t = jnp.asarray(rng.normal(size=lines.n_lines))
+        direction = direction.__class__(
+            *(t if k == name else getattr(direction, k) for k in FIELDS))
+        _, jv = jax.jvp(fast, (lines,), (direction,))
+        _, jv_ref = jax.jvp(exact, (lines,), (direction,))
+        assert _rel(jv, jv_ref) < 1e-3, name
+        _, lin = jax.linearize(fast, lines)
+        np.testing.assert_allclose(np.asarray(lin(direction)), np.asarray(jv), atol=1e-6)
+
+
+def test_jacfwd_and_hessian_match_autodiff():
+    lines, wl = _small_list(12), np.linspace(8500.0, 8530.0, 1500)
+    plan = lines.plan(wl)
+
+    def with_amplitudes(v, fn):
+        ll = LineList(lines.center, lines.ln_amplitude.at[:3].set(v), lines.ln_sigma,
+                      lines.ln_gamma)
+        return fn(ll)
+
+    fast = lambda ll: ll.flux(wl, plan=plan)  # noqa: E731
+    exact = lambda ll: ll.flux_exact(wl)  # noqa: E731
+    v0 = lines.ln_amplitude[:3]
+    assert _rel(jax.jacfwd(with_amplitudes)(v0, fast),
+                jax.jacfwd(with_amplitudes)(v0, exact)) < 1e-3
+    assert _rel(jax.jacrev(with_amplitudes)(v0, fast),
+                jax.jacrev(with_amplitudes)(v0, exact)) < 1e-3
+    loss = lambda v, fn: jnp.sum(jnp.sin(jnp.arange(wl.size) * 0.01)  # noqa: E731
+                                 * with_amplitudes(v, fn))
+    assert _rel(jax.hessian(loss)(v0, fast), jax.hessian(loss)(v0, exact)) < 1e-3
+
+
+def test_absent_lines_are_inert_with_finite_derivatives():
+    lines, wl = _small_list(10), np.linspace(8500.0, 8530.0, 1000)
+    absent = LineList(
+        jnp.concatenate([lines.center, jnp.array([8510.0])]),
+        jnp.concatenate([lines.ln_amplitude, jnp.array([ABSENT_LN_AMPLITUDE])]),
+        jnp.concatenate([lines.ln_sigma, jnp.array([-1.0])]),
+        jnp.concatenate([lines.ln_gamma, jnp.array([-1.0])]),
+    )
+    only = LineList(jnp.array([8510.0]), jnp.array([ABSENT_LN_AMPLITUDE]),
+                    jnp.array([-1.0]), jnp.array([-1.0]))
+    np.testing.assert_array_equal(np.asarray(only.flux(wl)), 1.0)
+    plan = absent.plan(wl)
+    np.testing.assert_allclose(np.asarray(absent.flux(wl, plan=plan)),
+                               np.asarray(lines.flux(wl)), atol=1e-7)
+    g = jax.grad(lambda ll: jnp.sum(ll.flux(wl, plan=plan)))(absent)
+    for name in FIELDS:
+        assert np.all(np.isfinite(np.asarray(getattr(g, name))))
+        assert float(getattr(g, name)[-1]) == 0.0
+
+
+def test_vmap_over_line_lists_and_float64_wavelengths():
+    lines, wl = _small_list(8), np.linspace(8500.0, 8530.0, 800)
+    batch = jax.tree_util.tree_map(lambda v: jnp.stack([v, v + 1e-3]), lines)
+    plan = batch.plan(wl)
+    assert plan.levels[0].wavelength.dtype == jnp.float64
+    out = jax.vmap(lambda ll: ll.flux(wl, plan=plan))(batch)
+    ref = jnp.stack([LineList(*(getattr(batch, k)[i] for k in FIELDS)).flux_exact(wl)
+                     for i in range(2)])
+    assert _rel(out, ref) < 1e-4
+    grads = jax.vmap(jax.grad(lambda ll: jnp.sum(ll.flux(wl, plan=plan))))(batch)
+    assert np.all(np.isfinite(np.asarray(grads.ln_gamma)))
+
+
+def test_layout_reuse_and_stacked_batches():
+    wl = np.linspace(8500.0, 8530.0, 2000)
+    a, b = _small_list(30, seed=3), _small_list(28, seed=4)
+    plans = [plan_synthesis(wl, np.asarray(x.ln_amplitude), np.asarray(x.ln_sigma),
+                            np.asarray(x.ln_gamma), np.asarray(x.center), reuse=True)
+             for x in (a, b)]
+    # Similar problems on one grid share a bucket layout (one compiled program).
+    assert plans[0].layout() == plans[1].layout()
+    for x, plan in zip((a, b), plans):
+        flux = plan(x.center, x.ln_amplitude, x.ln_sigma, x.ln_gamma)
+        assert _rel(flux, x.flux_exact(wl)) < 1e-4
+    # Two spectra end to end on one long grid, a wing cut shorter than the gap: no line
+    # reaches the other copy, and each copy is its own spectrum.
+    long_wl, delta = stack_wavelengths(wl, 2, gap=3000)
+    both = LineList(jnp.concatenate([a.center, b.center + delta]),
+                    *(jnp.concatenate([getattr(a, k), getattr(b, k)]) for k in FIELDS[1:]))
+    plan = both.plan(long_wl, wing_cut=1000)
+    flux = both.flux(long_wl, plan=plan)
+    alone = both.ln_amplitude.at[a.n_lines:].set(ABSENT_LN_AMPLITUDE)
+    flux_a = plan(both.center, alone, both.ln_sigma, both.ln_gamma)
+    start = wl.size + 3000
+    np.testing.assert_allclose(np.asarray(flux[:wl.size]), np.asarray(flux_a[:wl.size]),
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(flux_a[start:]), 1.0)
+    assert _rel(flux[:wl.size], a.flux_exact(wl)) < 5e-3  # only the cut wings differ
+    assert _rel(flux[start:start + wl.size], b.flux_exact(wl)) < 5e-3
