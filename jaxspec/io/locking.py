@@ -231,6 +231,18 @@ class WriterLock:
         except OSError:
             pass
 
+    def check(self) -> None:
+        """Raise :class:`FileInUseError` unless this object still holds the lock (its
+        lock file may have been removed by hand and taken by another writer)."""
+        info = _read_lock(self.lock)
+        if self._token is None or not info or info.get("token") != self._token:
+            who = (f"PID {info.get('pid')} on host {info.get('host')}" if info
+                   else "nobody (the lock file was removed)")
+            raise FileInUseError(
+                f"{self.path}: this writer no longer holds the lock {self.lock} (now held "
+                f"by {who}); stopping so two writers never write the {self.what}"
+            )
+
     def release(self) -> None:
         """Remove the lock file (only if it is still ours). Idempotent."""
         if self._finalizer is not None:
