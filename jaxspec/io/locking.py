@@ -32,7 +32,7 @@ import weakref
 from os import PathLike
 from pathlib import Path
 
-__all__ = ["FileInUseError", "WriterLock", "lock_path", "open_hdf5"]
+__all__ = ["FileInUseError", "WriterLock", "lock_holder", "lock_path", "open_hdf5"]
 
 _HELD: dict[str, tuple[weakref.ref, str]] = {}  # lock file -> (holder, token), this process
 _HELD_GUARD = threading.Lock()
@@ -49,6 +49,13 @@ def lock_path(path: str | PathLike) -> Path:
     """The lock file of ``path``: ``<name>.lock`` in the same folder."""
     path = Path(path)
     return path.with_name(path.name + ".lock")
+
+
+def lock_holder(path: str | PathLike) -> dict | None:
+    """Who holds the writer lock of ``path``: the lock record ``{"pid", "host",
+    "started", "command", ...}``, or None when no lock file exists (``{}`` when it
+    exists but cannot be read)."""
+    return _read_lock(lock_path(path))
 
 
 def _pid_alive(pid: int) -> bool:
