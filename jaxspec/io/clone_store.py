@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from jaxspec.io.atomic import atomic_path
-from jaxspec.io.locking import WriterLock, open_hdf5
+from jaxspec.io.locking import WriterLock, lock_holder, open_hdf5
 
 __all__ = [
     "FORMAT",
@@ -143,8 +143,9 @@ class CloneStore:
             before it was recorded (they cannot be checked against a grid).
 
     The store is read without taking its writer lock and with HDF5 file locking off, so
-    it can be opened while ``clone`` writes it; a read that fails (a batch half-written
-    at that instant) is retried for :data:`READ_RETRY_SECONDS`.
+    it can be opened while ``clone`` writes it; a read that fails while a writer holds
+    the store (a batch half-written at that instant) is retried for
+    :data:`READ_RETRY_SECONDS`.
 
     Raises:
         FileNotFoundError: no such file.
@@ -170,7 +171,8 @@ class CloneStore:
                 with open_hdf5(self.path, "r") as f:
                     return read(f)
             except (OSError, RuntimeError, KeyError) as err:
-                if time.monotonic() > deadline:
+                # only a store being written (its lock exists) is worth waiting for
+                if time.monotonic() > deadline or lock_holder(self.path) is None:
                     detail = str(err).splitlines()[0] if str(err) else type(err).__name__
                     raise ValueError(
                         f"{self.path}: not a readable HDF5 file ({detail}); it may be "

@@ -270,7 +270,7 @@ def _busy(err: OSError) -> bool:
     ):
         return True
     text = str(err).lower()
-    return "lock" in text or "temporarily unavailable" in text
+    return "unable to lock" in text or "temporarily unavailable" in text
 
 
 def open_hdf5(path: str | PathLike, mode: str = "r", *, wait: float = 10.0, **kwargs):
