@@ -99,7 +99,9 @@ def _check_grid(stores, grid: str) -> None:
     if not Path(grid).exists():
         raise FileNotFoundError(f"--grid {grid}: no such grid file")
     for store in stores:
-        store.check_grid(grid)
+        check = getattr(store, "check_grid", None)  # every CloneStore has it
+        if check is not None:
+            check(grid)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -117,8 +119,9 @@ def _build(args: argparse.Namespace) -> int:
         _check_grid(stores, args.grid)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(s.n_done for s in stores), desc="reading clones", unit="node",
-               disable=args.quiet, dynamic_ncols=True)
+    counts = [getattr(s, "n_done", None) for s in stores]  # None: a store-like object
+    bar = tqdm(total=None if None in counts else sum(counts), desc="reading clones",
+               unit="node", disable=args.quiet, dynamic_ncols=True)
     try:
         ident = identify_store([_Counted(s, bar) for s in stores], matcher=args.matcher,
                                tolerance=args.track_tolerance,
