@@ -97,9 +97,13 @@ def _clone(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ValueError("`jaxspec clone GRID.h5` needs --out CLONES.h5")
+    from jaxspec.io.locking import WriterLock
+
     grid_path = Path(args.target)
     if not grid_path.exists():
         raise FileNotFoundError(f"{grid_path}: no such grid file")
+    with WriterLock(args.out, what="clone store"):
+        pass  # a store in use fails here, before a large grid is read (clone_grid locks)
     store = clone_grid(
         grid_path, args.out, prominence=args.prominence, wing_cut=args.wing_cut,
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
