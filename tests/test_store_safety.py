@@ -383,3 +383,15 @@ def test_empty_spectrum_file_is_one_line(tmp_path):
     with pytest.raises(ValueError) as err:
         read_spectrum(junk)
     assert "\n" not in str(err.value) and str(junk) in str(err.value)
+
+
+def test_demo_overwrite_resumes_only_a_store_of_the_same_grid(tmp_path, capsys):
+    from jaxspec.clone import clone_grid
+    from jaxspec.demo import _prepare_clone_store
+
+    path = tmp_path / "clones.h5"
+    clone_grid(tiny_grid(0), path, max_nodes=0, progress=False)
+    _prepare_clone_store(path, tiny_grid(0))
+    assert path.exists() and "resuming" in capsys.readouterr().out
+    _prepare_clone_store(path, tiny_grid(1))
+    assert not path.exists() and "replacing" in capsys.readouterr().out
