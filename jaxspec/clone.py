@@ -1106,6 +1106,7 @@ def clone_grid(
 
     from jaxspec.grid import SpectralGrid, _fmt_node
     from jaxspec.io.clone_store import CloneStore, CloneStoreWriter, NodeClone
+    from jaxspec.io.grid_hdf5 import grid_checksum
 
     if isinstance(grid, (str, PathLike)):
         grid_file = grid_file if grid_file is not None else Path(grid).resolve()
@@ -1132,6 +1133,7 @@ def clone_grid(
         out, grid.axes, grid.wavelength, settings.as_dict(), resume=resume,
         overwrite_settings=overwrite_settings,
         grid_file=None if grid_file is None else str(grid_file),
+        grid_checksum=grid_checksum(grid),
     )
     params, flat = grid.node_params()
     indices = [tuple(int(i) for i in idx) for idx in zip(*np.unravel_index(flat, grid.shape))]
@@ -1179,4 +1181,5 @@ def clone_grid(
                 callback(n_done, n_total)
     finally:
         bar.close()
+        writer.close()
     return CloneStore(out)

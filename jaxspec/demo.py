@@ -13,7 +13,10 @@ r"""The main job, end to end on the embedded synthetic grid (``jaxspec demo``).
 
 Every step is timed; the whole job at ``size="default"`` is meant to finish within
 10 minutes on 2 CPU cores. Intermediate files (grid, clone store, emulator) are kept in
-the output folder; a rerun resumes the clone store instead of starting over.
+the output folder. An existing non-empty output folder is refused unless
+``overwrite=True`` (CLI ``--overwrite``); then every output is replaced (atomically, each
+file intact until its replacement is complete), and the clone store is resumed when its
+recorded grid checksum matches the grid being cloned, otherwise started over.
 """
 
 from __future__ import annotations
@@ -105,8 +108,33 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
 
 
+def _prepare_clone_store(path: Path, grid) -> None:
+    """Keep ``path`` when it holds clones of ``grid`` (checksum match: it is resumed),
+    otherwise delete it, under its writer lock so a running clone is never removed."""
+    import warnings
+
+    from jaxspec.io.clone_store import CloneStore
+    from jaxspec.io.grid_hdf5 import grid_checksum
+    from jaxspec.io.locking import WriterLock
+
+    if not path.exists():
+        return
+    with WriterLock(path, what="clone store"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                same = CloneStore(path).grid_checksum == grid_checksum(grid)
+        except ValueError:
+            same = False
+        if same:
+            print(f"resuming {path} (made from this grid)")
+            return
+        print(f"replacing {path} (made from another grid, or unreadable)")
+        path.unlink()
+
+
 def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int = 0,
-             progress: bool = True):
+             progress: bool = True, overwrite: bool = False):
     """Run the whole pipeline on the embedded grid and write results to ``out``.
 
     Args:
@@ -116,9 +144,16 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
             method and regime), ``fit.png``, ``errors.png``, ``corner.png``.
         seed: seed of the test stars and their noise.
         progress: progress bars on long steps.
+        overwrite: run in a non-empty ``out``, replacing its outputs (the clone store is
+            resumed when made from the same grid). Without it a non-empty ``out`` is
+            refused before any work.
 
     Returns:
         ``(results, summary)`` astropy Tables.
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a non-empty folder and ``overwrite`` is
+            False.
     """
     import jax
     from astropy.table import Table, vstack
@@ -126,6 +161,7 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
     from jaxspec.clone import clone_grid
     from jaxspec.identify import identify_store
     from jaxspec.infer import bayes_opt, fit_map, results_table, sample_nuts
+    from jaxspec.io.atomic import write_table
     from jaxspec.io.clone_store import CloneStore
     from jaxspec.line_emulator import LineEmulator
     from jaxspec.synthetic import synthetic_grid, synthetic_spectra
@@ -134,6 +170,17 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
         raise ValueError(f"size: expected one of {sorted(CONFIGS)}, got {size!r}")
     cfg = CONFIGS[size]
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; the demo writes a folder: choose "
+                              "another --out")
+    if out.is_dir() and not overwrite and any(out.iterdir()):
+        found = sorted(p.name for p in out.iterdir())
+        raise FileExistsError(
+            f"{out} is not empty ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}"
+            "): it holds an earlier run; pass --overwrite (overwrite=True) to replace it "
+            "(the clone store is resumed when made from the same grid), or choose another "
+            "--out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     timings = {}
@@ -145,6 +192,7 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
     grid = synthetic_grid(size, progress=progress)
     if cfg.wavelength is not None:
         grid = grid.subset(wavelength=cfg.wavelength)
+    _prepare_clone_store(out / "clones.h5", grid)
     grid.to_hdf5(out / "grid.h5", overwrite=True)
     step("synthesise grid", t)
     _log(f"grid: {grid.n_nodes} spectra x {grid.n_pix} px "
@@ -216,12 +264,12 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
     for j, name in enumerate(emulator.param_names):
         results[f"{name}_true"] = [truth_of[f][j] for f in results["file"]]
         results[f"{name}_error"] = results[name] - results[f"{name}_true"]
-    results.write(out / "results.ecsv", overwrite=True)
+    write_table(results, out / "results.ecsv", overwrite=True)
 
     summary = _summary(results, emulator.param_names)
-    summary.write(out / "summary.ecsv", overwrite=True)
+    write_table(summary, out / "summary.ecsv", overwrite=True)
     timing_table = Table({"step": list(timings), "seconds": [round(v, 2) for v in timings.values()]})
-    timing_table.write(out / "timings.ecsv", overwrite=True)
+    write_table(timing_table, out / "timings.ecsv", overwrite=True)
 
     _plots(out, emulator, grid, noisy, sigma, labels, results, posterior)
     print()
@@ -270,6 +318,8 @@ def _plots(out, emulator, grid, flux, sigma, labels, results, posterior) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jaxspec.io.atomic import save_figure
+
     names = emulator.param_names
     # Fit of the first star by MAP: data, model, residual.
     row = [r for r in results if r["method"] == "map" and r["file"] == labels[0]][0]
@@ -288,7 +338,7 @@ def _plots(out, emulator, grid, flux, sigma, labels, results, posterior) -> None
     ax1.plot(wl, flux[0] - model, lw=0.5, color="k")
     ax1.set_ylabel("residual")
     ax1.set_xlabel("wavelength [Å]")
-    fig.savefig(out / "fit.png", dpi=120, bbox_inches="tight")
+    save_figure(fig, out / "fit.png", overwrite=True, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     # Errors against true Teff per method.
@@ -304,7 +354,7 @@ def _plots(out, emulator, grid, flux, sigma, labels, results, posterior) -> None
         ax.set_title(f"{name} error")
     np.atleast_1d(axes)[0].legend()
     fig.tight_layout()
-    fig.savefig(out / "errors.png", dpi=120)
+    save_figure(fig, out / "errors.png", overwrite=True, dpi=120)
     plt.close(fig)
 
     if posterior is not None:
@@ -325,5 +375,5 @@ def _plots(out, emulator, grid, flux, sigma, labels, results, posterior) -> None
                 if j == 0 and i > 0:
                     ax.set_ylabel(names[i])
         fig.suptitle(f"{star}: NUTS posterior ({posterior.message})", fontsize=8)
-        fig.savefig(out / "corner.png", dpi=110, bbox_inches="tight")
+        save_figure(fig, out / "corner.png", overwrite=True, dpi=110, bbox_inches="tight")
         plt.close(fig)

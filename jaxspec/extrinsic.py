@@ -1330,14 +1330,16 @@ class Template(Emulator):
                              "(pass shape (..., 0))")
         return jnp.broadcast_to(self.flux, params.shape[:-1] + self.flux.shape)
 
-    def save(self, path: str | PathLike) -> Path:
+    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
         """HDF5: root attributes ``format``, ``kind = "template"``, ``version = 1``,
-        ``label``; datasets ``wavelength`` (Å, float64) and ``flux``."""
+        ``label``; datasets ``wavelength`` (Å, float64) and ``flux``. Atomic; an existing
+        file is replaced only with ``overwrite=True`` (FileExistsError otherwise)."""
         import h5py
 
+        from jaxspec.io.atomic import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
+        with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
             f.attrs.update({"format": FORMAT, "kind": "template", "version": 1,
                             "label": self.label})
             f.create_dataset("wavelength", data=self.wavelength)

@@ -541,18 +541,16 @@ def write_emulator_file(
     """
     import h5py
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite)")
+    from jaxspec.io.atomic import atomic_path, check_overwrite
+
+    path = check_overwrite(path, overwrite)
     present = np.asarray(present, dtype=bool)
     if values.shape != (int(present.sum()), 4):
         raise ValueError(
             f"values has shape {values.shape} but present marks {int(present.sum())} entries"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     opts = {} if compression is None else {"compression": compression, "shuffle": True}
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["kind"] = KIND
         f.attrs["version"] = VERSION
@@ -580,7 +578,6 @@ def write_emulator_file(
             "values", data=np.asarray(values, dtype=np.float32),
             chunks=(min(n, 1 << 16), 4) if n else None, **(opts if n else {}),
         )
-    tmp.replace(path)
     return path
 
 

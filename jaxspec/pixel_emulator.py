@@ -175,14 +175,16 @@ class PixelEmulator(Emulator):
     def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
         """Write the emulator to HDF5: root attributes ``format``, ``kind="pixel"``,
         ``version``, ``param_names`` (JSON); datasets ``wavelength`` (Å), ``axes/<name>``,
-        ``flux`` and ``filled``. Returns the path."""
+        ``flux`` and ``filled``. Returns the path.
+
+        Written atomically (:func:`jaxspec.io.atomic.atomic_path`): an existing file is
+        replaced only once the new one is complete (and only with ``overwrite=True``)."""
         import h5py
 
+        from jaxspec.io.atomic import atomic_path
+
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
+        with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["kind"] = self.kind
             f.attrs["version"] = _VERSION

@@ -86,8 +86,8 @@ def test_reader_api(store_path):
 
 
 def test_resume_keeps_done_nodes_and_refuses_other_settings(store_path):
-    writer = CloneStoreWriter(store_path, AXES, WL, SETTINGS)
-    assert writer.done.sum() == 3
+    with CloneStoreWriter(store_path, AXES, WL, SETTINGS) as writer:
+        assert writer.done.sum() == 3
     changed = {**SETTINGS, "prominence": 0.01}
     with pytest.raises(ValueError, match="different settings: prominence=0.005"):
         CloneStoreWriter(store_path, AXES, WL, changed)

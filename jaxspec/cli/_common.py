@@ -26,12 +26,59 @@ def node_params(args: argparse.Namespace, names) -> dict[str, float]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def save_figure(fig, out: str | Path) -> Path:
-    """Write a matplotlib figure (PNG/PDF by suffix), creating the folder; returns the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130, bbox_inches="tight")
-    return out
+def save_figure(fig, out: str | Path, *, overwrite: bool = True) -> Path:
+    """Write a matplotlib figure (PNG/PDF by suffix), creating the folder; returns the path.
+
+    Atomic (:func:`jaxspec.io.atomic.save_figure`): drawn to a partial file and renamed,
+    so an existing figure is never left half-written. Commands with ``--overwrite`` pass
+    it here (FileExistsError when the figure exists and it is False); the default True
+    is for figures that belong to an output whose overwrite was already checked.
+    """
+    from jaxspec.io.atomic import save_figure as _save
+
+    return _save(fig, out, overwrite=overwrite, dpi=130, bbox_inches="tight")
+
+
+def check_outputs(paths, overwrite: bool) -> None:
+    """FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``:
+    call before the work so nothing is computed only to be refused."""
+    from jaxspec.io.atomic import check_overwrite
+
+    for path in paths:
+        check_overwrite(path, overwrite)
+
+
+def plot_stem(out: str | Path, spectrum: str | Path, spectra) -> str:
+    """Figure-name stem for one of several input spectra: ``<out without suffix>_<label>``.
+
+    ``label`` is the spectrum's file stem when that is unique among ``spectra``;
+    otherwise it is prefixed with as many parent folders as make it unique
+    (``a/star.ecsv`` and ``b/star.ecsv`` give ``a_star`` and ``b_star``), so plots of
+    different spectra never share a file name.
+
+    Args:
+        out: the results table path (its folder and stem start the name).
+        spectrum: this spectrum's path, one of ``spectra``.
+        spectra: every input path of the run.
+    """
+    paths = [Path(p) for p in spectra]
+    me = Path(spectrum)
+    if me not in paths:
+        paths.append(me)
+    full = [p.resolve() for p in paths]
+
+    def label(p: Path, depth: int) -> str:
+        parts = [q for q in p.parent.parts[-depth:] if q not in ("/", "")] if depth else []
+        return "_".join([*parts, p.stem]).replace(" ", "_")
+
+    depth = 0
+    deepest = max(len(p.parts) for p in full)
+    while depth < deepest:
+        labels = [label(p, depth) for p in full]
+        if len(set(labels)) == len(set(full)):
+            break
+        depth += 1
+    return f"{Path(out).with_suffix('')}_{label(full[paths.index(me)], depth)}"
 
 
 def matplotlib_pyplot():
@@ -49,13 +96,15 @@ def write_results(table, out: Path, method: str, flagged: str) -> None:
 
     Args:
         table: astropy Table with ``file``, ``converged`` and ``message`` columns.
-        out: the ECSV path (its folder is created).
+        out: the ECSV path (its folder is created; written atomically).
         method: the method name, for the summary line.
         flagged: what an unconverged row is called in the warning, e.g.
             ``"fit(s) did not converge"``.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.write(out, format="ascii.ecsv", overwrite=True)
+    from jaxspec.io.atomic import write_table
+
+    # atomic: the previous table survives until the new one is complete
+    write_table(table, out, overwrite=True, format="ascii.ecsv")
     print(f"wrote {out}: {len(table)} spectra, method {method}")
     bad = [f"{row['file']} ({row['message']})" for row in table if not row["converged"]]
     if bad:

@@ -30,7 +30,8 @@ def register(sub) -> None:
                    "prominence=0.005 (repeatable)")
     p.add_argument("--wavelength", type=parse_range,
                    help="Å, LO:HI: keep only this range (and the lines that reach it)")
-    p.add_argument("--grid", help="grid HDF5 the clones came from (needed to refine)")
+    p.add_argument("--grid", help="grid HDF5 the clones came from (needed to refine; "
+                   "checked against the stores' record of their grid's spectra)")
     p.add_argument("--refine-epochs", type=int, default=0,
                    help="epochs of end-to-end refinement on --grid (0: none)")
     p.add_argument("--batch-size", type=int, default=8, help="nodes per refinement step")
@@ -45,7 +46,9 @@ def register(sub) -> None:
                    "0: full wings)")
     p.add_argument("--clamp", action="store_true",
                    help="clip parameters outside the grid instead of raising")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (kept intact until the new file is whole)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_build)
 
 
@@ -75,6 +78,32 @@ def _open_stores(paths):
     return stores
 
 
+class _Counted:
+    """A clone store whose ``iter_nodes`` advances a shared tqdm bar (reading the clones
+    is the long part of identification); every other attribute is the store's."""
+
+    def __init__(self, store, bar):
+        self._store, self._bar = store, bar
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def iter_nodes(self):
+        for node in self._store.iter_nodes():
+            self._bar.update(1)
+            yield node
+
+
+def _check_grid(stores, grid: str) -> None:
+    """Refuse a --grid whose spectra differ from those the stores were cloned from."""
+    if not Path(grid).exists():
+        raise FileNotFoundError(f"--grid {grid}: no such grid file")
+    for store in stores:
+        check = getattr(store, "check_grid", None)  # every CloneStore has it
+        if check is not None:
+            check(grid)
+
+
 def _build(args: argparse.Namespace) -> int:
     from jaxspec.identify import identify_store
     from jaxspec.line_emulator import LineEmulator
@@ -86,10 +115,19 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError("--refine-epochs needs --grid (the grid the clones were made from)")
     expect = _parse_settings(args.expect_settings)
     stores = _open_stores(args.stores)
+    if args.grid:
+        _check_grid(stores, args.grid)
+    from tqdm.auto import tqdm
+
+    counts = [getattr(s, "n_done", None) for s in stores]  # None: a store-like object
+    bar = tqdm(total=None if None in counts else sum(counts), desc="reading clones",
+               unit="node", disable=args.quiet, dynamic_ncols=True)
     try:
-        ident = identify_store(stores, matcher=args.matcher, tolerance=args.track_tolerance,
+        ident = identify_store([_Counted(s, bar) for s in stores], matcher=args.matcher,
+                               tolerance=args.track_tolerance,
                                expect_settings=expect or None)
     finally:
+        bar.close()
         for s in stores:
             close = getattr(s, "close", None)
             if callable(close):
@@ -110,6 +148,7 @@ def _build(args: argparse.Namespace) -> int:
         emulator, history = refine(
             emulator, grid, epochs=args.refine_epochs, batch_size=args.batch_size,
             learning_rate=args.learning_rate, holdout=args.holdout or None,
+            progress=not args.quiet,
         )
         print(history.summary())
     emulator.save(out, overwrite=args.overwrite)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import matplotlib_pyplot, parse_range, save_figure
+from jaxspec.cli._common import check_outputs, matplotlib_pyplot, parse_range, save_figure
 
 _ACTIONS = ("info", "plot")
 
@@ -21,6 +21,12 @@ blase method, blase3D paper Sect. 2.3), or inspect a clone store.
                                                      spectrum, clone and residual at one
                                                      node, and FIG_lines.png: lines per
                                                      node over the first two axes
+
+One writer per store: `clone` holds CLONES.h5.lock while it runs, and a second `clone` of
+the same store fails at once saying which process holds it (a lock left by a killed run
+is taken over with a warning). `info` and `plot` read without locking and never disturb
+a running clone. Resuming checks the store's record of its grid's spectra (SHA-256) and
+refuses a different grid.
 
 The first positional is an action when it is "info" or "plot", otherwise the grid file.
 Defaults are the blase3D paper's: prominence 0.005, wing cut 6000 px, 100 epochs, Adam
@@ -57,6 +63,9 @@ def register(sub) -> None:
     g.add_argument("--no-resume", action="store_true",
                    help="refuse to continue an existing store")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--overwrite", action="store_true",
+                   help="plot: replace existing figures (the store itself is resumed, "
+                   "never overwritten)")
     q = p.add_argument_group("plot")
     q.add_argument("--teff", type=float)
     q.add_argument("--logg", type=float)
@@ -88,9 +97,13 @@ def _clone(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ValueError("`jaxspec clone GRID.h5` needs --out CLONES.h5")
+    from jaxspec.io.locking import WriterLock
+
     grid_path = Path(args.target)
     if not grid_path.exists():
         raise FileNotFoundError(f"{grid_path}: no such grid file")
+    with WriterLock(args.out, what="clone store"):
+        pass  # a store in use fails here, before a large grid is read (clone_grid locks)
     store = clone_grid(
         grid_path, args.out, prominence=args.prominence, wing_cut=args.wing_cut,
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
@@ -115,6 +128,8 @@ def _line_summary(store) -> str:
 def _info(args: argparse.Namespace) -> int:
     from jaxspec.io.clone_store import CloneStore
 
+    from jaxspec.io.locking import lock_holder, lock_path
+
     store = CloneStore(args.store)
     size = Path(args.store).stat().st_size / 2**20
     total = int(store.mask.size)
@@ -124,6 +139,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  grid: {axes}; {wl.size} px, {wl[0]:.2f}-{wl[-1]:.2f} Å"
           + (f"; from {store.grid_file}" if store.grid_file else ""))
     print("  settings: " + ", ".join(f"{k}={v:g}" for k, v in store.settings.items()))
+    print("  grid checksum: " + (f"SHA-256 {store.grid_checksum}" if store.grid_checksum
+                                 else "none recorded (older store: cannot be checked)"))
+    holder = lock_holder(args.store)
+    if holder:
+        print(f"  being written by PID {holder.get('pid')} on host {holder.get('host')} "
+              f"since {holder.get('started')} (lock {lock_path(args.store)})")
     print(f"  nodes: {store.n_done}/{total} cloned"
           + (f", {len(store.incomplete)} incomplete (redo with resume)"
              if store.incomplete else ""))
@@ -148,6 +169,8 @@ def _plot(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ValueError("`jaxspec clone plot` needs --out FIG.png")
+    lines_path = Path(args.out).with_name(Path(args.out).stem + "_lines"
+                                          + Path(args.out).suffix)
     store = CloneStore(args.store)
     params = {n: getattr(args, n) for n in ("teff", "logg", "feh")
               if getattr(args, n) is not None}
@@ -156,6 +179,7 @@ def _plot(args: argparse.Namespace) -> int:
         params[name] = float(value)
     index = store.index(**params)
     node = store.read_node(index)
+    check_outputs([args.out, lines_path], args.overwrite)  # inputs first, then outputs
     grid_file = args.grid or store.grid_file
     if not grid_file:
         raise ValueError(f"{args.store} records no grid file; pass --grid GRID.h5")
@@ -190,10 +214,9 @@ def _plot(args: argparse.Namespace) -> int:
     axes[2].axhline(0.0, color="0.5", lw=0.5)
     axes[2].set_ylabel("spectrum − clone")
     axes[2].set_xlabel("wavelength [Å]")
-    out = save_figure(fig, args.out)
+    out = save_figure(fig, args.out, overwrite=args.overwrite)
     plt.close(fig)
-    lines_out = save_figure(_lines_map(plt, store), out.with_name(out.stem + "_lines"
-                                                                  + out.suffix))
+    lines_out = save_figure(_lines_map(plt, store), lines_path, overwrite=args.overwrite)
     print(f"wrote {out} and {lines_out}")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import matplotlib_pyplot, save_figure
+from jaxspec.cli._common import check_outputs, matplotlib_pyplot, save_figure
 
 
 def register(sub) -> None:
@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="slice value of other parameters beyond the first two (repeatable)")
     p.add_argument("--out", required=True, help="PNG (or PDF) file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     p.set_defaults(func=_plot)
 
 
@@ -135,6 +136,7 @@ def _plot(args: argparse.Namespace) -> int:
             + ", ".join(f"{c:.2f}" for c in near)
         )
     index = _slice_index(emulator, args)
+    check_outputs([args.out], args.overwrite)
     names = list(emulator.param_names)
     values = np.asarray(emulator.manifold.table[..., j, :], dtype=np.float64)[index]  # (n0, n1, 4)
     present = emulator.present()[j][index]
@@ -162,7 +164,7 @@ def _plot(args: argparse.Namespace) -> int:
     sl = ", ".join(f"{n}={emulator.axes[n][i]:g}" for n, i in zip(names[2:], index[2:]))
     fig.suptitle(f"line μ = {center[j]:.2f} Å, present at {int(present.sum())} of "
                  f"{present.size} nodes" + (f" ({sl})" if sl else ""))
-    out = save_figure(fig, args.out)
+    out = save_figure(fig, args.out, overwrite=args.overwrite)
     plt.close(fig)
     print(f"wrote {out}")
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import matplotlib_pyplot, parse_range, save_figure
+from jaxspec.cli._common import check_outputs, matplotlib_pyplot, parse_range, save_figure
 
 
 def register(sub) -> None:
@@ -18,7 +18,9 @@ def register(sub) -> None:
     p.add_argument("--size", choices=("tiny", "default", "full"), default="default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output HDF5 file (jaxspec-grid format)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (kept intact until the new file is whole)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_synth)
 
     p = gsub.add_parser(
@@ -38,7 +40,9 @@ def register(sub) -> None:
     p.add_argument("--raw", action="store_true", help="skip blackbody division and continuum")
     p.add_argument("--order", type=int, default=5, help="continuum polynomial order (5)")
     p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (kept intact until the new files are whole)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_phoenix)
 
     p = gsub.add_parser("info", help="summarise a grid file")
@@ -56,6 +60,7 @@ def register(sub) -> None:
     )
     p.add_argument("--wavelength", type=parse_range, help="Å range to show")
     p.add_argument("--out", required=True, help="PNG (or PDF) file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     p.set_defaults(func=_plot)
 
 
@@ -65,7 +70,7 @@ def _synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    grid = synthetic_grid(args.size, seed=args.seed)
+    grid = synthetic_grid(args.size, seed=args.seed, progress=not args.quiet)
     grid.to_hdf5(out, overwrite=args.overwrite)
     print(f"wrote {out}: {_summary(grid)}")
     return 0
@@ -77,16 +82,18 @@ def _phoenix(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     raw_out = out if args.raw else out.with_name(out.stem + ".raw.h5")
+    check_outputs({raw_out, out}, args.overwrite)  # before the import, not after it
     grid, missing = read_phoenix_grid(
         args.directory, teff=args.teff, logg=args.logg, feh=args.feh,
         wavelength=args.wavelength, out=raw_out, wavelength_file=args.wavelength_file,
-        overwrite=args.overwrite, return_missing=True,
+        overwrite=args.overwrite, return_missing=True, progress=not args.quiet,
     )
     if missing:
         print(f"{len(missing)} node(s) missing, masked: " + ", ".join(missing[:5])
               + (" ..." if len(missing) > 5 else ""))
     if not args.raw:
-        grid = preprocess_grid(grid, teff_axis="teff", order=args.order)
+        grid = preprocess_grid(grid, teff_axis="teff", order=args.order,
+                               progress=not args.quiet)
         grid.to_hdf5(out, overwrite=args.overwrite)
         print(f"raw spectra kept in {raw_out}")
     print(f"wrote {out}: {_summary(grid)}")
@@ -124,6 +131,7 @@ def _info(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from jaxspec.grid import SpectralGrid
 
+    check_outputs([args.out], args.overwrite)
     grid = SpectralGrid.from_hdf5(args.path)
     params = {}
     for name in ("teff", "logg", "feh"):
@@ -148,7 +156,7 @@ def _plot(args: argparse.Namespace) -> int:
     ax.set_xlabel("wavelength [Å]")
     ax.set_ylabel("normalised flux" if grid.normalized else "flux")
     ax.set_title(f"{Path(args.path).name}: " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
-    out = save_figure(fig, args.out)
+    out = save_figure(fig, args.out, overwrite=args.overwrite)
     plt.close(fig)
     print(f"wrote {out}")
     return 0

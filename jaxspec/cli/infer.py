@@ -14,6 +14,7 @@ import numpy as np
 from jaxspec.cli._common import (
     matplotlib_pyplot,
     parse_range,
+    plot_stem,
     save_figure,
     write_results,
 )
@@ -349,7 +350,7 @@ def _plots(emulator, obs, res, args, out: Path, spectrum_path: Path):
     import jax.numpy as jnp
 
     plt = matplotlib_pyplot()
-    stem = f"{out.with_suffix('')}_{spectrum_path.stem}"
+    stem = plot_stem(out, spectrum_path, args.spectra)  # unique per input path
     names = emulator.param_names
     params = np.asarray(res.params)
     mask = np.asarray(obs.mask)

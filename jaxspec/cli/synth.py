@@ -71,10 +71,12 @@ def _synth(args: argparse.Namespace) -> int:
     from astropy.table import Table
 
     from jaxspec.emulator import load_emulator
+    from jaxspec.io.atomic import table_format, write_table
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    fmt = table_format(out)  # an unknown suffix fails before the emulator is loaded
     emulator = load_emulator(args.emulator)
     theta = parameter_vector(emulator, args)
     if args.wavelength is not None and hasattr(emulator, "restrict"):
@@ -100,9 +102,7 @@ def _synth(args: argparse.Namespace) -> int:
     table.meta["kind"] = getattr(emulator, "kind", "?")
     for n, v in zip(emulator.param_names, theta):
         table.meta[n] = float(v)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "ascii.ecsv" if out.suffix.lower() == ".ecsv" else None
-    table.write(out, overwrite=args.overwrite, format=fmt)
+    write_table(table, out, overwrite=args.overwrite, format=fmt)  # atomic
     print(f"wrote {out}: {wl.size} px {wl[0]:.2f}-{wl[-1]:.2f} Å at "
           + ", ".join(f"{n}={v:g}" for n, v in zip(emulator.param_names, theta)))
     return 0

@@ -4,6 +4,10 @@
   ``write_grid_hdf5``, the streaming ``GridWriter``).
 - :mod:`jaxspec.io.phoenix`: PHOENIX-ACES-AGSS-COND-2011 HiRes FITS import
   (``read_phoenix_grid``, ``read_phoenix_spectrum``).
+- :mod:`jaxspec.io.atomic`: atomic writes (partial file, fsync, rename) used by every
+  writer (``atomic_path``, ``write_table``, ``save_figure``).
+- :mod:`jaxspec.io.locking`: one writer per file (``WriterLock``, the ``<name>.lock``
+  file) and lock-free HDF5 reads (``open_hdf5``).
 """
 
 from jaxspec.io.grid_hdf5 import GridWriter, read_grid_hdf5, write_grid_hdf5

@@ -11,6 +11,8 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 max_shift, passes, deblend, amplitude_margin,
                                 width_margin, tolerance     (clone settings)
                                 grid_file (str, optional: the cloned grid's path)
+                                grid_sha256 (str, optional: grid_checksum of the
+                                    cloned grid's spectra; stores before it lack it)
                                 jaxspec_version (str)
     /wavelength          (n_pix,) float64, Å: the cloned grid's wavelengths
     /axes/<name>         (n_i,) float64, one per name in param_names
@@ -28,11 +30,20 @@ A node group whose ``complete`` attribute is missing or False was interrupted wh
 written: readers treat it as not cloned (with a warning) and :func:`clone_grid` redoes it.
 The file is opened, written and closed once per batch of nodes, so a killed job loses at
 most the batch in progress.
+
+One writer per store: :class:`CloneStoreWriter` holds the lock file ``<store>.lock``
+(:class:`jaxspec.io.locking.WriterLock`: PID, host, start time) from construction to
+:meth:`CloneStoreWriter.close`; a second writer fails at once naming the first, a lock left
+by a dead process on this host is taken over with a warning. Readers (:class:`CloneStore`)
+take no lock and open the file with HDF5 locking off, retrying briefly while a batch is
+being written, so ``jaxspec clone info`` never stops a running clone; everything holds with
+``HDF5_USE_FILE_LOCKING=FALSE``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from os import PathLike
@@ -41,6 +52,9 @@ from typing import NamedTuple
 
 import h5py
 import numpy as np
+
+from jaxspec.io.atomic import atomic_path
+from jaxspec.io.locking import WriterLock, lock_holder, open_hdf5
 
 __all__ = [
     "FORMAT",
@@ -61,6 +75,8 @@ SETTING_NAMES = (
 )
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
+#: Seconds a reader keeps retrying a store that fails to read (a batch being written).
+READ_RETRY_SECONDS = 3.0
 
 
 class NodeClone(NamedTuple):
@@ -122,28 +138,47 @@ class CloneStore:
             ``learning_rate``, ...).
         mask: bool array over the grid shape, True where the node's clone is complete.
         grid_file: path of the cloned grid file, or None.
+        grid_checksum: SHA-256 of the cloned grid's spectra
+            (:func:`jaxspec.io.grid_hdf5.grid_checksum`), or None for stores written
+            before it was recorded (they cannot be checked against a grid).
+
+    The store is read without taking its writer lock and with HDF5 file locking off, so
+    it can be opened while ``clone`` writes it; a read that fails while a writer holds
+    the store (a batch half-written at that instant) is retried for
+    :data:`READ_RETRY_SECONDS`.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a jaxspec-clones file, an unsupported version, a missing
-            attribute or dataset, or a complete node group whose arrays disagree in
-            length (the message names the file, the field and the fix). Incomplete node
-            groups only warn.
+        ValueError: not a readable HDF5 file (truncated or corrupt: one line naming the
+            file), not a jaxspec-clones file, an unsupported version, a missing attribute
+            or dataset, or a complete node group whose arrays disagree in length (the
+            message names the file, the field and the fix). Incomplete node groups only
+            warn.
     """
 
     def __init__(self, path: str | PathLike):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such clone store")
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as err:
-            raise ValueError(
-                f"{self.path}: not a readable HDF5 file ({err}); it may be truncated by a "
-                f"crash while being written{_FIX}"
-            ) from None
-        with f:
-            self._read_metadata(f)
+        self._with_retry(self._read_metadata)
+
+    def _with_retry(self, read):
+        """``read(open file)``, retried while the file fails to open or read; a
+        persistent failure is one ValueError naming the file."""
+        deadline = time.monotonic() + READ_RETRY_SECONDS
+        while True:
+            try:
+                with open_hdf5(self.path, "r") as f:
+                    return read(f)
+            except (OSError, RuntimeError, KeyError) as err:
+                # only a store being written (its lock exists) is worth waiting for
+                if time.monotonic() > deadline or lock_holder(self.path) is None:
+                    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise ValueError(
+                        f"{self.path}: not a readable HDF5 file ({detail}); it may be "
+                        f"truncated by a crash while being written{_FIX}"
+                    ) from None
+            time.sleep(0.1)
 
     @classmethod
     def open(cls, path: str | PathLike) -> CloneStore:
@@ -178,6 +213,8 @@ class CloneStore:
                                                           "deblend") else float(value))
         grid_file = f.attrs.get("grid_file")
         self.grid_file = _attr_str(grid_file) if grid_file not in (None, "") else None
+        checksum = f.attrs.get("grid_sha256")
+        self.grid_checksum = _attr_str(checksum) if checksum not in (None, "") else None
         if "wavelength" not in f:
             raise ValueError(f"{where}: missing dataset /wavelength{_FIX}")
         self.wavelength = np.asarray(f["wavelength"][()], dtype=np.float64)
@@ -288,12 +325,46 @@ class CloneStore:
                                                          self.node_params(index)))
                 + ") is not cloned; see CloneStore.mask, or resume clone_grid"
             )
-        with h5py.File(self.path, "r") as f:
+
+        def read(f):
             group = f["nodes"][node_name(index)]
             arrays = {k: np.asarray(group[k][()], dtype=np.float64) for k in _LINE_FIELDS}
-            rms = float(group.attrs["residual_rms"])
-            params = np.asarray(group.attrs["params"], dtype=np.float64)
+            return arrays, float(group.attrs["residual_rms"]), np.asarray(
+                group.attrs["params"], dtype=np.float64)
+
+        arrays, rms, params = self._with_retry(read)
         return NodeClone(index=index, params=params, residual_rms=rms, **arrays)
+
+    def check_grid(self, grid_path: str | PathLike) -> None:
+        """Check that ``grid_path`` holds the spectra this store was cloned from.
+
+        Compares the store's ``grid_sha256`` with
+        :func:`~jaxspec.io.grid_hdf5.grid_file_checksum` of the grid over the store's
+        wavelength range (so a store cloned from a wavelength cut matches its full grid).
+
+        Raises:
+            ValueError: the spectra differ (the message names both files).
+        Warns:
+            UserWarning: the store predates checksums and cannot be checked.
+        """
+        from jaxspec.io.grid_hdf5 import grid_file_checksum
+
+        if self.grid_checksum is None:
+            warnings.warn(
+                f"{self.path} records no checksum of its grid (written by an older "
+                f"jaxspec): cannot check that {grid_path} is the grid it was cloned from",
+                stacklevel=2,
+            )
+            return
+        wl = self.wavelength
+        found = grid_file_checksum(grid_path, (float(wl[0]), float(wl[-1])))
+        if found != self.grid_checksum:
+            raise ValueError(
+                f"{grid_path} is not the grid {self.path} was cloned from (recorded: "
+                f"{self.grid_file or 'unknown file'}): its spectra differ (SHA-256 "
+                f"{found[:12]}… vs {self.grid_checksum[:12]}…); pass the grid the clones "
+                "came from, or clone this grid into a new store"
+            )
 
     def iter_nodes(self) -> Iterator[NodeClone]:
         """Every complete node, in C (row-major) order of the grid axes."""
@@ -332,12 +403,22 @@ class CloneStoreWriter:
             record the new ones (nodes already cloned keep theirs; a warning says how
             many). Without it differing settings are an error.
         grid_file: recorded as the root attribute ``grid_file`` (or None).
+        grid_checksum: :func:`jaxspec.io.grid_hdf5.grid_checksum` of the grid being
+            cloned, recorded as ``grid_sha256`` on creation and compared on resume (None:
+            not recorded, not checked).
+
+    The writer holds the store's lock file ``<path>.lock`` from construction until
+    :meth:`close` (or the writer is garbage collected, or the process exits); use it as a
+    context manager. Each :meth:`write` opens the file with HDF5 locking off (retrying a
+    briefly busy file), writes, and closes it, so readers never block it.
 
     Raises:
+        FileInUseError: another writer (a live process, or another writer in this one)
+            holds the store; the message names its PID, host and start time.
         FileExistsError: ``path`` exists and ``resume`` is False.
         ValueError: on resume, a foreign or corrupt file, a store of another grid
-            (different axes or wavelengths), or different settings without
-            ``overwrite_settings``.
+            (different axes or wavelengths, or different spectra by checksum: the message
+            names both grid files), or different settings without ``overwrite_settings``.
     """
 
     def __init__(
@@ -350,27 +431,45 @@ class CloneStoreWriter:
         resume: bool = True,
         overwrite_settings: bool = False,
         grid_file: str | None = None,
+        grid_checksum: str | None = None,
     ):
         self.path = Path(path)
         self.axes = {k: np.asarray(v, dtype=np.float64) for k, v in axes.items()}
         self.wavelength = np.asarray(wavelength, dtype=np.float64)
         self.settings = dict(settings)
         self.shape = tuple(a.size for a in self.axes.values())
-        if self.path.exists():
-            if not resume:
-                raise FileExistsError(
-                    f"{self.path} exists; pass resume=True (CLI: the default) to continue "
-                    "it, or delete it to start over"
-                )
-            self._resume(overwrite_settings, grid_file)
-        else:
-            self._create(grid_file)
+        self.grid_checksum = grid_checksum
+        if self.path.exists() and not resume:
+            raise FileExistsError(
+                f"{self.path} exists; pass resume=True (CLI: the default) to continue "
+                "it, or delete it to start over"
+            )
+        self._lock = WriterLock(self.path, what="clone store").acquire()
+        try:
+            if self.path.exists():
+                self._resume(overwrite_settings, grid_file)
+            else:
+                self._create(grid_file)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the store's writer lock (the file itself is closed after every
+        write). Idempotent; the writer cannot write afterwards."""
+        self._lock.release()
+
+    def __enter__(self) -> CloneStoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _create(self, grid_file) -> None:
         from jaxspec import __version__
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(self.path, "w") as f:
+        # written whole under a partial name: a crash never leaves a half-made store
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["param_names"] = np.array(list(self.axes), dtype=h5py.string_dtype())
@@ -378,6 +477,8 @@ class CloneStoreWriter:
             for name in SETTING_NAMES:
                 f.attrs[name] = self.settings[name]
             f.attrs["grid_file"] = "" if grid_file is None else str(grid_file)
+            if self.grid_checksum is not None:
+                f.attrs["grid_sha256"] = str(self.grid_checksum)
             f.attrs["jaxspec_version"] = __version__
             f.create_dataset("wavelength", data=self.wavelength)
             for name, values in self.axes.items():
@@ -409,6 +510,23 @@ class CloneStoreWriter:
                 f"from the grid's ({self.wavelength.size} px); write to a new file with "
                 "out=..."
             )
+        if self.grid_checksum is not None:
+            if store.grid_checksum is None:
+                warnings.warn(
+                    f"{self.path} records no checksum of its grid (written by an older "
+                    "jaxspec): cannot check that the grid being cloned is the one its "
+                    f"{store.n_done} node(s) came from",
+                    stacklevel=4,
+                )
+            elif store.grid_checksum != self.grid_checksum:
+                raise ValueError(
+                    f"{self.path} holds clones of another grid ("
+                    f"{store.grid_file or 'file not recorded'}) with the same axes and "
+                    f"wavelengths but different spectra (SHA-256 "
+                    f"{store.grid_checksum[:12]}… vs {self.grid_checksum[:12]}… for "
+                    f"{grid_file or 'the grid given'}); clone this grid into a new store "
+                    "(--out NEW.h5), or resume with the original grid"
+                )
         diff = _settings_equal(store.settings, self.settings)
         if diff and not overwrite_settings:
             pairs = ", ".join(f"{n}={store.settings[n]!r} (now {self.settings[n]!r})"
@@ -418,7 +536,7 @@ class CloneStoreWriter:
                 "store's settings, write to a new file, or pass overwrite_settings=True "
                 "(CLI: --overwrite-settings) to continue with the new ones"
             )
-        with h5py.File(self.path, "a") as f:
+        with open_hdf5(self.path, "a") as f:
             for name in store.incomplete:
                 del f["nodes"][name]
             if diff:
@@ -435,8 +553,14 @@ class CloneStoreWriter:
 
     def write(self, nodes: list[NodeClone]) -> None:
         """Append node clones; each group is marked complete after all its data, and
-        the file is closed (flushed) before returning."""
-        with h5py.File(self.path, "a") as f:
+        the file is closed (flushed) before returning.
+
+        Raises:
+            FileInUseError: the writer was closed, or its lock file was removed and taken
+                by another writer (nothing is written then).
+        """
+        self._lock.check()
+        with open_hdf5(self.path, "a") as f:
             root = f.require_group("nodes")
             for node in nodes:
                 name = node_name(node.index)

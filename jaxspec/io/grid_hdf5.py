@@ -14,14 +14,21 @@ Layout (a contract other tools rely on; see ``docs_grid_format.md``)::
                        absent means every node exists
 
 Writers here always write ``/mask`` and fill missing nodes' flux with NaN. Files are written
-under a temporary name (``<name>.partial``) and renamed when complete, so a crashed import
-never leaves a file that looks like a finished grid.
+under a temporary name (``<name>.<pid>.partial``, :mod:`jaxspec.io.atomic`) and renamed when
+complete, so a crashed import never leaves a file that looks like a finished grid, and an
+existing grid stays intact until its replacement is complete. A writer holds the lock
+file ``<name>.lock`` (:mod:`jaxspec.io.locking`) while it writes: a second writer of the
+same file fails at once, naming the first.
+
+:func:`grid_checksum` / :func:`grid_file_checksum` fingerprint a grid's spectra (SHA-256
+over axes, wavelengths, mask and flux); clone stores record it so that resuming a store or
+refining against a grid can tell a different grid with the same axes.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
 
@@ -36,8 +43,18 @@ from jaxspec.grid import (
     _validate_axes,
     _validate_wavelength,
 )
+from jaxspec.io.atomic import AtomicFile
+from jaxspec.io.locking import WriterLock, open_hdf5
 
-__all__ = ["FORMAT", "VERSION", "GridWriter", "read_grid_hdf5", "write_grid_hdf5"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "GridWriter",
+    "grid_checksum",
+    "grid_file_checksum",
+    "read_grid_hdf5",
+    "write_grid_hdf5",
+]
 
 FORMAT = "jaxspec-grid"
 VERSION = 1
@@ -50,8 +67,11 @@ class GridWriter:
 
     Creates the jaxspec-grid layout at once with ``/flux`` filled with NaN and every node
     marked missing; each :meth:`write` stores one node's spectrum and marks it present. On a
-    clean exit the file is completed and renamed from ``<path>.partial`` to ``path``; if the
-    ``with`` block raises, the partial file is deleted.
+    clean exit the file is completed, flushed and renamed from ``<path>.<pid>.partial`` to
+    ``path`` (an existing ``path`` stays intact until then); if the ``with`` block raises,
+    the partial file is deleted. The writer lock ``<path>.lock`` is held from construction
+    to :meth:`close` / :meth:`abort`, so a second writer of ``path`` fails at once with
+    :class:`~jaxspec.io.locking.FileInUseError`.
 
     Args:
         path: output file (``.h5``).
@@ -94,9 +114,12 @@ class GridWriter:
             )
         self.shape = tuple(a.size for a in self.axes.values())
         self._mask = np.zeros(self.shape, dtype=bool)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
-        self._file = h5py.File(self._tmp, "w")
+        self._file = None
+        self._lock = WriterLock(self.path, what="grid file").acquire()
         try:
+            self._target = AtomicFile(self.path, overwrite=overwrite)
+            self._tmp = self._target.partial
+            self._file = open_hdf5(self._tmp, "w")
             self._flux = self._create_layout(normalized, compression)
         except BaseException:
             self.abort()
@@ -163,18 +186,28 @@ class GridWriter:
         """Write ``/mask``, close the file and move it to ``path``. Idempotent."""
         if self._file is None:
             return
-        self._file.create_dataset("mask", data=self._mask, dtype=bool)
-        self._file.close()
-        self._file = None
-        os.replace(self._tmp, self.path)
+        try:
+            self._file.create_dataset("mask", data=self._mask, dtype=bool)
+            self._file.close()
+            self._file = None
+            self._target.commit()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._lock.release()
 
     def abort(self) -> None:
-        """Close and delete the partial file; ``path`` is left untouched."""
-        if self._file is None:
-            return
-        self._file.close()
-        self._file = None
-        self._tmp.unlink(missing_ok=True)
+        """Close and delete the partial file; ``path`` is left untouched. Idempotent."""
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            target = getattr(self, "_target", None)
+            if target is not None:
+                target.abort()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> GridWriter:
         return self
@@ -266,50 +299,175 @@ def read_grid_hdf5(
             "SpectralGrid.to_hdf5 or jaxspec.io.GridWriter (import PHOENIX FITS "
             "directories with jaxspec.io.read_phoenix_grid)"
         )
-    with h5py.File(path, "r") as f:
-        names, normalized = _read_root_attrs(f, path)
-        wl = _dataset(f, "wavelength", path)
-        wl = _validate_wavelength(wl[()], label=f"{path}: dataset /wavelength", fix=_REWRITE)
-        axes = _read_axes(f, names, path)
-        shape = tuple(a.size for a in axes.values())
-        flux_ds = _dataset(f, "flux", path)
-        if flux_ds.shape != (*shape, wl.size):
-            raise ValueError(
-                f"{path}: dataset /flux has shape {flux_ds.shape} but /axes give {shape} "
-                f"nodes and /wavelength {wl.size} pixels, i.e. {(*shape, wl.size)}{_REWRITE}"
-            )
-        if flux_ds.dtype not in (np.float32, np.float64):
-            raise ValueError(
-                f"{path}: dataset /flux has dtype {flux_ds.dtype}; the format allows float32 "
-                f"or float64{_REWRITE}"
-            )
-        mask_ds = None
-        if "mask" in f:
-            mask_ds = _dataset(f, "mask", path)
-            if mask_ds.shape != shape:
-                raise ValueError(
-                    f"{path}: dataset /mask has shape {mask_ds.shape} but /axes give "
-                    f"{shape} nodes{_REWRITE}"
-                )
-            if mask_ds.dtype != np.bool_:
-                raise ValueError(
-                    f"{path}: dataset /mask has dtype {mask_ds.dtype}; the format needs bool "
-                    f"(True where the node exists){_REWRITE}"
-                )
+    try:
+        f = open_hdf5(path, "r")
+    except OSError as err:
+        raise ValueError(_unreadable(path, err)) from None
+    try:
+        with f:
+            return _read_open_grid(f, path, wavelength, ranges)
+    except (OSError, RuntimeError, KeyError) as err:
+        # a file cut short (disk full, killed copy) fails while its data are read
+        raise ValueError(_unreadable(path, err)) from None
 
-        try:
-            slices, wsl = _select(axes, wl, wavelength, ranges)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-        axes = {name: values[sl] for (name, values), sl in zip(axes.items(), slices)}
-        flux = flux_ds[(*slices, wsl)]
-        mask = None if mask_ds is None else mask_ds[slices]
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    """One line for an HDF5 file that cannot be read (truncated or corrupt)."""
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (
+        f"{path}: HDF5 file cannot be read ({detail}); it is probably truncated (an "
+        "interrupted copy or write) or corrupt: copy or write it again"
+    )
+
+
+def _read_open_grid(f, path: Path, wavelength, ranges) -> SpectralGrid:
+    """Validate and read the open grid file ``f`` (the body of :func:`read_grid_hdf5`)."""
+    names, normalized = _read_root_attrs(f, path)
+    wl = _dataset(f, "wavelength", path)
+    wl = _validate_wavelength(wl[()], label=f"{path}: dataset /wavelength", fix=_REWRITE)
+    axes = _read_axes(f, names, path)
+    shape = tuple(a.size for a in axes.values())
+    flux_ds = _dataset(f, "flux", path)
+    if flux_ds.shape != (*shape, wl.size):
+        raise ValueError(
+            f"{path}: dataset /flux has shape {flux_ds.shape} but /axes give {shape} "
+            f"nodes and /wavelength {wl.size} pixels, i.e. {(*shape, wl.size)}{_REWRITE}"
+        )
+    if flux_ds.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"{path}: dataset /flux has dtype {flux_ds.dtype}; the format allows float32 "
+            f"or float64{_REWRITE}"
+        )
+    mask_ds = None
+    if "mask" in f:
+        mask_ds = _dataset(f, "mask", path)
+        if mask_ds.shape != shape:
+            raise ValueError(
+                f"{path}: dataset /mask has shape {mask_ds.shape} but /axes give "
+                f"{shape} nodes{_REWRITE}"
+            )
+        if mask_ds.dtype != np.bool_:
+            raise ValueError(
+                f"{path}: dataset /mask has dtype {mask_ds.dtype}; the format needs bool "
+                f"(True where the node exists){_REWRITE}"
+            )
+
+    try:
+        slices, wsl = _select(axes, wl, wavelength, ranges)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    axes = {name: values[sl] for (name, values), sl in zip(axes.items(), slices)}
+    flux = flux_ds[(*slices, wsl)]
+    mask = None if mask_ds is None else mask_ds[slices]
     try:
         return SpectralGrid(
             axes=axes, wavelength=wl[wsl], flux=flux, mask=mask, normalized=normalized
         )
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------ checksums
+
+_CHECKSUM_TAG = b"jaxspec-grid-sha256-v1\0"
+
+
+def _digest(axes: Mapping[str, np.ndarray], wavelength: np.ndarray, mask: np.ndarray,
+            blocks: Iterable[np.ndarray]) -> str:
+    """SHA-256 over names and float64 values of the axes, the wavelengths, the mask and
+    the flux of the present nodes (``blocks``: (m, n_pix) spectra in C order)."""
+    h = hashlib.sha256(_CHECKSUM_TAG)
+    for name, values in axes.items():
+        h.update(str(name).encode() + b"\0")
+        h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+    h.update(b"wavelength\0")
+    h.update(np.ascontiguousarray(wavelength, dtype="<f8").tobytes())
+    h.update(b"mask\0")
+    h.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    h.update(b"flux\0")
+    for block in blocks:
+        h.update(np.ascontiguousarray(block, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def grid_checksum(grid: SpectralGrid) -> str:
+    r"""SHA-256 (hex) fingerprint of a grid's spectra.
+
+    Hashes, in order: each axis name and its node values, the wavelengths, the node mask
+    (bytes 0/1, C order), then the flux of every present node in C order; all numbers as
+    little-endian float64 (float32 flux is widened exactly, so a grid and the file it
+    was written to or read from give the same digest). Missing nodes' flux is ignored.
+    Computed block by block (memory: one block of spectra).
+
+    Args:
+        grid: the :class:`~jaxspec.grid.SpectralGrid`.
+
+    Returns:
+        64 hex characters; equal to :func:`grid_file_checksum` of the grid's HDF5 file.
+    """
+    flux = np.asarray(grid.flux).reshape(-1, grid.n_pix)
+    present = np.flatnonzero(np.asarray(grid.mask).reshape(-1))
+    step = max(1, (1 << 24) // max(grid.n_pix * 8, 1))  # ~16 MiB per block
+    blocks = (flux[present[i:i + step]] for i in range(0, present.size, step))
+    return _digest(grid.axes, grid.wavelength, grid.mask, blocks)
+
+
+def grid_file_checksum(
+    path: str | PathLike,
+    wavelength: tuple[float, float] | None = None,
+) -> str:
+    r"""SHA-256 fingerprint of the spectra in a jaxspec-grid HDF5 file, read streaming.
+
+    The same digest as :func:`grid_checksum` of the grid the file holds (or of
+    ``read_grid_hdf5(path, wavelength=wavelength)`` when a range is given), computed
+    one row of spectra at a time so grids larger than memory can be checked.
+
+    Args:
+        path: the grid file.
+        wavelength: ``(lo, hi)`` Å, inclusive: fingerprint only these pixels (to compare
+            with a store cloned from a wavelength cut of the grid), or None for all.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable jaxspec grid (the message names the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such grid file")
+    try:
+        f = open_hdf5(path, "r")
+    except OSError as err:
+        raise ValueError(_unreadable(path, err)) from None
+    try:
+        with f:
+            names, _ = _read_root_attrs(f, path)
+            wl = _dataset(f, "wavelength", path)[()]
+            axes = _read_axes(f, names, path)
+            flux = _dataset(f, "flux", path)
+            shape = tuple(a.size for a in axes.values())
+            mask = (np.asarray(_dataset(f, "mask", path)[()], dtype=bool) if "mask" in f
+                    else np.ones(shape, dtype=bool))
+            if flux.shape != (*shape, wl.size) or mask.shape != shape:
+                raise ValueError(
+                    f"{path}: /flux {flux.shape} or /mask {mask.shape} disagree with /axes "
+                    f"{shape} and /wavelength ({wl.size},){_REWRITE}"
+                )
+            if wavelength is None:
+                wsl = slice(None)
+            else:
+                inside = np.flatnonzero((wl >= wavelength[0]) & (wl <= wavelength[1]))
+                wsl = slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+
+            def rows():
+                # one row of spectra along the last axis per read (chunk-aligned)
+                for lead in np.ndindex(*shape[:-1]):
+                    keep = np.flatnonzero(mask[lead])
+                    if keep.size:
+                        yield flux[(*lead, slice(None), wsl)][keep]
+
+            return _digest(axes, wl[wsl], mask, rows())
+    except (OSError, RuntimeError, KeyError) as err:
+        raise ValueError(_unreadable(path, err)) from None
 
 
 # ------------------------------------------------------------------ reading helpers

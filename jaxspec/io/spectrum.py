@@ -51,12 +51,20 @@ def read_spectrum(path: str | PathLike, *, name: str | None = None):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such spectrum file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(
+            f"{path}: the file is empty (0 bytes), perhaps an interrupted copy or download; "
+            "copy it again, or write the spectrum as ECSV, FITS or CSV with columns "
+            "wavelength, flux [, uncertainty]"
+        )
     fmt = _FORMATS.get(path.suffix.lower())
     try:
         table = Table.read(path, format=fmt) if fmt else Table.read(path)
     except Exception as err:  # astropy raises many kinds for unreadable input
+        # first line only: astropy's format-guessing errors list its whole registry
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
-            f"{path}: astropy cannot read it as a table ({type(err).__name__}: {err}); "
+            f"{path}: astropy cannot read it as a table ({type(err).__name__}: {detail}); "
             "write the spectrum as ECSV, FITS or CSV with columns wavelength, flux "
             "[, uncertainty]"
         ) from None

@@ -26,14 +26,17 @@ VERSION = 1
 
 def write(path, kind: str, names, wavelength, bounds, info: str, arrays: dict,
           networks: dict, overwrite: bool) -> Path:
-    """Write an emulator file (layout in the module docstring); returns the path."""
+    """Write an emulator file (layout in the module docstring); returns the path.
+
+    Atomic (:func:`jaxspec.io.atomic.atomic_path`): written under a partial name and
+    renamed when complete, so an existing file survives a failed write. FileExistsError
+    if ``path`` exists and ``overwrite`` is False."""
     import h5py
 
+    from jaxspec.io.atomic import atomic_path
+
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["kind"] = kind
         f.attrs["version"] = VERSION
