@@ -171,7 +171,7 @@ def _infer(args: argparse.Namespace) -> int:
                 continue
             good.append((path, checksum, guess, spectrum))
         fitted = _fit_all(args, good, writer, bad, out)
-        table = writer.finish(meta=_meta(args), units=_UNITS, descriptions={
+        table = writer.finish(meta=_meta(args), units=_UNITS, order=paths, descriptions={
             "loss": "RMS residual, blase3D eq. (4)",
             "chi2_nu": "chi2 per degree of freedom (given uncertainties)",
             "checksum": "SHA-256 of the spectrum file (rows are reused on rerun while it "

@@ -222,7 +222,7 @@ class ResultsWriter:
         self._add(row)
 
     def finish(self, *, meta: dict | None = None, units: dict | None = None,
-               descriptions: dict | None = None):
+               descriptions: dict | None = None, order=None):
         """Write ``OUT`` atomically from every row, remove ``OUT.partial``, release the
         lock; returns the astropy Table.
 
@@ -230,8 +230,10 @@ class ResultsWriter:
             meta: extra table metadata (``settings`` is added).
             units: ``{column: unit}`` for columns present.
             descriptions: ``{column: text}`` for columns present.
+            order: files in the order their rows should appear (e.g. the input order);
+                rows of other files come first, in order of writing.
         """
-        table = self.table(meta=meta, units=units, descriptions=descriptions)
+        table = self.table(meta=meta, units=units, descriptions=descriptions, order=order)
         tmp = self.out.with_name(self.out.name + ".tmp")
         table.write(tmp, format="ascii.ecsv", overwrite=True)
         with open(tmp, "rb") as f:
@@ -245,11 +247,16 @@ class ResultsWriter:
         self._release_lock()
         return table
 
-    def table(self, *, meta=None, units=None, descriptions=None):
-        """The rows so far as an astropy Table (module docstring: missing values)."""
+    def table(self, *, meta=None, units=None, descriptions=None, order=None):
+        """The rows so far as an astropy Table (module docstring: missing values;
+        arguments as :meth:`finish`)."""
         from astropy.table import MaskedColumn, Table
 
         rows = self.rows
+        if order is not None:
+            position = {str(f): i for i, f in enumerate(order)}
+            rows = sorted(rows, key=lambda r: (str(r["file"]) in position,
+                                               position.get(str(r["file"]), 0)))
         names: list[str] = []
         for r in sorted(rows, key=len, reverse=True):  # stable: the fullest row first
             names.extend(k for k in r if k not in names)
