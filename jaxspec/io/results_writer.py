@@ -35,9 +35,10 @@ holds every file exactly once. The ``settings`` (method, emulator, options: anyt
 serialisable) must equal those recorded with the old rows, otherwise opening fails:
 mixing fits made differently in one table would be wrong.
 
-Final table. Columns in the order of the row with most columns, then any others; a value missing from a row (e.g. the
-parameters of a row that reports an unreadable file) is NaN in float columns and masked
-in the others.
+Final table. Rows in the order given to :meth:`ResultsWriter.finish` (else of writing);
+columns in the order of the row with most columns, then any others; a value missing from
+a row (e.g. the parameters of a row that reports an unreadable file) is NaN in float
+columns and masked in the others.
 
 The writer is the building block of batch runners (``jaxspec infer``; a Dask runner can
 give each worker's rows to one writer in the client).
