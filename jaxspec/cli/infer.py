@@ -157,8 +157,7 @@ def _infer(args: argparse.Namespace) -> int:
             n_bad += 1
             print(f"jaxspec infer: error: {err} (row written with converged=False; the "
                   "batch goes on)", file=sys.stderr)
-            writer.write_row({"file": path, "method": args.method, "converged": False,
-                              "message": f"input error: {err}", "checksum": checksum})
+            writer.write_error(path, checksum, err, method=args.method)
 
         good = []  # (path, checksum, guess, spectrum)
         for path, checksum, guess in todo:
@@ -275,6 +274,10 @@ def _validate(args) -> None:
             raise ValueError(f"{flag} {value}: pass a positive number")
     if args.rv_window < 0:
         raise ValueError(f"--rv-window {args.rv_window}: pass 0 (whole --rv-range) or more")
+    if args.fit:
+        from jaxspec.extrinsic import parse_fit
+
+        parse_fit(args.fit)
     if args.method == "bo" and args.prior:
         raise ValueError("--prior needs --method map or nuts; bo searches the box (a uniform "
                          "prior): narrow it with the --*-range options instead")

@@ -33,7 +33,9 @@ says whether ``(file, checksum)`` already has a row, so a rerun fits only what i
 changed. A later row for the same ``file`` replaces the earlier one, so the final table
 holds every file exactly once. The ``settings`` (method, emulator, options: anything JSON
 serialisable) must equal those recorded with the old rows, otherwise opening fails:
-mixing fits made differently in one table would be wrong.
+mixing fits made differently in one table would be wrong (rows that only report an
+unusable input, :meth:`ResultsWriter.write_error`, are dropped instead when all the old
+rows are such).
 
 Final table. Rows in the order given to :meth:`ResultsWriter.finish` (else of writing);
 columns in the order of the row with most columns, then any others; a value missing from
@@ -62,6 +64,7 @@ import numpy as np
 __all__ = ["ResultsInUseError", "ResultsWriter", "file_checksum"]
 
 _FORMAT = "jaxspec-results-partial"
+_ERROR_PREFIX = "input error: "
 _VERSION = 1
 
 
@@ -222,6 +225,14 @@ class ResultsWriter:
         os.fsync(self._fh.fileno())
         self._add(row)
 
+    def write_error(self, file: str, checksum: str, error, **extra) -> None:
+        """Append the row of an input that could not be used: ``converged`` False and
+        ``message`` ``"input error: <error>"`` (plus ``extra`` columns). Such rows do not
+        depend on the settings: an earlier run's rows that are all input errors are
+        dropped, not refused, when the settings differ."""
+        self.write_row({"file": str(file), **extra, "converged": False,
+                        "message": f"{_ERROR_PREFIX}{error}", "checksum": str(checksum)})
+
     def finish(self, *, meta: dict | None = None, units: dict | None = None,
                descriptions: dict | None = None, order=None):
         """Write ``OUT`` atomically from every row, remove ``OUT.partial``, release the
@@ -294,9 +305,18 @@ class ResultsWriter:
         self._rows[file] = row
         self._keys.add((file, str(row.get("checksum", ""))))
 
-    def _check_settings(self, found, source: Path) -> None:
+    def _check_settings(self, found, source: Path, rows: list[dict]) -> list[dict]:
+        """The earlier rows to keep: all under equal settings; none when every one is an
+        input-error row (:meth:`write_error`, independent of the settings); otherwise a
+        ValueError naming what differs."""
         if _same(_plain(found), self.settings):
-            return
+            return rows
+        if all(_is_error_row(r) for r in rows):
+            if rows:
+                warnings.warn(f"{source}: {len(rows)} input-error row(s) of an earlier run "
+                              "with other settings are dropped (those files are tried again)",
+                              stacklevel=4)
+            return []
         diff = [f"{k}={found.get(k)!r} (now {self.settings.get(k)!r})"
                 for k in sorted(set(found) | set(self.settings))
                 if not _same(found.get(k), self.settings.get(k))]
@@ -322,7 +342,7 @@ class ResultsWriter:
                     f"{self.out}: exists but was not written by this version's streaming "
                     f"writer (no 'settings' in its header, or no 'file' column); pass "
                     "--overwrite to replace it, or another --out")
-            self._check_settings(settings, self.out)
+            rows = []
             for rec in old:
                 row = {}
                 for name in old.colnames:
@@ -331,6 +351,8 @@ class ResultsWriter:
                         continue
                     row[name] = _plain(value)
                 row.setdefault("checksum", "")
+                rows.append(row)
+            for row in self._check_settings(settings, self.out, rows):
                 self._add(row)
         if self.partial.exists():
             lines = self._read_partial()
@@ -339,9 +361,11 @@ class ResultsWriter:
                 if header.get("format") != _FORMAT:
                     raise ValueError(f"{self.partial}: not a jaxspec partial results file; "
                                      "delete it or pass --overwrite")
-                self._check_settings(header.get("settings", {}), self.partial)
-            for line in lines[1:]:
-                self._add(json.loads(line))
+            rows = [json.loads(line) for line in lines[1:]]
+            if header is not None:
+                rows = self._check_settings(header.get("settings", {}), self.partial, rows)
+            for row in rows:
+                self._add(row)
         self.n_resumed = len(self._rows)
 
     def _read_partial(self) -> list[str]:
@@ -443,6 +467,11 @@ class ResultsWriter:
                 self.lock.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _is_error_row(row: dict) -> bool:
+    return row.get("converged") is False and str(row.get("message", "")).startswith(
+        _ERROR_PREFIX)
 
 
 def _fsync_dir(folder: Path) -> None:
