@@ -17,6 +17,26 @@ Every emulator in jaxspec is an :class:`Emulator`, an equinox Module with
   :func:`jaxspec.infer.observe`; None (the default) when the emulator claims none.
 
 Inference (:mod:`jaxspec.infer`), extrinsic effects and the CLI only use this interface.
+
+Out of box. Every emulator follows one policy for parameters outside ``bounds`` (the box
+it was built on; nothing outside it was seen), applied by :meth:`Emulator._check_params`
+at the start of each ``__call__``:
+
+``"error"`` (default)
+    concrete parameters (numpy or JAX arrays, outside ``jit``) outside the box or NaN
+    raise a one-line ``ValueError`` naming the parameter, its value and the box, before
+    any work; under ``jit`` (traced values) :func:`equinox.error_if` fails at run time
+    with the box in the message. A relative slack of 1e-9 lets values read back from
+    text in.
+``"clamp"``
+    parameters are clipped into the box: flux and gradient of the nearest face (flat
+    outside). Get such an emulator with ``emulator.clamped()`` or
+    ``load_emulator(path, out_of_box="clamp")``.
+
+Inference never leaves the box (its searches and priors are inside it), so the policy
+matters for direct calls (``jaxspec synth``, scripts). When the emulator itself is traced
+(e.g. ``eqx.filter_jit(emulator)`` or gradients with respect to its fields) its box is not
+a constant and is not checked.
 """
 
 from __future__ import annotations
@@ -28,9 +48,11 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
-__all__ = ["Emulator", "load_emulator", "register_emulator"]
+__all__ = ["ClampedEmulator", "Emulator", "box_text", "load_emulator", "register_emulator"]
 
 FORMAT = "jaxspec-emulator"
+#: The out-of-box policies (module docstring).
+OUT_OF_BOX = ("error", "clamp")
 _KINDS: dict[str, type] = {}
 
 
@@ -84,9 +106,22 @@ class Emulator(eqx.Module):
         to the data's σ² in inference, or None (default: the emulator claims none)."""
         return None
 
-    def _check_params(self, params):
-        """``params`` as a JAX array whose last axis holds the parameters (ValueError
-        naming the expected names otherwise); shape checks run at trace time."""
+    #: What a parameter outside ``bounds`` does (module docstring, "Out of box"):
+    #: ``"error"`` or ``"clamp"``. :meth:`clamped` returns an emulator with ``"clamp"``.
+    out_of_box = "error"
+
+    def clamped(self) -> Emulator:
+        """This emulator with parameters clipped into ``bounds`` instead of an error
+        (module docstring, "Out of box"): flux and gradient of the nearest face."""
+        return ClampedEmulator(self)
+
+    def _check_params(self, params, policy: str | None = None):
+        """``params`` as a JAX array whose last axis holds the parameters, after the
+        out-of-box policy (module docstring): clipped into ``bounds`` for ``"clamp"``;
+        for ``"error"`` a one-line ValueError with the bounds when a concrete value is
+        outside them or NaN, and ``eqx.error_if`` under ``jit``. ``policy`` defaults to
+        :attr:`out_of_box`. ValueError naming the expected names for a wrong shape."""
+        import jax
         import jax.numpy as jnp
 
         params = jnp.asarray(params)
@@ -95,6 +130,31 @@ class Emulator(eqx.Module):
             raise ValueError(
                 f"params has shape {params.shape}; the last axis must hold the {k} "
                 f"parameters {tuple(self.param_names)}"
+            )
+        policy = self.out_of_box if policy is None else policy
+        if policy not in OUT_OF_BOX:
+            raise ValueError(f"out_of_box={policy!r}; pass one of {OUT_OF_BOX}")
+        try:
+            with jax.ensure_compile_time_eval():  # a constant box under jit too
+                bounds = np.asarray(self.bounds, dtype=np.float64).reshape(k, 2)
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            return params  # the emulator itself is traced (differentiated): no fixed box
+        if policy == "clamp":
+            return jnp.clip(params, bounds[:, 0], bounds[:, 1])
+        lo, hi = _slack_box(bounds)
+        if isinstance(params, jax.core.Tracer):
+            outside = jnp.any((params < lo) | (params > hi))
+            return eqx.error_if(params, outside, f"parameters outside the emulator's box "
+                                f"({box_text(self, bounds)}); keep them inside or use "
+                                "emulator.clamped()")
+        values = np.asarray(params, dtype=np.float64).reshape(-1, k)
+        bad = ~((values >= lo) & (values <= hi))  # NaN counts as outside
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"{self.param_names[col]}={values[row, col]:g} outside the emulator's box "
+                f"({box_text(self, bounds)}); pass parameters inside it, or use emulator.clamped() "
+                "to clip them to the box"
             )
         return params
 
@@ -107,14 +167,75 @@ class Emulator(eqx.Module):
         return int(np.shape(self.wavelength)[0])
 
 
-def load_emulator(path: str | PathLike) -> Emulator:
+def box_text(emulator, bounds=None) -> str:
+    """The box as one line, e.g. ``"teff in [4000, 7000], logg in [3.5, 4.5]"``
+    (``bounds``: ``(k, 2)`` instead of ``emulator.bounds``)."""
+    b = np.asarray(emulator.bounds if bounds is None else bounds, dtype=np.float64)
+    b = b.reshape(-1, 2)
+    return ", ".join(f"{n} in [{lo:g}, {hi:g}]" for n, (lo, hi) in zip(emulator.param_names, b))
+
+
+def _slack_box(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box widened by 1e-9 (relative): values read back from text still count."""
+    slack = 1e-9 * np.maximum(1.0, np.abs(bounds).max(axis=1))
+    return bounds[:, 0] - slack, bounds[:, 1] + slack
+
+
+class ClampedEmulator(Emulator):
+    """An emulator whose parameters are clipped into its box (out-of-box policy
+    ``"clamp"``; see the module docstring). Made by :meth:`Emulator.clamped`.
+
+    Fields:
+
+    base
+        the wrapped emulator; names, bounds, wavelengths and ``model_variance`` are its.
+    """
+
+    base: Emulator
+    out_of_box = "clamp"
+
+    def __call__(self, params):
+        """params ``(..., n_params)``, clipped into ``bounds`` → the base's flux."""
+        return self.base(self._check_params(params, "clamp"))
+
+    @property
+    def kind(self) -> str:
+        return self.base.kind
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.base.param_names
+
+    @property
+    def bounds(self) -> np.ndarray:
+        return self.base.bounds
+
+    @property
+    def wavelength(self) -> np.ndarray:
+        return self.base.wavelength
+
+    @property
+    def model_variance(self):
+        return self.base.model_variance
+
+    def clamped(self) -> Emulator:
+        return self
+
+    def save(self, path: str | PathLike, **kwargs) -> Path:
+        """The base emulator's file (the policy is a choice at load time, not stored)."""
+        return self.base.save(path, **kwargs)
+
+
+def load_emulator(path: str | PathLike, *, out_of_box: str = "error") -> Emulator:
     """Load any jaxspec emulator file, dispatching on its ``kind`` attribute.
 
     Args:
         path: HDF5 file written by an emulator's ``save``.
+        out_of_box: ``"error"`` (default) or ``"clamp"`` (module docstring, "Out of box").
 
     Returns:
-        The emulator (an :class:`Emulator` subclass instance).
+        The emulator (an :class:`Emulator` subclass instance; a :class:`ClampedEmulator`
+        around it for ``"clamp"``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -142,7 +263,10 @@ def load_emulator(path: str | PathLike) -> Emulator:
             f"{path}: emulator kind {kind!r} is unknown to this jaxspec "
             f"(known: {', '.join(sorted(_KINDS))}); upgrade jaxspec or rebuild the file"
         )
-    return _KINDS[kind].load(path)
+    if out_of_box not in OUT_OF_BOX:
+        raise ValueError(f"out_of_box={out_of_box!r}; pass one of {OUT_OF_BOX}")
+    emulator = _KINDS[kind].load(path)
+    return emulator.clamped() if out_of_box == "clamp" else emulator
 
 
 def _import_all_kinds() -> None:

@@ -239,7 +239,8 @@ class LineEmulator(Emulator):
 
     def __call__(self, params: ArrayLike) -> Float[Array, "... n_pix"]:
         """Normalised flux at ``params`` ``(..., n_params)`` → ``(..., n_pix)``."""
-        return self.synthesize(self.manifold(params))  # the manifold checks the bounds
+        params = self._check_params(params, self.manifold.out_of_bounds)  # box policy
+        return self.synthesize(self.manifold(params))
 
     def synthesize(self, line_params: ArrayLike) -> Float[Array, "... n_pix"]:
         """Flux from line parameters ``(..., n_lines, 4)`` (μ' − μ, ln a, ln σ, ln γ), e.g.

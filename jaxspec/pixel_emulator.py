@@ -13,8 +13,9 @@ lower corner index :math:`(i_1, \dots, i_k)` and fractional positions
 the same regular-grid linear interpolation that the blase3D paper (sect. 3) applies to
 line parameters, applied here to fluxes instead. It reproduces the grid exactly at its
 nodes and is continuous, with kinks on the node planes (the gradient is that of the cell
-on the low side at a node). Parameters outside the box are clamped to its faces (flux and
-gradient of the face).
+on the low side at a node). Parameters outside the box follow the emulators' out-of-box
+policy (:mod:`jaxspec.emulator`): an error by default; ``emulator.clamped()`` clamps them
+to its faces (flux and gradient of the face).
 
 Missing nodes. A rectilinear interpolator needs every node. Nodes that the grid lacks
 (``grid.mask`` False) raise a ``ValueError`` by default; with ``fill="interpolate"`` each is

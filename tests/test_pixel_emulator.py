@@ -51,9 +51,21 @@ def test_exact_at_nodes_and_between():
     np.testing.assert_array_equal(em.bounds, [[4000, 5500], [4, 4.5], [-0.5, -0.5]])
 
 
-def test_clamps_outside_the_box():
+def test_outside_the_box_errors_or_clamps():
     em = PixelEmulator.from_grid(linear_grid())
-    np.testing.assert_allclose(em(jnp.array([3000.0, 4.2, -0.5])),
+    # default policy: a one-line error with the box, before any work
+    with pytest.raises(ValueError, match=r"teff=3000 outside the emulator's box \(teff in "
+                       r"\[4000, 5500\], logg in \[4, 4.5\]"):
+        em(jnp.array([3000.0, 4.2, -0.5]))
+    with pytest.raises(ValueError, match="logg=nan outside"):
+        em(np.array([[4500.0, 4.2, -0.5], [4500.0, np.nan, -0.5]]))
+    # under jit the check runs at run time (equinox), with the box in the message
+    with pytest.raises(Exception, match=r"teff in \[4000, 5500\]"):
+        jax.block_until_ready(jax.jit(lambda p: em(p))(jnp.array([3000.0, 4.2, -0.5])))
+    # by option: clamped to the face
+    c = em.clamped()
+    assert c.param_names == em.param_names and c.out_of_box == "clamp"
+    np.testing.assert_allclose(c(jnp.array([3000.0, 4.2, -0.5])),
                                em(jnp.array([4000.0, 4.2, -0.5])))
 
 

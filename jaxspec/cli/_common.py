@@ -105,6 +105,12 @@ def write_results(table, out: Path, method: str, flagged: str) -> None:
 
     # atomic: the previous table survives until the new one is complete
     write_table(table, out, overwrite=True, format="ascii.ecsv")
+    report_results(table, out, method, flagged)
+
+
+def report_results(table, out: Path, method: str, flagged: str) -> None:
+    """Print ``wrote OUT: N spectra`` and list a results table's unconverged rows on
+    stderr (arguments as :func:`write_results`; the table is already written)."""
     print(f"wrote {out}: {len(table)} spectra, method {method}")
     bad = [f"{row['file']} ({row['message']})" for row in table if not row["converged"]]
     if bad:

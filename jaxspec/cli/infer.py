@@ -15,8 +15,8 @@ from jaxspec.cli._common import (
     matplotlib_pyplot,
     parse_range,
     plot_stem,
+    report_results,
     save_figure,
-    write_results,
 )
 
 _METHODS = ("bo", "map", "nuts", "amortized")
@@ -35,7 +35,13 @@ def register(sub) -> None:
         "--rv/--vsini/--resolution/--lsf) the emulator is observed through radial "
         "velocity, rotation, line-spread function, pixel integration and a Chebyshev "
         "continuum (jaxspec.extrinsic); EMULATOR may then also be a line-list .npz (a "
-        "blase clone), fitted as a fixed template.",
+        "blase clone), fitted as a fixed template. "
+        "Rows are written as they are fitted (to OUT.partial, renamed to OUT at the end), "
+        "so a killed batch loses at most the spectrum being fitted; a rerun with the same "
+        "options skips spectra already in OUT or OUT.partial (same path and file checksum) "
+        "unless --overwrite. A file that cannot be used becomes a row with converged=False "
+        "and the reason; implausible fits (chi2/nu far above 1, a box corner, posterior = "
+        "prior) are converged=False too. One run writes OUT at a time (OUT.lock).",
     )
     p.add_argument("emulator", help="emulator file (any kind: jaxspec build / train)")
     p.add_argument("spectra", nargs="+", metavar="SPECTRUM", help="spectrum table(s)")
@@ -43,8 +49,12 @@ def register(sub) -> None:
                    help="bo: GP Bayesian optimisation (paper); map: gradient MAP + Laplace "
                    "errors (default); nuts: posterior samples; amortized: a network from "
                    "`jaxspec train regressor|flow` given as EMULATOR")
-    p.add_argument("--out", required=True, help="output table (.ecsv)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True,
+                   help="output table (.ecsv); rows of an earlier run with the same options "
+                   "are kept and their spectra skipped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the table afresh (the old OUT stays until the new one is "
+                   "complete)")
     p.add_argument("--teff-guess", type=float, nargs="+", metavar="K",
                    help="Teff guess(es): one for all spectra or one per spectrum; the search "
                    "is limited to guess ± --teff-window")
@@ -108,16 +118,20 @@ def register(sub) -> None:
     p.add_argument("--fit-noise", action="store_true",
                    help="fit a noise scale even when uncertainties are given (errors then "
                    "scale with sqrt(chi2/nu))")
-    p.add_argument("--progress", action="store_true", help="progress bar over spectra")
+    p.add_argument("--mask-bits", type=int, metavar="N",
+                   help="the mask column is an integer bitmask (0 = good): use the pixels "
+                   "where (mask & N) == 0, e.g. 1 for bit 0; without it a mask column must be "
+                   "bool or 0/1 (True = used)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (by default a bar with ETA over spectra on stderr)")
+    p.add_argument("--progress", action="store_true",
+                   help="accepted for old scripts; the progress bar is on by default")
     p.set_defaults(func=_infer)
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from astropy.table import vstack
-    from tqdm.auto import tqdm
-
-    from jaxspec.infer import bayes_opt, fit_map, observe, results_table, sample_nuts
-    from jaxspec.infer.spectrum import pad_observation
+    from jaxspec.infer.spectrum import check_normalized
+    from jaxspec.io.results_writer import ResultsWriter, file_checksum
     from jaxspec.io.spectrum import read_spectrum
 
     out = Path(args.out)
@@ -126,99 +140,221 @@ def _infer(args: argparse.Namespace) -> int:
 
         return infer_amortized(args.emulator, args.spectra, out, overwrite=args.overwrite,
                                seed=args.seed)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    spectra = [read_spectrum(path) for path in args.spectra]
-    guesses = [None] * len(spectra)
-    if args.teff_guess is not None:
-        if len(args.teff_guess) not in (1, len(spectra)):
-            raise ValueError(
-                f"--teff-guess has {len(args.teff_guess)} values for {len(spectra)} spectra; "
-                "give one for all or one per spectrum"
-            )
-        guesses = list(np.broadcast_to(args.teff_guess, (len(spectra),)))
-    if args.method == "bo" and args.prior:
-        raise ValueError("--prior needs --method map or nuts; bo searches the box (a uniform "
-                         "prior): narrow it with the --*-range options instead")
-    base = _load_model(args, spectra)
-    extrinsic = _wants_extrinsic(args, base)
-    emulators, inits, notes = [], [], []
-    for spectrum in spectra:
-        if extrinsic:
-            em, init, note = _observed(args, base, spectrum)
-        else:
-            em, init, note = base, None, ""
-        emulators.append(em)
-        inits.append(init)
-        notes.append(note)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        observations = [observe(s, em, args.resample) for s, em in zip(spectra, emulators)]
-    for w in caught:
-        print(f"jaxspec infer: warning: {w.message}", file=sys.stderr)
-    # one pixel count for all spectra: one compilation
-    length = max(int(o.flux.shape[0]) for o in observations)
-    observations = [pad_observation(o, length) for o in observations]
+    _validate(args)  # every option before any work
+    paths, guesses = _unique_spectra(args)
+    settings = _settings(args)
+    scale = args.c0_range if "continuum" in (args.fit or "") else (1.0, 1.0)
+    with ResultsWriter(out, settings=settings, overwrite=args.overwrite) as writer:
+        todo = [(p, file_checksum(p), g) for p, g in zip(paths, guesses)]
+        todo = [t for t in todo if not writer.done(t[0], t[1])]
+        if writer.n_resumed:
+            print(f"jaxspec infer: {out}: {writer.n_resumed} row(s) of an earlier run kept; "
+                  f"{len(paths) - len(todo)} of {len(paths)} spectra already done",
+                  file=sys.stderr)
+        n_bad = 0
 
-    tables, results = [], []
-    for i in tqdm(range(len(spectra)), desc="jaxspec infer", disable=not args.progress):
-        em = emulators[i]
+        def bad(path, checksum, err):
+            nonlocal n_bad
+            n_bad += 1
+            print(f"jaxspec infer: error: {err} (row written with converged=False; the "
+                  "batch goes on)", file=sys.stderr)
+            writer.write_error(path, checksum, err, method=args.method)
+
+        good = []  # (path, checksum, guess, spectrum)
+        for path, checksum, guess in todo:
+            try:
+                with _warnings_to_stderr():
+                    spectrum = read_spectrum(path, mask_bits=args.mask_bits)
+                check_normalized(spectrum, scale)
+            except (ValueError, TypeError, OSError) as err:
+                bad(path, checksum, err)
+                continue
+            good.append((path, checksum, guess, spectrum))
+        fitted = _fit_all(args, good, writer, bad, out)
+        table = writer.finish(meta=_meta(args), units=_UNITS, order=paths, descriptions={
+            "loss": "RMS residual, blase3D eq. (4)",
+            "chi2_nu": "chi2 per degree of freedom (given uncertainties)",
+            "checksum": "SHA-256 of the spectrum file (rows are reused on rerun while it "
+                        "is unchanged)",
+        })
+    report_results(table, out, args.method, "fit(s) did not converge")
+    if todo and fitted == 0 and n_bad == len(todo):
+        return 1  # nothing in this run could be fitted: every input was bad
+    return 0
+
+
+_UNITS = {"teff": "K", "teff_err": "K", "rv": "km/s", "rv_err": "km/s", "vsini": "km/s",
+          "vsini_err": "km/s"}
+
+
+def _fit_all(args, good, writer, bad, out) -> int:
+    """Prepare and fit every readable spectrum, writing one row each; returns the count.
+    ``bad(path, checksum, error)`` writes the row of a spectrum that cannot be used."""
+    from tqdm.auto import tqdm
+
+    from jaxspec.infer import bayes_opt, fit_map, observe, results_table, sample_nuts
+    from jaxspec.infer.spectrum import pad_observation
+
+    if not good:
+        return 0
+    base = _load_model(args, [g[3] for g in good])
+    extrinsic = _wants_extrinsic(args, base)
+    prepared = []  # (path, checksum, guess, emulator, observation, init, note)
+    for path, checksum, guess, spectrum in good:
+        try:
+            with _warnings_to_stderr():
+                if extrinsic:
+                    em, init, note = _observed(args, base, spectrum)
+                else:
+                    em, init, note = base, None, ""
+                obs = observe(spectrum, em, args.resample)
+        except ValueError as err:
+            bad(path, checksum, err if Path(path).name in str(err) else f"{path}: {err}")
+            continue
+        prepared.append((path, checksum, guess, em, obs, init, note))
+    if not prepared:
+        return 0
+    _priors(args.prior, prepared[0][3])  # a bad --prior fails before the first fit
+    # one pixel count for all spectra: one compilation
+    length = max(int(p[4].flux.shape[0]) for p in prepared)
+    bar = tqdm(prepared, desc="jaxspec infer", unit="spectrum", disable=args.quiet,
+               file=sys.stderr)
+    for path, checksum, guess, em, obs, init, note in bar:
+        obs = pad_observation(obs, length)
         priors = _priors(args.prior, em)
-        kw = {"teff_guess": guesses[i], "teff_window": args.teff_window, "key": args.seed}
+        kw = {"teff_guess": guess, "teff_window": args.teff_window, "key": args.seed}
         fit_noise = True if args.fit_noise else None
         t0 = time.perf_counter()
         if args.method == "bo":
-            res = bayes_opt(em, observations[i], n_random=args.n_random,
-                            n_guided=args.n_guided, **kw)
+            res = bayes_opt(em, obs, n_random=args.n_random, n_guided=args.n_guided, **kw)
         elif args.method == "map":
-            res = fit_map(em, observations[i], n_starts=args.starts, init=inits[i],
-                          priors=priors, fit_noise=fit_noise, **kw)
+            res = fit_map(em, obs, n_starts=args.starts, init=init, priors=priors,
+                          fit_noise=fit_noise, **kw)
         else:
-            init = "map"
-            if inits[i] is not None:  # the MAP from the RV scan's start, then NUTS
-                init = np.asarray(fit_map(em, observations[i], n_starts=args.starts,
-                                          init=inits[i], priors=priors, fit_noise=fit_noise,
-                                          **kw).params)
-            res = sample_nuts(em, observations[i], num_warmup=args.warmup,
-                              num_samples=args.samples, num_chains=args.chains,
-                              inference_data=False, init=init, priors=priors,
-                              fit_noise=fit_noise, **kw)
+            start = "map"
+            if init is not None:  # the MAP from the RV scan's start, then NUTS
+                start = np.asarray(fit_map(em, obs, n_starts=args.starts, init=init,
+                                           priors=priors, fit_noise=fit_noise, **kw).params)
+            res = sample_nuts(em, obs, num_warmup=args.warmup, num_samples=args.samples,
+                              num_chains=args.chains, inference_data=False, init=start,
+                              priors=priors, fit_noise=fit_noise, **kw)
         np.asarray(res.params)  # wait for the device
         seconds = time.perf_counter() - t0
-        results.append(res)
-        table = results_table(res, em.param_names, files=[args.spectra[i]], method=args.method,
+        table = results_table(res, em.param_names, files=[path], method=args.method,
                               seconds=seconds)
-        chi2_nu = _chi2_nu(em, observations[i], res)
+        row = {name: table[name][0] for name in table.colnames}
+        chi2_nu = _chi2_nu(em, obs, res)
         if chi2_nu is not None:
-            table["chi2_nu"] = [chi2_nu]
-            table["chi2_nu"].description = "chi2 per degree of freedom (given uncertainties)"
-        if notes[i]:
-            table["extrinsic_note"] = [notes[i]]
-        tables.append(table)
-    table = vstack(tables, metadata_conflicts="silent")
-    for name in ("rv", "vsini"):
-        for col in (name, f"{name}_err"):
-            if col in table.colnames:
-                table[col].unit = "km/s"
-    table.meta.update({
+            row["chi2_nu"] = chi2_nu
+        if note:
+            row["extrinsic_note"] = note
+        row["checksum"] = checksum
+        writer.write_row(row)
+        if args.plot:
+            for p in _plots(em, obs, res, args, out, Path(path)):
+                bar.write(f"wrote {p}")
+    return len(prepared)
+
+
+def _validate(args) -> None:
+    """Every numeric option checked before any spectrum is read or fitted."""
+    checks = [("--starts", args.starts, 1), ("--n-random", args.n_random, 1),
+              ("--n-guided", args.n_guided, 0)]
+    if args.method == "nuts":
+        checks += [("--samples", args.samples, 2), ("--warmup", args.warmup, 0),
+                   ("--chains", args.chains, 1)]
+    for flag, value, least in checks:
+        if value < least:
+            raise ValueError(f"{flag} {value}: pass an integer >= {least}")
+    if args.mask_bits is not None and args.mask_bits < 1:
+        raise ValueError(f"--mask-bits {args.mask_bits}: pass a positive integer, the bits "
+                         "that mark a bad pixel (e.g. 1)")
+    for flag, value in (("--teff-window", args.teff_window),
+                        ("--template-step", args.template_step), ("--rv-step", args.rv_step)):
+        if not value > 0:
+            raise ValueError(f"{flag} {value}: pass a positive number")
+    if args.rv_window < 0:
+        raise ValueError(f"--rv-window {args.rv_window}: pass 0 (whole --rv-range) or more")
+    if args.fit:
+        from jaxspec.extrinsic import parse_fit
+
+        parse_fit(args.fit)
+    if args.method == "bo" and args.prior:
+        raise ValueError("--prior needs --method map or nuts; bo searches the box (a uniform "
+                         "prior): narrow it with the --*-range options instead")
+    if args.teff_guess is not None and len(args.teff_guess) not in (1, len(args.spectra)):
+        raise ValueError(
+            f"--teff-guess has {len(args.teff_guess)} values for {len(args.spectra)} spectra; "
+            "give one for all or one per spectrum"
+        )
+
+
+def _unique_spectra(args):
+    """The spectrum paths, each once (a repeated path is fitted once, with a warning), and
+    their Teff guesses."""
+    guesses = [None] * len(args.spectra)
+    if args.teff_guess is not None:
+        guesses = [float(g) for g in np.broadcast_to(args.teff_guess, (len(args.spectra),))]
+    paths, out = [], []
+    for path, guess in zip(args.spectra, guesses):
+        if path in paths:
+            print(f"jaxspec infer: warning: {path} is given more than once; fitted once",
+                  file=sys.stderr)
+            continue
+        paths.append(path)
+        out.append(guess)
+    return paths, out
+
+
+def _settings(args) -> dict:
+    """What makes the rows of a results table (a rerun reuses rows only under equal
+    settings): the emulator (path and SHA-256), the method and every option of it."""
+    from jaxspec.io.results_writer import file_checksum
+
+    keys = ["method", "resample", "seed", "teff_window", "teff_guess", "fit", "rv", "vsini",
+            "resolution", "rv_range", "vsini_range", "resolution_range", "c0_range",
+            "continuum_range", "epsilon", "lsf", "rv_step", "rv_window", "template_step",
+            "prior", "fit_noise", "mask_bits"]
+    keys += {"bo": ["n_random", "n_guided"], "map": ["starts"],
+             "nuts": ["starts", "warmup", "samples", "chains"]}[args.method]
+    settings = {k: getattr(args, k) for k in keys}
+    settings["emulator"] = str(args.emulator)
+    settings["emulator_sha256"] = file_checksum(args.emulator)
+    return settings
+
+
+def _meta(args) -> dict:
+    meta = {
         "emulator": str(args.emulator), "method": args.method,
         "teff_window": args.teff_window, "resample": args.resample, "seed": args.seed,
-        "note": "seconds of the first spectrum include JIT compilation",
-    })
-    if extrinsic:
-        table.meta.update({
+        "note": "seconds of the first spectrum fitted in a run include JIT compilation",
+    }
+    if args.fit or args.rv or args.vsini or args.resolution is not None or args.lsf:
+        meta.update({
             "fit": args.fit or "", "rv_range": list(args.rv_range),
             "vsini_range": list(args.vsini_range),
             "resolution_range": list(args.resolution_range), "epsilon": args.epsilon,
             "rv_window": args.rv_window, "priors": list(args.prior),
         })
-    write_results(table, out, args.method, "fit(s) did not converge")
-    if args.plot:
-        for i, res in enumerate(results):
-            for path in _plots(emulators[i], observations[i], res, args, out,
-                               Path(args.spectra[i])):
-                print(f"wrote {path}")
-    return 0
+    return meta
+
+
+class _warnings_to_stderr(warnings.catch_warnings):
+    """Record warnings inside the block and print each as ``jaxspec infer: warning: ...``."""
+
+    def __init__(self):
+        super().__init__(record=True)
+
+    def __enter__(self):
+        self._caught = super().__enter__()
+        warnings.simplefilter("always")
+        return self._caught
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        for w in self._caught:
+            print(f"jaxspec infer: warning: {w.message}", file=sys.stderr)
+        return False
 
 
 def _load_model(args, spectra):
@@ -335,11 +471,13 @@ def _priors(specs, em):
 
 
 def _chi2_nu(em, obs, res):
-    """χ²/ν at the result's parameters (None without uncertainties)."""
+    """χ²/ν at the result's parameters (None without uncertainties, NaN for NaN ones)."""
     import jax.numpy as jnp
 
     if not obs.has_uncertainty:
         return None
+    if not np.all(np.isfinite(np.asarray(res.params))):
+        return float("nan")
     model = np.asarray(obs.project(em(jnp.asarray(np.asarray(res.params)))))
     mask = np.asarray(obs.mask)
     z = (model - np.asarray(obs.flux))[mask] / np.asarray(obs.sigma)[mask]

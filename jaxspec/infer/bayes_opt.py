@@ -32,8 +32,8 @@ from jaxtyping import Array, Float, Int
 from jaxspec.infer import _gp
 from jaxspec.infer._box import box_edge, to_physical, window_edge
 from jaxspec.infer._prepare import as_batch, boxes, keys_for, map_batches, unbatch
-from jaxspec.infer.likelihood import observation_loss
-from jaxspec.infer.results import Status, is_converged, status_message
+from jaxspec.infer.likelihood import chi2, observation_loss
+from jaxspec.infer.results import Status, is_converged, plausibility_flags, status_message
 
 __all__ = ["BayesOptResult", "bayes_opt"]
 
@@ -51,7 +51,7 @@ class BayesOptResult(eqx.Module):
         ``(n_evaluations,)`` their losses.
     status
         ``()`` int, :class:`~jaxspec.infer.results.Status` flags (NONFINITE,
-        WINDOW_EDGE, BOX_EDGE).
+        WINDOW_EDGE, BOX_EDGE, and POOR_FIT / ALL_EDGES for implausible answers).
     """
 
     params: Float[Array, "... n_params"]
@@ -155,6 +155,12 @@ def _bo_one(emulator, obs, lower, upper, b_lower, b_upper, key, cfg: _Config):
         window_edge(u_best, lower, upper, b_lower, b_upper), int(Status.WINDOW_EDGE), 0
     )
     status |= jnp.where(box_edge(u_best), int(Status.BOX_EDGE), 0)
+    if obs.has_uncertainty:  # implausible answers (results module docstring)
+        theta = to_physical(u_best, lower, upper)
+        c2 = chi2(obs.project(emulator(theta)), obs.flux, obs.sigma, obs.mask)
+        status |= plausibility_flags(u_best, chi2=c2, nu=jnp.sum(obs.mask) - k)
+    else:
+        status |= plausibility_flags(u_best)
     return BayesOptResult(
         params=to_physical(u_best, lower, upper),
         loss=ys[best],

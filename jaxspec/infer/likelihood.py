@@ -19,7 +19,10 @@ counts (None: all); masked pixels contribute nothing, whatever their values.
 
 from __future__ import annotations
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "chi2",
@@ -32,6 +35,25 @@ __all__ = [
 
 def _mask(mask, like):
     return jnp.ones(like.shape, dtype=bool) if mask is None else jnp.asarray(mask)
+
+
+def _check_sigma(sigma, mask, noise_scale=1.0):
+    """σ with a check that it is > 0 (and finite) at every used pixel and the noise scale
+    is > 0: a ValueError now for concrete values, :func:`equinox.error_if` under jit (a
+    negative σ would otherwise give a finite, wrong likelihood)."""
+    sigma = jnp.asarray(sigma)
+    bad = jnp.any(mask & ~(sigma > 0)) | jnp.any(~(jnp.asarray(noise_scale) > 0))
+    message = ("sigma must be > 0 at every used pixel and noise_scale > 0 (1σ "
+               "uncertainties); mask those pixels or fix the uncertainties")
+    if isinstance(bad, jax.core.Tracer):
+        return eqx.error_if(sigma, bad, message)
+    if bool(bad):
+        m = np.broadcast_to(np.asarray(mask), np.shape(sigma))
+        s = np.asarray(sigma)
+        n_bad = int(np.sum(m & ~(s > 0)))
+        raise ValueError(f"{message} (found {n_bad} used pixel(s) with sigma <= 0 or NaN"
+                         f"{'' if n_bad else '; noise_scale <= 0'})")
+    return sigma
 
 
 def rms_loss(model, data, mask=None):
@@ -50,8 +72,10 @@ def rms_loss(model, data, mask=None):
 
 
 def chi2(model, data, sigma, mask=None):
-    r""":math:`\chi^2 = \sum_i (M_i - D_i)^2/\sigma_i^2` over used pixels; ``(...)``."""
+    r""":math:`\chi^2 = \sum_i (M_i - D_i)^2/\sigma_i^2` over used pixels; ``(...)``.
+    σ must be > 0 at used pixels (checked as in :func:`gaussian_log_likelihood`)."""
     m = _mask(mask, data)
+    sigma = _check_sigma(sigma, m)
     z = jnp.where(m, (model - data) / jnp.where(m, sigma, 1.0), 0.0)
     return jnp.sum(z**2, axis=-1)
 
@@ -68,8 +92,13 @@ def gaussian_log_likelihood(model, data, sigma, mask=None, noise_scale=1.0):
 
     Returns:
         ``(...)`` :math:`\ln L`.
+
+    Raises:
+        ValueError: σ ≤ 0 or NaN at a used pixel, or ``noise_scale`` ≤ 0 (concrete
+            inputs); under ``jit`` the same check fails at run time (``eqx.error_if``).
     """
     m = _mask(mask, data)
+    sigma = _check_sigma(sigma, m, noise_scale)
     s = jnp.asarray(noise_scale)[..., None] * jnp.where(m, sigma, 1.0)
     z = jnp.where(m, (model - data) / s, 0.0)
     return -0.5 * jnp.sum(jnp.where(m, z**2 + jnp.log(2 * jnp.pi * s**2), 0.0), axis=-1)

@@ -37,6 +37,10 @@ Algorithm:
    With ``hessian="gauss-newton"`` the Newton steps and the Laplace covariance use
    :math:`H \approx J^\top W J` (the Fisher matrix) instead of the exact Hessian.
 
+Implausible answers (χ²/ν far above 1 with given uncertainties, every parameter on a
+face of the box, Laplace errors as wide as the prior, no finite error) are flagged as
+failures too (:mod:`jaxspec.infer.results`).
+
 Converged (no ``NOT_CONVERGED`` flag) means: finite, and either the Newton decrement
 :math:`\tfrac12 g^\top H^{-1} g` over the free parameters is below ``tol`` nats or the
 last Newton step could not lower the objective by ``tol`` (a minimum on a kink of a
@@ -59,7 +63,7 @@ from jaxtyping import Array, Float, Int
 from jaxspec.infer._box import box_edge, to_physical, to_unit, window_edge
 from jaxspec.infer._prepare import as_batch, boxes, keys_for, map_batches, unbatch
 from jaxspec.infer.likelihood import chi2, rms_loss
-from jaxspec.infer.results import Status, is_converged, status_message
+from jaxspec.infer.results import Status, is_converged, plausibility_flags, status_message
 
 __all__ = ["MapResult", "fit_map", "neg_log_posterior"]
 
@@ -92,6 +96,8 @@ class MapResult(eqx.Module):
         objective evaluations (a gradient or Hessian counts as one).
     starts, start_objective
         ``(n_starts, n_params)`` end points of every start and their objectives.
+    chi2_nu
+        χ²/ν with the given uncertainties at ``params`` (NaN without uncertainties).
     """
 
     params: Float[Array, "... n_params"]
@@ -105,6 +111,7 @@ class MapResult(eqx.Module):
     n_evaluations: Int[Array, "..."]
     starts: Float[Array, "... n_starts n_params"]
     start_objective: Float[Array, "... n_starts"]
+    chi2_nu: Float[Array, "..."]
 
     @property
     def converged(self):
@@ -114,7 +121,7 @@ class MapResult(eqx.Module):
         p = np.atleast_2d(np.asarray(self.params))
         s = np.atleast_2d(np.asarray(self.sigma))
         flat = {k: np.atleast_1d(np.asarray(getattr(self, k))) for k in (
-            "loss", "status", "n_evaluations", "noise_scale", "decrement")}
+            "loss", "status", "n_evaluations", "noise_scale", "decrement", "chi2_nu")}
         return [
             {
                 "params": p[i],
@@ -124,6 +131,8 @@ class MapResult(eqx.Module):
                 "converged": bool(is_converged(flat["status"][i])),
                 "message": status_message(
                     flat["status"][i], f"Newton decrement {flat['decrement'][i]:.2g} nats"
+                    + (f", chi2/nu {flat['chi2_nu'][i]:.3g}"
+                       if np.isfinite(flat["chi2_nu"][i]) else "")
                 ),
                 "extra": {"noise_scale": float(flat["noise_scale"][i])},
             }
@@ -342,6 +351,19 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     status |= jnp.where(window_edge(u, lower, upper, b_lower, b_upper),
                         int(Status.WINDOW_EDGE), 0)
     status |= jnp.where(box_edge(u), int(Status.BOX_EDGE), 0)
+    # implausible answers (results module docstring)
+    nu = n_used - k
+    c2 = chi2(model, obs.flux, obs.sigma, obs.mask)
+    judge_chi2 = obs.has_uncertainty and not cfg.fit_noise
+    prior_u = jnp.full((k,), 1.0 / np.sqrt(12.0))
+    for i, d in cfg.priors:
+        try:
+            std_i = jnp.sqrt(d.variance) / (upper[i] - lower[i])
+        except (AttributeError, NotImplementedError):
+            continue
+        prior_u = prior_u.at[i].set(jnp.minimum(prior_u[i], std_i))
+    status |= plausibility_flags(u, chi2=c2 if judge_chi2 else None, nu=nu,
+                                 sigma_u=jnp.sqrt(jnp.diag(cov)) / scale, prior_std_u=prior_u)
     return MapResult(
         params=theta,
         sigma=jnp.sqrt(jnp.diag(cov)),
@@ -354,6 +376,7 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
         n_evaluations=jnp.asarray(n_eval + 2, dtype=jnp.int32),
         starts=to_physical(u_end, lower, upper),
         start_objective=f_end,
+        chi2_nu=jnp.where(obs.has_uncertainty, c2 / jnp.maximum(nu, 1), jnp.nan),
     )
 
 

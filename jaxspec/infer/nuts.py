@@ -37,8 +37,14 @@ from tqdm.auto import tqdm
 
 from jaxspec.infer._box import EDGE_TOL, search_box
 from jaxspec.infer._prepare import as_batch, keys_for
-from jaxspec.infer.likelihood import rms_loss
-from jaxspec.infer.results import Status, is_converged, status_message
+from jaxspec.infer.likelihood import chi2, rms_loss
+from jaxspec.infer.results import (
+    Status,
+    is_converged,
+    plausibility_flags,
+    prior_std,
+    status_message,
+)
 
 __all__ = ["NutsResult", "sample_nuts", "spectrum_model"]
 
@@ -90,6 +96,7 @@ class NutsResult:
         seconds: wall-clock time (sampling plus this spectrum's share of the initial MAP).
         inference_data: arviz ``InferenceData`` (None when arviz is not installed).
         param_names: names, in order.
+        chi2_nu: χ²/ν with the given uncertainties at the posterior mean (NaN without).
     """
 
     samples: dict
@@ -104,6 +111,7 @@ class NutsResult:
     seconds: float
     param_names: tuple
     inference_data: object = field(default=None, repr=False)
+    chi2_nu: float = float("nan")
 
     @property
     def converged(self) -> bool:
@@ -114,7 +122,8 @@ class NutsResult:
         return status_message(
             self.status,
             f"R-hat max {np.nanmax(self.rhat):.3f}, ESS min {np.nanmin(self.ess):.0f}, "
-            f"{self.n_divergent} divergent",
+            f"{self.n_divergent} divergent"
+            + (f", chi2/nu {self.chi2_nu:.3g}" if np.isfinite(self.chi2_nu) else ""),
         )
 
     def rows(self) -> list[dict]:
@@ -184,7 +193,9 @@ def sample_nuts(
         dense_mass: adapt a dense mass matrix (default; cheap for a few parameters and
             it absorbs the Teff–log g–[Fe/H] correlations) instead of a diagonal one.
         rhat_max, ess_min, max_divergent_fraction: thresholds that flag a result as not
-            converged (Status.RHAT, LOW_ESS, DIVERGENT).
+            converged (Status.RHAT, LOW_ESS, DIVERGENT); implausible answers (χ²/ν far
+            above 1, a box corner, a posterior as wide as the prior) are flagged too
+            (:mod:`jaxspec.infer.results`).
         key: PRNG key or int seed.
         resample: ``"model"`` or ``"data"``.
         inference_data: also build arviz ``InferenceData``.
@@ -193,7 +204,15 @@ def sample_nuts(
     Returns:
         :class:`NutsResult`, or a list of them for several spectra (one compiled sampler
         is reused across spectra of one call).
+
+    Raises:
+        ValueError: ``num_samples`` < 2, ``num_chains`` < 1 or ``num_warmup`` < 0 (before
+            any work), or bad spectra, priors or ``init``.
     """
+    for name, value, least in (("num_warmup", num_warmup, 0), ("num_samples", num_samples, 2),
+                               ("num_chains", num_chains, 1)):
+        if int(value) != value or value < least:
+            raise ValueError(f"{name}={value}; pass an integer >= {least}")
     obs_all, batched = as_batch(emulator, flux, uncertainty, None if mask is None else mask,
                                 resample)
     n = obs_all.flux.shape[0]
@@ -256,7 +275,7 @@ def sample_nuts(
         results.append(_summarise(
             draws, diverging, num_steps, emulator, obs, names, lo[i], hi[i], rhat_max,
             ess_min, max_divergent_fraction, map_result, i, inference_data,
-            time.perf_counter() - t0 + t_map,
+            time.perf_counter() - t0 + t_map, cfg,
         ))
     return results if batched else results[0]
 
@@ -346,7 +365,7 @@ def _chain_inits(key, theta, sigma, lo, hi, names, priors, num_chains, fit_noise
 
 
 def _summarise(draws, diverging, num_steps, emulator, obs, names, lo, hi, rhat_max,
-               ess_min, max_div, map_result, i, want_idata, seconds):
+               ess_min, max_div, map_result, i, want_idata, seconds, cfg):
     samples = {k: np.asarray(v) for k, v in draws.items()}  # (C, S)
     chains = np.stack([samples[n] for n in names], axis=-1)  # (C, S, k)
     flat = chains.reshape(-1, len(names))
@@ -375,11 +394,19 @@ def _summarise(draws, diverging, num_steps, emulator, obs, names, lo, hi, rhat_m
         status |= int(Status.BOX_EDGE)
     model = obs.project(emulator(jnp.asarray(mean)))
     loss = float(rms_loss(model, obs.flux, obs.mask))
+    # implausible answers (results module docstring)
+    judge_chi2 = obs.has_uncertainty and not cfg.fit_noise
+    nu = int(np.sum(np.asarray(obs.mask))) - len(names)
+    c2 = float(chi2(model, obs.flux, obs.sigma, obs.mask))
+    status |= int(plausibility_flags(
+        u, chi2=c2 if judge_chi2 else None, nu=nu, sigma_u=std / (hi - lo),
+        prior_std_u=prior_std(dict(cfg.priors), names, lo, hi)))
     idata = _to_inference_data(samples, diverging, rhat, ess, names) if want_idata else None
     return NutsResult(
         samples=samples, params=mean, sigma=std, rhat=rhat, ess=ess, n_divergent=n_div,
         loss=loss, n_evaluations=n_eval, status=status, seconds=seconds,
         param_names=names, inference_data=idata,
+        chi2_nu=c2 / max(nu, 1) if obs.has_uncertainty else float("nan"),
     )
 
 

@@ -55,7 +55,19 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxspec.grid import _validate_wavelength
 
-__all__ = ["Observation", "Spectrum", "observe", "pad_observation", "stack_observations"]
+__all__ = [
+    "Observation",
+    "Spectrum",
+    "check_normalized",
+    "observe",
+    "pad_observation",
+    "stack_observations",
+]
+
+#: Where the 95th flux percentile of a continuum-normalised spectrum lies (the rule of
+#: :func:`jaxspec.clone.clone`'s input check), and the lowest median it may have.
+CONTINUUM_P95 = (0.75, 1.25)
+CONTINUUM_MEDIAN_MIN = 0.2
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -151,6 +163,35 @@ class Spectrum:
             f"Spectrum({self.name!r}: {self.n_pix} px in [{self.wavelength[0]:.3f}, "
             f"{self.wavelength[-1]:.3f}] Å, {int(self.mask.sum())} used, uncertainty "
             f"{'given' if self.uncertainty is not None else 'none'})"
+        )
+
+
+def check_normalized(spectrum: Spectrum, scale=(1.0, 1.0)) -> None:
+    """Raise a ValueError naming the spectrum when its flux is not continuum-normalised.
+
+    The rule of the clone step's input check: over the used pixels, the 95th flux
+    percentile must lie in ``CONTINUUM_P95`` = [0.75, 1.25] (the continuum near 1; lines
+    only lower the flux) and the median must exceed 0.2. A flux-calibrated spectrum
+    (1e-15 erg/s/cm²/Å) or counts (1e4) fails it by orders of magnitude, and fitting it
+    gives χ²/ν of 1e30 and a meaningless answer.
+
+    Args:
+        spectrum: the :class:`Spectrum`.
+        scale: ``(low, high)`` multiplier range of a fitted continuum (the box of the
+            Chebyshev ``c0`` when one is fitted): the limits widen to
+            ``[0.75 low, 1.25 high]``.
+    """
+    valid = spectrum.flux[spectrum.mask]
+    median = float(np.median(valid))
+    upper = float(np.percentile(valid, 95))
+    lo = CONTINUUM_P95[0] * min(scale)
+    hi = CONTINUUM_P95[1] * max(scale)
+    if not (lo <= upper <= hi and median > CONTINUUM_MEDIAN_MIN * min(scale)):
+        raise ValueError(
+            f"{spectrum.name}: flux does not look continuum-normalised (median {median:.4g}, "
+            f"95th percentile {upper:.4g}; the continuum should be near 1, 95th percentile "
+            f"in [{lo:g}, {hi:g}]); normalise it first (e.g. "
+            "jaxspec.preprocess.continuum_normalize) and write flux / continuum"
         )
 
 

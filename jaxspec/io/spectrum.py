@@ -10,15 +10,19 @@ Columns (names case-insensitive):
 ``uncertainty`` (optional)
     1σ flux uncertainty, same units as flux.
 ``mask`` (optional)
-    bool or 0/1, True (1) where the pixel is used.
+    bool or 0/1, True (1) where the pixel is used. An integer bitmask (flags, 0 = good)
+    is an error unless ``mask_bits`` says which bits mark a bad pixel: then a pixel is
+    used where ``(mask & mask_bits) == 0``.
 
 :func:`read_spectrum` validates them through :class:`jaxspec.infer.Spectrum` (NaN flux
-masked with a warning, non-positive uncertainties rejected) and names the file in every
-message; :func:`write_spectrum` writes the same layout.
+masked with a warning, non-positive uncertainties rejected), sorts wavelengths that are
+not increasing (with a warning) and names the file in every message;
+:func:`write_spectrum` writes the same layout.
 """
 
 from __future__ import annotations
 
+import warnings
 from os import PathLike
 from pathlib import Path
 
@@ -29,20 +33,30 @@ __all__ = ["read_spectrum", "write_spectrum"]
 _FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".txt": "ascii", ".dat": "ascii"}
 
 
-def read_spectrum(path: str | PathLike, *, name: str | None = None):
+def read_spectrum(path: str | PathLike, *, name: str | None = None,
+                  mask_bits: int | None = None):
     """Read a spectrum table.
 
     Args:
         path: ECSV, FITS (first table HDU), CSV or any table astropy reads.
         name: label for messages (default: the file name).
+        mask_bits: None (a ``mask`` column is bool or 0/1, True = use), or an integer
+            N > 0: the ``mask`` column is an integer bitmask and a pixel is used where
+            ``(mask & N) == 0`` (e.g. N = 1 for "bit 0 set = bad").
 
     Returns:
         :class:`jaxspec.infer.Spectrum`.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable file, or a required column missing (the message lists the
-            columns present and says how to fix it).
+        ValueError: unreadable file, a required column missing (the message lists the
+            columns present and says how to fix it), a mask column that is neither bool
+            nor 0/1 (a bitmask: pass ``mask_bits``), or σ ≤ 0 at a used pixel.
+
+    Warns:
+        UserWarning: wavelengths not in increasing order (they are sorted, flux,
+            uncertainty and mask with them); a 0/1 mask that uses fewer than half of the
+            pixels (1 means *used*: a bitmask with 0 = good needs ``mask_bits``).
     """
     from astropy.table import Table
 
@@ -100,13 +114,61 @@ def read_spectrum(path: str | PathLike, *, name: str | None = None):
     uncertainty = column("uncertainty") if "uncertainty" in cols else None
     mask = None
     if "mask" in cols:
-        mask = np.asarray(np.ma.filled(np.ma.asarray(table[cols["mask"]]), 0)).astype(bool)
+        mask = _read_mask(path, table[cols["mask"]], mask_bits)
+    elif mask_bits is not None:
+        raise ValueError(f"{path}: mask_bits={mask_bits} (--mask-bits) was given but the "
+                         f"table has no mask column (columns: {', '.join(table.colnames)})")
     order = np.argsort(wavelength, kind="stable")
-    if np.any(np.diff(wavelength) < 0):  # descending files (common in FITS) are reordered
+    steps = np.diff(wavelength)
+    if np.any(steps < 0):
+        if np.all(steps < 0):  # descending files (common in FITS)
+            warnings.warn(f"{path}: wavelengths are in decreasing order; the spectrum is "
+                          "reversed", stacklevel=2)
+        else:
+            j = int(np.flatnonzero(steps < 0)[0])
+            warnings.warn(
+                f"{path}: wavelengths are not sorted ({wavelength[j]:.3f} Å then "
+                f"{wavelength[j + 1]:.3f} Å at rows {j}, {j + 1}); the pixels are sorted "
+                "by wavelength (flux, uncertainty and mask with them): check the file",
+                stacklevel=2)
         wavelength, flux = wavelength[order], flux[order]
         uncertainty = None if uncertainty is None else uncertainty[order]
         mask = None if mask is None else mask[order]
     return Spectrum(wavelength, flux, uncertainty, mask, name=name or path.name)
+
+
+def _read_mask(path: Path, col, mask_bits: int | None) -> np.ndarray:
+    """The ``mask`` column as bool, True where the pixel is used (module docstring)."""
+    raw = np.ma.asarray(col)
+    if mask_bits is not None:
+        if isinstance(mask_bits, bool) or int(mask_bits) != mask_bits or mask_bits < 1:
+            raise ValueError(f"{path}: mask_bits={mask_bits!r} (--mask-bits); pass a positive "
+                             "integer, the bits that mark a bad pixel (e.g. 1, or 7 for bits 0-2)")
+        if raw.dtype.kind not in "iub":
+            raise ValueError(f"{path}: column mask has dtype {raw.dtype}; --mask-bits needs an "
+                             "integer bitmask column")
+        bits = np.ma.filled(raw.astype(np.int64), 0)
+        return (bits & int(mask_bits)) == 0
+    if raw.dtype.kind == "b":
+        return np.asarray(np.ma.filled(raw, False), dtype=bool)
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: column mask has dtype {raw.dtype}; write it as bool (True "
+                         "where the pixel is used) or 0/1")
+    values = np.ma.filled(raw.astype(np.float64), 0.0)
+    other = np.setdiff1d(np.unique(values), [0.0, 1.0])
+    if other.size:
+        shown = ", ".join(f"{v:g}" for v in other[:5])
+        raise ValueError(
+            f"{path}: column mask holds values other than 0/1 ({shown}): it looks like a "
+            "bitmask (0 = good). Pass --mask-bits N (read_spectrum(..., mask_bits=N)) to use "
+            "the pixels where (mask & N) == 0, or write a bool column, True where the pixel "
+            "is used (e.g. mask = (flags == 0))")
+    mask = values == 1.0
+    if mask.mean() < 0.5:
+        warnings.warn(
+            f"{path}: the 0/1 mask column uses only {int(mask.sum())} of {mask.size} pixels "
+            "(1 = used); if it is a bitmask with 0 = good, pass --mask-bits 1", stacklevel=3)
+    return mask
 
 
 def write_spectrum(spectrum, path: str | PathLike, *, overwrite: bool = False) -> Path:

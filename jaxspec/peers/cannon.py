@@ -35,6 +35,12 @@ In inference the scatter enters the likelihood: :attr:`CannonEmulator.model_vari
 is :math:`s_\lambda^2`, which :func:`jaxspec.infer.observe` adds to the data variance
 :math:`\sigma_\lambda^2`, as in the paper's "test step".
 
+Labels with fewer than 3 distinct training values (a grid axis with two nodes) get no
+squared term: their :math:`x_d^2` is a linear function of :math:`x_d` on the training set,
+so its coefficient is undetermined and the model bends arbitrarily between the nodes. Its
+coefficient row is then 0 (the model is linear in that label; ``info["linear_only"]``
+lists such labels) and :func:`train_cannon` warns.
+
 Limits. One quadratic per pixel is a good description over a narrow label range (the
 paper trains on red giants); over a grid spanning 3000–11000 K it cannot follow how lines
 appear and vanish, and its errors there are large. Label scaling cannot fix that.
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from os import PathLike
 from pathlib import Path
 
@@ -204,18 +211,22 @@ def train_cannon(
     lo, hi = min_max(labels, names)
     pivot = labels.mean(axis=0)
     scale = labels.std(axis=0)
-    design = np.asarray(label_vector(jnp.asarray((labels - pivot) / scale)))
+    full = np.asarray(label_vector(jnp.asarray((labels - pivot) / scale)))
+    keep = _kept_terms(labels, names)
+    design = full[:, keep]
     flux = np.asarray(flux, dtype=np.float64)
-    n, p = design.shape
+    n, p = full.shape
     rank = int(np.linalg.matrix_rank(design))
     if n <= rank:
         raise ValueError(
             f"{n} training spectra for a quadratic model of rank {rank} in {names}: the "
             "scatter cannot be estimated; train on more nodes (hold out fewer)"
         )
-    coeff, *_ = np.linalg.lstsq(design, flux, rcond=None)  # (p, n_pix)
+    coeff, *_ = np.linalg.lstsq(design, flux, rcond=None)  # (p_kept, n_pix)
     resid = flux - design @ coeff
-    info = {"n_train": n, "n_terms": p, "rank": rank}
+    dropped = [d for d, name in enumerate(names) if not keep[_square_index(d, len(names))]]
+    info = {"n_train": n, "n_terms": int(keep.sum()), "rank": rank,
+            "linear_only": [names[d] for d in dropped]}
     if flux_sigma is None:
         s2 = np.sum(resid**2, axis=0) / (n - rank)
     else:
@@ -237,8 +248,10 @@ def train_cannon(
         info["n_iter"] = n_iter
     info["seconds"] = time.perf_counter() - t0
     info["train_rms"] = float(np.sqrt(np.mean(resid**2)))
+    coeff_full = np.zeros((p, flux.shape[1]))
+    coeff_full[keep] = coeff  # left-out squares have coefficient 0
     return CannonEmulator(
-        coefficients=jnp.asarray(coeff, dtype=jnp.float64),
+        coefficients=jnp.asarray(coeff_full, dtype=jnp.float64),
         scatter=jnp.asarray(np.sqrt(s2), dtype=jnp.float64),
         pivot=jnp.asarray(pivot, dtype=jnp.float64),
         scale=jnp.asarray(scale, dtype=jnp.float64),
@@ -247,6 +260,34 @@ def train_cannon(
         names=tuple(names),
         provenance=json.dumps(info),
     )
+
+
+def _square_index(d: int, k: int) -> int:
+    """Column of :math:`x_d^2` in :func:`label_vector`'s order (k labels)."""
+    i, j = np.triu_indices(k)
+    return 1 + k + int(np.flatnonzero((i == d) & (j == d))[0])
+
+
+def _kept_terms(labels: np.ndarray, names) -> np.ndarray:
+    """``(p,)`` bool: the label-vector terms fitted. The square of a label with fewer
+    than 3 distinct training values is left out (with a warning): through two values
+    :math:`x^2` is a linear function of x, the least squares then spread each pixel's
+    slope over x and x² at random, and between the nodes the model bends away from the
+    data (median flux 0.3-0.65 against 0.97 at the nodes on such a grid)."""
+    k = labels.shape[1]
+    keep = np.ones(1 + k + k * (k + 1) // 2, dtype=bool)
+    for d, name in enumerate(names):
+        values = np.unique(labels[:, d])
+        if values.size < 3:
+            keep[_square_index(d, k)] = False
+            warnings.warn(
+                f"train_cannon: {name} takes only {values.size} values "
+                f"({', '.join(f'{v:g}' for v in values)}) in the training set, too few for "
+                f"a quadratic term; the model is linear in {name} (its squared term is "
+                "left out)",
+                stacklevel=3,
+            )
+    return keep
 
 
 @jax.jit
