@@ -1,18 +1,37 @@
-"""Synthesis benchmark: the real 9,028-line PHOENIX clone on 481,100 pixels.
+"""Synthesis benchmark: the one engine (jaxspec.synthesis), its evaluation and derivatives.
 
-Prints ms per spectrum (single, jitted, plan reused), batched throughput for 16 line
-lists, the planning and compile times, a blase-style fixed 6000-pixel window for scale,
-and the max error of the windowed flux against the untruncated product.
+Parts (``--parts``, comma-separated; default all):
 
-    python benchmarks/bench_synthesis.py [--repeats 20] [--no-exact]
+clone
+    The real 9,028-line PHOENIX clone on 481,100 pixels (8038-12849 Å at 0.01 Å):
+    planning and compile time, ms per spectrum (single, jitted, plan reused), batched
+    throughput for 16 line lists, value + gradient with respect to all 4 x 9,028 line
+    parameters, one JVP, XLA ``cost_analysis()`` bytes of each, and the max error of the
+    windowed flux against the untruncated product (``--no-exact`` skips it).
+emulator
+    ``LineEmulator`` of the default embedded grid's exact line lists (the "oracle", 25,405
+    px; built as in bench_emulator.py, 108 nodes held out) and a blase3D-scale one (the
+    real T4700 clone on the 73 x 9 x 2 PHOENIX lattice, 481,100 px): evaluation,
+    ``jax.grad`` with respect to the 3 stellar parameters, ``jax.jacfwd`` (3 directions),
+    the ratios to an evaluation and the cost-analysis bytes.
+map
+    ``fit_map`` through the oracle default emulator at held-out nodes, S/N 100
+    (``--map-stars``): seconds per star and the errors.
 
-Needs ../shared/data/phoenix_clone_T4700_g4.5_HPF.npz beside the project.
+    python benchmarks/bench_synthesis.py [--parts clone,emulator,map] [--repeats 10]
+        [--out /tmp/jaxspec_bench] [--json report.json]
+
+Needs ../shared/data/phoenix_clone_T4700_g4.5_HPF.npz beside the project for clone and
+the blase3D-scale emulator. Timings on a shared 2-core CPU are noisy (the load average is
+printed with every number).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,9 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec import LineList
-from jaxspec.profiles import pseudo_voigt
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def load():
+    return "load %.1f" % os.getloadavg()[0]
 
 
 def timed(fn, *args, repeats):
@@ -35,48 +62,55 @@ def timed(fn, *args, repeats):
     return (time.perf_counter() - t0) / repeats, out
 
 
-def fixed_window_flux(lines, wl, window=6000):
-    """blase-style: every line evaluated on a fixed window of pixels (for scale)."""
-    dl = 0.01
-    start = jnp.clip(
-        jnp.round((lines.center - wl[0]) / dl).astype(int) - window // 2, 0, wl.size - window
-    )
-    idx = start[:, None] + jnp.arange(window)
-    x = wl[idx] - lines.center[:, None]
-    v = pseudo_voigt(x, jnp.exp(lines.ln_sigma)[:, None], jnp.exp(lines.ln_gamma)[:, None])
-    terms = jnp.log1p(-jnp.exp(lines.ln_amplitude)[:, None] * v)
-    return jnp.exp(jnp.zeros(wl.size).at[idx].add(terms))
+def cost_bytes(fn, *args) -> float:
+    """XLA's estimate of the bytes a compiled function moves."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["bytes accessed"])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--no-exact", action="store_true", help="skip the ~1 min reference")
-    args = parser.parse_args()
-
+def clone_part(args, report):
     path = DATA / "phoenix_clone_T4700_g4.5_HPF.npz"
     if not path.exists():
-        raise SystemExit(f"missing {path}: this benchmark needs the shared real line list")
+        log(f"clone: skipped, {path} is absent")
+        return
     lines = LineList.from_npz(path)
     wl = 8038.0 + 0.01 * np.arange(481_100)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"cpus visible: {os.cpu_count()}")
-    print(f"case: {lines.n_lines} lines, {wl.size} pixels, {wl[0]:.2f}-{wl[-1]:.2f} Å")
-
+    log(f"clone: {lines.n_lines} lines, {wl.size} pixels, {wl[0]:.2f}-{wl[-1]:.2f} Å")
     t0 = time.perf_counter()
     plan = lines.plan(wl)
     t_plan = time.perf_counter() - t0
     n_eval = plan.n_evaluations()
-    print(f"plan: {t_plan * 1e3:.1f} ms; {len(plan.levels)} levels, {n_eval / 1e6:.2f} M "
-          f"profile evaluations ({n_eval / lines.n_lines:.0f} per line)")
+    log(f"  plan {t_plan * 1e3:.0f} ms; {len(plan.levels)} levels, {n_eval / 1e6:.2f} M "
+        f"profile evaluations ({n_eval / lines.n_lines:.0f} per line)")
 
-    single = eqx.filter_jit(lambda ll, p: ll.flux(wl, plan=p))
+    def flux(ll, p):
+        return ll.flux(wl, plan=p)
+
+    single = jax.jit(flux)
     t0 = time.perf_counter()
     jax.block_until_ready(single(lines, plan))
-    print(f"compile + first call: {time.perf_counter() - t0:.2f} s")
-    t_single, flux = timed(single, lines, plan, repeats=args.repeats)
-    print(f"single spectrum: {t_single * 1e3:.2f} ms (target <= 20 ms on 2 CPU cores)")
+    log(f"  compile + first call {time.perf_counter() - t0:.2f} s")
+    t_eval, model = timed(single, lines, plan, repeats=args.repeats)
+    target = model * 0.99
 
+    def loss(ll, p):
+        return jnp.sum((flux(ll, p) - target) ** 2)
+
+    value_grad = jax.jit(jax.value_and_grad(loss))
+    t_grad, _ = timed(value_grad, lines, plan, repeats=args.repeats)
+    tangent = jax.tree_util.tree_map(lambda v: jnp.full_like(v, 0.01), lines)
+
+    def jvp(ll, p, t):
+        return jax.jvp(lambda x: flux(x, p), (ll,), (t,))
+
+    t_jvp, _ = timed(jax.jit(jvp), lines, plan, tangent, repeats=args.repeats)
+    b_eval = cost_bytes(flux, lines, plan)
+    b_grad = cost_bytes(jax.value_and_grad(loss), lines, plan)
+    log(f"  evaluation {t_eval * 1e3:.1f} ms (target <= 15); value + gradient (all line "
+        f"parameters) {t_grad * 1e3:.1f} ms = {t_grad / t_eval:.2f}x (target <= 2x); one JVP "
+        f"{t_jvp * 1e3:.1f} ms = {t_jvp / t_eval:.2f}x; bytes gradient/evaluation "
+        f"{b_grad / b_eval:.2f}x [{load()}]")
     rng = np.random.default_rng(0)
     batch = LineList(
         lines.center[None] + rng.normal(0, 0.002, (16, 1)),
@@ -87,21 +121,123 @@ def main():
     bplan = batch.plan(wl)
     batched = eqx.filter_jit(lambda b, p: eqx.filter_vmap(lambda ll: ll.flux(wl, plan=p))(b))
     t_batch, _ = timed(batched, batch, bplan, repeats=max(2, args.repeats // 4))
-    print(f"batched (16 line lists): {t_batch * 1e3:.1f} ms per batch, "
-          f"{t_batch / 16 * 1e3:.2f} ms per spectrum, {16 / t_batch:.0f} spectra/s")
-
-    wl_j = jnp.asarray(wl)
-    fixed = jax.jit(lambda ll: fixed_window_flux(ll, wl_j))
-    t_fixed, _ = timed(fixed, lines, repeats=2)
-    print(f"for scale, fixed 6000-pixel windows (blase-style, jitted): {t_fixed * 1e3:.0f} ms")
-
+    log(f"  batched (16 line lists) {t_batch / 16 * 1e3:.2f} ms per spectrum, "
+        f"{16 / t_batch:.0f} spectra/s")
+    entry = {"eval_ms": t_eval * 1e3, "value_grad_ms": t_grad * 1e3, "jvp_ms": t_jvp * 1e3,
+             "grad_ratio": t_grad / t_eval, "jvp_ratio": t_jvp / t_eval,
+             "bytes_ratio": b_grad / b_eval, "batched16_ms": t_batch / 16 * 1e3,
+             "n_evaluations": n_eval, "load": os.getloadavg()[0]}
     if not args.no_exact:
-        t0 = time.perf_counter()
-        exact = np.asarray(jax.jit(lambda ll: ll.flux_exact(wl_j))(lines))
-        err = np.abs(np.asarray(flux, dtype=np.float64) - exact)
-        print(f"untruncated product: {time.perf_counter() - t0:.1f} s")
-        print(f"max |windowed - untruncated| = {err.max():.2e} at {wl[err.argmax()]:.2f} Å "
-              f"(mean {err.mean():.1e}; target <= 1e-4)")
+        exact = np.asarray(jax.jit(lambda ll: ll.flux_exact(jnp.asarray(wl)))(lines))
+        err = np.abs(np.asarray(model, dtype=np.float64) - exact)
+        log(f"  max |windowed - untruncated| = {err.max():.2e} at {wl[err.argmax()]:.2f} Å")
+        entry["max_error"] = float(err.max())
+    report["clone"] = entry
+
+
+def emulator_speed(emulator, label, args, report):
+    theta = jnp.asarray(np.mean(emulator.bounds, axis=1) + np.array([37.0, 0.07, -0.03]))
+
+    def evaluate(e, p):
+        return e(p)
+
+    def loss(p, e):
+        return jnp.sum(e(p) ** 2)
+
+    def jac(p, e):
+        return jax.jacfwd(lambda q: e(q))(p)
+
+    ev = eqx.filter_jit(evaluate)
+    grad = eqx.filter_jit(jax.grad(loss))
+    jfwd = eqx.filter_jit(jac)
+    t_eval, _ = timed(ev, emulator, theta, repeats=args.repeats)
+    t_grad, _ = timed(grad, theta, emulator, repeats=args.repeats)
+    t_jac, _ = timed(jfwd, theta, emulator, repeats=args.repeats)
+    params, static = eqx.partition(emulator, eqx.is_array)
+
+    def bytes_of(fn):
+        return cost_bytes(lambda p, a: fn(p, eqx.combine(a, static)), theta, params)
+
+    b_eval = bytes_of(lambda p, e: e(p))
+    b_grad = bytes_of(jax.grad(loss))
+    log(f"{label}: {emulator.n_lines:,} lines, {emulator.n_pix:,} px: evaluation "
+        f"{t_eval * 1e3:.1f} ms; grad wrt params {t_grad * 1e3:.1f} ms = "
+        f"{t_grad / t_eval:.2f}x (target <= 2x); jacfwd (3) {t_jac * 1e3:.1f} ms = "
+        f"{t_jac / t_eval:.2f}x (target <= 3x); bytes grad/eval {b_grad / b_eval:.2f}x "
+        f"(target <= 3x) [{load()}]")
+    report[label] = {"eval_ms": t_eval * 1e3, "grad_ms": t_grad * 1e3,
+                     "jacfwd_ms": t_jac * 1e3, "grad_ratio": t_grad / t_eval,
+                     "jacfwd_ratio": t_jac / t_eval, "bytes_ratio": b_grad / b_eval,
+                     "load": os.getloadavg()[0]}
+
+
+def oracle_emulator(out: Path):
+    from bench_emulator import default_grid, held_mask, oracle_identification
+
+    from jaxspec.line_emulator import LineEmulator
+
+    grid = default_grid(out)
+    held = held_mask(grid)
+    return grid, held, LineEmulator.from_identification(oracle_identification(grid, held),
+                                                        grid.wavelength)
+
+
+def emulator_part(args, report, cache):
+    grid, held, oracle = cache.setdefault("oracle", oracle_emulator(args.out))
+    emulator_speed(oracle, "default_oracle", args, report)
+    if (DATA / "phoenix_clone_T4700_g4.5_HPF.npz").exists():
+        from bench_emulator import blase3d_scale_emulator
+
+        emulator_speed(blase3d_scale_emulator(), "blase3d_scale", args, report)
+
+
+def map_part(args, report, cache):
+    from jaxspec.infer import fit_map
+
+    grid, held, oracle = cache.setdefault("oracle", oracle_emulator(args.out))
+    params, flat = grid.node_params()
+    inside = held.reshape(-1)[flat]
+    rows = np.flatnonzero(inside)
+    rng = np.random.default_rng(3)
+    rows = rng.choice(rows, size=min(args.map_stars, rows.size), replace=False)
+    flux = grid.flux.reshape(-1, grid.n_pix)[flat[rows]]
+    sigma = 0.01
+    noisy = flux + rng.normal(0, sigma, flux.shape)
+    fit_map(oracle, noisy[0], np.full(grid.n_pix, sigma), hessian="gauss-newton")  # compile
+    t0 = time.perf_counter()
+    res = fit_map(oracle, noisy, np.full(noisy.shape, sigma), hessian="gauss-newton")
+    dt = (time.perf_counter() - t0) / len(rows)
+    err = np.abs(np.asarray(res.params) - params[rows])
+    log(f"MAP through the oracle default emulator, {len(rows)} held-out nodes at S/N 100: "
+        f"{dt:.2f} s per star (target <= 1 s); mean |error| Teff {err[:, 0].mean():.1f} K, "
+        f"log g {err[:, 1].mean():.3f}, [Fe/H] {err[:, 2].mean():.3f} [{load()}]")
+    report["map_oracle"] = {"s_per_star": dt, "mean_abs_error": err.mean(0).tolist(),
+                            "n": int(len(rows))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="clone,emulator,map")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-exact", action="store_true", help="skip the ~1 min reference")
+    parser.add_argument("--map-stars", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/jaxspec_bench"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"cpus visible: {os.cpu_count()}")
+    report, cache = {}, {}
+    parts = args.parts.split(",")
+    if "clone" in parts:
+        clone_part(args, report)
+    if "emulator" in parts:
+        emulator_part(args, report, cache)
+    if "map" in parts:
+        map_part(args, report, cache)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        log(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
