@@ -273,18 +273,27 @@ def _expand(c, ndim):
     return c.reshape((-1,) + (1,) * (ndim - 1))
 
 
-def _terms(c, wl, gaussian: bool, tangent=None):
-    """T (gaussian) or S at wavelengths ``wl`` (n_b, ...) float64, and with ``tangent``
-    (the constants' tangents ``dc``) also dT or dS: the linear rule of the module
-    docstring, evaluated in the same pass as the value."""
+def _depth(c, wl, gaussian: bool):
+    """a V at wavelengths ``wl`` (n_b, ...) float64 and its ingredients: the constants
+    broadcast against ``wl``, x = λ - μ, x², 1/(x² + κ), exp(-k x²) (None without the
+    Gaussian)."""
     lor, half2, gau, gau_k, mu = (_expand(v, wl.ndim) for v in c)
     x = (wl - mu).astype(lor.dtype)
     x2 = x * x
     inv = 1.0 / (x2 + half2)
     depth = lor * inv
+    gauss = None
     if gaussian:
         gauss = jnp.exp(-gau_k * x2)
         depth = depth + gau * gauss
+    return depth, (lor, gau, gau_k), (x, x2, inv, gauss)
+
+
+def _terms(c, wl, gaussian: bool, tangent=None):
+    """T (gaussian) or S at wavelengths ``wl`` (n_b, ...) float64, and with ``tangent``
+    (the constants' tangents ``dc``) also dT or dS: the linear rule of the module
+    docstring, evaluated in the same pass as the value."""
+    depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(c, wl, gaussian)
     value = jnp.log1p(-jnp.minimum(depth, MAX_DEPTH))
     if tangent is None:
         return value
@@ -330,14 +339,7 @@ def _cotangent(c, ct, arrays, size, kind):
     dt = ct.dtype
 
     def partials(wl, ct, gaussian):
-        lor, half2, gau, gau_k, mu = (_expand(v, wl.ndim) for v in c)
-        x = (wl - mu).astype(dt)
-        x2 = x * x
-        inv = 1.0 / (x2 + half2)
-        depth = lor * inv
-        if gaussian:
-            gauss = jnp.exp(-gau_k * x2)
-            depth = depth + gau * gauss
+        depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(c, wl, gaussian)
         w = jnp.where(depth < MAX_DEPTH, -ct / (1.0 - depth), 0.0)
         wi = w * inv
         wii = wi * inv
