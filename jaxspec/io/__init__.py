@@ -8,6 +8,9 @@
   writer (``atomic_path``, ``write_table``, ``save_figure``).
 - :mod:`jaxspec.io.locking`: one writer per file (``WriterLock``, the ``<name>.lock``
   file) and lock-free HDF5 reads (``open_hdf5``).
+- :mod:`jaxspec.io.results_writer`: streaming, resumable results tables of batch runs
+  (``ResultsWriter``: rows fsync-ed to ``OUT.partial``, the ``WriterLock`` of ``OUT``,
+  the final table through ``write_table``).
 """
 
 from jaxspec.io.grid_hdf5 import GridWriter, read_grid_hdf5, write_grid_hdf5

@@ -112,6 +112,9 @@ class WriterLock:
     Args:
         path: the file to guard (need not exist).
         what: how messages call it, e.g. ``"clone store"``.
+        alternative: another way out offered when the file is in use, e.g. ``"pass
+            another --out"`` (the message already says to wait or remove a dead
+            writer's lock).
 
     Example:
         >>> with WriterLock("clones.h5", what="clone store"):
@@ -122,10 +125,11 @@ class WriterLock:
             PID, host, start time and command, and says what to do.
     """
 
-    def __init__(self, path: str | PathLike, *, what: str = "file"):
+    def __init__(self, path: str | PathLike, *, what: str = "file", alternative: str = ""):
         self.path = Path(path)
         self.lock = lock_path(self.path)
         self.what = what
+        self.alternative = alternative
         self._token: str | None = None
         self._finalizer = None
 
@@ -198,9 +202,11 @@ class WriterLock:
                 holder, token = _HELD.get(os.path.abspath(self.lock), (lambda: None, None))
             holder = holder()
             if holder is not None and holder.held and token == info.get("token"):
+                other = f", or {self.alternative}" if self.alternative else ""
                 raise FileInUseError(
-                    f"{self.path}: {self.what} is already open for writing in this process "
-                    f"(since {info.get('started')}); close that writer first"
+                    f"{self.path}: in use by PID {pid} (this process) since "
+                    f"{info.get('started')}: the {self.what} is already open for writing "
+                    f"in this process; close that writer first{other}"
                 )
             self._take_over(info, reason="it was left by this process")
             return
@@ -212,10 +218,11 @@ class WriterLock:
             )
             self._take_over(info, reason="stale")
             return
+        other = f", {self.alternative}" if self.alternative else ""
         raise FileInUseError(
             f"{self.what} {self.path} is in use by PID {pid} on host {host} since "
-            f"{info.get('started')} ({info.get('command', '?')}); wait for it, or remove "
-            f"the lock file {self.lock} if that process is gone"
+            f"{info.get('started')} ({info.get('command', '?')}); wait for it{other}, or "
+            f"remove the lock file {self.lock} if that process is gone"
         )
 
     def _take_over(self, info: dict, *, reason: str) -> None:

@@ -7,10 +7,10 @@ durably the moment it is known and builds the final table from those rows.
 Files, for a results table ``OUT`` (e.g. ``results.ecsv``):
 
 ``OUT``
-    the final table (ECSV), written once at :meth:`ResultsWriter.finish` through a
-    temporary file ``OUT.tmp`` renamed over ``OUT`` (``os.replace``): an earlier ``OUT``
-    stays intact until the new one is complete. Its ``meta`` holds ``settings`` (what
-    produced the rows, see below).
+    the final table (ECSV), written once at :meth:`ResultsWriter.finish` with
+    :func:`jaxspec.io.atomic.write_table` (to ``OUT.<pid>.partial``, fsync-ed and renamed
+    over ``OUT``): an earlier ``OUT`` stays intact until the new one is complete. Its
+    ``meta`` holds ``settings`` (what produced the rows, see below).
 ``OUT.partial``
     JSON Lines, one object per line, appended while the batch runs. The first line is the
     header ``{"format": "jaxspec-results-partial", "version": 1, "settings": {...}}``;
@@ -19,11 +19,15 @@ Files, for a results table ``OUT`` (e.g. ``results.ecsv``):
     at most the row being computed; a torn last line (killed inside ``write``) is
     dropped on the next open. Removed by :meth:`~ResultsWriter.finish`.
 ``OUT.lock``
-    JSON ``{"pid", "host", "started" (ISO 8601, UTC), "command"}`` of the process writing
-    ``OUT``, created with ``O_CREAT | O_EXCL``. A second writer of the same ``OUT`` fails
-    at once with :class:`ResultsInUseError` naming that process. A lock left by a process
-    that died (same host, PID gone) is taken over with a warning; a lock from another
-    host cannot be checked and is respected (delete it by hand if that job is dead).
+    the writer lock of ``OUT`` (:class:`jaxspec.io.locking.WriterLock`, the lock every
+    jaxspec writer takes): JSON ``{"pid", "host", "started" (ISO 8601, UTC), "command",
+    "token"}`` of the process writing ``OUT``, created with ``O_CREAT | O_EXCL``. A second
+    writer of the same ``OUT`` fails at once with
+    :class:`~jaxspec.io.locking.FileInUseError` naming that process. A lock left by a
+    process that died (same host, PID gone) is taken over with a warning; a lock from
+    another host cannot be checked and is respected (delete it by hand if that job is
+    dead). Each row and the final table are written only while the lock is still this
+    writer's.
 
 Rows and resume. Every row has a ``file`` (the spectrum's path as given) and a
 ``checksum`` (:func:`file_checksum`, SHA-256 of the file's bytes; ``""`` when it could
@@ -48,18 +52,18 @@ give each worker's rows to one writer in the client).
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import math
 import os
-import socket
-import sys
 import warnings
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
+
+from jaxspec.io.atomic import write_table
+from jaxspec.io.locking import FileInUseError, WriterLock
 
 __all__ = ["ResultsInUseError", "ResultsWriter", "file_checksum"]
 
@@ -68,8 +72,9 @@ _ERROR_PREFIX = "input error: "
 _VERSION = 1
 
 
-class ResultsInUseError(FileExistsError):
-    """Another live process writes the same results table (its lock file exists)."""
+#: Another live process (or another writer in this one) writes the same results table:
+#: the one lock error of :mod:`jaxspec.io.locking`, under the name this module had for it.
+ResultsInUseError = FileInUseError
 
 
 def file_checksum(path: str | PathLike) -> str:
@@ -108,16 +113,6 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class ResultsWriter:
     """Durable, resumable writer of a one-row-per-spectrum table (module docstring).
 
@@ -145,21 +140,22 @@ class ResultsWriter:
         ValueError: ``OUT``'s folder cannot be created or written (checked by creating
             ``OUT.partial``, before any work), an earlier run used other settings, or an
             existing ``OUT``/``OUT.partial`` is not a results table.
-        ResultsInUseError: another live process writes ``OUT``.
+        FileInUseError: another live process (or another open writer in this one)
+            writes ``OUT`` (``ResultsInUseError`` is the same class).
     """
 
     def __init__(self, out: str | PathLike, *, settings: dict, overwrite: bool = False,
                  what: str = "results table"):
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
-        self.lock = self.out.with_name(self.out.name + ".lock")
+        self._lock = WriterLock(self.out, what=what, alternative="pass another --out")
+        self.lock = self._lock.lock  # OUT.lock
         self.settings = _plain(dict(settings))
         self.overwrite = bool(overwrite)
         self.what = what
         self._rows: dict[str, dict] = {}  # file -> row, in order of writing
         self._keys: set[tuple[str, str]] = set()
         self._fh = None
-        self._locked = False
         self.n_resumed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,7 +180,13 @@ class ResultsWriter:
                 self.out.exists() and not os.access(self.out, os.W_OK)):
             raise ValueError(f"{self.out}: not writable (permission denied); pass a writable "
                              f"--out for the {self.what} or fix the permissions")
-        self._acquire_lock()
+        try:
+            self._lock.acquire()
+        except FileInUseError:
+            raise
+        except OSError as err:
+            raise ValueError(f"{self.lock}: cannot create the lock file ({err.strerror}); "
+                             f"pass a writable --out for the {self.what}") from None
         try:
             if not self.overwrite:
                 self._load_earlier()
@@ -199,7 +201,7 @@ class ResultsWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        self._release_lock()
+        self._lock.release()
 
     # ------------------------------------------------------------------ rows
 
@@ -220,6 +222,7 @@ class ResultsWriter:
         if "file" not in row or "checksum" not in row:
             raise ValueError("a results row needs 'file' and 'checksum' entries")
         line = json.dumps(row, allow_nan=True) + "\n"
+        self._lock.check()  # never two writers: stop if the lock was taken meanwhile
         self._fh.write(line)
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -246,17 +249,13 @@ class ResultsWriter:
                 rows of other files come first, in order of writing.
         """
         table = self.table(meta=meta, units=units, descriptions=descriptions, order=order)
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        table.write(tmp, format="ascii.ecsv", overwrite=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out)
-        _fsync_dir(self.out.parent)
+        self._lock.check()
+        write_table(table, self.out, overwrite=True, format="ascii.ecsv")
         if self._fh is not None:
             self._fh.close()
             self._fh = None
         self.partial.unlink(missing_ok=True)
-        self._release_lock()
+        self._lock.release()
         return table
 
     def table(self, *, meta=None, units=None, descriptions=None, order=None):
@@ -407,82 +406,8 @@ class ResultsWriter:
             raise ValueError(f"{self.partial}: cannot write ({err.strerror}); pass a writable "
                              f"--out for the {self.what}") from None
 
-    def _acquire_lock(self) -> None:
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"),
-            "command": " ".join(sys.argv) or "python",
-        }
-        for _ in range(10):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._handle_existing_lock()
-                continue
-            except OSError as err:
-                raise ValueError(f"{self.lock}: cannot create the lock file ({err.strerror}); "
-                                 f"pass a writable --out for the {self.what}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            self._locked = True
-            return
-        raise ResultsInUseError(f"{self.lock}: could not take the lock (it keeps changing)")
-
-    def _handle_existing_lock(self) -> None:
-        try:
-            info = json.loads(self.lock.read_text())
-        except FileNotFoundError:
-            return  # released meanwhile: try again
-        except (OSError, ValueError):
-            info = {}
-        pid, host = info.get("pid"), info.get("host")
-        who = (f"PID {pid} on {host}, started {info.get('started', '?')}"
-               f" ({info.get('command', '?')})") if pid else "an unreadable lock record"
-        if pid and host == socket.gethostname() and not _pid_alive(int(pid)):
-            warnings.warn(f"{self.lock}: taking over a stale lock of {who}: that process is "
-                          "gone", stacklevel=4)
-            stale = self.lock.with_name(f"{self.lock.name}.stale.{os.getpid()}")
-            try:
-                os.replace(self.lock, stale)
-                stale.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
-            return
-        raise ResultsInUseError(
-            f"{self.out}: in use by {who}: another jaxspec run writes this {self.what}; "
-            f"wait for it, or pass another --out (if that process is dead, delete {self.lock})"
-        )
-
-    def _release_lock(self) -> None:
-        if not self._locked:
-            return
-        self._locked = False
-        try:
-            info = json.loads(self.lock.read_text())
-            if info.get("pid") == os.getpid():
-                self.lock.unlink()
-        except (OSError, ValueError):
-            pass
-
 
 def _is_error_row(row: dict) -> bool:
     return row.get("converged") is False and str(row.get("message", "")).startswith(
         _ERROR_PREFIX)
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

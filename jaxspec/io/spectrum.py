@@ -173,9 +173,15 @@ def _read_mask(path: Path, col, mask_bits: int | None) -> np.ndarray:
 
 def write_spectrum(spectrum, path: str | PathLike, *, overwrite: bool = False) -> Path:
     """Write a :class:`jaxspec.infer.Spectrum` as a table (format from the suffix:
-    ``.ecsv``, ``.fits``, ``.csv``); wavelength carries the unit Å. Returns the path."""
+    ``.ecsv``, ``.fits``, ``.csv``); wavelength carries the unit Å. Returns the path.
+
+    Atomic (:func:`jaxspec.io.atomic.write_table`): an existing file stays intact until
+    the new one is complete. FileExistsError if ``path`` exists and ``overwrite`` is
+    False."""
     import astropy.units as u
     from astropy.table import Table
+
+    from jaxspec.io.atomic import write_table
 
     path = Path(path)
     table = Table()
@@ -185,9 +191,4 @@ def write_spectrum(spectrum, path: str | PathLike, *, overwrite: bool = False) -
         table["uncertainty"] = spectrum.uncertainty
     if not np.all(spectrum.mask):
         table["mask"] = spectrum.mask
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = _FORMATS.get(path.suffix.lower())
-    table.write(path, format=fmt, overwrite=overwrite) if fmt else table.write(
-        path, overwrite=overwrite
-    )
-    return path
+    return write_table(table, path, overwrite=overwrite)
