@@ -285,7 +285,9 @@ def test_cli_train_parsers_and_infer(toy_flow, tmp_path, capsys):
                               "--snr-range", "5:50", "--hidden", "64", "32"])
     assert callable(args.func) and args.kind == "flow" and args.snr_range == (5.0, 50.0)
     args = parser.parse_args(["regressor", "emu.h5", "--out", "m.h5", "--bin", "4"])
-    assert args.kind == "regressor" and args.lr == 1e-3 and args.batch_size == 128
+    from jaxspec.amortised import regressor as reg
+
+    assert args.kind == "regressor" and args.lr == reg.LR and args.batch_size == reg.BATCH_SIZE
     assert not args.quiet and not args.resume and args.n_train is None  # library defaults
     # ... and the same sub-commands through the jaxspec command line itself.
     from jaxspec.cli import build_parser

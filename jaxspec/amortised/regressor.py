@@ -339,7 +339,7 @@ def _loss(emulator, model, params, flux) -> np.ndarray:
 
 #: Defaults of :func:`train_regressor`, sized to train on the tiny grid's pixel emulator
 #: (1,990 px) in under 10 minutes on 2 CPU cores (README, "Amortised inference").
-N_TRAIN, BATCH_SIZE, LR, MAX_EPOCHS, PATIENCE, N_CALIBRATE = 8192, 128, 1e-3, 10, 3, 1024
+N_TRAIN, BATCH_SIZE, LR, MAX_EPOCHS, PATIENCE, N_CALIBRATE = 4096, 64, 1e-3, 10, 3, 1024
 #: Measured time of the defaults (help text of ``jaxspec train regressor``).
 DEFAULTS_TIMING = "about 8 minutes on 2 CPU cores"
 

@@ -167,14 +167,7 @@ def _train(args: argparse.Namespace) -> int:
           f"loss {min(hist['val_loss']):.4g}, {hist['seconds']:.0f} s of training; "
           f"checkpoint kept in {ckpt} (--resume --max-epochs N trains further)")
     if model.calibration is not None:
-        rep = json.loads(model.calibration.report)
-        for level in ("68", "95"):
-            print(f"held-out coverage of {level} % intervals ({rep['n']} spectra, the "
-                  "recalibration set): " + ", ".join(
-                      f"{n} {100 * c:.1f} %" for n, c in zip(
-                          sim.names, rep[f"calibrated_coverage_{level}"]))
-                  + " (before: " + ", ".join(f"{100 * c:.1f} %" for c in
-                                             rep[f"raw_coverage_{level}"]) + ")")
+        _print_recalibration(model, sim.names)
     if args.calibrate:
         cal = simulation_based_calibration(
             model, sim, n=args.calibrate, key=args.seed + 1_000_003,
@@ -186,6 +179,28 @@ def _train(args: argparse.Namespace) -> int:
                   f" %): {cov}")
         print(f"wrote {cal['plot']}")
     return 0
+
+
+def _print_recalibration(model, names) -> None:
+    """One or two lines on what the recalibration did on its held-out set."""
+    rep = json.loads(model.calibration.report)
+
+    def per(key, fmt):
+        return ", ".join(f"{n} {fmt(v)}" for n, v in zip(names, rep[key]))
+
+    if model.kind == "regressor":
+        for level in ("68", "95"):
+            print(f"recalibrated σ on {rep['n']} held-out spectra: {level} % intervals cover "
+                  + per(f"calibrated_coverage_{level}", lambda v: f"{100 * v:.1f} %")
+                  + " (noise draws alone: " + per(f"raw_coverage_{level}",
+                                                  lambda v: f"{100 * v:.1f} %") + ")")
+    else:
+        print(f"recentred on {rep['n']} held-out spectra: mean (median - truth) / σ "
+              + per("raw_mean_z", lambda v: f"{v:+.2f}") + " before, "
+              + per("calibrated_mean_z", lambda v: f"{v:+.2f}") + " after; largest coverage "
+              "deviation " + per("raw_max_coverage_deviation", lambda v: f"{v:.3f}")
+              + " before, " + per("calibrated_max_coverage_deviation", lambda v: f"{v:.3f}")
+              + " after")
 
 
 def infer_amortized(model_path, spectrum_paths, out, *, overwrite: bool = False,
