@@ -59,9 +59,8 @@ class Recalibration(eqx.Module):
         ``(k, p)`` float64 coefficients; their meaning depends on the model (the
         ``description``): for the regressor ``(ln a, c0, c1)`` of
         :math:`\sigma^2 = a^2\sigma_{noise}^2 + (s_\theta e^{c_0 + c_1 t})^2`, for the
-        flow ``(b0, b1, b2, c0, c1)`` of the draws' shift :math:`-\sigma_{post}(b_0 + b_1 t
-        + b_2 t^2)`
-        and width factor :math:`e^{c_0 + c_1 t}`
+        flow ``(b0, b1, b2, ln w)`` of the draws' shift :math:`-\sigma_{post}(b_0 + b_1 t
+        + b_2 t^2)` and width factor :math:`w`
         (:func:`~jaxspec.amortised.calibrate_regressor`,
         :func:`~jaxspec.amortised.calibrate_flow`).
     description
