@@ -41,8 +41,9 @@ coverage
     flow (ranks among its recalibrated draws), MAP-Laplace (:func:`jaxspec.infer.fit_map`
     on the first ``--n-cov-map`` spectra) and NUTS (:func:`jaxspec.infer.sample_nuts`,
     2 chains × ``--nuts-samples`` draws, on the first ``--n-nuts``), with the largest
-    deviation max_α |C(α) − α| per parameter (goal ≤ 0.05). Binomial noise alone gives
-    deviations of ~ 2 √(0.25 / n) for n spectra.
+    deviation max_α |C(α) − α| per parameter (goal ≤ 0.05) and the mean standardised
+    error (estimate − truth)/σ (flow: median; NUTS: median and standard deviation of the
+    draws). Binomial noise alone gives deviations of ~ 2 √(0.25 / n) for n spectra.
 
     python benchmarks/bench_amortised.py [--out /tmp/jaxspec_bench] [--n-train 20000]
 
@@ -242,7 +243,7 @@ def coverage(trained, sim, args):
 
     theta, snr, flux = (np.asarray(a) for a in sim.draw(args.seed + 4242, args.n_cov))
     sigma = np.ones_like(flux, dtype=np.float64) / snr[:, None]
-    ranks, seconds, counts = {}, {}, {}
+    ranks, seconds, counts, zbias = {}, {}, {}, {}
     for kind, model in trained.items():
         t0 = time.perf_counter()
         kw = {"n_samples": 4096} if kind == "flow" else {}
@@ -250,6 +251,8 @@ def coverage(trained, sim, args):
                           return_samples=kind == "flow", **kw)
         ranks[kind] = (rank_statistics(theta, r.samples) if kind == "flow"
                        else gaussian_ranks(theta, r.params, r.sigma))
+        est = r.median if kind == "flow" else r.params
+        zbias[kind] = np.nanmean((np.asarray(est) - theta) / np.asarray(r.sigma), axis=0)
         seconds[kind], counts[kind] = time.perf_counter() - t0, args.n_cov
     forward = sim.forward_model()
     m = args.n_cov_map
@@ -258,6 +261,8 @@ def coverage(trained, sim, args):
         fit = fit_map(forward, flux[:m], sigma[:m], key=args.seed, progress=args.progress)
         ranks["map-laplace"] = gaussian_ranks(theta[:m], np.asarray(fit.params),
                                               np.asarray(fit.sigma))
+        zbias["map-laplace"] = np.nanmean((np.asarray(fit.params) - theta[:m])
+                                          / np.asarray(fit.sigma), axis=0)
         seconds["map-laplace"], counts["map-laplace"] = time.perf_counter() - t0, m
     m = args.n_nuts
     if m:
@@ -268,14 +273,17 @@ def coverage(trained, sim, args):
         draws = np.stack([np.stack([np.ravel(r.samples[n]) for n in sim.names], axis=-1)
                           for r in res])
         ranks["nuts"] = rank_statistics(theta[:m], draws)
+        zbias["nuts"] = np.mean((np.median(draws, axis=1) - theta[:m])
+                                / np.std(draws, axis=1), axis=0)
         seconds["nuts"], counts["nuts"] = time.perf_counter() - t0, m
     out = {}
     log(f"\nexpected coverage C(α) on held-out simulated spectra (S/N log-uniform "
         f"{sim.snr_range[0]:g}–{sim.snr_range[1]:g}); max |C(α) − α| over α = 0.05 … 0.95")
     log("| method | spectra | " + " | ".join(f"{n} max dev" for n in sim.names)
         + " | " + " | ".join(f"C(0.68) {n}" for n in sim.names)
-        + " | " + " | ".join(f"C(0.95) {n}" for n in sim.names) + " | s |")
-    log("|---" * (3 + 3 * len(sim.names)) + "|")
+        + " | " + " | ".join(f"C(0.95) {n}" for n in sim.names)
+        + " | " + " | ".join(f"bias/σ {n}" for n in sim.names) + " | s |")
+    log("|---" * (3 + 4 * len(sim.names)) + "|")
     for method, rk in ranks.items():
         curve = coverage_curve(rk)
         at = coverage_curve(rk, [0.68, 0.95])
@@ -283,11 +291,13 @@ def coverage(trained, sim, args):
         out[method] = {"n": counts[method], "levels": LEVELS.tolist(),
                        "curve": curve.tolist(), "max_deviation": dev.tolist(),
                        "coverage_68": at[0].tolist(), "coverage_95": at[1].tolist(),
-                       "seconds": seconds[method],
+                       "seconds": seconds[method], "bias_over_sigma": zbias[method].tolist(),
                        "binomial_noise": 2 * float(np.sqrt(0.25 / counts[method]))}
         log(f"| {method} | {counts[method]} | " + " | ".join(f"{d:.3f}" for d in dev)
             + " | " + " | ".join(f"{c:.3f}" for c in at[0])
-            + " | " + " | ".join(f"{c:.3f}" for c in at[1]) + f" | {seconds[method]:.0f} |")
+            + " | " + " | ".join(f"{c:.3f}" for c in at[1])
+            + " | " + " | ".join(f"{b:+.3f}" for b in zbias[method])
+            + f" | {seconds[method]:.0f} |")
     log("\ncurves C(α) − α per method and parameter at α = "
         + ", ".join(f"{a:g}" for a in LEVELS[1::2]))
     for method, v in out.items():

@@ -414,7 +414,7 @@ def test_regressor_recalibration_gives_68_and_95_percent_coverage(tmp_path):
     assert model.calibration is None
     model = calibrate_regressor(model, sim, n=1500, key=123)
     report = json.loads(model.calibration.report)
-    assert report["n"] == 1500 and model.calibration.values.shape == (1, 3)
+    assert report["n"] == 1500 and model.calibration.values.shape == (1, 8)
     theta, snr, flux = (np.asarray(a) for a in sim.draw(321, 2000))  # fresh held-out set
     res = model.predict(flux, snr=snr, key=9, batch_size=256)
     raw = model.predict(flux, snr=snr, key=9, batch_size=256, calibrated=False)
@@ -423,9 +423,12 @@ def test_regressor_recalibration_gives_68_and_95_percent_coverage(tmp_path):
     assert abs(cov68 - 0.68) < 0.05 and abs(cov95 - 0.95) < 0.03, (cov68, cov95)
     assert np.mean(np.abs(raw.params - theta) <= 0.9945 * raw.sigma) < cov68
     np.testing.assert_allclose(res.q84 - res.params, res.sigma)
+    np.testing.assert_allclose(res.params, raw.params - model.bias(snr))
+    assert abs(np.mean((res.params - theta) / res.sigma)) < 0.1  # mean error removed
     back = load_amortised(model.save(tmp_path / "reg.h5"))  # stored in the file
     np.testing.assert_allclose(back.calibration.values, model.calibration.values)
-    np.testing.assert_allclose(back.total_sigma(raw.sigma, snr), res.sigma, rtol=1e-6)
+    np.testing.assert_allclose(back.total_sigma(raw.sigma, snr, raw.params), res.sigma,
+                               rtol=1e-6)
 
 
 def test_flow_recalibration_keeps_a_calibrated_flow_calibrated(toy, toy_flow, tmp_path):

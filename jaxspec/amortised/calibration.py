@@ -57,8 +57,10 @@ class Recalibration(eqx.Module):
 
     values
         ``(k, p)`` float64 coefficients; their meaning depends on the model (the
-        ``description``): for the regressor ``(ln a, c0, c1)`` of
-        :math:`\sigma^2 = a^2\sigma_{noise}^2 + (s_\theta e^{c_0 + c_1 t})^2`, for the
+        ``description``): for the regressor ``(d0, d1, d2, ln a, c0, c1, α, β)`` of
+        :math:`\sigma^2 = a^2\sigma_{noise}^2 + (s_\theta e^{c_0 + c_1 t + \alpha\cdot u +
+        \beta\cdot u^2})^2` and the
+        mean error :math:`s_\theta(d_0 + d_1 t + d_2 t^2)` subtracted, for the
         flow ``(b0, b1, b2, ln w)`` of the draws' shift :math:`-\sigma_{post}(b_0 + b_1 t
         + b_2 t^2)` and width factor :math:`w`
         (:func:`~jaxspec.amortised.calibrate_regressor`,

@@ -88,7 +88,13 @@ N_SAMPLES = 4096
 #: (1,990 px) in under 10 minutes on 2 CPU cores (README, "Amortised inference").
 N_TRAIN, BATCH_SIZE, MAX_EPOCHS, PATIENCE, N_CALIBRATE = 24576, 256, 30, 5, 1024
 #: Measured time of the defaults (help text of ``jaxspec train flow``).
-DEFAULTS_TIMING = "about 5 minutes on 2 CPU cores"
+DEFAULTS_TIMING = (
+    "2.6 minutes on 2 CPU cores at load ~2 (8 minutes for 32,768 spectra at load ~5), 30 "
+    "epochs; "
+    "held-out scatter of the MAP 82 / 22 / 12 / 6 K in Teff, 0.14 / 0.036 / 0.022 / "
+    "0.009 in log g and 0.040 / 0.010 / 0.005 / 0.003 dex in [Fe/H] at S/N 10 / 50 / 100 "
+    "/ 1000; after recentring its 68 % / 95 % intervals cover 65-68 % / 93-95 % of "
+    "held-out truths, largest coverage deviation <= 0.031")
 
 
 def default_flow_architecture(n_pix: int) -> dict:

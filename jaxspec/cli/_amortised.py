@@ -189,6 +189,9 @@ def _print_recalibration(model, names) -> None:
         return ", ".join(f"{n} {fmt(v)}" for n, v in zip(names, rep[key]))
 
     if model.kind == "regressor":
+        print(f"recentred on {rep['n']} held-out spectra: mean (estimate - truth) / σ "
+              + per("raw_mean_z", lambda v: f"{v:+.2f}") + " with the noise-draw σ before, "
+              + per("calibrated_mean_z", lambda v: f"{v:+.2f}") + " after")
         for level in ("68", "95"):
             print(f"recalibrated σ on {rep['n']} held-out spectra: {level} % intervals cover "
                   + per(f"calibrated_coverage_{level}", lambda v: f"{100 * v:.1f} %")
