@@ -17,6 +17,11 @@ from scipy import stats
 import jaxspec
 from jaxspec.amortised import (
     CNNRegressor,
+    calibrate_flow,
+    calibrate_regressor,
+    coverage_curve,
+    coverage_deviation,
+    gaussian_ranks,
     FlowPosterior,
     Rebin,
     Simulator,
@@ -72,7 +77,7 @@ def tiny_sim():
 def regressor(tiny_sim):
     return train_regressor(tiny_sim, n_train=512, n_val=128, batch_size=64, lr=3e-3,
                            max_epochs=4, patience=4, channels=4, stages=1, n_standardize=128,
-                           key=1)
+                           n_calibrate=0, key=1)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,7 @@ def toy_flow(toy):
     # a linear embedding suffices: the posterior mean is linear in the flux
     return train_flow(toy, n_train=16384, n_val=512, batch_size=256, lr=1e-2, lr_decay=0.8,
                       max_epochs=15, patience=15, hidden=[], features=4, flow_layers=2,
-                      nn_width=16, n_standardize=256, key=2)
+                      nn_width=16, n_standardize=256, n_calibrate=0, key=2)
 
 
 # ------------------------------------------------------------------------ simulation
@@ -280,7 +285,10 @@ def test_cli_train_parsers_and_infer(toy_flow, tmp_path, capsys):
                               "--snr-range", "5:50", "--hidden", "64", "32"])
     assert callable(args.func) and args.kind == "flow" and args.snr_range == (5.0, 50.0)
     args = parser.parse_args(["regressor", "emu.h5", "--out", "m.h5", "--bin", "4"])
-    assert args.kind == "regressor" and args.lr == 1e-4 and args.batch_size == 512
+    from jaxspec.amortised import regressor as reg
+
+    assert args.kind == "regressor" and args.lr == reg.LR and args.batch_size == reg.BATCH_SIZE
+    assert not args.quiet and not args.resume and args.n_train is None  # library defaults
     # ... and the same sub-commands through the jaxspec command line itself.
     from jaxspec.cli import build_parser
 
@@ -329,3 +337,135 @@ def _not_a_model(tmp_path):
     with h5py.File(path, "w") as f:
         f.attrs["format"] = "jaxspec-emulator"
     return path
+
+
+# ------------------------------------------------------------------ long jobs, calibration
+
+
+def _toy_flow_kw():
+    return dict(n_train=512, n_val=128, batch_size=128, lr=1e-2, lr_decay=0.9,
+                patience=10, hidden=[], features=4, flow_layers=2, nn_width=8,
+                n_standardize=128, n_calibrate=0, key=4)
+
+
+def test_resume_continues_as_an_uninterrupted_run(toy, tmp_path):
+    ckpt = tmp_path / "flow.ckpt"
+    train_flow(toy, max_epochs=2, checkpoint=ckpt, **_toy_flow_kw())
+    assert ckpt.exists() and not (tmp_path / "flow.ckpt.partial").exists()
+    resumed = train_flow(toy, max_epochs=4, checkpoint=ckpt, resume=True, **_toy_flow_kw())
+    straight = train_flow(toy, max_epochs=4, **_toy_flow_kw())
+    a, b = json.loads(resumed.history), json.loads(straight.history)
+    assert a["epochs"] == b["epochs"] == 4
+    np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(eqx.filter((resumed.embedding, resumed.flow), eqx.is_array)),
+                    jax.tree.leaves(eqx.filter((straight.embedding, straight.flow),
+                                               eqx.is_array))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    # a checkpoint of other settings is refused, naming the setting
+    kw = {**_toy_flow_kw(), "lr": 5e-3}
+    with pytest.raises(ValueError, match="lr"):
+        train_flow(toy, max_epochs=5, checkpoint=ckpt, resume=True, **kw)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(toy_flow, tmp_path, monkeypatch):
+    import h5py
+
+    path = toy_flow.save(tmp_path / "flow.h5")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        toy_flow.save(path)
+    calls = {"n": 0}
+    original = h5py.Group.create_dataset
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError("disk full (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing)
+    with pytest.raises(OSError, match="disk full"):
+        toy_flow.save(path, overwrite=True)
+    monkeypatch.undo()
+    assert calls["n"] > 5 and path.read_bytes() == before  # the old model, intact
+    assert not (tmp_path / "flow.h5.partial").exists()
+    assert isinstance(load_amortised(path), FlowPosterior)
+
+
+def test_coverage_curve_of_exact_and_overconfident_errors():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(4000, 2))
+    mean = truth + rng.normal(size=(4000, 2))  # errors of unit σ
+    exact = gaussian_ranks(truth, mean, np.ones((4000, 2)))
+    assert np.all(coverage_deviation(exact) < 0.03)
+    np.testing.assert_allclose(coverage_curve(exact, [0.68])[0], 0.68, atol=0.03)
+    narrow = gaussian_ranks(truth, mean, 0.5 * np.ones((4000, 2)))
+    assert np.all(coverage_deviation(narrow) > 0.2)  # σ half the truth: far too narrow
+    with pytest.raises(ValueError, match="levels"):
+        coverage_curve(exact, [1.2])
+
+
+def test_regressor_recalibration_gives_68_and_95_percent_coverage(tmp_path):
+    # the toy line with S/N 10–200: the noise draws alone miss the network's own error
+    sim = Simulator.from_emulator(line_toy(), snr_range=(10.0, 200.0))
+    model = train_regressor(sim, n_train=2048, n_val=256, batch_size=64, lr=3e-3,
+                            max_epochs=3, patience=3, channels=4, stages=1,
+                            n_standardize=256, n_calibrate=0, key=5)
+    assert model.calibration is None
+    model = calibrate_regressor(model, sim, n=1500, key=123)
+    report = json.loads(model.calibration.report)
+    assert report["n"] == 1500 and model.calibration.values.shape == (1, 8)
+    theta, snr, flux = (np.asarray(a) for a in sim.draw(321, 2000))  # fresh held-out set
+    res = model.predict(flux, snr=snr, key=9, batch_size=256)
+    raw = model.predict(flux, snr=snr, key=9, batch_size=256, calibrated=False)
+    z = np.abs(res.params - theta) / res.sigma
+    cov68, cov95 = np.mean(z <= 0.9945), np.mean(z <= 1.96)
+    assert abs(cov68 - 0.68) < 0.05 and abs(cov95 - 0.95) < 0.03, (cov68, cov95)
+    assert np.mean(np.abs(raw.params - theta) <= 0.9945 * raw.sigma) < cov68
+    np.testing.assert_allclose(res.q84 - res.params, res.sigma)
+    np.testing.assert_allclose(res.params, raw.params - model.bias(snr))
+    assert abs(np.mean((res.params - theta) / res.sigma)) < 0.1  # mean error removed
+    back = load_amortised(model.save(tmp_path / "reg.h5"))  # stored in the file
+    np.testing.assert_allclose(back.calibration.values, model.calibration.values)
+    np.testing.assert_allclose(back.total_sigma(raw.sigma, snr, raw.params), res.sigma,
+                               rtol=1e-6)
+
+
+def test_flow_recalibration_keeps_a_calibrated_flow_calibrated(toy, toy_flow, tmp_path):
+    model = calibrate_flow(toy_flow, toy, n=300, key=55, n_samples=N_DRAWS, batch_size=50)
+    report = json.loads(model.calibration.report)
+    assert model.calibration.values.shape == (1, 4) and report["n_used"] > 250
+    assert abs(report["calibrated_mean_z"][0]) < 1e-6  # the shift removes the mean residual
+    theta, _, flux = (np.asarray(a) for a in toy.draw(56, 300))
+    res = model.predict(flux, snr=20.0, n_samples=N_DRAWS, key=3, batch_size=50,
+                        return_samples=True)
+    ranks = rank_statistics(theta, res.samples)
+    assert coverage_deviation(ranks)[0] < 0.1  # 300 spectra: binomial 3σ ≈ 0.08
+    assert abs(np.mean((res.median - theta) / res.sigma)) < 0.2
+    back = load_amortised(model.save(tmp_path / "flow.h5"))
+    np.testing.assert_allclose(back.calibration.values, model.calibration.values)
+
+
+def test_cli_train_checkpoints_and_resumes(tmp_path, capsys):
+    from jaxspec.cli import main
+
+    emu = PixelEmulator.from_grid(jaxspec.synthetic_grid("tiny", progress=False))
+    emu_path = emu.save(tmp_path / "emu.h5")
+    out = tmp_path / "flow.h5"
+    args = ["train", "flow", str(emu_path), "--out", str(out), "--bin", "10",
+            "--n-train", "256", "--n-val", "64", "--batch-size", "128", "--hidden", "16",
+            "--features", "4", "--flow-layers", "2", "--nn-width", "8",
+            "--n-calibrate", "0", "--quiet"]
+    assert main(args + ["--max-epochs", "1"]) == 0
+    ckpt = tmp_path / "flow.h5.ckpt"
+    assert out.exists() and ckpt.exists()
+    assert json.loads(load_amortised(out).history)["epochs"] == 1
+    capsys.readouterr()
+    assert main(args + ["--max-epochs", "2"]) == 1  # refused before any work
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    out.unlink()  # as if killed before the model was written: only the checkpoint is left
+    assert main(args + ["--max-epochs", "2"]) == 1
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert main(args + ["--max-epochs", "2", "--resume"]) == 0
+    assert json.loads(load_amortised(out).history)["epochs"] == 2
+    assert "resuming" in capsys.readouterr().out

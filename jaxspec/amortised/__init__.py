@@ -9,15 +9,19 @@ evaluate a spectrum in milliseconds.
   key)``, bin averaging onto the networks' pixels (:class:`Rebin`), white noise at a
   log-uniformly drawn S/N; streamed batch by batch, standardised by :class:`Standardizer`.
 * :class:`CNNRegressor` / :func:`train_regressor` (:mod:`~jaxspec.amortised.regressor`):
-  the BOSS Net 1-D residual CNN (Sizemore et al. 2024), MSE loss, Adamax 1e-4, early
-  stopping, uncertainties from 20 noise draws.
+  the BOSS Net 1-D residual CNN (Sizemore et al. 2024), MSE loss, Adamax, early
+  stopping, uncertainties from 20 noise draws recalibrated on held-out simulations
+  (:func:`calibrate_regressor`).
 * :class:`FlowPosterior` / :func:`train_flow` (:mod:`~jaxspec.amortised.flow`): a
   conditional affine-coupling normalising flow (flowjax) on a dense embedding of the
   spectrum and its S/N (the cINN of Candebat et al.), trained by maximum likelihood;
-  4,096 draws per spectrum, box rejection, MAP, median and 16 / 84 % quantiles.
+  4,096 draws per spectrum, box rejection, MAP, median and 16 / 84 % quantiles, recentred
+  and rescaled on held-out simulations (:func:`calibrate_flow`).
+* Training checkpoints every epoch (``checkpoint=``, atomic) and resumes (``resume=True``).
 * :func:`simulation_based_calibration`, :func:`rank_statistics`,
-  :func:`plot_rank_histograms` (:mod:`~jaxspec.amortised.calibration`): coverage and rank
-  histograms on held-out simulations.
+  :func:`plot_rank_histograms`, :func:`coverage_curve`, :func:`coverage_deviation`,
+  :func:`gaussian_ranks` (:mod:`~jaxspec.amortised.calibration`): coverage, expected-
+  coverage curves and rank histograms on held-out simulations.
 * :func:`load_amortised`: read any model file (HDF5, ``format = "jaxspec-amortised"``).
 
 Results are :class:`AmortisedResult` objects, which :func:`jaxspec.infer.results_table`
@@ -26,13 +30,23 @@ turns into the table of ``jaxspec infer``.
 
 from jaxspec.amortised._io import load_amortised
 from jaxspec.amortised.calibration import (
+    Recalibration,
+    coverage_curve,
+    coverage_deviation,
+    gaussian_ranks,
     plot_rank_histograms,
     rank_statistics,
     simulation_based_calibration,
 )
-from jaxspec.amortised.flow import FlowPosterior, default_flow_architecture, train_flow
+from jaxspec.amortised.flow import (
+    FlowPosterior,
+    calibrate_flow,
+    default_flow_architecture,
+    train_flow,
+)
 from jaxspec.amortised.regressor import (
     CNNRegressor,
+    calibrate_regressor,
     default_architecture,
     train_regressor,
 )
@@ -54,12 +68,18 @@ __all__ = [
     "CNNRegressor",
     "FlowPosterior",
     "Rebin",
+    "Recalibration",
     "Simulator",
     "Standardizer",
+    "calibrate_flow",
+    "calibrate_regressor",
+    "coverage_curve",
+    "coverage_deviation",
     "default_architecture",
     "default_flow_architecture",
     "der_snr",
     "fit_standardizer",
+    "gaussian_ranks",
     "load_amortised",
     "network_grid",
     "plot_rank_histograms",

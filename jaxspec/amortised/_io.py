@@ -6,14 +6,26 @@ Layout (root attributes ``format = "jaxspec-amortised"``, ``kind`` = ``"regresso
 * ``bounds`` ``(k, 2)``, ``wavelength`` ``(m,)`` Å and ``edges`` ``(m + 1,)`` Å (the
   network's pixels), ``snr_range`` ``(2,)``;
 * ``standardizer/<field>``;
+* ``calibration`` ``(k, p)`` (optional; version >= 2): the model's calibration on held-out
+  simulations (regressor: :func:`~jaxspec.amortised.regressor.calibrate_regressor`; flow:
+  :func:`~jaxspec.amortised.flow.calibrate_flow`), its meaning in the ``calibration``
+  dataset's ``description`` attribute and the held-out coverage in ``report`` (JSON);
 * ``weights/leaf_NNNN``: the array leaves of the network (equinox tree leaves, in
   ``jax.tree.leaves`` order of ``eqx.filter(tree, eqx.is_array)``), rebuilt on load into
   a skeleton made from ``config``.
+
+Every file is written atomically (:func:`atomic_hdf5`): into ``<path>.partial`` beside it,
+flushed to disk, then renamed over ``path`` (``os.replace``), so an existing file stays
+intact until the new one is complete, and a crash leaves at most a ``.partial`` file.
+Training checkpoints (:func:`write_checkpoint`, :func:`read_checkpoint`) use the same
+writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from os import PathLike
 from pathlib import Path
 
@@ -23,13 +35,57 @@ import jax.numpy as jnp
 import numpy as np
 
 FORMAT = "jaxspec-amortised"
-VERSION = 1
+VERSION = 2
+CHECKPOINT_FORMAT = "jaxspec-amortised-checkpoint"
+
+
+def partial_path(path: Path) -> Path:
+    """``<path>.partial``: where :func:`atomic_hdf5` writes before the rename."""
+    return path.with_name(path.name + ".partial")
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path, *, overwrite: bool):
+    """Context manager yielding an open, writable ``h5py.File`` whose contents replace
+    ``path`` atomically when the block ends without an exception.
+
+    The file is written to ``<path>.partial`` in the same directory (same file system, so
+    the rename is atomic), flushed and ``fsync``-ed, then ``os.replace``-d over ``path``.
+    On any exception the partial file is removed and ``path`` (if it existed) is left as
+    it was.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False (checked before
+            anything is written).
+    """
+    import h5py
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+            f.flush()
+        with open(tmp, "rb+") as fh:  # the data on disk before the rename makes it visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def write(path, model, tree, *, overwrite: bool) -> Path:
     """Write ``model`` (a flow or regressor: its ``kind``, names, box, pixels, S/N range,
-    standardisation, config and history) with the array leaves of ``tree``."""
-    import h5py
+    standardisation, config, history and calibration) with the array leaves of ``tree``,
+    atomically (:func:`atomic_hdf5`).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
 
     kind, names, bounds = model.kind, model.names, model.bounds
     wavelength, edges, snr_range = model.wavelength, model.edges, model.snr_range
@@ -37,11 +93,9 @@ def write(path, model, tree, *, overwrite: bool) -> Path:
     config, history = json.loads(model.config), json.loads(model.history)
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
-    with h5py.File(path, "w") as f:
+    calibration = getattr(model, "calibration", None)
+    with atomic_hdf5(path, overwrite=overwrite) as f:
         f.attrs["format"] = FORMAT
         f.attrs["kind"] = kind
         f.attrs["version"] = VERSION
@@ -60,6 +114,11 @@ def write(path, model, tree, *, overwrite: bool) -> Path:
         w.attrs["n_leaves"] = len(leaves)
         for i, leaf in enumerate(leaves):
             w.create_dataset(f"leaf_{i:04d}", data=np.asarray(leaf))
+        if calibration is not None:
+            c = f.create_dataset("calibration",
+                                 data=np.asarray(calibration.values, dtype=np.float64))
+            c.attrs["description"] = calibration.description
+            c.attrs["report"] = calibration.report
     return path
 
 
@@ -77,10 +136,20 @@ def model_fields(d: dict) -> dict:
     }
 
 
+def calibration_of(d: dict, cls):
+    """The model's calibration (``cls(values, description, report)``) from :func:`read`'s
+    dict, or None for a file without one."""
+    if d.get("calibration") is None:
+        return None
+    values, description, report = d["calibration"]
+    return cls(values=jnp.asarray(values), description=description, report=report)
+
+
 def read(path, kind: str) -> dict:
     """Everything but the network: a dict with ``names``, ``bounds``, ``wavelength``,
-    ``edges``, ``snr_range``, ``standardizer`` (dict of arrays), ``config``, ``history``
-    and ``leaves`` (list of arrays)."""
+    ``edges``, ``snr_range``, ``standardizer`` (dict of arrays), ``config``, ``history``,
+    ``leaves`` (list of arrays) and ``calibration`` (``(values, description, report)`` or
+    None)."""
     import h5py
 
     path = Path(path)
@@ -114,7 +183,12 @@ def read(path, kind: str) -> dict:
                 "standardizer": {k: f["standardizer"][k][()] for k in f["standardizer"]},
                 "leaves": [f["weights"][f"leaf_{i:04d}"][()]
                            for i in range(int(f["weights"].attrs["n_leaves"]))],
+                "calibration": None,
             }
+            if "calibration" in f:
+                c = f["calibration"]
+                out["calibration"] = (c[()], str(c.attrs.get("description", "")),
+                                      str(c.attrs.get("report", "{}")))
         except KeyError as err:
             raise ValueError(f"{path}: model file lacks {err}; rewrite it with .save") from None
     return out
@@ -140,6 +214,53 @@ def restore(skeleton, leaves, path):
             )
         new.append(jnp.asarray(b, dtype=a.dtype))
     return eqx.combine(jax.tree.unflatten(treedef, new), static)
+
+
+def write_checkpoint(path, tree, meta: dict) -> Path:
+    """Write a training checkpoint atomically (replacing an older one): the array leaves
+    of ``tree`` (``weights/leaf_NNNN``, ``jax.tree.leaves`` order of ``eqx.filter(tree,
+    eqx.is_array)``) and ``meta`` (JSON-serialisable dict) as the root attribute ``meta``,
+    with ``format = "jaxspec-amortised-checkpoint"``."""
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+    with atomic_hdf5(path, overwrite=True) as f:
+        f.attrs["format"] = CHECKPOINT_FORMAT
+        f.attrs["meta"] = json.dumps(meta)
+        w = f.create_group("weights")
+        w.attrs["n_leaves"] = len(leaves)
+        for i, leaf in enumerate(leaves):
+            w.create_dataset(f"leaf_{i:04d}", data=np.asarray(leaf))
+    return Path(path)
+
+
+def read_checkpoint(path, skeleton) -> tuple[object, dict]:
+    """``(tree, meta)`` from a file of :func:`write_checkpoint`; ``tree`` is ``skeleton``
+    (a tree of the same structure, e.g. the freshly initialised training state) with its
+    array leaves replaced by the file's, shapes checked.
+
+    Raises:
+        ValueError: not a checkpoint, damaged, or made for a different network.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({err}); delete it and train "
+                         "without --resume") from None
+    with f:
+        if f.attrs.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: root attribute format is {f.attrs.get('format')!r}, "
+                             f"not {CHECKPOINT_FORMAT!r}; pass a checkpoint written by "
+                             "`jaxspec train regressor|flow` or delete it")
+        try:
+            meta = json.loads(f.attrs["meta"])
+            leaves = [f["weights"][f"leaf_{i:04d}"][()]
+                      for i in range(int(f["weights"].attrs["n_leaves"]))]
+        except KeyError as err:
+            raise ValueError(f"{path}: checkpoint lacks {err}; delete it and train without "
+                             "--resume") from None
+    return restore(skeleton, leaves, path), meta
 
 
 def load_amortised(path: str | PathLike):

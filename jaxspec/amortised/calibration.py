@@ -11,6 +11,19 @@ normalised rank of the truth among the posterior draws,
 
 is uniform on [0, 1] (Talts et al. 2018, arXiv:1804.06788, Theorem 1): a U-shaped rank
 histogram means too narrow posteriors, a hump too wide ones, a slope a bias.
+
+Expected coverage (:func:`coverage_curve`): the fraction of truths inside the central
+credible interval of level :math:`\alpha` is :math:`C(\alpha) = \frac1N\sum_n
+\mathbb 1[|r_n - \tfrac12| \le \alpha/2]`, computed from the ranks (samples) or from
+:math:`r_n = \Phi((\theta_n - \mu_n)/\sigma_n)` (Gaussian errors, the probability
+integral transform); a calibrated method has :math:`C(\alpha) = \alpha` at every level
+(the per-parameter expected-coverage curve of Hermans et al. 2022, arXiv:2110.06581, and
+the marginal form of TARP, Lemos et al. 2023), and :func:`coverage_deviation` is the
+largest :math:`|C(\alpha) - \alpha|`.
+
+Recalibration (:class:`Recalibration`): what :func:`~jaxspec.amortised.calibrate_regressor`
+and :func:`~jaxspec.amortised.calibrate_flow` fit on held-out simulations and store in
+the model file.
 """
 
 from __future__ import annotations
@@ -18,12 +31,83 @@ from __future__ import annotations
 from os import PathLike
 from pathlib import Path
 
+import equinox as eqx
 import numpy as np
-from scipy.stats import binom
+from jaxtyping import Array, Float
+from scipy.stats import binom, norm
 
 from jaxspec.amortised.simulate import Simulator, as_key
 
-__all__ = ["plot_rank_histograms", "rank_statistics", "simulation_based_calibration"]
+__all__ = [
+    "Recalibration",
+    "coverage_curve",
+    "coverage_deviation",
+    "gaussian_ranks",
+    "plot_rank_histograms",
+    "rank_statistics",
+    "simulation_based_calibration",
+]
+
+#: Credible levels of the expected-coverage curves.
+LEVELS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+class Recalibration(eqx.Module):
+    r"""Per-parameter calibration of an amortised model, fitted on held-out simulations.
+
+    values
+        ``(k, p)`` float64 coefficients; their meaning depends on the model (the
+        ``description``): for the regressor ``(d0, d1, d2, ln a, c0, c1, α, β)`` of
+        :math:`\sigma^2 = a^2\sigma_{noise}^2 + (s_\theta e^{c_0 + c_1 t + \alpha\cdot u +
+        \beta\cdot u^2})^2` and the
+        mean error :math:`s_\theta(d_0 + d_1 t + d_2 t^2)` subtracted, for the
+        flow ``(b0, b1, b2, ln w)`` of the draws' shift :math:`-\sigma_{post}(b_0 + b_1 t
+        + b_2 t^2)` and width factor :math:`w`
+        (:func:`~jaxspec.amortised.calibrate_regressor`,
+        :func:`~jaxspec.amortised.calibrate_flow`).
+    description
+        one line saying what ``values`` mean (stored in the file).
+    report
+        JSON string: held-out set size and coverage before and after.
+    """
+
+    values: Float[Array, "k p"]
+    description: str = eqx.field(static=True)
+    report: str = eqx.field(static=True, default="{}")
+
+
+def gaussian_ranks(truth, mean, sigma) -> np.ndarray:
+    r"""Normalised ranks ``(n, k)`` of ``truth`` under Gaussians ``N(mean, sigma²)``:
+    :math:`\Phi((\theta - \mu)/\sigma)` (NaN where ``sigma`` is not positive and finite)."""
+    truth, mean, sigma = (np.asarray(a, dtype=np.float64) for a in (truth, mean, sigma))
+    ok = np.isfinite(sigma) & (sigma > 0) & np.isfinite(mean)
+    z = np.where(ok, (truth - mean) / np.where(ok, sigma, 1.0), np.nan)
+    return norm.cdf(z)
+
+
+def coverage_curve(ranks, levels=LEVELS) -> np.ndarray:
+    """Expected coverage ``(len(levels), k)``: the fraction of spectra whose truth lies in
+    the central credible interval of each level (module docstring); NaN ranks ignored.
+
+    Args:
+        ranks: ``(n, k)`` normalised ranks in [0, 1] (:func:`rank_statistics` or
+            :func:`gaussian_ranks`).
+        levels: credible levels in (0, 1).
+    """
+    ranks = np.atleast_2d(np.asarray(ranks, dtype=np.float64))
+    levels = np.asarray(levels, dtype=np.float64)
+    if np.any((levels <= 0) | (levels >= 1)):
+        raise ValueError(f"levels {levels.tolist()}; pass credible levels in (0, 1)")
+    ok = np.isfinite(ranks)
+    d = np.abs(ranks - 0.5)
+    inside = (d[None] <= levels[:, None, None] / 2) & ok[None]
+    return inside.sum(axis=1) / np.maximum(ok.sum(axis=0), 1)[None]
+
+
+def coverage_deviation(ranks, levels=LEVELS) -> np.ndarray:
+    """``(k,)`` largest ``|coverage - level|`` over ``levels`` (:func:`coverage_curve`)."""
+    levels = np.asarray(levels, dtype=np.float64)
+    return np.max(np.abs(coverage_curve(ranks, levels) - levels[:, None]), axis=0)
 
 
 def rank_statistics(truth, samples) -> np.ndarray:
@@ -108,7 +192,10 @@ def simulation_based_calibration(
 
     Returns:
         ``{"coverage": {0.68: (k,), 0.95: (k,)}, "stderr": {...}, "n": (k,), "ranks": (n,
-        k), "truth": (n, k), "result": AmortisedResult, "plot": path or None}``.
+        k), "levels": (L,), "coverage_curve": (L, k), "max_deviation": (k,), "truth": (n,
+        k), "snr": (n,), "result": AmortisedResult, "plot": path or None}``. Ranks are
+        among the flow's draws, or :func:`gaussian_ranks` of the regressor's estimate and
+        (recalibrated) σ.
     """
     from jaxspec.infer import gaussian_coverage, sample_coverage
 
@@ -129,14 +216,16 @@ def simulation_based_calibration(
         kept = [s[np.all(np.isfinite(s), axis=1)] for s in samples]
         usable = np.array([s.shape[0] >= 2 for s in kept])
         cov = sample_coverage(theta[usable], [s for s, u in zip(kept, usable) if u])
+        ranks = rank_statistics(theta, samples)
     else:
+        # the regressor's (recalibrated) σ is Gaussian: ranks are Φ((θ - estimate)/σ)
         cov = gaussian_coverage(theta, result.params, result.sigma)
-        samples = np.asarray(result.samples)
-    ranks = rank_statistics(theta, samples)
+        ranks = gaussian_ranks(theta, result.params, result.sigma)
     path = None
     if plot is not None:
         path = plot_rank_histograms(
             ranks, model.param_names, plot,
             title=f"{model.kind}: SBC ranks of {n} held-out simulated spectra")
-    return {**cov, "ranks": ranks, "truth": theta, "snr": snr_drawn, "result": result,
-            "plot": path}
+    return {**cov, "ranks": ranks, "levels": LEVELS, "coverage_curve": coverage_curve(ranks),
+            "max_deviation": coverage_deviation(ranks), "truth": theta, "snr": snr_drawn,
+            "result": result, "plot": path}

@@ -53,7 +53,7 @@ def _payne(grid, holdout, args):
     from jaxspec.peers import train_payne
 
     return train_payne(
-        grid, holdout or None, progress=args.progress,
+        grid, holdout or None, progress=not args.quiet,
         **given(args, hidden="hidden", learning_rate="learning_rate",
                 batch_size="batch_size", max_epochs="epochs", patience="patience",
                 val_fraction="val_fraction", seed="seed"),
@@ -64,7 +64,7 @@ def _autoencoder(grid, holdout, args):
     from jaxspec.peers import train_autoencoder
 
     return train_autoencoder(
-        grid, holdout or None, progress=args.progress,
+        grid, holdout or None, progress=not args.quiet,
         **given(args, encoder="hidden", latent="latent", dense="dense", dropout="dropout",
                 learning_rate="learning_rate", dense_learning_rate="dense_learning_rate",
                 batch_size="batch_size", max_epochs="epochs",
@@ -121,7 +121,10 @@ def register(sub) -> None:
     g.add_argument("--dense-learning-rate", type=float, help="Adamax step (default 1e-3)")
     g.add_argument("--finetune-epochs", type=int,
                    help="end-to-end generator epochs after the two stages (default 0)")
-    p.add_argument("--progress", action="store_true", help="progress bars over epochs")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (default: bars over epochs with ETA, payne and "
+                   "autoencoder)")
+    p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # the default
     for kind in sorted(TRAINERS):
         k = kinds.add_parser(kind, parents=[p], help=f"train {'an' if kind[0] in 'aeiou' else 'a'} {kind} emulator on a grid")
         k.set_defaults(func=_train)
