@@ -14,9 +14,9 @@ Layout (root attributes ``format = "jaxspec-amortised"``, ``kind`` = ``"regresso
   ``jax.tree.leaves`` order of ``eqx.filter(tree, eqx.is_array)``), rebuilt on load into
   a skeleton made from ``config``.
 
-Every file is written atomically (:func:`atomic_hdf5`): into ``<path>.partial`` beside it,
-flushed to disk, then renamed over ``path`` (``os.replace``), so an existing file stays
-intact until the new one is complete, and a crash leaves at most a ``.partial`` file.
+Every file is written atomically (:func:`atomic_hdf5`, through :mod:`jaxspec.io.atomic`):
+into a partial file beside it, flushed to disk, then renamed over ``path``, so an
+existing file stays intact until the new one is complete.
 Training checkpoints (:func:`write_checkpoint`, :func:`read_checkpoint`) use the same
 writer.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from os import PathLike
 from pathlib import Path
 
@@ -39,20 +38,12 @@ VERSION = 2
 CHECKPOINT_FORMAT = "jaxspec-amortised-checkpoint"
 
 
-def partial_path(path: Path) -> Path:
-    """``<path>.partial``: where :func:`atomic_hdf5` writes before the rename."""
-    return path.with_name(path.name + ".partial")
-
-
 @contextlib.contextmanager
 def atomic_hdf5(path, *, overwrite: bool):
     """Context manager yielding an open, writable ``h5py.File`` whose contents replace
-    ``path`` atomically when the block ends without an exception.
-
-    The file is written to ``<path>.partial`` in the same directory (same file system, so
-    the rename is atomic), flushed and ``fsync``-ed, then ``os.replace``-d over ``path``.
-    On any exception the partial file is removed and ``path`` (if it existed) is left as
-    it was.
+    ``path`` atomically when the block ends without an exception
+    (:func:`jaxspec.io.atomic.atomic_path`: a partial file beside ``path``, fsync, rename;
+    on an exception the partial file is removed and ``path`` is left as it was).
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False (checked before
@@ -60,22 +51,12 @@ def atomic_hdf5(path, *, overwrite: bool):
     """
     import h5py
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
+    from jaxspec.io.atomic import atomic_path
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
             f.flush()
-        with open(tmp, "rb+") as fh:  # the data on disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def write(path, model, tree, *, overwrite: bool) -> Path:

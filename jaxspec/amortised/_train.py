@@ -9,8 +9,8 @@ Sizemore et al. sect. 4) and the best weights are returned.
 
 Checkpoints. With ``checkpoint=PATH`` the whole training state (weights, batch-norm
 statistics, optimiser state, the best weights so far, the history and the epoch reached)
-is written after every epoch, atomically (``PATH.partial`` then ``os.replace``: the
-previous checkpoint stays intact until the new one is complete). ``resume=True`` reloads
+is written after every epoch, atomically (:mod:`jaxspec.io.atomic`: a partial file,
+then a rename; the previous checkpoint stays intact until the new one is complete). ``resume=True`` reloads
 it and continues with the next epoch. Every batch is drawn from keys that depend only on
 the run's key, the epoch and the batch number, so a resumed run takes exactly the steps
 of an uninterrupted one and ends with the same weights (to floating-point
