@@ -318,8 +318,14 @@ def test_cli_train_parsers_and_infer(toy_flow, tmp_path, capsys):
     assert table["depth"][0] < table["depth"][1]
     assert {"depth_err", "loss", "n_evaluations", "seconds", "converged", "message",
             "rejected_fraction"} <= set(table.colnames)
-    with pytest.raises(FileExistsError):
-        infer_amortized(model, paths, out)
+    # A rerun resumes: nothing is refitted; a bad file becomes a row, not an abort.
+    (tmp_path / "bad.ecsv").write_text("not a table\n")
+    assert infer_amortized(model, [*paths, tmp_path / "bad.ecsv"], out,
+                           n_samples=N_DRAWS, batch_size=1) == 0
+    again = Table.read(out)
+    assert list(again["file"][:2]) == list(table["file"])
+    np.testing.assert_array_equal(again["depth"][:2], table["depth"])
+    assert not again["converged"][2] and "input error" in again["message"][2]
     with pytest.raises(ValueError, match="jaxspec-amortised"):
         load_amortised(_not_a_model(tmp_path))
 

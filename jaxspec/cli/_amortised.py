@@ -14,7 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
-from jaxspec.cli._common import parse_range, write_results
+import numpy as np
+
+from jaxspec.cli._common import parse_range, report_results
 
 __all__ = ["add_train_parsers", "infer_amortized"]
 
@@ -216,8 +218,11 @@ def infer_amortized(model_path, spectrum_paths, out, *, overwrite: bool = False,
         model_path: model file from ``jaxspec train regressor|flow``.
         spectrum_paths: spectrum tables (ECSV/FITS/CSV with wavelength [Å], flux and
             optionally uncertainty, mask); resampled onto the model's pixels.
-        out: output ECSV path.
-        overwrite: replace ``out``.
+        out: output ECSV path, written like the other ``jaxspec infer`` methods' tables
+            (:class:`~jaxspec.io.results_writer.ResultsWriter`: rows streamed to
+            ``OUT.partial`` after every batch, a rerun skips spectra already done, one
+            writer at a time, an unreadable spectrum becomes a ``converged=False`` row).
+        overwrite: start afresh instead of resuming ``out``.
         n_samples: flow draws per spectrum (4096).
         n_draws: regressor noise draws per spectrum (20).
         seed: PRNG seed.
@@ -226,7 +231,7 @@ def infer_amortized(model_path, spectrum_paths, out, *, overwrite: bool = False,
             residual at the estimate, blase3D eq. 4); NaN otherwise.
         snr: None, one S/N, or one per spectrum (default: from the uncertainties, else
             DER_SNR).
-        progress: progress bar over batches.
+        progress: progress bar over batches (of ``batch_size`` spectra).
 
     Returns:
         Exit code 0. The table has the columns of ``jaxspec infer`` (``file, method,
@@ -237,35 +242,65 @@ def infer_amortized(model_path, spectrum_paths, out, *, overwrite: bool = False,
     from jaxspec.amortised import load_amortised
     from jaxspec.emulator import load_emulator
     from jaxspec.infer import results_table
+    from jaxspec.io.results_writer import ResultsWriter, file_checksum
     from jaxspec.io.spectrum import read_spectrum
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if isinstance(spectrum_paths, (str, Path)):
         spectrum_paths = [spectrum_paths]
     if not spectrum_paths:
         raise ValueError("no spectrum files given; pass one or more SPECTRUM tables")
+    paths = [str(p) for p in spectrum_paths]
+    snrs = None if snr is None else np.broadcast_to(np.asarray(snr, float), (len(paths),))
     model = load_amortised(model_path)
     if isinstance(emulator, (str, Path)):
         emulator = load_emulator(emulator)
-    spectra = [read_spectrum(p) for p in spectrum_paths]
-    kw = {"n_samples": n_samples} if model.kind == "flow" else {"n_draws": n_draws}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        t0 = time.perf_counter()
-        result = model.predict(spectra, snr=snr, key=seed, batch_size=batch_size,
-                               emulator=emulator, progress=progress, **kw)
-        seconds = (time.perf_counter() - t0) / len(spectra)
-    for w in caught:
-        print(f"jaxspec infer: warning: {w.message}", file=sys.stderr)
     method = f"amortized-{model.kind}"
-    table = results_table(result, model.param_names, files=[str(p) for p in spectrum_paths],
-                          method=method, seconds=seconds)
-    table.meta.update({
-        "model": str(model_path), "method": method,
-        "seed": seed, "note": "seconds: batch wall-clock time / spectra, JIT included",
-    })
-    table["loss"].description = "RMS residual, blase3D eq. (4); NaN without an emulator"
-    write_results(table, out, method, "estimate(s) flagged")
+    kw = {"n_samples": n_samples} if model.kind == "flow" else {"n_draws": n_draws}
+    settings = {"method": method, "model": str(model_path),
+                "model_sha256": file_checksum(model_path), "seed": seed, **kw,
+                "emulator": None if emulator is None else type(emulator).__name__}
+    # Rows stream to OUT.partial batch by batch (a kill loses at most one batch, a rerun
+    # skips the spectra done), as for the other methods of `jaxspec infer`.
+    with ResultsWriter(out, settings=settings, overwrite=overwrite) as writer:
+        todo = [(i, p, file_checksum(p)) for i, p in enumerate(paths)]
+        todo = [t for t in todo if not writer.done(t[1], t[2])]
+        good = []
+        for i, path, checksum in todo:
+            try:
+                good.append((i, path, checksum, read_spectrum(path)))
+            except (ValueError, OSError) as err:
+                writer.write_error(path, checksum, err, method=method)
+        batches = range(0, len(good), batch_size)
+        for start in _progress(batches, progress, "amortized"):
+            chunk = good[start:start + batch_size]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                t0 = time.perf_counter()
+                # Draws depend on the seed and the chunk's first input index.
+                result = model.predict(
+                    [c[3] for c in chunk], key=seed + chunk[0][0], batch_size=batch_size,
+                    snr=None if snrs is None else snrs[[c[0] for c in chunk]],
+                    emulator=emulator, **kw)
+                seconds = (time.perf_counter() - t0) / len(chunk)
+            for w in caught:
+                print(f"jaxspec infer: warning: {w.message}", file=sys.stderr)
+            table = results_table(result, model.param_names, files=[c[1] for c in chunk],
+                                  method=method, seconds=seconds)
+            for row, (_, _, checksum, _) in zip(table, chunk):
+                writer.write_row({**{c: row[c] for c in table.colnames},
+                                  "checksum": checksum})
+        table = writer.finish(order=paths, meta={
+            "model": str(model_path), "method": method, "seed": seed,
+            "note": "seconds: batch wall-clock time / spectra, JIT included"},
+            descriptions={"loss": "RMS residual, blase3D eq. (4); NaN without an emulator"})
+    report_results(table, out, method, "estimate(s) flagged")
     return 0
+
+
+def _progress(iterable, progress: bool, what: str):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=f"jaxspec infer ({what}, batches)", unit="batch")

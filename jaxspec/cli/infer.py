@@ -139,7 +139,7 @@ def _infer(args: argparse.Namespace) -> int:
         from jaxspec.cli._amortised import infer_amortized
 
         return infer_amortized(args.emulator, args.spectra, out, overwrite=args.overwrite,
-                               seed=args.seed)
+                               seed=args.seed, progress=not args.quiet)
     _validate(args)  # every option before any work
     paths, guesses = _unique_spectra(args)
     settings = _settings(args)
