@@ -60,17 +60,21 @@ and :math:`T = \ln(1 - D)`:
         + 2x\Big(\frac{\ell}{(x^2+\kappa)^2} + g k e^{-kx^2}\Big) d\mu\Big]
 
 (zero where :math:`D` is clipped at :data:`MAX_DEPTH`), and the same without the Gaussian
-for :math:`S`. The tangent rule is linear in the constants' tangents and wrapped in
-:func:`jax.checkpoint`, so
+for :math:`S`. The tangent is a small JAX primitive (linear in the constants' tangents)
+whose transpose rule is a second primitive, the per-line reduction, and vice versa:
 
-* forward mode (``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``) evaluates it directly,
-  with no window-sized temporaries beyond the forward pass's own;
-* reverse mode (``jax.grad``, ``jax.vjp``) is JAX's transpose of that linear rule: the
-  backward pass *recomputes* the profiles from the per-line constants (nothing
-  window-sized is stored between the passes) and reduces the cotangent window by window
-  to five numbers per line;
-* second derivatives (``jax.hessian``, forward over reverse) differentiate the rule
-  itself, which is ordinary JAX.
+* forward mode (``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``) evaluates the tangent
+  rule in the same pass as the profiles;
+* reverse mode (``jax.grad``, ``jax.vjp``) runs the hand-written reduction: the backward
+  pass *recomputes* the profiles from the per-line constants (nothing window-sized is
+  stored between the passes) and reduces all five partials against the cotangent window
+  in one variadic reduction (one pass over the samples) to five numbers per line;
+* second derivatives (``jax.hessian``: forward over reverse) use the primitives' own JVP
+  rules, plain autodiff of the same formulas; ``vmap`` runs the formulas batched.
+
+Why not ``jax.custom_vjp``: it forbids forward mode, which Gauss-Newton steps
+(``jacfwd``) need; ``jax.custom_derivatives.linear_call`` has no batching rule (no
+``jacfwd``) and no derivative in its residuals (no Hessian).
 
 The chain from the five constants to (μ, ln a, ln σ, ln γ) — and through a
 :class:`~jaxspec.manifold.LineManifold` to stellar parameters — is per line and left to
