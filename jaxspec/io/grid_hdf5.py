@@ -27,6 +27,7 @@ refining against a grid can tell a different grid with the same axes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Mapping
 from os import PathLike
@@ -299,15 +300,23 @@ def read_grid_hdf5(
             "SpectralGrid.to_hdf5 or jaxspec.io.GridWriter (import PHOENIX FITS "
             "directories with jaxspec.io.read_phoenix_grid)"
         )
+    with _reading(path) as f:
+        return _read_open_grid(f, path, wavelength, ranges)
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """The grid file open for reading (lock-free, :func:`open_hdf5`); a file that cannot
+    be opened or read, e.g. one cut short by a full disk or a killed copy (it fails only
+    while its data are read), is a one-line ValueError naming it."""
     try:
         f = open_hdf5(path, "r")
     except OSError as err:
         raise ValueError(_unreadable(path, err)) from None
     try:
         with f:
-            return _read_open_grid(f, path, wavelength, ranges)
+            yield f
     except (OSError, RuntimeError, KeyError) as err:
-        # a file cut short (disk full, killed copy) fails while its data are read
         raise ValueError(_unreadable(path, err)) from None
 
 
@@ -434,40 +443,33 @@ def grid_file_checksum(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such grid file")
-    try:
-        f = open_hdf5(path, "r")
-    except OSError as err:
-        raise ValueError(_unreadable(path, err)) from None
-    try:
-        with f:
-            names, _ = _read_root_attrs(f, path)
-            wl = _dataset(f, "wavelength", path)[()]
-            axes = _read_axes(f, names, path)
-            flux = _dataset(f, "flux", path)
-            shape = tuple(a.size for a in axes.values())
-            mask = (np.asarray(_dataset(f, "mask", path)[()], dtype=bool) if "mask" in f
-                    else np.ones(shape, dtype=bool))
-            if flux.shape != (*shape, wl.size) or mask.shape != shape:
-                raise ValueError(
-                    f"{path}: /flux {flux.shape} or /mask {mask.shape} disagree with /axes "
-                    f"{shape} and /wavelength ({wl.size},){_REWRITE}"
-                )
-            if wavelength is None:
-                wsl = slice(None)
-            else:
-                inside = np.flatnonzero((wl >= wavelength[0]) & (wl <= wavelength[1]))
-                wsl = slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+    with _reading(path) as f:
+        names, _ = _read_root_attrs(f, path)
+        wl = _dataset(f, "wavelength", path)[()]
+        axes = _read_axes(f, names, path)
+        flux = _dataset(f, "flux", path)
+        shape = tuple(a.size for a in axes.values())
+        mask = (np.asarray(_dataset(f, "mask", path)[()], dtype=bool) if "mask" in f
+                else np.ones(shape, dtype=bool))
+        if flux.shape != (*shape, wl.size) or mask.shape != shape:
+            raise ValueError(
+                f"{path}: /flux {flux.shape} or /mask {mask.shape} disagree with /axes "
+                f"{shape} and /wavelength ({wl.size},){_REWRITE}"
+            )
+        if wavelength is None:
+            wsl = slice(None)
+        else:
+            inside = np.flatnonzero((wl >= wavelength[0]) & (wl <= wavelength[1]))
+            wsl = slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
 
-            def rows():
-                # one row of spectra along the last axis per read (chunk-aligned)
-                for lead in np.ndindex(*shape[:-1]):
-                    keep = np.flatnonzero(mask[lead])
-                    if keep.size:
-                        yield flux[(*lead, slice(None), wsl)][keep]
+        def rows():
+            # one row of spectra along the last axis per read (chunk-aligned)
+            for lead in np.ndindex(*shape[:-1]):
+                keep = np.flatnonzero(mask[lead])
+                if keep.size:
+                    yield flux[(*lead, slice(None), wsl)][keep]
 
-            return _digest(axes, wl[wsl], mask, rows())
-    except (OSError, RuntimeError, KeyError) as err:
-        raise ValueError(_unreadable(path, err)) from None
+        return _digest(axes, wl[wsl], mask, rows())
 
 
 # ------------------------------------------------------------------ reading helpers
