@@ -392,7 +392,13 @@ _cotangent_p.multiple_results = True
 
 
 def _split(args, n_arrays):
+    """Operands of the tangent primitive: (constants, their tangents, geometry)."""
     return tuple(args[:5]), tuple(args[5:10]), tuple(args[10:10 + n_arrays])
+
+
+def _split_cotangent(args, n_arrays):
+    """Operands of the cotangent primitive: (constants, window cotangent, geometry)."""
+    return tuple(args[:5]), args[5], tuple(args[6:6 + n_arrays])
 
 
 def _tangent_fn(*args, size, kind, n_arrays):
@@ -401,13 +407,13 @@ def _tangent_fn(*args, size, kind, n_arrays):
 
 
 def _cotangent_fn(*args, size, kind, n_arrays):
-    c, ct, arrays = tuple(args[:5]), args[5], tuple(args[6:6 + n_arrays])
+    c, ct, arrays = _split_cotangent(args, n_arrays)
     return _cotangent(c, ct, arrays, size, kind)
 
 
 def _cotangent_reference(*args, size, kind, n_arrays):
     """The cotangent by autodiff of the tangent rule (used for its derivatives)."""
-    c, ct, arrays = tuple(args[:5]), args[5], tuple(args[6:6 + n_arrays])
+    c, ct, arrays = _split_cotangent(args, n_arrays)
     zeros = tuple(jnp.zeros_like(v) for v in c)
     _, vjp = jax.vjp(lambda dc: _tangent(c, dc, arrays, size, kind), zeros)
     return list(vjp(ct)[0])
@@ -455,7 +461,7 @@ def _cotangent_jvp(primals, tangents, **params):
 
 
 def _cotangent_transpose(cts, *args, size, kind, n_arrays):
-    c, ct, arrays = tuple(args[:5]), args[5], tuple(args[6:6 + n_arrays])
+    c, ct, arrays = _split_cotangent(args, n_arrays)
     cts = [ad.instantiate_zeros(t) for t in cts]
     out = _tangent_p.bind(*c, *cts, *arrays, size=size, kind=kind, n_arrays=n_arrays)
     return [None] * 5 + [out] + [None] * n_arrays
