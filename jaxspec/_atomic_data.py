@@ -383,16 +383,11 @@ CHI_H_N3 = 13.598 * (1.0 - 1.0 / 9.0)  # eV, excitation of the n = 3 level: 12.0
 
 
 def air_from_vacuum(wavelength_vac: np.ndarray) -> np.ndarray:
-    r"""Air wavelength (Å) from vacuum wavelength (Å), IAU standard (Morton 2000, eq. 3).
+    r"""Air wavelength (Å) from vacuum wavelength (Å), IAU standard (Morton 2000, eq. 3):
+    :func:`jaxspec.medium.vacuum_to_air`, where the formula is written out."""
+    from jaxspec.medium import vacuum_to_air
 
-    .. math:: \lambda_{air} = \lambda_{vac} / n(s),\quad
-        n - 1 = 8.34254\times10^{-5} + \frac{2.406147\times10^{-2}}{130 - s^2}
-        + \frac{1.5998\times10^{-4}}{38.9 - s^2},\quad s = 10^4/\lambda_{vac}
-    """
-    lam = np.asarray(wavelength_vac, dtype=np.float64)
-    s2 = (1e4 / lam) ** 2
-    n = 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - s2) + 1.5998e-4 / (38.9 - s2)
-    return lam / n
+    return vacuum_to_air(wavelength_vac)
 
 
 def paschen_lines(n_max: int = 30) -> list[tuple[str, float, float, float, int]]:

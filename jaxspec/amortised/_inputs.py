@@ -35,8 +35,13 @@ def prepare(model, data, uncertainty=None, snr=None):
 
     ``model`` supplies ``wavelength`` ``(m,)``, ``edges`` ``(m + 1,)`` and ``snr_range``.
     """
-    from jaxspec.infer.spectrum import Spectrum
+    from jaxspec.infer.spectrum import Spectrum, as_spectrum
+    from jaxspec.io.specutils import is_specutils
 
+    if is_specutils(data):  # a specutils.Spectrum is accepted wherever a Spectrum is
+        data = as_spectrum(data)
+    elif isinstance(data, (list, tuple)) and data and any(map(is_specutils, data)):
+        data = [as_spectrum(d) if is_specutils(d) else d for d in data]
     wl = np.asarray(model.wavelength, dtype=np.float64)
     m = wl.size
     if isinstance(data, Spectrum) or (

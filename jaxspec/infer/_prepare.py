@@ -8,16 +8,28 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxspec.infer._box import search_box
-from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observations
+from jaxspec.infer.spectrum import (
+    Observation,
+    Spectrum,
+    as_spectrum,
+    observe,
+    stack_observations,
+)
 
 
 def as_batch(emulator, data, uncertainty=None, mask=None, resample="model"):
     """``(observations (n, m), batched)`` from any accepted input.
 
     ``data`` is a flux array ``(n_pix,)`` or ``(n, n_pix)`` on the emulator's wavelengths
-    (with optional ``uncertainty`` and ``mask`` of the same shape), a :class:`Spectrum`,
-    an :class:`Observation`, or a list of Spectrum / Observation.
+    (with optional ``uncertainty`` and ``mask`` of the same shape), a :class:`Spectrum`
+    or ``specutils.Spectrum``, an :class:`Observation`, or a list of them.
     """
+    from jaxspec.io.specutils import is_specutils
+
+    if is_specutils(data):
+        data = as_spectrum(data)
+    elif isinstance(data, (list, tuple)) and data and any(map(is_specutils, data)):
+        data = [as_spectrum(d) if is_specutils(d) else d for d in data]
     if isinstance(data, Observation):
         if data.flux.ndim == 1:
             return stack_observations([data]), False

@@ -4,9 +4,12 @@ Two containers:
 
 :class:`Spectrum`
     What the observer has: ``wavelength`` (Å), ``flux`` (normalised like the emulator's),
-    optional 1σ ``uncertainty`` and a pixel ``mask`` (True = use the pixel). Host-side
-    numpy, validated once: NaN/inf flux is masked with a warning, non-positive
-    uncertainties are an error.
+    optional 1σ ``uncertainty`` and a pixel ``mask`` (True = use the pixel), the
+    wavelength ``medium`` (``"air"``, ``"vacuum"`` or None: not recorded) and, for an
+    echelle spectrum, the ``segment`` (order) of each pixel. Host-side numpy, validated
+    once: NaN/inf flux is masked with a warning, non-positive uncertainties are an error.
+    A ``specutils.Spectrum`` (or the deprecated ``Spectrum1D``) is accepted wherever a
+    Spectrum is (:func:`as_spectrum`); :meth:`Spectrum.to_specutils` converts back.
 
 :class:`Observation`
     What the likelihoods consume: fixed-shape device arrays of the *comparison pixels*
@@ -58,7 +61,9 @@ from jaxspec.grid import _validate_wavelength
 __all__ = [
     "Observation",
     "Spectrum",
+    "as_spectrum",
     "check_normalized",
+    "normalize_continuum",
     "observe",
     "pad_observation",
     "stack_observations",
@@ -83,10 +88,16 @@ class Spectrum:
             pixel; NaN/inf pixels are masked with a warning.
         mask: ``(n,)`` bool, True where the pixel is used, or None (all).
         name: label used in messages (e.g. the file name).
+        medium: ``"air"``, ``"vacuum"`` (``"vac"``) or None (not recorded): the medium of
+            ``wavelength`` (:mod:`jaxspec.medium`; :meth:`to_medium` converts).
+        segment: ``(n,)`` int, the echelle order (or any segment label) of each pixel, or
+            None (one segment). Segments are continuum-normalised separately
+            (:func:`normalize_continuum`); pixels of overlapping orders are interleaved
+            in wavelength order.
 
     Raises:
         ValueError: shapes differ, wavelengths are not increasing, an uncertainty is zero
-            or negative, or no pixel is left.
+            or negative, an unknown medium, or no pixel is left.
     """
 
     wavelength: np.ndarray
@@ -94,9 +105,15 @@ class Spectrum:
     uncertainty: np.ndarray | None
     mask: np.ndarray
     name: str
+    medium: str | None
+    segment: np.ndarray | None
 
-    def __init__(self, wavelength, flux, uncertainty=None, mask=None, name: str = "spectrum"):
+    def __init__(self, wavelength, flux, uncertainty=None, mask=None, name: str = "spectrum",
+                 *, medium: str | None = None, segment=None):
+        from jaxspec.medium import check_medium
+
         where = f"{name}: "
+        medium = check_medium(medium, where=f"{where}medium")
         wl = _validate_wavelength(wavelength, label=f"{where}wavelength")
         flux = np.asarray(flux, dtype=np.float64)
         if flux.shape != wl.shape:
@@ -148,22 +165,160 @@ class Spectrum:
                 )
         if not mask.any():
             raise ValueError(f"{where}no usable pixel (all masked or non-finite)")
+        if segment is not None:
+            seg = np.asarray(segment)
+            if seg.shape != wl.shape or seg.dtype.kind not in "iu":
+                raise ValueError(
+                    f"{where}segment has shape {seg.shape} and dtype {seg.dtype}; pass one "
+                    f"integer label (e.g. the echelle order) per pixel, shape {wl.shape}"
+                )
+            segment = seg.astype(np.int64)
         object.__setattr__(self, "wavelength", wl)
         object.__setattr__(self, "flux", flux)
         object.__setattr__(self, "uncertainty", uncertainty)
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "name", str(name))
+        object.__setattr__(self, "medium", medium)
+        object.__setattr__(self, "segment", segment)
 
     @property
     def n_pix(self) -> int:
         return int(self.wavelength.size)
 
+    def replace(self, **changes) -> Spectrum:
+        """A copy with some fields changed (validated again), e.g. ``flux=...``."""
+        fields = {k: getattr(self, k) for k in (
+            "wavelength", "flux", "uncertainty", "mask", "name", "medium", "segment")}
+        fields.update(changes)
+        return Spectrum(**fields)
+
+    def to_medium(self, medium: str) -> Spectrum:
+        """The spectrum with wavelengths in ``medium`` (``"air"`` or ``"vacuum"``), by
+        the formulas of :mod:`jaxspec.medium` (Morton 2000 eq. 3 and its VALD inverse).
+
+        Raises:
+            ValueError: this spectrum's medium is None (not recorded: say it with
+                ``read_spectrum(..., medium=)`` or ``Spectrum(..., medium=)``).
+        """
+        from jaxspec.medium import check_medium, convert_medium
+
+        target = check_medium(medium, where="medium")
+        if self.medium is None:
+            raise ValueError(
+                f"{self.name}: the wavelength medium is not recorded, so it cannot be "
+                f"converted to {target}; pass medium='air' or 'vacuum' when reading it "
+                "(CLI: --spectrum-medium)"
+            )
+        if self.medium == target:
+            return self
+        return self.replace(wavelength=convert_medium(self.wavelength, self.medium, target),
+                            medium=target)
+
+    def to_specutils(self):
+        """This spectrum as a ``specutils.Spectrum`` (specutils >= 2.0, optional):
+        ``spectral_axis`` in Å, dimensionless flux, ``StdDevUncertainty``, ``mask`` True
+        where a pixel is *not* used (the NDData convention, the opposite of ours), and
+        ``meta`` ``{"name", "medium", "segment"}``.
+
+        Raises:
+            ImportError: specutils is not installed (the message names the fix).
+        """
+        from jaxspec.io.specutils import to_specutils
+
+        return to_specutils(self)
+
     def __repr__(self) -> str:
+        extra = f", {self.medium}" if self.medium else ""
+        if self.segment is not None:
+            extra += f", {np.unique(self.segment).size} segments"
         return (
             f"Spectrum({self.name!r}: {self.n_pix} px in [{self.wavelength[0]:.3f}, "
             f"{self.wavelength[-1]:.3f}] Å, {int(self.mask.sum())} used, uncertainty "
-            f"{'given' if self.uncertainty is not None else 'none'})"
+            f"{'given' if self.uncertainty is not None else 'none'}{extra})"
         )
+
+
+def as_spectrum(data, name: str | None = None) -> Spectrum:
+    """A :class:`Spectrum` from a Spectrum (returned as is) or a ``specutils.Spectrum``
+    (specutils >= 2.0; the deprecated ``Spectrum1D`` too), converted by
+    :func:`jaxspec.io.specutils.from_specutils` (``name`` labels it in messages).
+
+    Raises:
+        TypeError: anything else (the message names what is accepted).
+    """
+    if isinstance(data, Spectrum):
+        return data
+    from jaxspec.io.specutils import from_specutils, is_specutils
+
+    if is_specutils(data):
+        return from_specutils(data, name=name)
+    raise TypeError(
+        f"{type(data).__name__} is not a spectrum; pass a jaxspec.infer.Spectrum or a "
+        "specutils.Spectrum (or read a file with jaxspec.io.read_spectrum)"
+    )
+
+
+def normalize_continuum(spectrum: Spectrum, order: int = 5, *, quantile: float = 0.9,
+                        n_bins: int | None = None) -> Spectrum:
+    r"""Divide an observed spectrum by its continuum, fitted as for the grid.
+
+    The grid's method (:func:`jaxspec.preprocess.continuum_normalize`, the :math:`Q_n`
+    of blase3D eq. 1: a degree-``order`` Chebyshev series through the upper envelope of
+    the flux in ``n_bins`` bins, lower outliers rejected) is applied to the used pixels
+    of each segment (echelle order) separately, since every order has its own blaze:
+
+    .. math:: ar F_i = F_i / Q(\lambda_i),\qquad ar\sigma_i = \sigma_i / Q(\lambda_i).
+
+    The continuum at masked pixels is interpolated linearly between used ones. There is
+    no blackbody division (the grid divides by :math:`B_\lambda(T_{eff})` first, but a
+    star's T_eff is what is sought; over a spectrograph's band the polynomial absorbs
+    the smooth blackbody shape).
+
+    Args:
+        spectrum: ``(n,)`` pixels, any flux units (positive continuum).
+        order: Chebyshev degree (5, as blase3D uses for the grid).
+        quantile: flux quantile per envelope bin, in (0, 1]. The grid uses the bin
+            maximum (1) on noise-free spectra; the maximum of noisy pixels is biased
+            high by about 2σ, so observed spectra default to 0.9.
+        n_bins: envelope bins per segment (default as ``continuum_normalize``:
+            ``min(20 (order + 1), n_used // 4)``).
+
+    Returns:
+        A new :class:`Spectrum` (same pixels, mask, medium and segments) with
+        ``flux / Q`` and ``uncertainty / Q``.
+
+    Raises:
+        ValueError: a segment has too few used pixels for ``order`` or a continuum
+            that is not positive (the message names the spectrum and the segment).
+    """
+    from jaxspec.preprocess import continuum_normalize
+
+    segments = (np.zeros(spectrum.n_pix, np.int64) if spectrum.segment is None
+                else spectrum.segment)
+    continuum = np.full(spectrum.n_pix, np.nan)
+    for label in np.unique(segments):
+        pix = segments == label
+        used = pix & spectrum.mask
+        where = (f"{spectrum.name}" + (f", segment {label}" if spectrum.segment is not None
+                                       else ""))
+        if used.sum() < 4 * (order + 1):
+            if spectrum.segment is not None and used.sum() == 0:
+                continue  # an order with no usable pixel stays masked
+            raise ValueError(
+                f"{where}: {int(used.sum())} used pixel(s) are too few for a degree-{order} "
+                "continuum; pass a lower order (--normalize-order) or more pixels"
+            )
+        try:
+            _, fit = continuum_normalize(spectrum.wavelength[used], spectrum.flux[used],
+                                         order, n_bins=n_bins, quantile=quantile)
+        except ValueError as err:
+            raise ValueError(f"{where}: continuum normalisation failed: {err}") from None
+        continuum[pix] = np.interp(spectrum.wavelength[pix], spectrum.wavelength[used], fit)
+    ok = np.isfinite(continuum)
+    continuum = np.where(ok, continuum, 1.0)
+    unc = None if spectrum.uncertainty is None else spectrum.uncertainty / continuum
+    return spectrum.replace(flux=spectrum.flux / continuum, uncertainty=unc,
+                            mask=spectrum.mask & ok)
 
 
 def check_normalized(spectrum: Spectrum, scale=(1.0, 1.0)) -> None:
@@ -176,11 +331,12 @@ def check_normalized(spectrum: Spectrum, scale=(1.0, 1.0)) -> None:
     gives χ²/ν of 1e30 and a meaningless answer.
 
     Args:
-        spectrum: the :class:`Spectrum`.
+        spectrum: the :class:`Spectrum` (or a ``specutils.Spectrum``).
         scale: ``(low, high)`` multiplier range of a fitted continuum (the box of the
             Chebyshev ``c0`` when one is fitted): the limits widen to
             ``[0.75 low, 1.25 high]``.
     """
+    spectrum = as_spectrum(spectrum)
     valid = spectrum.flux[spectrum.mask]
     median = float(np.median(valid))
     upper = float(np.percentile(valid, 95))
@@ -190,8 +346,8 @@ def check_normalized(spectrum: Spectrum, scale=(1.0, 1.0)) -> None:
         raise ValueError(
             f"{spectrum.name}: flux does not look continuum-normalised (median {median:.4g}, "
             f"95th percentile {upper:.4g}; the continuum should be near 1, 95th percentile "
-            f"in [{lo:g}, {hi:g}]); normalise it first (e.g. "
-            "jaxspec.preprocess.continuum_normalize) and write flux / continuum"
+            f"in [{lo:g}, {hi:g}]); normalise it first "
+            "(jaxspec infer --normalize, or jaxspec.infer.spectrum.normalize_continuum)"
         )
 
 
@@ -240,7 +396,7 @@ def observe(spectrum: Spectrum, emulator_or_wavelength, resample: str = "model")
     """Match a spectrum's pixels to an emulator's (see the module docstring).
 
     Args:
-        spectrum: the :class:`Spectrum`.
+        spectrum: the :class:`Spectrum` (or a ``specutils.Spectrum``, :func:`as_spectrum`).
         emulator_or_wavelength: an :class:`~jaxspec.emulator.Emulator` or its
             ``(n_pix,)`` wavelength array, Å. An emulator's ``model_variance`` (if not
             None) is added to the data variance (module docstring).
@@ -255,6 +411,7 @@ def observe(spectrum: Spectrum, emulator_or_wavelength, resample: str = "model")
             message gives both ranges), fewer than 2 usable pixels overlap, or an unknown
             ``resample``.
     """
+    spectrum = as_spectrum(spectrum)
     model_wl = getattr(emulator_or_wavelength, "wavelength", emulator_or_wavelength)
     model_wl = np.asarray(model_wl, dtype=np.float64)
     if resample not in ("model", "data"):
