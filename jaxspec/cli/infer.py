@@ -30,8 +30,14 @@ def register(sub) -> None:
         "an ECSV table: file, method, every parameter, <name>_err (1σ: Laplace for map, "
         "posterior std for nuts; absent for bo), loss (RMS, blase3D eq. 4), n_evaluations, "
         "seconds, converged and a message. A SPECTRUM is a table astropy reads (ECSV, "
-        "FITS, CSV) with columns wavelength (Å), flux and optionally uncertainty (1σ) and "
-        "mask. Spectra without uncertainties get a fitted noise scale. With --fit (or "
+        "FITS, CSV) with columns wavelength (Å), flux and optionally uncertainty (1σ; or "
+        "variance, ivar), mask and segment; an APOGEE apStar/aspcapStar file; a "
+        "multi-order echelle FITS file (HPF layout); or a 1-D FITS image with a linear or "
+        "log-linear wavelength WCS. A SPECTRUM may be a quoted glob pattern "
+        "('spectra/*.fits') or @LIST (a file of paths). Spectra without uncertainties get "
+        "a fitted noise scale. Survey scale: --workers N fits on a local Dask cluster of N "
+        "processes, --scheduler ADDRESS on an existing one; rows are written by this "
+        "process as stars finish. With --fit (or "
         "--rv/--vsini/--resolution/--lsf) the emulator is observed through radial "
         "velocity, rotation, line-spread function, pixel integration and a Chebyshev "
         "continuum (jaxspec.extrinsic); EMULATOR may then also be a line-list .npz (a "
@@ -44,7 +50,9 @@ def register(sub) -> None:
         "prior) are converged=False too. One run writes OUT at a time (OUT.lock).",
     )
     p.add_argument("emulator", help="emulator file (any kind: jaxspec build / train)")
-    p.add_argument("spectra", nargs="+", metavar="SPECTRUM", help="spectrum table(s)")
+    p.add_argument("spectra", nargs="+", metavar="SPECTRUM",
+                   help="spectrum file(s), quoted glob patterns ('spectra/*.fits') or "
+                   "@LIST (one path per line)")
     p.add_argument("--method", choices=_METHODS, default="map",
                    help="bo: GP Bayesian optimisation (paper); map: gradient MAP + Laplace "
                    "errors (default); nuts: posterior samples; amortized: a network from "
@@ -122,6 +130,45 @@ def register(sub) -> None:
                    help="the mask column is an integer bitmask (0 = good): use the pixels "
                    "where (mask & N) == 0, e.g. 1 for bit 0; without it a mask column must be "
                    "bool or 0/1 (True = used)")
+    g = p.add_argument_group(
+        "observed spectra", "how spectrum files are read and prepared (bo, map, nuts)")
+    g.add_argument("--normalize", action="store_true",
+                   help="divide each spectrum (each echelle order / APOGEE chip separately) "
+                   "by its continuum, fitted with the grid's method (Chebyshev through the "
+                   "upper envelope, blase3D eq. 1), before the fit; for flux-calibrated or "
+                   "raw spectra (apStar). Alternative: --fit continuum=K fits it jointly")
+    g.add_argument("--normalize-order", type=int, default=5, metavar="K",
+                   help="Chebyshev degree of --normalize (default 5, as for the grid)")
+    g.add_argument("--normalize-quantile", type=float, default=0.9, metavar="Q",
+                   help="flux quantile per envelope bin for --normalize (default 0.9: the "
+                   "bin maximum of noisy data is biased high)")
+    g.add_argument("--layout", choices=("table", "apogee", "echelle", "image"),
+                   help="file layout (default: detected from each file)")
+    g.add_argument("--visit", type=int, metavar="K",
+                   help="APOGEE apStar: fit visit K (1..NVISITS) instead of the combined "
+                   "spectrum")
+    g.add_argument("--orders", type=_parse_orders, metavar="LIST",
+                   help="echelle files: the orders (row indices, e.g. 3,4,5 or 3-8) to use "
+                   "(default all)")
+    g.add_argument("--spectrum-medium", choices=("air", "vacuum"),
+                   help="wavelength medium of spectrum files that do not record it "
+                   "(APOGEE and HPF files are vacuum; tables may say it in meta 'medium')")
+    g.add_argument("--emulator-medium", choices=("air", "vacuum"),
+                   help="wavelength medium of the emulator (vacuum for PHOENIX grids, air for "
+                   "the synthetic grid): spectra in the other medium are converted (Morton "
+                   "2000 / VALD, jaxspec.medium); default: no conversion")
+    g = p.add_argument_group("output and scale")
+    g.add_argument("--posterior", metavar="FILE.nc",
+                   help="also write the posteriors as one arviz InferenceData NetCDF file "
+                   "with a star dimension: nuts samples and sample stats; map the Laplace "
+                   "mean and covariance (group 'laplace'). Resumes like OUT")
+    scale = g.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, metavar="N",
+                       help="fit on a local Dask cluster of N worker processes (each loads "
+                       "and compiles the emulator once)")
+    scale.add_argument("--scheduler", metavar="ADDRESS",
+                       help="fit on an existing Dask cluster (e.g. tcp://host:8786); the "
+                       "spectrum and emulator paths must be readable by its workers")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar (by default a bar with ETA over spectra on stderr)")
     p.add_argument("--progress", action="store_true",
@@ -130,12 +177,18 @@ def register(sub) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from jaxspec.infer.spectrum import check_normalized
+    from contextlib import nullcontext
+
+    from tqdm.auto import tqdm
+
+    from jaxspec.cli._survey import NO_POSTERIOR_PREFIXES, StarTask, expand_spectra
+    from jaxspec.io.posterior import PosteriorWriter
     from jaxspec.io.results_writer import ResultsWriter, file_checksum
-    from jaxspec.io.spectrum import read_spectrum
 
     out = Path(args.out)
+    args.spectra = expand_spectra(args.spectra)
     if args.method == "amortized":
+        _validate_amortized(args)
         from jaxspec.cli._amortised import infer_amortized
 
         return infer_amortized(args.emulator, args.spectra, out, overwrite=args.overwrite,
@@ -143,42 +196,60 @@ def _infer(args: argparse.Namespace) -> int:
     _validate(args)  # every option before any work
     paths, guesses = _unique_spectra(args)
     settings = _settings(args)
-    scale = args.c0_range if "continuum" in (args.fit or "") else (1.0, 1.0)
-    with ResultsWriter(out, settings=settings, overwrite=args.overwrite) as writer:
+    posterior = (PosteriorWriter(args.posterior, settings=settings, overwrite=args.overwrite)
+                 if args.posterior else nullcontext())
+    with ResultsWriter(out, settings=settings, overwrite=args.overwrite) as writer, \
+            posterior as post:
+
+        def done(path, checksum):
+            """A row exists (and, with --posterior, its posterior or no need of one)."""
+            if not writer.done(path, checksum):
+                return False
+            if post is None:
+                return True
+            message = str(writer.row(path).get("message", ""))
+            return post.has(path, checksum) or message.startswith(NO_POSTERIOR_PREFIXES)
+
         todo = [(p, file_checksum(p), g) for p, g in zip(paths, guesses)]
-        todo = [t for t in todo if not writer.done(t[0], t[1])]
-        if writer.n_resumed:
+        todo = [t for t in todo if not done(t[0], t[1])]
+        if len(todo) < len(paths):
             print(f"jaxspec infer: {out}: {writer.n_resumed} row(s) of an earlier run kept; "
                   f"{len(paths) - len(todo)} of {len(paths)} spectra already done",
                   file=sys.stderr)
-        n_bad = 0
-
-        def bad(path, checksum, err):
-            nonlocal n_bad
-            n_bad += 1
-            print(f"jaxspec infer: error: {err} (row written with converged=False; the "
-                  "batch goes on)", file=sys.stderr)
-            writer.write_error(path, checksum, err, method=args.method)
-
-        good = []  # (path, checksum, guess, spectrum)
-        for path, checksum, guess in todo:
-            try:
-                with _warnings_to_stderr():
-                    spectrum = read_spectrum(path, mask_bits=args.mask_bits)
-                check_normalized(spectrum, scale)
-            except (ValueError, TypeError, OSError) as err:
-                bad(path, checksum, err)
-                continue
-            good.append((path, checksum, guess, spectrum))
-        fitted = _fit_all(args, good, writer, bad, out)
+        tasks = [StarTask(p, c, g, plot_stem(out, p, args.spectra) if args.plot else None)
+                 for p, c, g in todo]
+        n_bad = n_fitted = 0
+        bar = tqdm(total=len(tasks), desc="jaxspec infer", unit="star", disable=args.quiet,
+                   file=sys.stderr)
+        try:
+            for outcome in _outcomes(args, tasks):
+                for text in outcome["warnings"]:
+                    bar.write(f"jaxspec infer: warning: {text}", file=sys.stderr)
+                if "error" in outcome:
+                    n_bad += _record_error(writer, outcome, args.method, bar)
+                else:
+                    n_fitted += 1
+                    if post is not None and outcome["posterior"] is not None:
+                        post.write(outcome["file"], outcome["checksum"], outcome["posterior"])
+                    writer.write_row(outcome["row"])
+                    for path in outcome["plots"]:
+                        bar.write(f"wrote {path}")
+                bar.update(1)
+        finally:
+            bar.close()
         table = writer.finish(meta=_meta(args), units=_UNITS, order=paths, descriptions={
             "loss": "RMS residual, blase3D eq. (4)",
             "chi2_nu": "chi2 per degree of freedom (given uncertainties)",
             "checksum": "SHA-256 of the spectrum file (rows are reused on rerun while it "
                         "is unchanged)",
         })
+        if post is not None:
+            written = post.finish({str(r["file"]): str(r["checksum"]) for r in table},
+                                  order=paths)
+            if written is not None:
+                print(f"wrote {written}: posteriors of the fitted spectra")
     report_results(table, out, args.method, "fit(s) did not converge")
-    if todo and fitted == 0 and n_bad == len(todo):
+    if todo and n_fitted == 0 and n_bad == len(todo):
         return 1  # nothing in this run could be fitted: every input was bad
     return 0
 
@@ -187,73 +258,80 @@ _UNITS = {"teff": "K", "teff_err": "K", "rv": "km/s", "rv_err": "km/s", "vsini":
           "vsini_err": "km/s"}
 
 
-def _fit_all(args, good, writer, bad, out) -> int:
-    """Prepare and fit every readable spectrum, writing one row each; returns the count.
-    ``bad(path, checksum, error)`` writes the row of a spectrum that cannot be used."""
-    from tqdm.auto import tqdm
-
-    from jaxspec.infer import bayes_opt, fit_map, observe, results_table, sample_nuts
-    from jaxspec.infer.spectrum import pad_observation
-
-    if not good:
+def _record_error(writer, outcome, method, bar) -> int:
+    """Report a star that was not fitted; write its row unless a rerun should retry it
+    (a dead worker). Returns 1 for an input error, else 0."""
+    if outcome.get("retry"):
+        bar.write(f"jaxspec infer: error: {outcome['error']}", file=sys.stderr)
         return 0
-    base = _load_model(args, [g[3] for g in good])
-    extrinsic = _wants_extrinsic(args, base)
-    prepared = []  # (path, checksum, guess, emulator, observation, init, note)
-    for path, checksum, guess, spectrum in good:
-        try:
-            with _warnings_to_stderr():
-                if extrinsic:
-                    em, init, note = _observed(args, base, spectrum)
-                else:
-                    em, init, note = base, None, ""
-                obs = observe(spectrum, em, args.resample)
-        except ValueError as err:
-            bad(path, checksum, err if Path(path).name in str(err) else f"{path}: {err}")
-            continue
-        prepared.append((path, checksum, guess, em, obs, init, note))
-    if not prepared:
-        return 0
-    _priors(args.prior, prepared[0][3])  # a bad --prior fails before the first fit
-    # one pixel count for all spectra: one compilation
-    length = max(int(p[4].flux.shape[0]) for p in prepared)
-    bar = tqdm(prepared, desc="jaxspec infer", unit="spectrum", disable=args.quiet,
-               file=sys.stderr)
-    for path, checksum, guess, em, obs, init, note in bar:
-        obs = pad_observation(obs, length)
-        priors = _priors(args.prior, em)
-        kw = {"teff_guess": guess, "teff_window": args.teff_window, "key": args.seed}
-        fit_noise = True if args.fit_noise else None
-        t0 = time.perf_counter()
-        if args.method == "bo":
-            res = bayes_opt(em, obs, n_random=args.n_random, n_guided=args.n_guided, **kw)
-        elif args.method == "map":
-            res = fit_map(em, obs, n_starts=args.starts, init=init, priors=priors,
-                          fit_noise=fit_noise, **kw)
-        else:
-            start = "map"
-            if init is not None:  # the MAP from the RV scan's start, then NUTS
-                start = np.asarray(fit_map(em, obs, n_starts=args.starts, init=init,
-                                           priors=priors, fit_noise=fit_noise, **kw).params)
-            res = sample_nuts(em, obs, num_warmup=args.warmup, num_samples=args.samples,
-                              num_chains=args.chains, inference_data=False, init=start,
-                              priors=priors, fit_noise=fit_noise, **kw)
-        np.asarray(res.params)  # wait for the device
-        seconds = time.perf_counter() - t0
-        table = results_table(res, em.param_names, files=[path], method=args.method,
-                              seconds=seconds)
-        row = {name: table[name][0] for name in table.colnames}
-        chi2_nu = _chi2_nu(em, obs, res)
-        if chi2_nu is not None:
-            row["chi2_nu"] = chi2_nu
-        if note:
-            row["extrinsic_note"] = note
-        row["checksum"] = checksum
-        writer.write_row(row)
-        if args.plot:
-            for p in _plots(em, obs, res, args, out, Path(path)):
-                bar.write(f"wrote {p}")
-    return len(prepared)
+    bar.write(f"jaxspec infer: error: {outcome['error']} (row written with converged=False; "
+              "the batch goes on)", file=sys.stderr)
+    if outcome["input_error"]:
+        writer.write_error(outcome["file"], outcome["checksum"], outcome["error"],
+                           method=method)
+        return 1
+    writer.write_row({"file": outcome["file"], "method": method, "converged": False,
+                      "message": f"fit failed: {outcome['error']}",
+                      "checksum": outcome["checksum"]})
+    return 0
+
+
+def _outcomes(args, tasks):
+    """The outcome of every task (:func:`jaxspec.cli._survey.fit_file`), fitted in this
+    process or on Dask (--workers / --scheduler), as they finish."""
+    from jaxspec.cli._survey import run_dask, run_local
+    from jaxspec.io.results_writer import file_checksum
+
+    if not tasks:
+        return iter(())
+    # what every star's fit needs; the path list and guesses travel in the tasks
+    config = argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                   if k not in ("func", "spectra", "teff_guess")})
+    config.emulator_sha256 = file_checksum(args.emulator)
+    model = None
+    if Path(args.emulator).suffix.lower() == ".npz":
+        # a line-list template must cover every spectrum: built once, here, from all
+        from jaxspec.cli._survey import read_for_fit
+
+        spectra = []
+        for task in tasks:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # fit_file reports them
+                    spectra.append(read_for_fit(task.path, config))
+            except (ValueError, TypeError, OSError):
+                continue  # fit_file reports it
+        if spectra:
+            model = _load_model(args, spectra)
+    if args.workers or args.scheduler:
+        return run_dask(tasks, config, model, workers=args.workers, scheduler=args.scheduler)
+    return run_local(tasks, config, model)
+
+
+def _validate_amortized(args) -> None:
+    """Options of bo/map/nuts that --method amortized does not take: refused loudly."""
+    given = [flag for flag, value in (
+        ("--workers", args.workers), ("--scheduler", args.scheduler),
+        ("--posterior", args.posterior), ("--normalize", args.normalize),
+        ("--visit", args.visit), ("--orders", args.orders), ("--layout", args.layout),
+        ("--spectrum-medium", args.spectrum_medium),
+        ("--emulator-medium", args.emulator_medium)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not taken by --method amortized (a trained "
+                         "network evaluates its batch in one process); use bo, map or nuts")
+
+
+def _parse_orders(text: str) -> list[int]:
+    """``"3,4,5"`` or ``"3-8"`` (or a mix) → sorted unique order indices."""
+    out = set()
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected order indices like 3,4,5 or 3-8, got "
+                                         f"{text!r}") from None
+    return sorted(out)
 
 
 def _validate(args) -> None:
@@ -287,6 +365,22 @@ def _validate(args) -> None:
             f"--teff-guess has {len(args.teff_guess)} values for {len(args.spectra)} spectra; "
             "give one for all or one per spectrum"
         )
+    if args.posterior and args.method == "bo":
+        raise ValueError("--posterior needs --method nuts (samples) or map (Laplace mean and "
+                         "covariance); bo gives no posterior")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: pass the number of worker processes, "
+                         ">= 1")
+    if args.normalize_order < 0:
+        raise ValueError(f"--normalize-order {args.normalize_order}: pass a degree >= 0 "
+                         "(5 as for the grid)")
+    if not 0.0 < args.normalize_quantile <= 1.0:
+        raise ValueError(f"--normalize-quantile {args.normalize_quantile}: pass a value in "
+                         "(0, 1]")
+    if args.visit is not None and args.visit < 1:
+        raise ValueError(f"--visit {args.visit}: APOGEE visits are numbered from 1")
+    if args.posterior and Path(args.posterior).resolve() == Path(args.out).resolve():
+        raise ValueError(f"--posterior {args.posterior} is --out; pass another file (.nc)")
 
 
 def _unique_spectra(args):
@@ -318,6 +412,15 @@ def _settings(args) -> dict:
     keys += {"bo": ["n_random", "n_guided"], "map": ["starts"],
              "nuts": ["starts", "warmup", "samples", "chains"]}[args.method]
     settings = {k: getattr(args, k) for k in keys}
+    # reading options enter only when used, so tables of earlier versions still resume
+    for key, default in (("normalize", False), ("layout", None), ("visit", None),
+                         ("orders", None), ("spectrum_medium", None),
+                         ("emulator_medium", None)):
+        if getattr(args, key) != default:
+            settings[key] = getattr(args, key)
+    if args.normalize:
+        settings["normalize_order"] = args.normalize_order
+        settings["normalize_quantile"] = args.normalize_quantile
     settings["emulator"] = str(args.emulator)
     settings["emulator_sha256"] = file_checksum(args.emulator)
     return settings
@@ -337,24 +440,6 @@ def _meta(args) -> dict:
             "rv_window": args.rv_window, "priors": list(args.prior),
         })
     return meta
-
-
-class _warnings_to_stderr(warnings.catch_warnings):
-    """Record warnings inside the block and print each as ``jaxspec infer: warning: ...``."""
-
-    def __init__(self):
-        super().__init__(record=True)
-
-    def __enter__(self):
-        self._caught = super().__enter__()
-        warnings.simplefilter("always")
-        return self._caught
-
-    def __exit__(self, *exc):
-        super().__exit__(*exc)
-        for w in self._caught:
-            print(f"jaxspec infer: warning: {w.message}", file=sys.stderr)
-        return False
 
 
 def _load_model(args, spectra):
@@ -484,11 +569,12 @@ def _chi2_nu(em, obs, res):
     return float(np.sum(z**2) / max(int(mask.sum()) - em.n_params, 1))
 
 
-def _plots(emulator, obs, res, args, out: Path, spectrum_path: Path):
+def _plots(emulator, obs, res, args, stem: str, spectrum_path: Path):
+    """Fit and corner figures of one spectrum, named ``<stem>_fit.png`` and
+    ``<stem>_corner.png`` (``stem`` from :func:`plot_stem`: unique per input path)."""
     import jax.numpy as jnp
 
     plt = matplotlib_pyplot()
-    stem = plot_stem(out, spectrum_path, args.spectra)  # unique per input path
     names = emulator.param_names
     params = np.asarray(res.params)
     mask = np.asarray(obs.mask)

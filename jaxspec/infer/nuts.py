@@ -97,6 +97,9 @@ class NutsResult:
         inference_data: arviz ``InferenceData`` (None when arviz is not installed).
         param_names: names, in order.
         chi2_nu: χ²/ν with the given uncertainties at the posterior mean (NaN without).
+        sample_stats: ``{name: (num_chains, num_samples)}`` per-draw sample statistics
+            (arviz names: ``diverging``, ``n_steps``, ``acceptance_rate``, ``energy``,
+            ``lp``, ``step_size``).
     """
 
     samples: dict
@@ -112,6 +115,7 @@ class NutsResult:
     param_names: tuple
     inference_data: object = field(default=None, repr=False)
     chi2_nu: float = float("nan")
+    sample_stats: dict = field(default_factory=dict, repr=False)
 
     @property
     def converged(self) -> bool:
@@ -268,12 +272,12 @@ def sample_nuts(
             )
         else:
             z0 = _random_inits(k_init, names, num_chains, fit_noise)
-        draws, diverging, num_steps = _run_chains(
+        draws, stats, num_steps = _run_chains(
             emulator, obs, jnp.asarray(lo[i]), jnp.asarray(hi[i]), z0,
             jax.random.split(k_run, num_chains), cfg,
         )
         results.append(_summarise(
-            draws, diverging, num_steps, emulator, obs, names, lo[i], hi[i], rhat_max,
+            draws, stats, num_steps, emulator, obs, names, lo[i], hi[i], rhat_max,
             ess_min, max_divergent_fraction, map_result, i, inference_data,
             time.perf_counter() - t0 + t_map, cfg,
         ))
@@ -305,6 +309,11 @@ def _model_for(cfg):
 def _run_chains(emulator, obs, lower, upper, z0, keys, cfg):
     """All chains of one spectrum: warmup then sampling, one compiled function.
 
+    Returns ``(draws {site: (C, S)}, stats {name: (C, S)}, gradient evaluations (C,))``;
+    ``stats`` are the per-draw sample statistics in arviz's names: ``diverging``,
+    ``n_steps`` (leapfrog steps), ``acceptance_rate``, ``energy`` (Hamiltonian), ``lp``
+    (log density up to a constant, −potential energy) and ``step_size``.
+
     Uses numpyro's functional NUTS kernels (``numpyro.infer.hmc.hmc``) with the potential
     energy of :func:`spectrum_model`, so the compiled sampler takes the emulator and data
     as arguments and is reused across spectra.
@@ -326,12 +335,16 @@ def _run_chains(emulator, obs, lower, upper, z0, keys, cfg):
 
         def step(state, _):
             state = sample_kernel(state, model_args=args)
-            return state, (state.z, state.diverging, state.num_steps)
+            stats = {"diverging": state.diverging, "n_steps": state.num_steps,
+                     "acceptance_rate": state.accept_prob, "energy": state.energy,
+                     "lp": -state.potential_energy,
+                     "step_size": state.adapt_state.step_size}
+            return state, (state.z, stats)
 
-        state, (_, _, warm_steps) = jax.lax.scan(step, state, None, length=cfg.num_warmup)
-        _, (zs, div, steps) = jax.lax.scan(step, state, None, length=cfg.num_samples)
+        state, (_, warm) = jax.lax.scan(step, state, None, length=cfg.num_warmup)
+        _, (zs, stats) = jax.lax.scan(step, state, None, length=cfg.num_samples)
         draws = jax.vmap(lambda z: constrain_fn(model, args, {}, z))(zs)
-        return draws, div, jnp.sum(steps) + jnp.sum(warm_steps)
+        return draws, stats, jnp.sum(stats["n_steps"]) + jnp.sum(warm["n_steps"])
 
     if cfg.chain_method == "vectorized":
         return jax.vmap(chain)(z0, keys)
@@ -364,9 +377,11 @@ def _chain_inits(key, theta, sigma, lo, hi, names, priors, num_chains, fit_noise
     return out
 
 
-def _summarise(draws, diverging, num_steps, emulator, obs, names, lo, hi, rhat_max,
+def _summarise(draws, stats, num_steps, emulator, obs, names, lo, hi, rhat_max,
                ess_min, max_div, map_result, i, want_idata, seconds, cfg):
     samples = {k: np.asarray(v) for k, v in draws.items()}  # (C, S)
+    sample_stats = {k: np.asarray(v) for k, v in stats.items()}  # (C, S)
+    diverging = sample_stats["diverging"]
     chains = np.stack([samples[n] for n in names], axis=-1)  # (C, S, k)
     flat = chains.reshape(-1, len(names))
     mean, std = flat.mean(axis=0), flat.std(axis=0, ddof=1)
@@ -375,7 +390,6 @@ def _summarise(draws, diverging, num_steps, emulator, obs, names, lo, hi, rhat_m
     else:
         rhat = np.full(len(names), np.nan)
     ess = np.array([float(effective_sample_size(chains[..., j])) for j in range(len(names))])
-    diverging = np.asarray(diverging)
     n_div = int(np.sum(diverging))
     n_eval = int(np.sum(np.asarray(num_steps)))
     if map_result is not None:
@@ -401,23 +415,23 @@ def _summarise(draws, diverging, num_steps, emulator, obs, names, lo, hi, rhat_m
     status |= int(plausibility_flags(
         u, chi2=c2 if judge_chi2 else None, nu=nu, sigma_u=std / (hi - lo),
         prior_std_u=prior_std(dict(cfg.priors), names, lo, hi)))
-    idata = _to_inference_data(samples, diverging, rhat, ess, names) if want_idata else None
+    idata = _to_inference_data(samples, sample_stats, rhat, ess, names) if want_idata else None
     return NutsResult(
         samples=samples, params=mean, sigma=std, rhat=rhat, ess=ess, n_divergent=n_div,
         loss=loss, n_evaluations=n_eval, status=status, seconds=seconds,
-        param_names=names, inference_data=idata,
+        param_names=names, inference_data=idata, sample_stats=sample_stats,
         chi2_nu=c2 / max(nu, 1) if obs.has_uncertainty else float("nan"),
     )
 
 
-def _to_inference_data(samples, diverging, rhat, ess, names):
+def _to_inference_data(samples, sample_stats, rhat, ess, names):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             import arviz as az
     except ImportError:  # pragma: no cover - arviz is a dependency
         return None
-    idata = az.from_dict(posterior=samples, sample_stats={"diverging": diverging})
+    idata = az.from_dict(posterior=samples, sample_stats=sample_stats)
     idata.posterior.attrs["rhat"] = [float(r) for r in rhat]
     idata.posterior.attrs["ess"] = [float(e) for e in ess]
     idata.posterior.attrs["param_names"] = list(names)

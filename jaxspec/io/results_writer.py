@@ -214,6 +214,10 @@ class ResultsWriter:
         """Every row the final table will hold, one per file, in order of writing."""
         return list(self._rows.values())
 
+    def row(self, file: str) -> dict | None:
+        """The row of ``file`` (from this or an earlier run), or None."""
+        return self._rows.get(str(file))
+
     def write_row(self, row: dict) -> None:
         """Append one row (needs ``file`` and ``checksum``) durably to ``OUT.partial``."""
         if self._fh is None:

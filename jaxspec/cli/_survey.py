@@ -1,0 +1,310 @@
+"""Fitting many spectrum files for ``jaxspec infer``: in this process or on Dask.
+
+One function, :func:`fit_file`, reads, checks and fits one spectrum file and returns its
+outcome (a results row, the posterior, plot paths, warnings, or the error). Two runners
+call it over the stars of a batch and yield the outcomes as they finish:
+
+:func:`run_local`
+    in this process, one star after another (no Dask needed).
+:func:`run_dask`
+    on a ``dask.distributed`` cluster: a local one of ``workers`` processes (one thread
+    each: JAX's own threads use the cores), or an existing one at ``scheduler``. Only a
+    window of ``4 × threads`` stars is in flight at a time, so a survey of 10^6 files
+    never floods the scheduler, and a client that stops loses at most that window's
+    work in progress. Each worker process loads the emulator once and keeps it (a
+    per-process cache keyed by the emulator file's path and SHA-256), so its compiled
+    fits are reused for every star it gets; a line-list template (built in the client
+    from the spectra) is sent to every worker once (``scatter(broadcast=True)``).
+
+Both runners use the same :func:`fit_file` with the same padding of every observation
+to a length of the ladder :func:`padded_length`, so a star's numbers do not depend on
+where it was fitted or with which other stars. The client keeps the one
+:class:`~jaxspec.io.results_writer.ResultsWriter` (and posterior writer): rows are written
+there as outcomes arrive, so a killed client or cluster loses no finished star and a
+rerun fits only what is missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["StarTask", "expand_spectra", "fit_file", "padded_length", "run_dask",
+           "run_local"]
+
+#: Messages of rows that have no posterior (so a rerun with --posterior does not refit
+#: them): an unusable input, or a fit that raised.
+NO_POSTERIOR_PREFIXES = ("input error: ", "fit failed: ")
+
+
+class StarTask(NamedTuple):
+    """One spectrum file to fit: its path as given, SHA-256, Teff guess (or None) and,
+    with ``--plot``, the stem of its figure names (:func:`jaxspec.cli._common.plot_stem`,
+    computed in the client, which knows every path)."""
+
+    path: str
+    checksum: str
+    guess: float | None
+    plot_stem: str | None = None
+
+
+def expand_spectra(arguments) -> list[str]:
+    """Spectrum paths from the command line: each argument is a path, a glob pattern
+    (quoted, e.g. ``'spectra/*.fits'``, so that the shell does not expand 10^6 names;
+    ``**`` recurses; matches sorted) or ``@LIST``, a text file of paths, one per line
+    (blank lines and ``#`` comments skipped).
+
+    Raises:
+        ValueError: a pattern matches no file, or a list file is unreadable.
+    """
+    out = []
+    for arg in arguments:
+        arg = str(arg)
+        if arg.startswith("@") and not Path(arg).exists():
+            try:
+                lines = Path(arg[1:]).read_text().splitlines()
+            except OSError as err:
+                raise ValueError(f"{arg[1:]}: cannot read the list of spectra "
+                                 f"({err.strerror}); pass @FILE with one path per line") from None
+            out.extend(s.strip() for s in lines if s.strip() and not s.strip().startswith("#"))
+        elif glob.has_magic(arg) and not Path(arg).exists():
+            found = sorted(glob.glob(arg, recursive=True))
+            if not found:
+                raise ValueError(f"{arg}: no file matches this pattern; check it (quote it so "
+                                 "that the shell passes it to jaxspec unexpanded)")
+            out.extend(found)
+        else:
+            out.append(arg)
+    return out
+
+
+def padded_length(m: int) -> int:
+    """The pixel count an observation of ``m`` pixels is padded to (masked pixels): the
+    smallest of :math:`2^k \\cdot \\{1, 1.25, 1.5, 1.75\\}` that is ≥ ``max(m, 16)``.
+
+    One compiled fit serves every spectrum of one length class; the padding wastes at
+    most 25 % and does not depend on the other spectra of a batch (a star's result is
+    the same in any batch, process or worker)."""
+    m = max(int(m), 16)
+    k = 2 ** int(math.floor(math.log2(m)))
+    for f in (1.0, 1.25, 1.5, 1.75, 2.0):
+        if k * f >= m:
+            return int(k * f)
+    return 2 * k  # pragma: no cover
+
+
+# ---------------------------------------------------------------- one star
+
+_MODELS: dict = {}  # per process: (path, sha256) -> emulator; a worker keeps its emulator
+
+
+def cached_emulator(path: str, checksum: str):
+    """The emulator file ``path``, loaded once per process (keyed by path and SHA-256, at
+    most two kept), so every star a Dask worker fits reuses its compiled functions."""
+    key = (str(path), str(checksum))
+    if key not in _MODELS:
+        import jaxspec.extrinsic  # noqa: F401  (registers the "template" emulator kind)
+        from jaxspec.emulator import load_emulator
+
+        while len(_MODELS) >= 2:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[key] = load_emulator(path)
+    return _MODELS[key]
+
+
+def read_for_fit(path: str, config):
+    """The spectrum file read with the run's reader options, in the emulator's medium
+    and normalised when asked (``--normalize``), checked for a continuum near 1."""
+    from jaxspec.infer.spectrum import check_normalized, normalize_continuum
+    from jaxspec.io.spectrum import read_spectrum
+
+    spectrum = read_spectrum(path, mask_bits=config.mask_bits, layout=config.layout,
+                             medium=config.spectrum_medium, visit=config.visit,
+                             orders=config.orders)
+    if config.emulator_medium and spectrum.medium and spectrum.medium != config.emulator_medium:
+        spectrum = spectrum.to_medium(config.emulator_medium)
+    if config.normalize:
+        spectrum = normalize_continuum(spectrum, config.normalize_order,
+                                       quantile=config.normalize_quantile)
+    scale = config.c0_range if "continuum" in (config.fit or "") else (1.0, 1.0)
+    check_normalized(spectrum, scale)
+    return spectrum
+
+
+def fit_file(task: StarTask, config, model=None) -> dict:
+    """Read, check and fit one spectrum file (the work of one star).
+
+    Args:
+        task: the :class:`StarTask`.
+        config: the ``jaxspec infer`` options (an ``argparse.Namespace``).
+        model: the emulator or template object, or None (load ``config.emulator``
+            through :func:`cached_emulator`).
+
+    Returns:
+        ``{"file", "checksum", "warnings": [str], "plots": [str]}`` plus either ``"row"``
+        (the results row) and ``"posterior"`` (a payload of
+        :mod:`jaxspec.io.posterior`, or None), or ``"error"`` (text) and
+        ``"input_error"`` (True: the file cannot be used; False: the fit raised).
+    """
+    from jaxspec.cli import infer as cli
+
+    out = {"file": task.path, "checksum": task.checksum, "warnings": [], "plots": []}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            spectrum = read_for_fit(task.path, config)
+            if model is None:
+                model = cached_emulator(config.emulator, config.emulator_sha256)
+            if cli._wants_extrinsic(config, model):
+                em, init, note = cli._observed(config, model, spectrum)
+            else:
+                em, init, note = model, None, ""
+            from jaxspec.infer import observe
+
+            obs = observe(spectrum, em, config.resample)
+            priors = cli._priors(config.prior, em)
+        except (ValueError, TypeError, OSError) as err:
+            text = str(err)
+            if Path(task.path).name not in text:
+                text = f"{task.path}: {text}"
+            out.update(error=text, input_error=True)
+        else:
+            try:
+                out.update(_fit(task, config, em, obs, init, note, priors))
+            except Exception as err:  # noqa: BLE001 - one star's failure must not stop a survey
+                out.update(error=f"{task.path}: {type(err).__name__}: {err}",
+                           input_error=False)
+    out["warnings"] = [str(w.message) for w in caught]
+    return out
+
+
+def _fit(task, config, em, obs, init, note, priors) -> dict:
+    """Fit one prepared observation; ``{"row", "posterior", "plots"}``."""
+    from jaxspec.cli import infer as cli
+    from jaxspec.infer import bayes_opt, fit_map, results_table, sample_nuts
+    from jaxspec.infer.spectrum import pad_observation
+    from jaxspec.io.posterior import laplace_payload, nuts_payload
+
+    obs = pad_observation(obs, padded_length(int(obs.flux.shape[0])))
+    kw = {"teff_guess": task.guess, "teff_window": config.teff_window, "key": config.seed}
+    fit_noise = True if config.fit_noise else None
+    want_posterior = bool(getattr(config, "posterior", None))
+    t0 = time.perf_counter()
+    posterior = None
+    if config.method == "bo":
+        res = bayes_opt(em, obs, n_random=config.n_random, n_guided=config.n_guided, **kw)
+    elif config.method == "map":
+        res = fit_map(em, obs, n_starts=config.starts, init=init, priors=priors,
+                      fit_noise=fit_noise, **kw)
+        if want_posterior:
+            posterior = laplace_payload(res, em.param_names)
+    else:
+        start = "map"
+        if init is not None:  # the MAP from the RV scan's start, then NUTS
+            start = np.asarray(fit_map(em, obs, n_starts=config.starts, init=init,
+                                       priors=priors, fit_noise=fit_noise, **kw).params)
+        res = sample_nuts(em, obs, num_warmup=config.warmup, num_samples=config.samples,
+                          num_chains=config.chains, inference_data=False, init=start,
+                          priors=priors, fit_noise=fit_noise, **kw)
+        if want_posterior:
+            posterior = nuts_payload(res)
+    np.asarray(res.params)  # wait for the device
+    seconds = time.perf_counter() - t0
+    table = results_table(res, em.param_names, files=[task.path], method=config.method,
+                          seconds=seconds)
+    row = {name: table[name][0] for name in table.colnames}
+    chi2_nu = cli._chi2_nu(em, obs, res)
+    if chi2_nu is not None:
+        row["chi2_nu"] = chi2_nu
+    if note:
+        row["extrinsic_note"] = note
+    row["checksum"] = task.checksum
+    plots = []
+    if config.plot:
+        plots = [str(p) for p in cli._plots(em, obs, res, config, task.plot_stem,
+                                            Path(task.path))]
+    return {"row": row, "posterior": posterior, "plots": plots}
+
+
+# ---------------------------------------------------------------- runners
+
+
+def run_local(tasks, config, model=None):
+    """Outcomes of :func:`fit_file` for ``tasks``, fitted in this process in order."""
+    for task in tasks:
+        yield fit_file(task, config, model)
+
+
+def _dask_client(workers: int | None, scheduler: str | None):
+    """``(client, cluster or None)``: a client of the cluster at ``scheduler``, or of a
+    new local cluster of ``workers`` processes (one thread each)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError("--workers/--scheduler need dask.distributed; install it with "
+                          "`pip install 'dask[distributed]'`") from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="30s"), None
+        except (OSError, TimeoutError) as err:
+            raise ValueError(f"--scheduler {scheduler}: cannot connect ({err}); check the "
+                             "address (e.g. tcp://host:8786) and that the scheduler runs") from None
+    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def run_dask(tasks, config, model=None, *, workers: int | None = None,
+             scheduler: str | None = None):
+    """Outcomes of :func:`fit_file` for ``tasks``, fitted on a Dask cluster, in the order
+    they finish (module docstring).
+
+    A task whose worker died more often than the cluster allows (``KilledWorker``) or
+    that cannot be run yields an outcome with ``"retry": True`` and no row, so that a
+    rerun tries that star again. Stopping the iteration (an exception or Ctrl-C in the
+    client) cancels the tasks in flight and shuts a local cluster down.
+    """
+    from dask.distributed import as_completed
+
+    client, cluster = _dask_client(workers, scheduler)
+    try:
+        n_threads = max(sum(client.nthreads().values()), 1)
+        model_ref = client.scatter(model, broadcast=True) if model is not None else None
+        pending = iter(tasks)
+        running = {}
+        queue = as_completed()
+
+        def submit_next():
+            task = next(pending, None)
+            if task is not None:
+                future = client.submit(fit_file, task, config, model_ref, pure=False)
+                running[future] = task
+                queue.add(future)
+
+        for _ in range(4 * n_threads):
+            submit_next()
+        for future in queue:
+            task = running.pop(future)
+            try:
+                outcome = future.result()
+            except Exception as err:  # noqa: BLE001 - a dead worker, a lost task
+                outcome = {"file": task.path, "checksum": task.checksum, "warnings": [],
+                           "plots": [], "retry": True,
+                           "error": f"{task.path}: not fitted ({type(err).__name__}: {err}); "
+                                    "run again to retry it"}
+            future.release()
+            submit_next()
+            yield outcome
+    finally:
+        for future in list(running):
+            future.cancel()
+        client.close()
+        if cluster is not None:
+            cluster.close()
