@@ -161,9 +161,14 @@ def test_bayes_opt_finds_optimum_region(emulator, clean):
     assert bool(res.converged)
 
 
-def test_nuts_posterior_and_laplace(emulator, emulated_noisy, map_result):
-    res = sample_nuts(emulator, emulated_noisy, np.full(emulated_noisy.size, SIGMA),
-                      num_warmup=300, num_samples=300, num_chains=2, key=3)
+@pytest.fixture(scope="module")
+def nuts_result(emulator, emulated_noisy):
+    return sample_nuts(emulator, emulated_noisy, np.full(emulated_noisy.size, SIGMA),
+                       num_warmup=300, num_samples=300, num_chains=2, key=3)
+
+
+def test_nuts_posterior_and_laplace(map_result, nuts_result):
+    res = nuts_result
     assert res.converged, res.message
     assert np.all(res.rhat < 1.05) and np.all(res.ess > 100)
     truth = np.array([5100.0, 4.1])
@@ -173,6 +178,48 @@ def test_nuts_posterior_and_laplace(emulator, emulated_noisy, map_result):
     assert res.samples["teff"].shape == (2, 300)
     idata = res.inference_data
     assert idata is not None and "teff" in idata.posterior
+
+
+def test_posterior_file_round_trip(tmp_path, emulator, map_result, nuts_result):
+    """NUTS samples + sample stats, and the MAP's Laplace mean and covariance, written
+    star by star (resumable parts), merged into one NetCDF file and read back equal."""
+    from jaxspec.io.posterior import (
+        PosteriorWriter,
+        laplace_payload,
+        nuts_payload,
+        read_posterior,
+    )
+
+    settings = {"method": "nuts"}
+    path = tmp_path / "post.nc"
+    with PosteriorWriter(path, settings=settings) as w:
+        w.write("a.ecsv", "sha-a", nuts_payload(nuts_result))
+    assert not path.exists() and len(list((tmp_path / "post.nc.parts").glob("*.nc"))) == 1
+    with PosteriorWriter(path, settings=settings) as w:  # a rerun finds the stored star
+        assert w.has("a.ecsv", "sha-a") and not w.has("a.ecsv", "changed")
+        w.write("b.ecsv", "sha-b", nuts_payload(nuts_result))
+        assert w.finish({"a.ecsv": "sha-a", "b.ecsv": "sha-b"}, order=["b.ecsv", "a.ecsv"])
+    idata = read_posterior(path)
+    assert list(idata.posterior["star"].values) == ["b.ecsv", "a.ecsv"]
+    for name in ("teff", "logg"):
+        np.testing.assert_array_equal(idata.posterior[name].sel(star="a.ecsv"),
+                                      nuts_result.samples[name])
+    for stat in ("diverging", "n_steps", "acceptance_rate", "energy", "lp", "step_size"):
+        np.testing.assert_array_equal(idata.sample_stats[stat].sel(star="b.ecsv"),
+                                      nuts_result.sample_stats[stat])
+    assert idata.posterior["teff"].dims == ("star", "chain", "draw")
+    assert not (tmp_path / "post.nc.parts").exists()
+    with pytest.raises(ValueError, match="post.nc: written by a run with other options"):
+        PosteriorWriter(path, settings={"method": "map"}).open()
+
+    lap = tmp_path / "laplace.nc"
+    with PosteriorWriter(lap, settings={"method": "map"}) as w:
+        w.write("a.ecsv", "sha-a", laplace_payload(map_result, emulator.param_names))
+        w.finish({"a.ecsv": "sha-a"})
+    ds = read_posterior(lap).laplace.sel(star="a.ecsv")
+    np.testing.assert_array_equal(ds["mean"], map_result.params)
+    np.testing.assert_array_equal(ds["covariance"], map_result.covariance)
+    assert list(ds["parameter"].values) == list(emulator.param_names)
 
 
 def test_map_gauss_newton_matches_exact_hessian(emulator, emulated_noisy, map_result):

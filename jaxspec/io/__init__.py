@@ -11,9 +11,17 @@
 - :mod:`jaxspec.io.results_writer`: streaming, resumable results tables of batch runs
   (``ResultsWriter``: rows fsync-ed to ``OUT.partial``, the ``WriterLock`` of ``OUT``,
   the final table through ``write_table``).
+- :mod:`jaxspec.io.spectrum`: observed spectra (``read_spectrum``, ``write_spectrum``):
+  tables, and through :mod:`jaxspec.io.fits_spectrum` APOGEE apStar/aspcapStar,
+  multi-order echelle (HPF) files and 1-D FITS images with a wavelength WCS.
+- :mod:`jaxspec.io.specutils`: ``specutils.Spectrum`` in and out (optional dependency).
+- :mod:`jaxspec.io.posterior`: posteriors of a batch as one arviz NetCDF file
+  (``PosteriorWriter``, ``read_posterior``).
 """
 
 from jaxspec.io.grid_hdf5 import GridWriter, read_grid_hdf5, write_grid_hdf5
+from jaxspec.io.posterior import PosteriorWriter, read_posterior
+from jaxspec.io.spectrum import read_spectrum, write_spectrum
 from jaxspec.io.phoenix import (
     PhoenixSpectrum,
     phoenix_filename,
@@ -25,10 +33,14 @@ from jaxspec.io.phoenix import (
 __all__ = [
     "GridWriter",
     "PhoenixSpectrum",
+    "PosteriorWriter",
     "phoenix_filename",
     "read_grid_hdf5",
     "read_phoenix_grid",
     "read_phoenix_spectrum",
     "read_phoenix_wavelength",
+    "read_posterior",
+    "read_spectrum",
     "write_grid_hdf5",
+    "write_spectrum",
 ]
