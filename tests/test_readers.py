@@ -109,7 +109,7 @@ def write_hpf(path, n_orders=3, n_pix=200):
 
 def test_echelle_orders_become_segments(tmp_path):
     path = tmp_path / "Goldilocks_star.fits"
-    wave, flux, var = write_hpf(path)
+    wave, _, var = write_hpf(path)
     spec = read_spectrum(path)
     assert spec.n_pix == wave.size and spec.medium == "vacuum"
     assert np.all(np.diff(spec.wavelength) > 0)

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
+from test_batch_safety import SIGMA, small_grid
 
 from jaxspec.cli import main
 from jaxspec.infer import Spectrum
 from jaxspec.io.posterior import read_posterior
 from jaxspec.io.results_writer import ResultsWriter
 from jaxspec.io.spectrum import write_spectrum
-from test_batch_safety import SIGMA, small_grid
 
 pytest.importorskip("dask.distributed")
 
@@ -145,7 +145,7 @@ def test_bad_files_become_rows_and_the_batch_goes_on(files, scheduler, capsys):
 
 
 def test_normalize_fits_a_flux_calibrated_spectrum(files, capsys):
-    d, em_path, em, paths = files
+    d, em_path, em, _ = files
     import jax.numpy as jnp
 
     truth = np.array([5050.0, 4.3])

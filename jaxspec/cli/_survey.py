@@ -93,7 +93,7 @@ def padded_length(m: int) -> int:
     most 25 % and does not depend on the other spectra of a batch (a star's result is
     the same in any batch, process or worker)."""
     m = max(int(m), 16)
-    k = 2 ** int(math.floor(math.log2(m)))
+    k = 2 ** math.floor(math.log2(m))
     for f in (1.0, 1.25, 1.5, 1.75, 2.0):
         if k * f >= m:
             return int(k * f)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -196,6 +195,13 @@ def _infer(args: argparse.Namespace) -> int:
     _validate(args)  # every option before any work
     paths, guesses = _unique_spectra(args)
     settings = _settings(args)
+    # an emulator file that cannot be loaded fails here, before any star (a line list
+    # becomes a template only once the spectra are read: _outcomes)
+    if Path(args.emulator).suffix.lower() == ".npz":
+        _check_line_list(args)
+        model = None
+    else:
+        model = _load_model(args, [])
     posterior = (PosteriorWriter(args.posterior, settings=settings, overwrite=args.overwrite)
                  if args.posterior else nullcontext())
     with ResultsWriter(out, settings=settings, overwrite=args.overwrite) as writer, \
@@ -222,7 +228,7 @@ def _infer(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(tasks), desc="jaxspec infer", unit="star", disable=args.quiet,
                    file=sys.stderr)
         try:
-            for outcome in _outcomes(args, tasks):
+            for outcome in _outcomes(args, tasks, model, settings["emulator_sha256"]):
                 for text in outcome["warnings"]:
                     bar.write(f"jaxspec infer: warning: {text}", file=sys.stderr)
                 if "error" in outcome:
@@ -276,19 +282,18 @@ def _record_error(writer, outcome, method, bar) -> int:
     return 0
 
 
-def _outcomes(args, tasks):
+def _outcomes(args, tasks, model, emulator_sha256: str):
     """The outcome of every task (:func:`jaxspec.cli._survey.fit_file`), fitted in this
-    process or on Dask (--workers / --scheduler), as they finish."""
+    process (with ``model``, the loaded emulator) or on Dask (--workers / --scheduler:
+    each worker loads the emulator file itself, once), as they finish."""
     from jaxspec.cli._survey import run_dask, run_local
-    from jaxspec.io.results_writer import file_checksum
 
     if not tasks:
         return iter(())
     # what every star's fit needs; the path list and guesses travel in the tasks
     config = argparse.Namespace(**{k: v for k, v in vars(args).items()
                                    if k not in ("func", "spectra", "teff_guess")})
-    config.emulator_sha256 = file_checksum(args.emulator)
-    model = None
+    config.emulator_sha256 = emulator_sha256
     if Path(args.emulator).suffix.lower() == ".npz":
         # a line-list template must cover every spectrum: built once, here, from all
         from jaxspec.cli._survey import read_for_fit
@@ -304,7 +309,9 @@ def _outcomes(args, tasks):
         if spectra:
             model = _load_model(args, spectra)
     if args.workers or args.scheduler:
-        return run_dask(tasks, config, model, workers=args.workers, scheduler=args.scheduler)
+        shipped = model if Path(args.emulator).suffix.lower() == ".npz" else None
+        return run_dask(tasks, config, shipped, workers=args.workers,
+                        scheduler=args.scheduler)
     return run_local(tasks, config, model)
 
 
@@ -454,12 +461,8 @@ def _load_model(args, spectra):
     from jaxspec.extrinsic import Template, parse_fit, required_model_range
     from jaxspec.lines import LineList
 
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such line-list file")
+    _check_line_list(args)
     names, _ = parse_fit(args.fit)
-    if not (args.fit or args.rv or args.vsini or args.resolution):
-        raise ValueError(f"{path} is a line list (a template without parameters); pass "
-                         "--fit (e.g. rv,vsini,resolution,continuum=3)")
     rv_range = args.rv_range if "rv" in names else (args.rv, args.rv)
     vsini_max = args.vsini_range[1] if "vsini" in names else args.vsini
     r_min = args.resolution_range[0] if "resolution" in names else args.resolution
@@ -476,6 +479,17 @@ def _load_model(args, spectra):
     lines = LineList.from_npz(path)
     return Template.from_line_list(lines, (lo, hi), velocity_step=args.template_step,
                                    label=path.name)
+
+
+def _check_line_list(args) -> None:
+    """A line-list EMULATOR exists and comes with extrinsic options (checked before the
+    spectra are read)."""
+    path = Path(args.emulator)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such line-list file")
+    if not (args.fit or args.rv or args.vsini or args.resolution):
+        raise ValueError(f"{path} is a line list (a template without parameters); pass "
+                         "--fit (e.g. rv,vsini,resolution,continuum=3)")
 
 
 def _wants_extrinsic(args, base) -> bool:

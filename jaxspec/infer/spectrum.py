@@ -267,7 +267,7 @@ def normalize_continuum(spectrum: Spectrum, order: int = 5, *, quantile: float =
     the flux in ``n_bins`` bins, lower outliers rejected) is applied to the used pixels
     of each segment (echelle order) separately, since every order has its own blaze:
 
-    .. math:: ar F_i = F_i / Q(\lambda_i),\qquad ar\sigma_i = \sigma_i / Q(\lambda_i).
+    .. math:: \bar F_i = F_i / Q(\lambda_i),\qquad \bar\sigma_i = \sigma_i / Q(\lambda_i).
 
     The continuum at masked pixels is interpolated linearly between used ones. There is
     no blackbody division (the grid divides by :math:`B_\lambda(T_{eff})` first, but a

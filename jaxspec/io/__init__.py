@@ -20,8 +20,6 @@
 """
 
 from jaxspec.io.grid_hdf5 import GridWriter, read_grid_hdf5, write_grid_hdf5
-from jaxspec.io.posterior import PosteriorWriter, read_posterior
-from jaxspec.io.spectrum import read_spectrum, write_spectrum
 from jaxspec.io.phoenix import (
     PhoenixSpectrum,
     phoenix_filename,
@@ -29,6 +27,8 @@ from jaxspec.io.phoenix import (
     read_phoenix_spectrum,
     read_phoenix_wavelength,
 )
+from jaxspec.io.posterior import PosteriorWriter, read_posterior
+from jaxspec.io.spectrum import read_spectrum, write_spectrum
 
 __all__ = [
     "GridWriter",

@@ -62,8 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["APOGEE_BAD_BITS", "read_apogee", "read_echelle", "read_fits_image",
-           "detect_layout"]
+__all__ = ["APOGEE_BAD_BITS", "detect_layout", "read_apogee", "read_echelle",
+           "read_fits_image"]
 
 #: ``APOGEE_PIXMASK`` bits apogee_drp marks BAD (level 1): 0-7 (BADPIX, CRPIX, SATPIX,
 #: UNFIXABLE, BADDARK, BADFLAT, BADERR, NOSKY) and 14 (NOT_ENOUGH_PSF).

@@ -114,7 +114,7 @@ def _load_groups(path: Path) -> dict:
 
     try:
         with h5py.File(path, "r") as f:
-            groups = [g for g in f.keys() if isinstance(f[g], h5py.Group)]
+            groups = [g for g in f if isinstance(f[g], h5py.Group)]
     except OSError as err:
         raise ValueError(f"{path}: not a readable NetCDF/HDF5 file ({err}); pass "
                          "--overwrite to replace it, or another --posterior") from None
