@@ -227,8 +227,9 @@ def _infer(args: argparse.Namespace) -> int:
         n_bad = n_fitted = 0
         bar = tqdm(total=len(tasks), desc="jaxspec infer", unit="star", disable=args.quiet,
                    file=sys.stderr)
+        outcomes = _outcomes(args, tasks, model, settings["emulator_sha256"])
         try:
-            for outcome in _outcomes(args, tasks, model, settings["emulator_sha256"]):
+            for outcome in outcomes:
                 for text in outcome["warnings"]:
                     bar.write(f"jaxspec infer: warning: {text}", file=sys.stderr)
                 if "error" in outcome:
@@ -243,6 +244,8 @@ def _infer(args: argparse.Namespace) -> int:
                 bar.update(1)
         finally:
             bar.close()
+            if hasattr(outcomes, "close"):  # stop a Dask run now (cancel, shut down)
+                outcomes.close()
         table = writer.finish(meta=_meta(args), units=_UNITS, order=paths, descriptions={
             "loss": "RMS residual, blase3D eq. (4)",
             "chi2_nu": "chi2 per degree of freedom (given uncertainties)",
