@@ -88,6 +88,21 @@ def test_two_workers_give_the_results_of_one_process(files, scheduler, capsys):
     for var in ("mean", "covariance", "sigma"):
         np.testing.assert_array_equal(p1[var].values, p2[var].values)
     np.testing.assert_allclose(p1["mean"].sel(parameter="teff"), one["teff"], rtol=0, atol=0)
+    # each worker loaded the emulator once and keeps it for the next run
+    from dask.distributed import Client
+
+    def kept():
+        with Client(scheduler) as client:
+            return client.run(lambda: [id(m) for m in __import__(
+                "jaxspec.cli._survey", fromlist=["_MODELS"])._MODELS.values()])
+
+    before = kept()
+    assert len(before) == 2 and all(len(ids) <= 1 for ids in before.values())
+    assert sum(map(len, before.values())) >= 1  # a worker that got stars holds one model
+    assert infer(em_path, [pattern], d / "dask.ecsv", "--scheduler", scheduler,
+                 "--overwrite") == 0
+    assert kept() == before
+    same_rows(one, Table.read(d / "dask.ecsv"))
     capsys.readouterr()
 
 
