@@ -10,8 +10,13 @@ accuracy
     * ``oracle``: the generating line lists of the synthetic model (perfect clones,
       identifier = rest wavelength at 0.01 Å): the interpolation error alone;
     * ``clones``: :func:`jaxspec.clone.clone_grid` of the grid without the held-out nodes
-      (cached in ``--out``), with matcher ``id`` (blase3D) and ``track``, then refined
-      end to end (``--refine-epochs``).
+      (cached in ``--out`` per ``--clone-method``: continuation, the default, identified
+      by construction; or independent, with matchers ``id`` (blase3D) and ``track``),
+      then refined end to end (``--clone-refine-epochs``). The clone store's gates are
+      printed too: identities against the largest node's line count, significant lines
+      (depth > 0.01) per node against the truth per Teff, median residual RMS,
+      strength-weighted roughness along Teff against the truth, the one-sided
+      line-strength fraction and the clone's wall time.
 
     Reported: unique lines, lines per node, RMS and max |error| of emulator spectra
     against the true spectra at training and held-out nodes, and the baseline: pixel-space
@@ -151,9 +156,13 @@ def oracle_identification(grid: SpectralGrid, held: np.ndarray):
                           values=values, present=present, observed=observed, matcher="exact")
 
 
-def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path):
-    """Clone the grid without the held-out nodes (cached); returns the store path or None."""
-    path = out / "clones_default.h5"
+CLONE_METHOD = "continuation"  # set by --clone-method
+
+
+def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path, report: dict | None = None):
+    """Clone the grid without the held-out nodes (cached per method) with
+    ``jaxspec clone``'s defaults; returns the store path or None."""
+    path = out / f"clones_default_{CLONE_METHOD}.h5"
     try:
         from jaxspec.clone import clone_grid
         from jaxspec.io.clone_store import CloneStore  # noqa: F401
@@ -165,12 +174,92 @@ def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path):
                           normalized=True)
     t0 = time.perf_counter()
     try:
-        clone_grid(masked, out=path)  # resumes a partial store
+        clone_grid(masked, out=path, method=CLONE_METHOD)  # resumes a partial store
     except NotImplementedError:
         log("clones: skipped (jaxspec.clone.clone_grid is not implemented yet)")
         return None
-    log(f"clone store {path} ready ({time.perf_counter() - t0:.0f} s this run)")
+    seconds = time.perf_counter() - t0
+    log(f"clone store {path} ready ({seconds:.0f} s this run, method {CLONE_METHOD})")
+    if report is not None:
+        report.setdefault("clone_wall_s", {})[CLONE_METHOD] = seconds
     return path
+
+
+def _depth(values):
+    """Peak depth a V(0) of node values (..., 4) = (shift, ln a, ln σ, ln γ)."""
+    from jaxspec.clone.detection import _peak_value
+
+    v = np.asarray(values, dtype=np.float64)
+    return np.exp(np.clip(v[..., 1], -700, 50)) * _peak_value(v[..., 2], v[..., 3])
+
+
+def roughness(ident) -> list[float]:
+    """Strength-weighted mean |second difference| of ln a, ln σ, ln γ along the first
+    axis, over triples of consecutive observed nodes where the line is present at all
+    three (weight: the smallest of the three depths)."""
+    v, present = np.asarray(ident.values), np.asarray(ident.present)
+    obs = np.asarray(ident.observed)
+    ok = present[:, :-2] & present[:, 1:-1] & present[:, 2:] & obs[:-2] & obs[1:-1] & obs[2:]
+    depth = _depth(v)
+    w = np.minimum(np.minimum(depth[:, :-2], depth[:, 1:-1]), depth[:, 2:]) * ok
+    out = []
+    for k in (1, 2, 3):
+        d2 = np.abs(v[:, :-2, ..., k] - 2 * v[:, 1:-1, ..., k] + v[:, 2:, ..., k])
+        out.append(float(np.sum(w * np.where(ok, d2, 0.0)) / max(np.sum(w), 1e-30)))
+    return out
+
+
+def store_metrics(grid, held, store_path, ident, oracle, report):
+    """The clone-store gates of the issue "Grid-coherent clones" (printed, in report)."""
+    from jaxspec.io.clone_store import CloneStore
+
+    store = CloneStore(store_path)
+    depth = _depth(np.asarray(ident.values)) * np.asarray(ident.present)
+    sig = (depth > 0.01).sum(axis=0)  # significant lines per node
+    truth_sig = ((_depth(np.asarray(oracle.values)) * np.asarray(oracle.present)) > 0.01
+                 ).sum(axis=0)
+    obs = np.asarray(ident.observed)
+    teff = grid.axes["teff"]
+    ratio_by_teff = []
+    for i in range(teff.size):
+        if obs[i].any():
+            ratio_by_teff.append(float(sig[i][obs[i]].mean() / max(truth_sig[i][obs[i]].mean(),
+                                                                   1)))
+    present = np.asarray(ident.present)
+    one_sided = 0.0
+    total = float(depth.sum())
+    for step in (1, -1):
+        nb = np.roll(present, step, axis=1)
+        nb_obs = np.roll(obs, step, axis=0)
+        edge = 0 if step == 1 else -1
+        nb_obs[edge] = False
+        one_sided += float(np.sum(depth * (~nb & nb_obs)))
+    rough, rough_truth = roughness(ident), roughness(oracle)
+    row = {
+        "method": store.settings.get("method"),
+        "identities": ident.n_lines,
+        "largest_node_lines": int(store.n_lines[store.mask].max()),
+        "largest_node_significant": int(sig[obs].max()),
+        "identities_over_largest_node": ident.n_lines / int(store.n_lines[store.mask].max()),
+        "identities_over_largest_significant": ident.n_lines / int(sig[obs].max()),
+        "significant_over_truth_max_teff": max(ratio_by_teff),
+        "significant_over_truth_by_teff": ratio_by_teff,
+        "median_residual_rms": float(np.median(store.residual_rms[store.mask])),
+        "roughness": rough, "roughness_truth": rough_truth,
+        "roughness_over_truth": [a / b for a, b in zip(rough, rough_truth)],
+        "one_sided_strength_fraction": one_sided / max(2 * total, 1e-30),
+    }
+    log(f"clone store ({row['method']}): {row['identities']:,} identities = "
+        f"{row['identities_over_largest_node']:.2f}x the largest node's "
+        f"{row['largest_node_lines']:,} lines ({row['identities_over_largest_significant']:.2f}x "
+        f"its {row['largest_node_significant']:,} significant); significant/truth per Teff "
+        f"max {row['significant_over_truth_max_teff']:.2f}; median residual RMS "
+        f"{row['median_residual_rms']:.2e}; roughness ln a/σ/γ "
+        + "/".join(f"{r:.3f}" for r in rough) + " (truth "
+        + "/".join(f"{r:.3f}" for r in rough_truth) + ", ratio "
+        + "/".join(f"{r:.1f}" for r in row["roughness_over_truth"])
+        + f"); one-sided strength fraction {row['one_sided_strength_fraction']:.3f}")
+    report[f"clone_store_{row['method']}"] = row
 
 
 def accuracy(out: Path, refine_epochs: int, report: dict, parts=("oracle", "clones"),
@@ -261,14 +350,19 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size):
     from jaxspec.io.clone_store import CloneStore
     from jaxspec.refine import refine
 
-    store = clone_store(grid, held, out)
+    store = clone_store(grid, held, out, report)
     if store is None:
         return None
 
     built = {}
-    for matcher in ("id", "track"):
+    matchers = ("identity",) if CloneStore.open(store).identities is not None else ("id",
+                                                                                   "track")
+    oracle = oracle_identification(grid, held)
+    for matcher in matchers:
         t0 = time.perf_counter()
         ident = identify_store(CloneStore.open(store), matcher=matcher)
+        if matcher == matchers[-1]:
+            store_metrics(grid, held, store, ident, oracle, report)
         emulator = LineEmulator.from_identification(ident)
         log(f"{matcher}: {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
         built[matcher] = emulator
@@ -276,7 +370,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size):
         path = emulator.save(out / f"emulator_default_{matcher}.h5", overwrite=True)
         report[f"clones_{matcher}"]["file_MiB"] = path.stat().st_size / 2**20
     if refine_epochs:
-        for matcher in ("track",):
+        for matcher in matchers[-1:]:
             refined, history = refine(built[matcher], grid, epochs=refine_epochs,
                                       batch_size=batch_size, progress=False)
             log(f"refine ({matcher}): {history.summary()}")
@@ -290,7 +384,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size):
             assess(f"refined_{matcher}", refined)
             refined.save(out / f"emulator_default_{matcher}_refined.h5", overwrite=True)
         return refined
-    return built["track"]
+    return built[matchers[-1]]
 
 
 # ------------------------------------------------------------------------- speed
@@ -428,12 +522,17 @@ def main():
                         help="epochs of refinement of the clone-built emulator (slow: its "
                         "broad clone lines make each gradient ~0.5 s)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--clone-method", default="continuation",
+                        choices=("continuation", "independent"),
+                        help="clone_grid method of the clones part (store cached per method)")
     parser.add_argument("--load-big", action="store_true",
                         help="also load the blase3D-sized file (needs ~10 GB of memory)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
+    global CLONE_METHOD
+    CLONE_METHOD = args.clone_method
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
         f"{os.cpu_count()}; timings on shared CPUs are noisy")
     path = out / "report.json"

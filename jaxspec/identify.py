@@ -61,7 +61,7 @@ __all__ = [
 DEAD_LN_AMPLITUDE = -100.0
 #: Identifier precision of the blase3D rule, Å.
 ID_STEP = 0.01
-_MATCHERS = ("id", "track")
+_MATCHERS = ("id", "track", "identity")
 _BLOCK = 4096  # lines per block in complete_values (bounds temporary memory)
 
 
@@ -154,7 +154,8 @@ def _node_index(node, shape: tuple[int, ...]) -> int:
 
 def _gather(nodes: Iterable, shape: tuple[int, ...]):
     """Concatenate the occurrences of every node: dict of (n_occ,) arrays + observed."""
-    cols = {k: [] for k in ("node", "line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")}
+    cols = {k: [] for k in ("node", "line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma",
+                            "identity")}
     observed = np.zeros(shape, dtype=bool)
     for node in nodes:
         flat = _node_index(node, shape)
@@ -178,11 +179,22 @@ def _gather(nodes: Iterable, shape: tuple[int, ...]):
                 f"node {np.unravel_index(flat, shape)}: {int(bad.sum())} line(s) with "
                 "NaN/inf parameters; re-clone that node"
             )
+        identity = getattr(node, "identity", None)
+        if identity is None:
+            identity = np.full(n, -1, dtype=np.int64)
+        identity = np.asarray(identity, dtype=np.int64).reshape(-1)
+        if identity.size != n:
+            raise ValueError(
+                f"node {np.unravel_index(flat, shape)}: identity has {identity.size} "
+                f"entries for {n} lines; the clone is corrupt"
+            )
+        cols["identity"].append(identity)
         cols["node"].append(np.full(n, flat, dtype=np.int64))
-        for k, a in zip(list(cols)[1:], arrays):
+        for k, a in zip(list(cols)[1:6], arrays):
             cols[k].append(a)
     occ = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
     occ["node"] = occ["node"].astype(np.int64)
+    occ["identity"] = occ["identity"].astype(np.int64)
     return occ, observed
 
 
@@ -191,6 +203,18 @@ def _gather(nodes: Iterable, shape: tuple[int, ...]):
 
 def _id_keys(line_id: np.ndarray) -> np.ndarray:
     return np.round(line_id / ID_STEP).astype(np.int64)
+
+
+def _match_identity(occ) -> np.ndarray:
+    """Line label of each occurrence from the identities a continuation clone recorded."""
+    if np.any(occ["identity"] < 0):
+        raise ValueError(
+            "matcher='identity' needs clones with line identities (a continuation clone "
+            "store, jaxspec.clone.clone_grid's default); these clones have none: use "
+            "matcher='id' or 'track'"
+        )
+    _, label = np.unique(occ["identity"], return_inverse=True)
+    return label.reshape(-1)
 
 
 def _match_id(occ) -> np.ndarray:
@@ -448,8 +472,10 @@ def identify_lines(
             (fitted μ', Å), ``ln_amplitude``, ``ln_sigma``, ``ln_gamma`` (1-D arrays),
             e.g. the ``NodeClone`` records of ``CloneStore.iter_nodes()``.
         axes: ``{name: 1-D array}`` grid axes, parameter order.
-        matcher: ``"id"`` (blase3D: equal identifiers) or ``"track"`` (follow the fitted
-            centre across neighbouring nodes; module docstring).
+        matcher: ``"id"`` (blase3D: equal identifiers), ``"track"`` (follow the fitted
+            centre across neighbouring nodes; module docstring) or ``"identity"`` (the
+            line identities recorded by continuation cloning: identification by
+            construction; the nodes need an ``identity`` array).
         tolerance: largest |Δμ'| (Å) linked by the tracker between neighbouring nodes.
         dtype: float dtype of ``values`` (float32 default; offsets μ' − μ are small so
             float32 keeps them to 1e-9 Å).
@@ -474,10 +500,13 @@ def identify_lines(
     refused = 0
     if matcher == "id":
         label = _match_id(occ)
+    elif matcher == "identity":
+        label = _match_identity(occ)
     else:
         label, refused = _match_track(occ, observed, tolerance)
     n_lines = int(label.max()) + 1
-    # Reference centre: the identifier (id rule) or the median identifier (tracking).
+    # Reference centre: the identifier (id rule) or the median identifier (tracking,
+    # identities).
     if matcher == "id":
         line_id = np.zeros(n_lines)
         line_id[label] = _id_keys(occ["line_id"]) * ID_STEP
@@ -546,7 +575,7 @@ def check_settings(settings: Mapping, expected: Mapping, source: str = "clone st
 def identify_store(
     stores,
     *,
-    matcher: str = "id",
+    matcher: str | None = None,
     tolerance: float = 0.03,
     expect_settings: Mapping | None = None,
     dtype=np.float32,
@@ -560,7 +589,9 @@ def identify_store(
     Args:
         stores: a store or a sequence of stores with ``param_names``, ``axes``,
             ``wavelength``, ``settings`` and ``iter_nodes()``.
-        matcher, tolerance, dtype: see :func:`identify_lines`.
+        matcher, tolerance, dtype: see :func:`identify_lines`. ``matcher=None`` (the
+            default) is ``"identity"`` for continuation stores (their lines carry
+            identities) and ``"id"`` otherwise.
         expect_settings: ``{name: value}`` that every store's settings must match (e.g.
             ``{"prominence": 0.005, "wing_cut": 6000}``).
 
@@ -604,6 +635,15 @@ def identify_store(
                 f"({w.size} vs {wl.size} px); combine stores of one grid only"
             )
         check_settings(store.settings, settings, source=f"{name} (against {names[0]})")
+
+    if matcher is None:
+        matcher = ("identity" if all(getattr(s, "identities", None) is not None
+                                     for s in stores) else "id")
+    if matcher == "identity" and len(stores) > 1:
+        raise ValueError(
+            "matcher='identity' reads the identities of one continuation store; "
+            f"{len(stores)} stores were given (their identities are not shared)"
+        )
 
     def all_nodes():
         for store in stores:

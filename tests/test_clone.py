@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxspec import LineList
-from jaxspec import clone as clone_module
+from jaxspec.clone import detection as clone_detection
+from jaxspec.clone import model as clone_module
 from jaxspec.clone import (
     ABSENT_LN_AMPLITUDE,
     CloneResult,
@@ -101,10 +102,10 @@ def test_fitting_model_matches_untruncated_product(truth):
     ln_f = np.log(np.asarray(clone_module.pseudo_voigt_fwhm(
         jnp.exp(lines.ln_sigma), jnp.exp(lines.ln_gamma))))
     a, s, g = (np.asarray(v) for v in (lines.ln_amplitude, lines.ln_sigma, lines.ln_gamma))
-    x = clone_module._Lines(
+    x = clone_detection._Lines(
         mu0=np.asarray(lines.center), u=np.zeros(n), ln_a=a, ln_s=s, ln_g=g, a0=a, s0=s,
         g0=g, lo_a=a - 30, hi_a=a, lo_s=s, hi_s=s, lo_g=g, hi_g=g, hi_f=ln_f,
-        peak=np.zeros(n, int))
+        peak=np.zeros(n, int), ident=np.arange(n))
     problem, slots = clone_module._plan(WL, [x], CloneSettings())
     params = tuple(jnp.asarray(clone_module._gather_slots([x], slots, k, f)) for k, f in
                    (("u", 0.0), ("ln_a", ABSENT_LN_AMPLITUDE), ("ln_s", -5.0), ("ln_g", -5.0)))
@@ -172,7 +173,9 @@ def test_bad_wavelengths_and_settings(truth):
 
 AXES = {"teff": np.array([4000.0, 5000.0]), "logg": np.array([4.0, 4.5]),
         "feh": np.array([-0.5, 0.0])}
-GRID_KW = {"epochs": 60, "passes": 1, "batch_size": 4, "progress": False}
+# The independent (blase3D) method; continuation is tested in test_continuation.py.
+GRID_KW = {"epochs": 60, "passes": 1, "batch_size": 4, "progress": False,
+           "method": "independent"}
 
 
 @pytest.fixture(scope="module")

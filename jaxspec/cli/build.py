@@ -20,9 +20,11 @@ def register(sub) -> None:
     )
     p.add_argument("stores", nargs="+", help="clone store(s) (.h5, jaxspec-clones format)")
     p.add_argument("--out", required=True, help="output emulator file (.h5)")
-    p.add_argument("--matcher", choices=("id", "track"), default="id",
-                   help="id: equal 0.01 Å identifiers (blase3D, default); track: follow "
-                   "drifting centres across neighbouring nodes")
+    p.add_argument("--matcher", choices=("identity", "id", "track"), default=None,
+                   help="identity: the line identities of a continuation store (its "
+                   "default); id: equal 0.01 Å identifiers (blase3D, the default for "
+                   "independent stores); track: follow drifting centres across "
+                   "neighbouring nodes")
     p.add_argument("--track-tolerance", type=float, default=0.03,
                    help="Å, largest centre change linked by --matcher track (0.03)")
     p.add_argument("--expect-settings", action="append", default=[], metavar="NAME=VALUE",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxspec.clone.settings import METHODS, CloneSettings
 from jaxspec.cli._common import check_outputs, matplotlib_pyplot, parse_range, save_figure
 
 _ACTIONS = ("info", "plot")
@@ -56,6 +57,13 @@ def register(sub) -> None:
     g.add_argument("--passes", type=int, choices=(1, 2), default=2,
                    help="2: re-detect lines in the residual and refit (default); 1: the "
                    "paper's single pass")
+    g.add_argument("--method", choices=METHODS, default=CloneSettings.method,
+                   help="continuation: warm-start every node from a cloned neighbour, "
+                   "lines keep one identity across the grid; independent: every node "
+                   f"on its own, the blase3D paper's (default: {CloneSettings.method})")
+    g.add_argument("--warm-epochs", type=int, default=CloneSettings.warm_epochs,
+                   help="continuation: Adam steps per warm pass "
+                   f"({CloneSettings.warm_epochs})")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",
@@ -107,7 +115,7 @@ def _clone(args: argparse.Namespace) -> int:
     store = clone_grid(
         grid_path, args.out, prominence=args.prominence, wing_cut=args.wing_cut,
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
-        batch_size=args.batch_size, resume=not args.no_resume,
+        method=args.method, warm_epochs=args.warm_epochs, batch_size=args.batch_size, resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
         max_nodes=args.max_nodes,
     )
@@ -138,7 +146,11 @@ def _info(args: argparse.Namespace) -> int:
     wl = store.wavelength
     print(f"  grid: {axes}; {wl.size} px, {wl[0]:.2f}-{wl[-1]:.2f} Å"
           + (f"; from {store.grid_file}" if store.grid_file else ""))
-    print("  settings: " + ", ".join(f"{k}={v:g}" for k, v in store.settings.items()))
+    print("  settings: " + ", ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}"
+                                     for k, v in store.settings.items()))
+    if store.identities is not None:
+        print(f"  line identities: {store.identities.size:,} (continuation sweep from node "
+              f"{store.start})")
     print("  grid checksum: " + (f"SHA-256 {store.grid_checksum}" if store.grid_checksum
                                  else "none recorded (older store: cannot be checked)"))
     holder = lock_holder(args.store)

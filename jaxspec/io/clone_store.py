@@ -1,21 +1,29 @@
-r"""The jaxspec-clones HDF5 store (version 1): line-list clones of every node of a grid.
+r"""The jaxspec-clones HDF5 store (version 2): line-list clones of every node of a grid.
 
 Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`CloneStore`
 (the manifold stage reads it node by node). Layout (a contract other tools rely on)::
 
     /                    attrs: format = "jaxspec-clones"   (str)
-                                version = 1                 (int)
+                                version = 2                 (int; 1 is still read)
                                 param_names = [k str]       (axis order of the grid)
                                 normalized = True
                                 prominence, wing_cut, epochs, learning_rate,
                                 max_shift, passes, deblend, amplitude_margin,
-                                width_margin, tolerance     (clone settings)
+                                width_margin, tolerance, method, warm_epochs,
+                                warm_learning_rate, floor_depth
+                                                            (clone settings; version 1
+                                                            stores lack the last four and
+                                                            read as method="independent")
+                                start (int array, optional: the continuation sweep's
+                                    start node)
                                 grid_file (str, optional: the cloned grid's path)
                                 grid_sha256 (str, optional: grid_checksum of the
                                     cloned grid's spectra; stores before it lack it)
                                 jaxspec_version (str)
     /wavelength          (n_pix,) float64, Å: the cloned grid's wavelengths
     /axes/<name>         (n_i,) float64, one per name in param_names
+    /identities/center   (n_id,) float64, Å (continuation stores only): the reference
+                         centre μ₀ of every line identity, indexed by the nodes' identity
     /nodes/<i>_<j>_<k>   one group per cloned node (axis indices joined by "_")
         line_id          (n,) float64: pre-optimisation centre μ, Å, rounded to 0.01
                          (blase3D Sect. 3.1), unique and increasing within the node
@@ -23,6 +31,9 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
         ln_amplitude     (n,) float64: ln a (a in Å)
         ln_sigma         (n,) float64: ln σ (Å)
         ln_gamma         (n,) float64: ln γ (Å)
+        identity         (n,) int64 (continuation stores only): the line's identity, an
+                         index into /identities/center, unique within the node; the same
+                         line has the same identity at every node
         attrs: index (int array), params (float64, param_names order),
                residual_rms (float), n_lines (int), complete = True (written last)
 
@@ -67,12 +78,19 @@ __all__ = [
 ]
 
 FORMAT = "jaxspec-clones"
-VERSION = 1
+VERSION = 2
+#: Versions this jaxspec reads.
+READABLE_VERSIONS = (1, 2)
 #: Root attributes that hold the clone settings (compared on resume).
 SETTING_NAMES = (
     "prominence", "wing_cut", "epochs", "learning_rate", "max_shift", "passes", "deblend",
-    "amplitude_margin", "width_margin", "tolerance",
+    "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
+    "warm_learning_rate", "floor_depth",
 )
+#: Settings that version-1 stores lack, and the values they mean there.
+_V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
+                "floor_depth": 1e-4}
+_INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
 #: Seconds a reader keeps retrying a store that fails to read (a batch being written).
@@ -94,6 +112,7 @@ class NodeClone(NamedTuple):
     ln_sigma: np.ndarray
     ln_gamma: np.ndarray
     residual_rms: float
+    identity: np.ndarray | None = None
 
     @property
     def n_lines(self) -> int:
@@ -116,6 +135,9 @@ def _settings_equal(a: Mapping, b: Mapping) -> list[str]:
         x, y = a.get(name), b.get(name)
         if x is None or y is None:
             if x is not y:
+                diff.append(name)
+        elif isinstance(x, str) or isinstance(y, str):
+            if _attr_str(x) != _attr_str(y):
                 diff.append(name)
         elif not math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=0.0):
             diff.append(name)
@@ -197,20 +219,29 @@ class CloneStore:
                 "clones.h5`)"
             )
         version = f.attrs.get("version")
-        if version is None or int(version) != VERSION:
+        if version is None or int(version) not in READABLE_VERSIONS:
             raise ValueError(
                 f"{where}: clone store version {version!r} is not supported (this jaxspec "
-                f"reads version {VERSION}){_FIX}"
+                f"reads versions {READABLE_VERSIONS}){_FIX}"
             )
-        missing = [a for a in ("param_names", *SETTING_NAMES) if a not in f.attrs]
+        self.version = int(version)
+        defaults = _V1_SETTINGS if self.version == 1 else {}
+        missing = [a for a in ("param_names", *SETTING_NAMES)
+                   if a not in f.attrs and a not in defaults]
         if missing:
             raise ValueError(f"{where}: missing root attribute(s) {missing}{_FIX}")
         self.param_names = tuple(_attr_str(n) for n in np.atleast_1d(f.attrs["param_names"]))
         self.settings = {}
         for name in SETTING_NAMES:
-            value = f.attrs[name]
-            self.settings[name] = (int(value) if name in ("wing_cut", "epochs", "passes",
-                                                          "deblend") else float(value))
+            value = f.attrs[name] if name in f.attrs else defaults[name]
+            if name == "method":
+                self.settings[name] = _attr_str(value)
+            else:
+                self.settings[name] = int(value) if name in _INT_SETTINGS else float(value)
+        start = f.attrs.get("start")
+        self.start = None if start is None else tuple(int(i) for i in np.atleast_1d(start))
+        self.identities = (np.asarray(f["identities/center"][()], dtype=np.float64)
+                           if "identities/center" in f else None)
         grid_file = f.attrs.get("grid_file")
         self.grid_file = _attr_str(grid_file) if grid_file not in (None, "") else None
         checksum = f.attrs.get("grid_sha256")
@@ -236,6 +267,10 @@ class CloneStore:
                 incomplete.append(name)
                 continue
             self._check_node(group, name)
+            if self.identities is not None and "identity" not in group:
+                raise ValueError(
+                    f"{where}: node /nodes/{name} lacks the dataset identity that every "
+                    f"node of a continuation store has{_FIX}")
             self.mask[index] = True
             self._n_lines[index] = group["line_id"].shape[0]
             self._rms[index] = float(group.attrs["residual_rms"])
@@ -329,6 +364,8 @@ class CloneStore:
         def read(f):
             group = f["nodes"][node_name(index)]
             arrays = {k: np.asarray(group[k][()], dtype=np.float64) for k in _LINE_FIELDS}
+            if "identity" in group:
+                arrays["identity"] = np.asarray(group["identity"][()], dtype=np.int64)
             return arrays, float(group.attrs["residual_rms"]), np.asarray(
                 group.attrs["params"], dtype=np.float64)
 
@@ -432,8 +469,13 @@ class CloneStoreWriter:
         overwrite_settings: bool = False,
         grid_file: str | None = None,
         grid_checksum: str | None = None,
+        identities: bool = False,
+        start: tuple[int, ...] | None = None,
     ):
         self.path = Path(path)
+        self._with_identities = bool(identities)
+        self._start = start
+        self.identities = np.zeros(0)
         self.axes = {k: np.asarray(v, dtype=np.float64) for k, v in axes.items()}
         self.wavelength = np.asarray(wavelength, dtype=np.float64)
         self.settings = dict(settings)
@@ -480,7 +522,11 @@ class CloneStoreWriter:
             if self.grid_checksum is not None:
                 f.attrs["grid_sha256"] = str(self.grid_checksum)
             f.attrs["jaxspec_version"] = __version__
+            if self._start is not None:
+                f.attrs["start"] = np.asarray(self._start, dtype=np.int64)
             f.create_dataset("wavelength", data=self.wavelength)
+            if self._with_identities:
+                f.create_dataset("identities/center", data=np.zeros(0), maxshape=(None,))
             for name, values in self.axes.items():
                 f.create_dataset(f"axes/{name}", data=values)
             f.create_group("nodes")
@@ -549,11 +595,29 @@ class CloneStoreWriter:
                     f.attrs[name] = self.settings[name]
             if grid_file is not None:
                 f.attrs["grid_file"] = str(grid_file)
+        if self._with_identities and store.identities is None:
+            raise ValueError(
+                f"{self.path} is a store of independent clones (no line identities); "
+                "continue it with method='independent' (CLI: --method independent) or "
+                "write the continuation clones to a new file"
+            )
+        if store.identities is not None:
+            self.identities = store.identities
         self.done = store.mask.copy()
+        self._store = store
 
-    def write(self, nodes: list[NodeClone]) -> None:
-        """Append node clones; each group is marked complete after all its data, and
-        the file is closed (flushed) before returning.
+    def read_done(self) -> Iterator[NodeClone]:
+        """The clones already in the store (on resume; nothing for a new store)."""
+        store = getattr(self, "_store", None)
+        return iter(()) if store is None else store.iter_nodes()
+
+    def write(self, nodes: list[NodeClone], identities: np.ndarray | None = None) -> None:
+        """Append (or replace) node clones; each group is marked complete after all its
+        data, and the file is closed (flushed) before returning.
+
+        ``identities``: continuation stores: the whole catalogue of reference centres
+        (Å), written before the nodes (it only grows, so a node never names an identity
+        the file lacks).
 
         Raises:
             FileInUseError: the writer was closed, or its lock file was removed and taken
@@ -561,6 +625,11 @@ class CloneStoreWriter:
         """
         self._lock.check()
         with open_hdf5(self.path, "a") as f:
+            if identities is not None:
+                data = f["identities/center"]
+                data.resize((len(identities),))
+                data[...] = np.asarray(identities, dtype=np.float64)
+                self.identities = np.asarray(identities, dtype=np.float64)
             root = f.require_group("nodes")
             for node in nodes:
                 name = node_name(node.index)
@@ -572,6 +641,9 @@ class CloneStoreWriter:
                     group.create_dataset(
                         key, data=np.asarray(getattr(node, key), dtype=np.float64)[order]
                     )
+                if node.identity is not None:
+                    group.create_dataset(
+                        "identity", data=np.asarray(node.identity, dtype=np.int64)[order])
                 group.attrs["index"] = np.asarray(node.index, dtype=np.int64)
                 group.attrs["params"] = np.asarray(node.params, dtype=np.float64)
                 group.attrs["residual_rms"] = float(node.residual_rms)

@@ -1,0 +1,317 @@
+"""Line detection and initial line parameters of a clone (blase3D Sect. 2.3, steps 1-3).
+
+:func:`_detect` finds lines (peaks, shoulders, broad companions) in a depth curve,
+:func:`_initial` turns them into :class:`_Lines` (initial parameters and the optimisation
+box). See :mod:`jaxspec.clone` for the method.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import find_peaks, peak_widths
+
+from jaxspec.clone.settings import CloneSettings
+from jaxspec.profiles import FWHM_PER_SIGMA
+
+_EQUAL_SPLIT = (1.0 + 2.69269 + 2.42843 + 4.47163 + 0.07842 + 1.0) ** 0.2
+_MAX_INIT_DEPTH = 0.95
+_MIN_WIDTH = 1e-4  # Å, lower bound of σ and γ (profiles are tested down to it)
+_BLEND_RATIO = 0.4  # smallest local/half-prominence width ratio read as a blend
+
+# ---------------------------------------------------------------------- input checks
+
+
+def _check_input(wavelength, flux, mask=None, *, what="spectrum"):
+    """Validate a spectrum; return (wavelength float64, flux with NaN→1, weight, n_bad)."""
+    wl = np.asarray(wavelength, dtype=np.float64)
+    f = np.asarray(flux, dtype=np.float64)
+    if wl.ndim != 1 or wl.size < 8:
+        raise ValueError(
+            f"wavelength: expected a 1-D array of at least 8 pixels (Å), got shape {wl.shape}"
+        )
+    if f.shape != wl.shape:
+        raise ValueError(
+            f"flux has shape {f.shape} but wavelength has {wl.shape}; pass one flux value "
+            "per wavelength pixel"
+        )
+    if not np.all(np.isfinite(wl)):
+        raise ValueError(
+            f"wavelength has {int(np.sum(~np.isfinite(wl)))} NaN/inf values; pass finite Å"
+        )
+    steps = np.diff(wl)
+    if np.any(steps <= 0):
+        j = int(np.flatnonzero(steps <= 0)[0])
+        raise ValueError(
+            f"wavelength is not strictly increasing ({wl[j]:.4f} Å then {wl[j + 1]:.4f} Å "
+            f"at pixels {j}, {j + 1}); sort the spectrum (np.argsort, flux with it) and drop "
+            "duplicate pixels"
+        )
+    good = np.isfinite(f)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != wl.shape:
+            raise ValueError(
+                f"mask has shape {mask.shape} but wavelength has {wl.shape}; pass one bool "
+                "per pixel, True where the flux is valid"
+            )
+        good &= mask
+    n_bad = int(np.sum(~good))
+    if n_bad == wl.size:
+        raise ValueError(f"{what}: every flux pixel is NaN or masked; nothing to clone")
+    if n_bad and np.any(~np.isfinite(f)):
+        first = float(wl[np.flatnonzero(~np.isfinite(f))[0]])
+        warnings.warn(
+            f"{what}: flux has {int(np.sum(~np.isfinite(f)))} NaN/inf pixel(s) (first at "
+            f"{first:.3f} Å); they are left out of the loss",
+            stacklevel=3,
+        )
+    valid = f[good]
+    median = float(np.median(valid))
+    upper = float(np.percentile(valid, 95))
+    if not (0.75 <= upper <= 1.25 and median > 0.2):
+        raise ValueError(
+            f"{what}: flux does not look continuum-normalised (median {median:.4g}, 95th "
+            f"percentile {upper:.4g}; the continuum should be at 1); normalise it first "
+            "with jaxspec.preprocess.continuum_normalize (or preprocess_grid for a grid)"
+        )
+    f = np.where(good, f, 1.0)
+    return wl, f, good.astype(np.float64), n_bad
+
+
+# ---------------------------------------------------------------------- initialisation
+
+
+def _v0_equal_split(fwhm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """σ, γ with equal Gaussian/Lorentzian FWHM giving total FWHM ``fwhm``, and V(0).
+
+    Host-side numpy (eager JAX would compile every primitive for every new length)."""
+    f_each = fwhm / _EQUAL_SPLIT
+    sigma = f_each / FWHM_PER_SIGMA
+    gamma = 0.5 * f_each
+    ratio = 1.0 / _EQUAL_SPLIT  # f_L / f
+    eta = ratio * (1.36603 + ratio * (-0.47719 + ratio * 0.11116))
+    gsig = fwhm / FWHM_PER_SIGMA
+    v0 = eta / (np.pi * 0.5 * fwhm) + (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))
+    return sigma, gamma, v0
+
+
+def _peak_value(ln_s, ln_g) -> np.ndarray:
+    """V(0) of the pseudo-Voigt (1/Å) for ln σ, ln γ (numpy; Ida et al. 2000 eqs. 3-4)."""
+    fg = FWHM_PER_SIGMA * np.exp(ln_s)
+    fl = 2.0 * np.exp(ln_g)
+    f = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
+         + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+    q = fl / f
+    eta = q * (1.36603 + q * (-0.47719 + q * 0.11116))
+    gsig = f / FWHM_PER_SIGMA
+    return eta / (np.pi * 0.5 * f) + (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))
+
+
+def _parabola_vertex(y: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Sub-pixel position (pixel index) of the maximum of y near pixels k."""
+    k = np.clip(k, 1, y.size - 2)
+    ym, y0, yp = y[k - 1], y[k], y[k + 1]
+    curv = ym - 2.0 * y0 + yp
+    delta = np.where(curv < 0, 0.5 * (ym - yp) / np.where(curv < 0, curv, -1.0), 0.0)
+    return k + np.clip(delta, -0.5, 0.5)
+
+
+def _detect(wl, depth_curve, prominence, good):
+    """Lines in ``depth_curve`` (1 − flux, or 1 − flux/model for a residual).
+
+    Three kinds of lines:
+
+    * *peaks*: local maxima of the depth with at least ``prominence``
+      (``scipy.signal.find_peaks``, the blase detection);
+    * *shoulders*: maxima of the curvature κ = −Δ²(depth) (second difference in pixel
+      index) at least 3 pixels from every peak, with depth ≥ prominence and κ ≥ 2.8
+      prominence / w², w the median FWHM (pixels) of the peaks (half the peak curvature
+      of a Gaussian line of depth ``prominence`` and that FWHM). Curvature separates
+      blended lines about twice as close as depth minima do;
+    * *broad companions*: a peak whose local width (below) is under 0.4 × its width at
+      half prominence sits on a broad feature. If no other peak of at least a quarter of
+      its prominence lies within that half-prominence interval, the broad feature is a
+      line of its own: it is added at the interval's midpoint with the half-prominence
+      width and the depth at the narrow line's curvature stops; the narrow line keeps the
+      rest of the depth (1 − D = (1 − D_broad)(1 − D_narrow)). When the midpoint has the
+      narrow peak's identifier (0.01 Å), the peak is taken as one broad line instead.
+
+    FWHM: the width at half prominence (``scipy.signal.peak_widths``) or the *local
+    width*, 1.47 times the distance between the curvature zeros (or valleys) around the
+    peak (for the equal-split pseudo-Voigt FWHM = 1.47 × the inflection-point distance;
+    blending does not widen it), whichever is smaller. Shoulders take their local width.
+    Floored at one pixel. *Extent*: the width of a peak at half its depth below the
+    continuum (at most down to its bases), an upper bound for broad lines whose
+    half-prominence or local widths are cut short by overlapping wings.
+
+    Returns (peak pixel, centre Å, depth, FWHM Å, extent Å), peaks/shoulders first.
+    """
+    n = wl.size
+    index = np.arange(n)
+    peaks, props = find_peaks(depth_curve, prominence=prominence)
+    if peaks.size == 0:
+        empty = np.zeros(0)
+        return peaks, empty, empty, empty, empty
+    prominence_data = (props["prominences"], props["left_bases"], props["right_bases"])
+    width_px, _, left_ips, right_ips = peak_widths(
+        depth_curve, peaks, rel_height=0.5, prominence_data=prominence_data)
+    # Width at half the depth below the continuum; rel_height is relative to the
+    # prominence, and 1 reaches the bases.
+    absolute = np.clip(0.5 * depth_curve[peaks] / props["prominences"], 0.5, 1.0)
+    extent_px = np.array([
+        peak_widths(depth_curve, peaks[i : i + 1], rel_height=float(r),
+                    prominence_data=tuple(d[i : i + 1] for d in prominence_data))[0][0]
+        for i, r in enumerate(absolute)
+    ]) if np.any(absolute > 0.5) else width_px
+    kappa = np.zeros(n)
+    kappa[1:-1] = 2.0 * depth_curve[1:-1] - depth_curve[:-2] - depth_curve[2:]
+    typical = max(float(np.median(width_px)), 2.0)
+    cand, _ = find_peaks(kappa, height=2.8 * prominence / typical**2, distance=3)
+    cand = cand[depth_curve[cand] >= prominence]
+    near = np.searchsorted(peaks, cand)
+    gap = np.minimum(np.abs(cand - peaks[np.clip(near - 1, 0, peaks.size - 1)]),
+                     np.abs(cand - peaks[np.clip(near, 0, peaks.size - 1)]))
+    shoulders = cand[gap >= 3]
+    # Local widths: distance between the curvature zeros/valleys around each line.
+    stops = np.flatnonzero(
+        (kappa <= 0) | ((kappa <= np.roll(kappa, 1)) & (kappa <= np.roll(kappa, -1)))
+    )
+    stops = np.r_[0, stops, n - 1]
+    every = np.r_[peaks, shoulders]
+    right = stops[np.clip(np.searchsorted(stops, every, side="right"), 0, stops.size - 1)]
+    left = stops[np.clip(np.searchsorted(stops, every, side="left") - 1, 0, stops.size - 1)]
+    local = 1.47 * (right - left).astype(np.float64)
+    width = np.r_[np.minimum(local[: peaks.size], width_px), local[peaks.size :]]
+    extent = np.r_[np.maximum(extent_px, width_px), local[peaks.size :]]
+    height = depth_curve[every].astype(np.float64)
+    pos = np.r_[_parabola_vertex(depth_curve, peaks), _parabola_vertex(kappa, shoulders)]
+    # Broad companions of narrow peaks on broad features without a peak of their own.
+    prom = props["prominences"]
+    narrow = np.flatnonzero(local[: peaks.size] < _BLEND_RATIO * width_px)
+    comp_pos, comp_width, comp_depth, comp_pix = [], [], [], []
+    for j in narrow:
+        inside = (peaks > left_ips[j]) & (peaks < right_ips[j]) & (prom >= 0.25 * prom[j])
+        inside[j] = False
+        if inside.any():
+            continue
+        base = float(np.clip(0.5 * (depth_curve[left[j]] + depth_curve[right[j]]),
+                             0.0, 0.95))
+        if base < prominence:
+            continue
+        mid = 0.5 * (left_ips[j] + right_ips[j])
+        same = np.round(np.interp([mid, pos[j]], index, wl), 2)
+        if same[0] == same[1]:  # centred on the narrow peak: one broad line instead
+            width[j] = width_px[j]
+            continue
+        comp_pos.append(mid)
+        comp_width.append(width_px[j])
+        comp_depth.append(base)
+        comp_pix.append(round(mid))
+        height[j] = 1.0 - (1.0 - height[j]) / (1.0 - base)
+    if comp_pos:
+        every = np.r_[every, np.asarray(comp_pix, dtype=np.int64)]
+        pos = np.r_[pos, comp_pos]
+        width = np.r_[width, comp_width]
+        extent = np.r_[extent, comp_width]
+        height = np.r_[height, comp_depth]
+    # A line next to a masked pixel is not trustworthy (its shape is unknown).
+    ok = (good[every] > 0) & (good[np.maximum(every - 1, 0)] > 0)
+    ok &= good[np.minimum(every + 1, n - 1)] > 0
+    every, pos, width, extent, height = (v[ok] for v in (every, pos, width, extent, height))
+    center = np.interp(pos, index, wl)
+    spacing = np.interp(pos, index, np.gradient(wl))
+    fwhm = np.maximum(width, 1.0) * spacing
+    return every, center, height, fwhm, np.maximum(extent, 1.0) * spacing
+
+
+def _unique_ids(center: np.ndarray, taken: np.ndarray | None = None) -> np.ndarray:
+    """Mask of lines whose 0.01 Å identifier is new (not in ``taken``, first of equals)."""
+    ids = np.round(center, 2)
+    keep = np.ones(ids.size, dtype=bool)
+    if taken is not None and taken.size:
+        keep &= ~np.isin(ids, np.round(taken, 2))
+    _, first = np.unique(ids, return_index=True)
+    once = np.zeros(ids.size, dtype=bool)
+    once[first] = True
+    return keep & once
+
+
+# ---------------------------------------------------------------------- batched core
+
+
+_FIELDS = ("mu0", "u", "ln_a", "ln_s", "ln_g", "a0", "s0", "g0",
+           "lo_a", "hi_a", "lo_s", "hi_s", "lo_g", "hi_g", "hi_f", "peak", "ident")
+
+
+@dataclass
+class _Lines:
+    """Lines of one spectrum during cloning (numpy, in detection order).
+
+    ``u, ln_a, ln_s, ln_g`` are the current values (μ' = μ0 + max_shift tanh u);
+    ``a0, s0, g0`` the initial ln a (after deblending), ln σ and ln γ; ``lo_*``/``hi_*``
+    the optimisation box; ``peak`` the pixel of the detected peak; ``ident`` the line's
+    identity across a grid (continuation cloning; −1 when it has none yet).
+    """
+
+    mu0: np.ndarray
+    u: np.ndarray
+    ln_a: np.ndarray
+    ln_s: np.ndarray
+    ln_g: np.ndarray
+    a0: np.ndarray
+    s0: np.ndarray
+    g0: np.ndarray
+    lo_a: np.ndarray
+    hi_a: np.ndarray
+    lo_s: np.ndarray
+    hi_s: np.ndarray
+    lo_g: np.ndarray
+    hi_g: np.ndarray
+    hi_f: np.ndarray
+    peak: np.ndarray
+    ident: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.mu0.size
+
+    def concat(self, other: _Lines) -> _Lines:
+        return _Lines(**{k: np.concatenate([getattr(self, k), getattr(other, k)])
+                         for k in _FIELDS})
+
+    def select(self, keep) -> _Lines:
+        """The lines selected by a boolean mask or index array (copies)."""
+        return _Lines(**{k: np.array(getattr(self, k)[keep]) for k in _FIELDS})
+
+    def copy(self) -> _Lines:
+        return _Lines(**{k: np.array(getattr(self, k)) for k in _FIELDS})
+
+
+def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lines:
+    """Lines detected in ``depth_curve`` with their initial parameters and box."""
+    peak, mu0, height, fwhm, extent = _detect(wl, depth_curve, settings.prominence, good)
+    keep = _unique_ids(mu0, taken)
+    peak, mu0, height, fwhm, extent = (v[keep] for v in (peak, mu0, height, fwhm, extent))
+    sigma, gamma, v0 = _v0_equal_split(fwhm)
+    depth = np.clip(height, 1e-6, _MAX_INIT_DEPTH)
+    ln_a = np.log(depth / v0)
+    ln_s, ln_g = np.log(sigma), np.log(gamma)
+    floor = np.full_like(ln_s, math.log(_MIN_WIDTH))
+    # Box: total FWHM up to e^width_margin f0, or the extent of broad lines; the area may
+    # grow by e^amplitude_margin beyond what that extra width needs at the same depth.
+    hi_f = np.maximum(np.log(fwhm) + settings.width_margin, np.log(extent))
+    hi_a = ln_a + settings.amplitude_margin + (hi_f - np.log(fwhm) - settings.width_margin)
+    return _Lines(
+        mu0=mu0, u=np.zeros_like(mu0), ln_a=ln_a, ln_s=ln_s, ln_g=ln_g,
+        a0=ln_a.copy(), s0=ln_s.copy(), g0=ln_g.copy(),
+        lo_a=ln_a - 30.0, hi_a=hi_a,
+        lo_s=floor, hi_s=hi_f - math.log(FWHM_PER_SIGMA),
+        lo_g=floor, hi_g=hi_f - math.log(2.0), hi_f=hi_f,
+        peak=peak, ident=np.full(mu0.size, -1, np.int64),
+    )
+
+

@@ -1,0 +1,126 @@
+"""The settings of a clone (:class:`CloneSettings`), spelled once for :func:`clone`,
+:func:`clone_grid`, the clone store and the ``jaxspec clone`` command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+__all__ = ["METHODS", "CloneSettings", "resolve_settings"]
+
+#: Grid cloning methods: each node warm-started from a cloned neighbour (the default),
+#: or every node on its own (the blase3D paper's).
+METHODS = ("continuation", "independent")
+
+
+@dataclass(frozen=True)
+class CloneSettings:
+    """Everything that determines a clone; stored with a clone store and compared on resume.
+
+    Attributes:
+        prominence: minimum peak prominence in normalised flux (blase3D: 0.005).
+        wing_cut: longest window, in pixels, over which a line is evaluated during
+            fitting (blase3D: 6000); see the module docstring.
+        epochs: Adam steps per optimisation pass of a cold clone (blase3D: 100).
+        learning_rate: Adam learning rate (blase3D: 0.05).
+        max_shift: bound of the centre shift |μ' − μ|, Å.
+        passes: 1 (the paper: detect, optimise) or 2 (then re-detect lines in the
+            residual and optimise all again).
+        deblend: multiplicative amplitude iterations at initialisation (0: none).
+        amplitude_margin: ln a may grow at most this much above its initial value.
+        width_margin: the total FWHM may grow to at most e^width_margin times the
+            detected FWHM (σ and γ are scaled down together beyond it).
+        tolerance: per-line truncation tolerance of the windowed synthesis (ln flux).
+        method: ``"continuation"`` (grid cloning default: every node warm-started from
+            a cloned neighbour, lines keep one identity across the grid) or
+            ``"independent"`` (every node cloned on its own, blase3D). :func:`clone`
+            of one spectrum ignores it.
+        warm_epochs: Adam steps per pass of a warm-started node (continuation).
+        warm_learning_rate: Adam learning rate of warm-started passes (continuation).
+        floor_depth: continuation: a line that fades keeps its identity with a peak
+            depth of at least this (normalised flux), instead of vanishing.
+    """
+
+    prominence: float = 0.005
+    wing_cut: int = 6000
+    epochs: int = 100
+    learning_rate: float = 0.05
+    max_shift: float = 0.05
+    passes: int = 2
+    deblend: int = 8
+    amplitude_margin: float = 1.0
+    width_margin: float = 1.1
+    tolerance: float = 1e-5
+    method: str = "continuation"
+    warm_epochs: int = 40
+    warm_learning_rate: float = 0.05
+    floor_depth: float = 1e-4
+
+    def __post_init__(self):
+        def integer(value, low):
+            try:
+                return int(value) == value and value >= low
+            except (TypeError, ValueError):
+                return False
+
+        checks = [
+            ("prominence", self.prominence > 0, "a positive normalised-flux depth, e.g. 0.005"),
+            ("wing_cut", integer(self.wing_cut, 256),
+             "an integer number of pixels >= 256, e.g. 6000"),
+            ("epochs", integer(self.epochs, 1), "an integer >= 1, e.g. 100"),
+            ("learning_rate", self.learning_rate > 0, "a positive number, e.g. 0.05"),
+            ("max_shift", self.max_shift > 0, "a positive shift in Å, e.g. 0.05"),
+            ("passes", self.passes in (1, 2), "1 or 2"),
+            ("deblend", integer(self.deblend, 0), "an integer >= 0"),
+            ("amplitude_margin", self.amplitude_margin > 0, "a positive ln factor"),
+            ("width_margin", self.width_margin > 0, "a positive ln factor"),
+            ("tolerance", 0 < self.tolerance < 1, "a small positive number, e.g. 1e-5"),
+            ("method", self.method in METHODS, f"one of {METHODS}"),
+            ("warm_epochs", integer(self.warm_epochs, 1), "an integer >= 1, e.g. 40"),
+            ("warm_learning_rate", self.warm_learning_rate > 0,
+             "a positive number, e.g. 0.05"),
+            ("floor_depth", 0 < self.floor_depth < self.prominence,
+             "a positive depth below prominence, e.g. 1e-4"),
+        ]
+        for name, ok, fix in checks:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid; pass {fix}")
+        for name in ("wing_cut", "epochs", "passes", "deblend", "warm_epochs"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("prominence", "learning_rate", "max_shift", "amplitude_margin",
+                     "width_margin", "tolerance", "warm_learning_rate", "floor_depth"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "method", str(self.method))
+
+    def as_dict(self) -> dict:
+        """Settings as a plain dict (the clone store's root attributes)."""
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Names of all settings, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def resolve_settings(settings: CloneSettings | Mapping | None, options: Mapping,
+                     where: str) -> CloneSettings:
+    """``settings`` (a CloneSettings, a mapping or None for the defaults) with keyword
+    ``options`` applied on top; an unknown option is a TypeError naming the valid ones."""
+    if settings is None:
+        settings = CloneSettings()
+    elif isinstance(settings, Mapping):
+        options = {**settings, **options}
+        settings = CloneSettings()
+    elif not isinstance(settings, CloneSettings):
+        raise TypeError(
+            f"{where}: settings is a {type(settings).__name__}; pass a "
+            "jaxspec.clone.CloneSettings, a dict of its fields, or None"
+        )
+    unknown = sorted(set(options) - set(CloneSettings.names()))
+    if unknown:
+        raise TypeError(
+            f"{where}: unknown clone setting(s) {unknown}; the settings are "
+            f"{', '.join(CloneSettings.names())} (see jaxspec.clone.CloneSettings)"
+        )
+    return dataclasses.replace(settings, **options) if options else settings

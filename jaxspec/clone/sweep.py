@@ -1,0 +1,616 @@
+r"""Cloning a whole grid into a clone store: :func:`clone_grid`.
+
+Two methods (``CloneSettings.method``):
+
+``"continuation"`` (the default)
+    The grid is swept from a start node (default: the middle of every axis). The start
+    node is cloned cold (:func:`jaxspec.clone.clone`'s method); every other node is
+    *warm-started* from its parent, the neighbour one step towards the start along the
+    last axis on which it differs from the start (so the start's row along the first
+    axis is cloned first, outwards in both directions, then each of its nodes is
+    continued along the second axis, and so on; a missing node is stepped over). A
+    node's lines are its parent's lines, each with its **identity** (an index into the
+    store's catalogue of reference centres μ₀), refitted by Adam for ``warm_epochs``
+    steps at ``warm_learning_rate``. Then:
+
+    * **births**: the residual :math:`1 - \bar S / F` is searched for lines as in the
+      cold clone's second pass. A candidate next to a faded line of the node revives
+      that identity; one next to an identity of the catalogue that the node does not
+      carry (born in another branch of the sweep) takes that identity; otherwise it is a
+      new identity. After a second warm pass, births whose peak depth fell below ten
+      times the floor are dropped (they did not lower the loss enough);
+    * **deaths**: a line's amplitude is bounded below by the *floor*, a peak depth of
+      ``floor_depth``; a line that fades keeps its identity at the floor instead of
+      vanishing (no −1000 cliff between nodes);
+    * **back-fill** (after the sweep): a line present at a node's grid neighbour but
+      missing at the node (born in another branch, or after the node was cloned) is
+      added to the node with the amplitude that the node's residual supports (linear
+      least squares of :math:`\ln(\bar S/F) \approx -aV`, at least the floor), its
+      centre and widths taken from the neighbour.
+
+    Ready nodes (whose parent is cloned) are fitted ``batch_size`` at a time as one
+    problem. The store records every line's identity, so identification is by
+    construction (:func:`jaxspec.identify.identify_store` with ``matcher="identity"``,
+    its default for such stores).
+``"independent"``
+    Every node is cloned on its own (blase3D); lines are identified afterwards by the
+    ``id`` or ``track`` matchers.
+
+Either way the store is written after every batch (the file closed between batches), so
+a killed run loses at most the batch in progress and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from jaxspec.clone.detection import _MIN_WIDTH, _check_input, _initial, _Lines, _peak_value
+from jaxspec.clone.fit import _clone_batch, _fit, _results
+from jaxspec.clone.settings import CloneSettings, resolve_settings
+from jaxspec.profiles import FWHM_PER_SIGMA
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
+
+__all__ = ["clone_grid", "sweep_parents"]
+
+_WARM_WIDTH_MARGIN = 0.5  # ln room of a warm-started line's FWHM above its parent's
+_WARM_AMPLITUDE_MARGIN = 2.5  # ln room of a warm-started line's amplitude above its parent's
+_MATCH_PIXELS = 2.0  # a birth within this many pixels (or 0.2 FWHM) of a line is that line
+_MATCH_FWHM = 0.2
+_BACKFILL_REACH = 4.0  # back-fill least squares over the centre ± this many FWHM
+
+
+def clone_grid(
+    grid,
+    out,
+    settings: CloneSettings | Mapping | None = None,
+    *,
+    batch_size: int = 8,
+    resume: bool = True,
+    overwrite_settings: bool = False,
+    progress: bool = True,
+    max_nodes: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
+    grid_file: str | PathLike | None = None,
+    start: Mapping[str, float] | None = None,
+    **options,
+):
+    r"""Clone every existing node of a grid into a clone store, batched and resumable.
+
+    ``method="continuation"`` (default) sweeps the grid warm-starting every node from a
+    cloned neighbour, so each line keeps one identity across the grid; ``"independent"``
+    clones every node on its own (the blase3D paper). See the module docstring.
+
+    After each batch its nodes are written to ``out`` and the file is closed, each node
+    group marked ``complete`` only after all its data; a killed run loses at most the
+    batch in progress. Run again with the same settings, it skips the finished nodes
+    (and redoes incomplete groups, with a warning).
+
+    Args:
+        grid: a :class:`~jaxspec.grid.SpectralGrid` with ``normalized=True``, or the path
+            of a jaxspec-grid HDF5 file (recorded as the store's ``grid_file``).
+        out: the clone store (``.h5``); see :mod:`jaxspec.io.clone_store` for the layout.
+        settings: a :class:`~jaxspec.clone.CloneSettings` (default: its defaults).
+        batch_size: spectra per optimisation problem (batches are padded with repeats to
+            a power of two so that few shapes are compiled).
+        resume: continue an existing ``out`` (default). False: an existing file is an
+            error.
+        overwrite_settings: continue an existing store whose settings differ (the new
+            ones are recorded; a warning says how many nodes used the old ones).
+        progress: show a tqdm progress bar (nodes, with ETA).
+        max_nodes: stop after cloning this many new nodes (None: all). Handy for
+            splitting a long job; the store is resumable either way.
+        callback: called as ``callback(n_done, n_total)`` after every batch is written;
+            an exception raised there stops the run (finished batches stay in ``out``).
+        grid_file: path recorded as ``grid_file`` (default: ``grid`` when it is a path).
+        start: continuation: ``{name: value}`` of the start node (the nearest existing
+            node is used; default: the middle of every axis).
+        **options: any :class:`~jaxspec.clone.CloneSettings` field, overriding
+            ``settings`` (e.g. ``epochs=60, method="independent"``).
+
+    Returns:
+        The :class:`~jaxspec.io.clone_store.CloneStore` at ``out``.
+
+    Raises:
+        TypeError: ``grid`` is neither a SpectralGrid nor a path, or an unknown setting.
+        ValueError: a grid that is not normalised (or a node whose flux is not), a bad
+            setting, or on resume a foreign/corrupt store, a store of another grid, or
+            different settings without ``overwrite_settings``.
+        FileExistsError: ``out`` exists and ``resume`` is False.
+    """
+    from tqdm.auto import tqdm
+
+    from jaxspec.grid import SpectralGrid
+    from jaxspec.io.clone_store import CloneStoreWriter
+    from jaxspec.io.grid_hdf5 import grid_checksum
+
+    if isinstance(grid, (str, PathLike)):
+        grid_file = grid_file if grid_file is not None else Path(grid).resolve()
+        grid = SpectralGrid.from_hdf5(grid)
+    if not isinstance(grid, SpectralGrid):
+        raise TypeError(
+            f"grid is a {type(grid).__name__}; pass a jaxspec.grid.SpectralGrid or the path "
+            "of a grid file"
+        )
+    if not grid.normalized:
+        raise ValueError(
+            "grid.normalized is False: clones model continuum-normalised spectra; normalise "
+            "the grid first with jaxspec.preprocess.preprocess_grid (or `jaxspec grid "
+            "phoenix` without --raw)"
+        )
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; pass an integer >= 1, e.g. 8")
+    settings = resolve_settings(settings, options, "clone_grid")
+    continuation = settings.method == "continuation"
+    seed = _start_node(grid, start) if continuation else None
+    writer = CloneStoreWriter(
+        out, grid.axes, grid.wavelength, settings.as_dict(), resume=resume,
+        overwrite_settings=overwrite_settings,
+        grid_file=None if grid_file is None else str(grid_file),
+        grid_checksum=grid_checksum(grid), identities=continuation,
+        start=seed,
+    )
+    params, flat = grid.node_params()
+    indices = [tuple(int(i) for i in idx) for idx in zip(*np.unravel_index(flat, grid.shape))]
+    n_total = len(indices)
+    n_done = sum(bool(writer.done[idx]) for idx in indices)
+    bar = tqdm(total=n_total, initial=n_done, disable=not progress, unit="node",
+               desc=f"cloning {Path(out).name}", dynamic_ncols=True)
+    try:
+        job = (_Sweep if continuation else _Independent)(
+            grid, writer, settings, int(batch_size), params, flat, indices, seed)
+        job.run(max_nodes, bar, callback)
+    finally:
+        bar.close()
+        writer.close()
+    from jaxspec.io.clone_store import CloneStore
+
+    return CloneStore(out)
+
+
+def _start_node(grid, start) -> tuple[int, ...]:
+    """Index of the existing node nearest to ``start`` (default: the middle of each
+    axis), in units of axis steps."""
+    names = grid.param_names
+    target = []
+    for k, name in enumerate(names):
+        axis = grid.axes[name]
+        if start is not None and name in start:
+            target.append(float(np.interp(float(start[name]), axis, np.arange(axis.size))))
+        else:
+            target.append((axis.size - 1) / 2.0)
+    if start is not None:
+        unknown = sorted(set(start) - set(names))
+        if unknown:
+            raise ValueError(f"start names {unknown}, not grid parameters {names}; pass "
+                             "start={name: value} with the grid's parameter names")
+    exists = np.argwhere(grid.mask)
+    if exists.size == 0:
+        raise ValueError("the grid has no node with a spectrum; nothing to clone")
+    # nearest, ties to the higher index (hotter, higher gravity: fewer blends)
+    d = np.sum((exists - np.asarray(target)) ** 2, axis=1) - 1e-9 * exists.sum(axis=1)
+    return tuple(int(i) for i in exists[int(np.argmin(d))])
+
+
+def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
+                  start: tuple[int, ...]) -> dict[tuple, tuple | None]:
+    """The continuation tree: ``{node: parent}`` over the existing nodes.
+
+    A node's path towards ``start`` steps along the last axis on which it differs from
+    ``start``; its parent is the first existing node on that path (None for ``start``).
+
+    Args:
+        shape: the grid shape.
+        exists: bool array of that shape, True where a node has a spectrum.
+        start: index of the start node (must exist).
+
+    Returns:
+        dict from node index to parent index.
+    """
+    parents = {}
+    for idx in map(tuple, np.argwhere(exists)):
+        idx = tuple(int(i) for i in idx)
+        node, parent = idx, None
+        while node != start:
+            d = max(k for k in range(len(shape)) if node[k] != start[k])
+            step = 1 if start[d] > node[d] else -1
+            node = tuple(n + step if k == d else n for k, n in enumerate(node))
+            if exists[node]:
+                parent = node
+                break
+        parents[idx] = parent
+    return parents
+
+
+class _Independent:
+    """Every node cloned on its own (blase3D)."""
+
+    def __init__(self, grid, writer, settings, batch_size, params, flat, indices, seed):
+        self.grid, self.writer, self.settings = grid, writer, settings
+        self.batch_size, self.params, self.flat, self.indices = batch_size, params, flat, indices
+
+    def run(self, max_nodes, bar, callback):
+        from jaxspec.io.clone_store import NodeClone
+
+        grid, settings, writer = self.grid, self.settings, self.writer
+        todo = [j for j, idx in enumerate(self.indices) if not writer.done[idx]]
+        if max_nodes is not None:
+            todo = todo[: max(int(max_nodes), 0)]
+        n_total = len(self.indices)
+        n_done = n_total - sum(not writer.done[idx] for idx in self.indices)
+        wl = grid.wavelength
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            rows = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # one shape per run
+            flux, good, n_bad = _batch_spectra(grid, [self.indices[j] for j in rows])
+            batch, history, model = _clone_batch(wl, flux, good, settings)
+            results = _results(wl, flux, good, batch, history, model, settings, n_bad)
+            nodes = [
+                NodeClone(
+                    index=self.indices[j], params=self.params[j],
+                    line_id=np.asarray(r.line_id), center=np.asarray(r.lines.center),
+                    ln_amplitude=np.asarray(r.lines.ln_amplitude),
+                    ln_sigma=np.asarray(r.lines.ln_sigma),
+                    ln_gamma=np.asarray(r.lines.ln_gamma),
+                    residual_rms=float(r.residual_rms),
+                )
+                for j, r in zip(chunk, results)
+            ]
+            writer.write(nodes)
+            n_done += len(chunk)
+            _report(bar, nodes, len(chunk))
+            if callback is not None:
+                callback(n_done, n_total)
+
+
+def _batch_spectra(grid, indices):
+    """Validated (flux, good, n_bad) of grid nodes, stacked."""
+    from jaxspec.grid import _fmt_node
+
+    flux, good, n_bad = [], [], []
+    names = grid.param_names
+    for idx in indices:
+        where = f"node {_fmt_node(names, [grid.axes[n][i] for n, i in zip(names, idx)])}"
+        _, f, g, bad = _check_input(grid.wavelength, grid.flux[idx], what=where)
+        flux.append(f)
+        good.append(g)
+        n_bad.append(bad)
+    return np.stack(flux), np.stack(good), n_bad
+
+
+def _report(bar, nodes, n):
+    bar.update(n)
+    if nodes:
+        bar.set_postfix(rms=f"{np.median([x.residual_rms for x in nodes]):.2g}",
+                        lines=int(np.median([x.n_lines for x in nodes])))
+
+
+def _floor_ln_a(ln_s, ln_g, depth):
+    """ln a giving peak depth ``depth`` for the widths (a V(0) = depth)."""
+    return math.log(depth) - np.log(_peak_value(ln_s, ln_g))
+
+
+def _fwhm(ln_s, ln_g):
+    fg = FWHM_PER_SIGMA * np.exp(ln_s)
+    fl = 2.0 * np.exp(ln_g)
+    return (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
+            + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+
+
+class _Sweep:
+    """Continuation cloning (module docstring). State: the catalogue of identities'
+    reference centres and, per cloned node, its fitted lines (with identities)."""
+
+    def __init__(self, grid, writer, settings, batch_size, params, flat, indices, seed):
+        self.grid, self.writer, self.settings = grid, writer, settings
+        self.batch_size, self.params, self.indices = batch_size, params, indices
+        self.param_of = {idx: params[j] for j, idx in enumerate(indices)}
+        self.wl = grid.wavelength
+        self.spacing = np.gradient(self.wl)
+        self.seed = seed
+        self.parents = sweep_parents(grid.shape, grid.mask, seed)
+        self.catalogue = list(np.asarray(writer.identities, dtype=np.float64))
+        self.state: dict[tuple, _Lines] = {}
+        self.rms: dict[tuple, float] = {}
+        self.models: dict[tuple, np.ndarray] = {}
+        for node in writer.read_done():
+            self.state[tuple(node.index)] = self._from_store(node)
+            self.rms[tuple(node.index)] = float(node.residual_rms)
+
+    # ------------------------------------------------------------------ state
+
+    def _from_store(self, node) -> _Lines:
+        s = self.settings
+        ident = np.asarray(node.identity, dtype=np.int64)
+        mu0 = np.asarray(self.catalogue, dtype=np.float64)[ident]
+        ratio = np.clip((np.asarray(node.center) - mu0) / s.max_shift, -0.999999, 0.999999)
+        a, ls, lg = (np.asarray(v, dtype=np.float64) for v in
+                     (node.ln_amplitude, node.ln_sigma, node.ln_gamma))
+        return _lines(mu0, np.arctanh(ratio), a, ls, lg, ident)
+
+    def _node_clone(self, idx, x: _Lines, rms: float):
+        from jaxspec.io.clone_store import NodeClone
+
+        center = x.mu0 + self.settings.max_shift * np.tanh(x.u)
+        return NodeClone(
+            index=idx, params=self.param_of[idx], line_id=np.round(x.mu0, 2), center=center,
+            ln_amplitude=x.ln_a, ln_sigma=x.ln_s, ln_gamma=x.ln_g, residual_rms=rms,
+            identity=x.ident,
+        )
+
+    def _warm_start(self, parent: _Lines) -> _Lines:
+        """The parent's lines as the starting point and box of a child."""
+        s = self.settings
+        floor = _floor_ln_a(parent.ln_s, parent.ln_g, s.floor_depth)
+        ln_a = np.maximum(parent.ln_a, floor)
+        hi_f = np.log(_fwhm(parent.ln_s, parent.ln_g)) + min(s.width_margin,
+                                                              _WARM_WIDTH_MARGIN)
+        x = _lines(parent.mu0, parent.u, ln_a, parent.ln_s, parent.ln_g, parent.ident)
+        x.lo_a, x.hi_a = floor, ln_a + max(s.amplitude_margin, _WARM_AMPLITUDE_MARGIN)
+        x.hi_f = hi_f
+        x.hi_s, x.hi_g = hi_f - math.log(FWHM_PER_SIGMA), hi_f - math.log(2.0)
+        return x
+
+    # ------------------------------------------------------------------ sweep
+
+    def run(self, max_nodes, bar, callback):
+        todo = {idx for idx in self.indices if idx not in self.state}
+        budget = math.inf if max_nodes is None else max(int(max_nodes), 0)
+        n_total = len(self.indices)
+        cloned = 0
+        if self.seed in todo and budget > 0:
+            self._cold(self.seed)
+            todo.discard(self.seed)
+            cloned += 1
+            _report(bar, [], 1)
+            if callback is not None:
+                callback(n_total - len(todo), n_total)
+        while todo and cloned < budget:
+            ready = sorted((idx for idx in todo if self.parents[idx] in self.state),
+                           key=lambda idx: (self._depth(idx), idx))
+            if not ready:  # pragma: no cover - every parent chain reaches the seed
+                raise RuntimeError("continuation sweep: no node is ready")
+            chunk = ready[: int(min(self.batch_size, budget - cloned))]
+            nodes = self._warm(chunk)
+            self.writer.write(nodes, identities=np.asarray(self.catalogue))
+            todo.difference_update(chunk)
+            cloned += len(chunk)
+            _report(bar, nodes, len(chunk))
+            if callback is not None:
+                callback(n_total - len(todo), n_total)
+        if not todo:
+            self._backfill()
+
+    def _depth(self, idx) -> int:
+        n = 0
+        while self.parents[idx] is not None:
+            idx = self.parents[idx]
+            n += 1
+        return n
+
+    def _cold(self, idx):
+        """Clone the start node from scratch; its lines found the catalogue."""
+        flux, good, n_bad = _batch_spectra(self.grid, [idx])
+        batch, _, model = _clone_batch(self.wl, flux, good, self.settings)
+        x = batch[0]
+        x = x.select(np.argsort(x.mu0, kind="stable"))
+        x.ident = np.arange(len(self.catalogue), len(self.catalogue) + x.n, dtype=np.int64)
+        self.catalogue.extend(x.mu0.tolist())
+        self._keep(idx, x, model[0], flux[0], good[0])
+        self.writer.write([self._node_clone(idx, x, self.rms[idx])],
+                          identities=np.asarray(self.catalogue))
+
+    def _keep(self, idx, x, model, flux, good):
+        r = (model - flux) * good
+        self.rms[idx] = math.sqrt(float(np.sum(r * r) / max(np.sum(good), 1.0)))
+        self.state[idx] = x
+        self.models[idx] = model.astype(np.float32)
+
+    def _warm(self, chunk):
+        """Warm-start, fit, birth and refit a batch of ready nodes."""
+        s, wl = self.settings, self.wl
+        size = 1 << (len(chunk) - 1).bit_length()  # pad to a power of two: few shapes
+        rows = chunk + [chunk[-1]] * (size - len(chunk))
+        flux, good, _ = _batch_spectra(self.grid, rows)
+        batch = [self._warm_start(self.state[self.parents[idx]]) for idx in rows]
+        kw = {"epochs": s.warm_epochs, "learning_rate": s.warm_learning_rate}
+        _, model, shapes = _fit(wl, flux, good, batch, s, headroom=0.1, **kw)
+        born = []
+        for b in range(len(chunk)):
+            batch[b], new = self._births(batch[b], flux[b], model[b], good[b])
+            born.append(new)
+        if any(n.any() for n in born):
+            _, model, _ = _fit(wl, flux, good, batch, s, at_least=shapes, **kw)
+        nodes = []
+        for b, idx in enumerate(chunk):
+            x = batch[b]
+            depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+            weak = born[b] & (depth < 10.0 * s.floor_depth)
+            if weak.any():  # births that did not lower the loss enough
+                gone = x.select(weak)
+                x = x.select(~weak)
+                model_b = model[b] / _profile_product(wl, gone, s.max_shift)
+            else:
+                model_b = model[b]
+            x = x.select(np.argsort(x.ident, kind="stable"))
+            self._keep(idx, x, model_b, flux[b], good[b])
+            nodes.append(self._node_clone(idx, x, self.rms[idx]))
+        self._evict()
+        return nodes
+
+    def _births(self, x: _Lines, flux, model, good):
+        """Lines the warm fit could not explain, found in the residual: revived,
+        taken from the catalogue, or new. Returns (lines, mask of the births)."""
+        s = self.settings
+        cand = _initial(self.wl, 1.0 - flux / np.maximum(model, 1e-6), good, s, taken=x.mu0)
+        new = np.zeros(x.n, dtype=bool)
+        if cand.n == 0:
+            return x, new
+        center = x.mu0 + s.max_shift * np.tanh(x.u)
+        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        catalogue = np.asarray(self.catalogue)
+        have = np.zeros(catalogue.size, dtype=bool)
+        have[x.ident] = True
+        order = np.argsort(catalogue)
+        fresh = []
+        for k in range(cand.n):
+            mu = cand.mu0[k]
+            tol = max(_MATCH_PIXELS * float(np.interp(mu, self.wl, self.spacing)),
+                      _MATCH_FWHM * math.exp(cand.hi_f[k] - s.width_margin))
+            faded = np.flatnonzero((np.abs(center - mu) < tol) & (depth < s.prominence))
+            if faded.size:  # revive the nearest faded line with the candidate's values
+                i = faded[np.argmin(np.abs(center[faded] - mu))]
+                for name in ("ln_a", "ln_s", "ln_g", "hi_a", "hi_s", "hi_g", "hi_f"):
+                    getattr(x, name)[i] = getattr(cand, name)[k]
+                x.a0[i], x.s0[i], x.g0[i] = cand.ln_a[k], cand.ln_s[k], cand.ln_g[k]
+                depth[i] = s.prominence
+                continue
+            if np.any(np.abs(center - mu) < tol):
+                continue  # a live line is there: a misfit, not a birth
+            lo, hi = np.searchsorted(catalogue[order], [mu - tol, mu + tol])
+            near = [j for j in order[lo:hi] if not have[j]]
+            if near:
+                j = min(near, key=lambda j: abs(catalogue[j] - mu))
+                have[j] = True
+            else:
+                j = len(self.catalogue)
+                self.catalogue.append(float(mu))
+            fresh.append((k, j))
+        if not fresh:
+            return x, new
+        take = cand.select(np.array([k for k, _ in fresh]))
+        take.ident = np.array([j for _, j in fresh], dtype=np.int64)
+        mu0 = np.asarray(self.catalogue)[take.ident]
+        take.u = np.arctanh(np.clip((take.mu0 - mu0) / s.max_shift, -0.99, 0.99))
+        take.mu0 = mu0
+        take.lo_a = np.maximum(take.lo_a, _floor_ln_a(take.ln_s, take.ln_g, s.floor_depth))
+        return x.concat(take), np.r_[new, np.ones(take.n, dtype=bool)]
+
+    def _evict(self):
+        """Drop cached models of nodes whose grid neighbours are all cloned."""
+        for idx in list(self.models):
+            if all(n in self.state for n in _neighbours(idx, self.grid.mask)):
+                del self.models[idx]
+
+    # ------------------------------------------------------------------ back-fill
+
+    def _model(self, idx) -> np.ndarray:
+        if idx in self.models:
+            return self.models[idx].astype(np.float64)
+        return _profile_product(self.wl, self.state[idx], self.settings.max_shift)
+
+    def _backfill(self):
+        """Add to every node the lines its grid neighbours carry and it lacks, at the
+        amplitude its residual supports (at least the floor); rewrite changed nodes."""
+        s, wl = self.settings, self.wl
+        changed = []
+        for idx in sorted(self.state):
+            x = self.state[idx]
+            have = set(x.ident.tolist())
+            donors = {}
+            for n in _neighbours(idx, self.grid.mask):
+                if n not in self.state:
+                    continue
+                y = self.state[n]
+                depth = np.exp(y.ln_a) * _peak_value(y.ln_s, y.ln_g)
+                for i in np.flatnonzero(depth >= s.prominence):
+                    j = int(y.ident[i])
+                    if j not in have and (j not in donors or y.ln_a[i] > donors[j][1].ln_a[0]):
+                        donors[j] = (n, y.select(np.array([i])))
+            if not donors:
+                continue
+            flux, good, _ = _batch_spectra(self.grid, [idx])
+            log_res = np.log(np.maximum(flux[0], 1e-6)) - np.log(
+                np.maximum(self._model(idx), 1e-6))
+            add = []
+            for j in sorted(donors):
+                y = donors[j][1]
+                center = float(y.mu0[0] + s.max_shift * np.tanh(y.u[0]))
+                f = float(_fwhm(y.ln_s, y.ln_g)[0])
+                lo, hi = np.searchsorted(wl, [center - _BACKFILL_REACH * f,
+                                              center + _BACKFILL_REACH * f])
+                prof = _profile(wl[lo:hi], center, y.ln_s[0], y.ln_g[0]) * good[0][lo:hi]
+                den = float(np.sum(prof * prof))
+                a = -float(np.sum(log_res[lo:hi] * prof)) / den if den > 0 else 0.0
+                floor = float(_floor_ln_a(y.ln_s, y.ln_g, s.floor_depth)[0])
+                ln_a = max(math.log(a), floor) if a > 0 else floor
+                log_res[lo:hi] += math.exp(ln_a) * prof
+                z = y.copy()
+                z.ln_a = np.array([ln_a])
+                add.append(z)
+            x = x.concat(_concat(add))
+            x = x.select(np.argsort(x.ident, kind="stable"))
+            self.state[idx] = x
+            model = _profile_product(wl, x, s.max_shift)
+            r = (model - flux[0]) * good[0]
+            self.rms[idx] = math.sqrt(float(np.sum(r * r) / max(np.sum(good[0]), 1.0)))
+            changed.append(self._node_clone(idx, x, self.rms[idx]))
+            if len(changed) >= 64:
+                self.writer.write(changed, identities=np.asarray(self.catalogue))
+                changed = []
+        if changed:
+            self.writer.write(changed, identities=np.asarray(self.catalogue))
+
+
+def _lines(mu0, u, ln_a, ln_s, ln_g, ident) -> _Lines:
+    """_Lines at given values with the widest box (warm starts narrow it)."""
+    n = mu0.size
+    ln_f = np.log(_fwhm(ln_s, ln_g))
+    floor = np.full(n, math.log(_MIN_WIDTH))
+    return _Lines(
+        mu0=np.array(mu0, dtype=np.float64), u=np.array(u, dtype=np.float64),
+        ln_a=np.array(ln_a, dtype=np.float64), ln_s=np.array(ln_s, dtype=np.float64),
+        ln_g=np.array(ln_g, dtype=np.float64), a0=np.array(ln_a), s0=np.array(ln_s),
+        g0=np.array(ln_g), lo_a=np.full(n, ABSENT_LN_AMPLITUDE / 2), hi_a=np.array(ln_a) + 1.0,
+        lo_s=floor, hi_s=ln_f + 1.0 - math.log(FWHM_PER_SIGMA), lo_g=floor.copy(),
+        hi_g=ln_f + 1.0 - math.log(2.0), hi_f=ln_f + 1.0, peak=np.zeros(n, np.int64),
+        ident=np.array(ident, dtype=np.int64),
+    )
+
+
+def _concat(parts: list[_Lines]) -> _Lines:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.concat(p)
+    return out
+
+
+def _neighbours(idx, exists):
+    """Existing grid neighbours of ``idx`` (one step along one axis)."""
+    out = []
+    for d in range(len(idx)):
+        for step in (-1, 1):
+            j = idx[d] + step
+            if 0 <= j < exists.shape[d]:
+                n = tuple(j if k == d else i for k, i in enumerate(idx))
+                if exists[n]:
+                    out.append(n)
+    return out
+
+
+def _profile(wl, center, ln_s, ln_g):
+    """Pseudo-Voigt V(λ − μ) (1/Å), numpy (Ida et al. 2000; blase3D eq. 2)."""
+    sigma, gamma = math.exp(float(ln_s)), math.exp(float(ln_g))
+    f = float(_fwhm(np.log(sigma), np.log(gamma)))
+    q = 2.0 * gamma / f
+    eta = q * (1.36603 + q * (-0.47719 + q * 0.11116))
+    x = wl - center
+    half = 0.5 * f
+    gsig = f / FWHM_PER_SIGMA
+    return (eta * half / math.pi / (x * x + half * half)
+            + (1.0 - eta) * np.exp(-0.5 * (x / gsig) ** 2) / (gsig * math.sqrt(2.0 * math.pi)))
+
+
+def _profile_product(wl, x: _Lines, max_shift) -> np.ndarray:
+    """Π_j (1 − a_j V_j(λ)) of lines ``x`` on ``wl``, through the synthesis engine."""
+    from jaxspec.lines import LineList
+
+    if x.n == 0:
+        return np.ones_like(wl)
+    center = x.mu0 + max_shift * np.tanh(x.u)
+    lines = LineList(center, x.ln_a, x.ln_s, x.ln_g)
+    return np.asarray(lines.flux(wl), dtype=np.float64)

@@ -1,0 +1,144 @@
+"""Continuation cloning (jaxspec.clone.sweep): the sweep tree, line identities kept across
+the grid, births and back-fill, resume, and reading version-1 stores.
+
+A tiny 3 x 2 grid of 20 Å spectra keeps the compiles few and shared.
+"""
+
+import h5py
+import numpy as np
+import pytest
+
+from jaxspec import LineList
+from jaxspec.clone import clone_grid
+from jaxspec.clone.detection import _peak_value
+from jaxspec.clone.sweep import sweep_parents
+from jaxspec.grid import SpectralGrid
+from jaxspec.identify import identify_store
+from jaxspec.io.clone_store import CloneStore
+
+WL = np.linspace(8500.0, 8520.0, 2001)
+AXES = {"teff": np.array([4000.0, 4500.0, 5000.0]), "logg": np.array([4.0, 4.5])}
+KW = {"epochs": 60, "passes": 1, "warm_epochs": 30, "batch_size": 2, "progress": False}
+BORN = 8510.33  # a line that is absent at the coolest Teff and grows with Teff
+
+
+def node_lines(i, j):
+    """20 lines whose depths and widths change smoothly with (i, j); line BORN only
+    from i = 1 on."""
+    rng = np.random.default_rng(7)
+    center = np.sort(8500.6 + 0.93 * np.arange(20) + rng.uniform(0, 0.2, 20))
+    center = center[np.abs(center - BORN) > 0.3]
+    depth = np.exp(rng.uniform(np.log(0.05), np.log(0.5), center.size)) * (1 - 0.15 * i)
+    sigma = rng.uniform(0.02, 0.04, center.size) * (1 + 0.05 * j)
+    gamma = rng.uniform(0.01, 0.03, center.size)
+    if i >= 1:
+        center, depth = np.r_[center, BORN], np.r_[depth, 0.12 * i]
+        sigma, gamma = np.r_[sigma, 0.03], np.r_[gamma, 0.02]
+    ln_s, ln_g = np.log(sigma), np.log(gamma)
+    ln_a = np.log(depth) - np.log(_peak_value(ln_s, ln_g))
+    return LineList(center, ln_a, ln_s, ln_g)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    flux = np.stack([np.stack([np.asarray(node_lines(i, j).flux_exact(WL))
+                               for j in range(2)]) for i in range(3)])
+    return SpectralGrid(AXES, WL, flux, normalized=True)
+
+
+@pytest.fixture(scope="module")
+def store(grid, tmp_path_factory):
+    return clone_grid(grid, tmp_path_factory.mktemp("cont") / "c.h5", **KW)
+
+
+def test_sweep_tree_steps_along_the_last_differing_axis():
+    exists = np.ones((3, 3), dtype=bool)
+    parents = sweep_parents((3, 3), exists, (1, 1))
+    assert parents[(1, 1)] is None
+    assert parents[(0, 1)] == (1, 1) and parents[(2, 1)] == (1, 1)
+    assert parents[(0, 0)] == (0, 1) and parents[(2, 2)] == (2, 1)
+    exists[0, 1] = False  # a missing node is stepped over
+    parents = sweep_parents((3, 3), exists, (1, 1))
+    assert (0, 1) not in parents
+    assert parents[(0, 0)] == (1, 1) and parents[(0, 2)] == (1, 1)
+    assert parents[(2, 0)] == (2, 1)
+
+
+def test_every_line_keeps_one_identity_across_the_grid(grid, store):
+    assert store.settings["method"] == "continuation" and store.version == 2
+    assert store.mask.all() and store.start == (1, 1)
+    assert np.median(store.residual_rms) < 3e-3
+    truth = node_lines(2, 1)
+    ident_of = {}
+    for node in store.iter_nodes():
+        assert node.identity is not None and np.unique(node.identity).size == node.n_lines
+        lines = node_lines(*node.index)
+        depth = np.exp(node.ln_amplitude) * _peak_value(node.ln_sigma, node.ln_gamma)
+        for c in np.asarray(lines.center):
+            k = np.argmin(np.abs(node.center - c) + 10.0 * (depth < 0.01))
+            assert abs(node.center[k] - c) < 0.03
+            ident_of.setdefault(round(float(c), 2), set()).add(int(node.identity[k]))
+    # the same true line has the same identity at every node where it is present
+    assert all(len(ids) == 1 for ids in ident_of.values()), ident_of
+    assert len(ident_of) == truth.n_lines
+    # identification by construction: no more lines than identities, and few of them
+    ident = identify_store(store)
+    assert ident.matcher == "identity"
+    significant = max(int(np.sum(np.exp(n.ln_amplitude) * _peak_value(n.ln_sigma, n.ln_gamma)
+                                 > 0.01)) for n in store.iter_nodes())
+    assert ident.n_lines <= 1.5 * significant
+
+
+def test_births_are_back_filled_to_cloned_neighbours(store):
+    # line BORN is absent at Teff index 0; after the sweep every node carries its
+    # identity (back-fill), at the coolest nodes at most a trace of it
+    ids = []
+    for node in store.iter_nodes():
+        k = np.argmin(np.abs(node.center - BORN))
+        assert abs(node.center[k] - BORN) < 0.05
+        depth = np.exp(node.ln_amplitude[k]) * _peak_value(node.ln_sigma[k], node.ln_gamma[k])
+        if node.index[0] == 0:
+            assert depth < 0.02
+        else:
+            assert depth > 0.05
+        ids.append(int(node.identity[k]))
+    assert len(set(ids)) == 1
+
+
+def test_resume_after_interruption_loses_nothing(grid, store, tmp_path):
+    path = tmp_path / "resumed.h5"
+
+    def stop(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        clone_grid(grid, path, callback=stop, **KW)
+    partial = CloneStore(path)
+    assert 3 <= partial.n_done < 6 and partial.identities.size > 0
+    calls = []
+    resumed = clone_grid(grid, path, callback=lambda d, t: calls.append(d), **KW)
+    assert resumed.mask.all() and calls[-1] == 6 and len(calls) < 6
+    assert abs(resumed.identities.size - store.identities.size) <= 2
+    with pytest.raises(ValueError, match="method"):
+        clone_grid(grid, path, **{**KW, "method": "independent"})
+
+
+def test_version_1_stores_are_still_read(grid, tmp_path):
+    path = tmp_path / "v1.h5"
+    clone_grid(grid, path, max_nodes=2, **{**KW, "method": "independent"})
+    with h5py.File(path, "a") as f:
+        f.attrs["version"] = 1
+        for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth"):
+            del f.attrs[name]
+    old = CloneStore(path)
+    assert old.version == 1 and old.settings["method"] == "independent"
+    assert old.identities is None and next(old.iter_nodes()).identity is None
+    assert identify_store(old).matcher == "id"
+
+
+def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
+    with pytest.raises(TypeError, match="unknown clone setting.*warm_epochs"):
+        clone_grid(grid, tmp_path / "x.h5", warm_epoch=3)
+    with pytest.raises(ValueError, match="method='sideways' is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", method="sideways")
