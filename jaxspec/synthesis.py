@@ -240,14 +240,30 @@ def _add_windows(array, start, updates):
     )
 
 
-def _interpolate(nodes, weights):
-    """Cubic interpolation from nodes (..., n + 3) to cells (..., n, h); see module doc.
-
-    ``weights`` is (h, 4) for index-space interpolation shared by every cell, or
-    (..., n, h, 4) with one set per cell (wavelength-space Lagrange weights).
-    """
+def _stencils(nodes):
+    """(..., n + 3) node values → (..., n, 4): the four nodes of each cell."""
     n = nodes.shape[-1] - 3
-    return sum(nodes[..., k : k + n, None] * weights[..., k] for k in range(4))
+    return jnp.stack([nodes[..., k : k + n] for k in range(4)], axis=-1)
+
+
+def _edge_stencils(nodes):
+    """Node stencils of the three cells either side of windows of m cells, from the
+    windows' (n_b, m + 3) node values, zero at nodes outside the window → (2 n_b, 3, 4):
+    rows 0..n_b-1 the cells before the window, then those after it."""
+    m = nodes.shape[1] - 3
+    i, k = np.arange(3)[:, None], np.arange(4)[None, :]
+    before, after = i + k - 3, m + i + k  # node index within the window
+    take = lambda idx, ok: jnp.where(ok, nodes[:, np.clip(idx, 0, m + 2)], 0.0)  # noqa: E731
+    return jnp.concatenate([take(before, before >= 0), take(after, after <= m + 2)])
+
+
+def _interpolate(stencils, weights):
+    """Cubic interpolation of cells from their node stencils (n, 4) → (n, h); see the
+    module doc. ``weights`` is (h, 4) index-space weights shared by every cell (a matrix
+    product) or (n, h, 4), one set per cell (wavelength-space Lagrange weights)."""
+    if weights.ndim == 2:
+        return stencils @ weights.T
+    return jnp.einsum("nk,nhk->nh", stencils, weights)
 
 
 # ---------------------------------------------------------------------- line terms
@@ -273,15 +289,10 @@ def _constants(center, ln_amplitude, ln_sigma, ln_gamma, dt):
     )
 
 
-def _expand(c, ndim):
-    return c.reshape((-1,) + (1,) * (ndim - 1))
-
-
 def _depth(c, wl, gaussian: bool):
-    """a V at wavelengths ``wl`` (n_b, ...) float64 and its ingredients: the constants
-    broadcast against ``wl``, x = λ - μ, x², 1/(x² + κ), exp(-k x²) (None without the
-    Gaussian)."""
-    lor, half2, gau, gau_k, mu = (_expand(v, wl.ndim) for v in c)
+    """a V at wavelengths ``wl`` (n_b, size) float64 and its ingredients: the constants
+    as columns, x = λ - μ, x², 1/(x² + κ), exp(-k x²) (None without the Gaussian)."""
+    lor, half2, gau, gau_k, mu = (v[:, None] for v in c)
     x = (wl - mu).astype(lor.dtype)
     x2 = x * x
     inv = 1.0 / (x2 + half2)
@@ -294,15 +305,14 @@ def _depth(c, wl, gaussian: bool):
 
 
 def _terms(c, wl, gaussian: bool, tangent=None):
-    """T (gaussian) or S at wavelengths ``wl`` (n_b, ...) float64, and with ``tangent``
+    """T (gaussian) or S at wavelengths ``wl`` (n_b, size) float64, and with ``tangent``
     (the constants' tangents ``dc``) also dT or dS: the linear rule of the module
     docstring, evaluated in the same pass as the value."""
     depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(c, wl, gaussian)
     value = jnp.log1p(-jnp.minimum(depth, MAX_DEPTH))
     if tangent is None:
         return value
-    dlor, dhalf2, dgau, dgau_k, dmu = (_expand(v, wl.ndim).astype(lor.dtype)
-                                       for v in tangent)
+    dlor, dhalf2, dgau, dgau_k, dmu = (v[:, None].astype(lor.dtype) for v in tangent)
     w = jnp.where(depth < MAX_DEPTH, -1.0 / (1.0 - depth), 0.0)
     w_inv = w * inv
     w_lor_inv2 = w_inv * lor * inv
@@ -315,74 +325,55 @@ def _terms(c, wl, gaussian: bool, tangent=None):
     return value, d + 2.0 * x * slope * dmu
 
 
-def _window(c, arrays, size, kind, tangent=None):
-    """One bucket's windows: (n_b, m, h) fine windows of T - I[S] (``kind`` "full") or
-    S - I[S] ("smooth"), or (n_b, k) top windows of S ("top"); with ``tangent`` also
-    their tangents."""
-    if kind == "top":
-        samples, start = arrays
-        return _terms(c, _take_windows(samples, start, size), False, tangent)
-    cells, start, nodes, node_start, weights = arrays
-    here = _terms(c, _take_windows(cells, start, size), kind == "full", tangent)
-    smooth = _terms(c, _take_windows(nodes, node_start, size + 3), False, tangent)
-    if weights.ndim > 2:
-        weights = _take_windows(weights, start, size)
-    if tangent is None:
-        return here - _interpolate(smooth, weights.astype(here.dtype))
-    w = weights.astype(here[0].dtype)
-    return (here[0] - _interpolate(smooth[0], w), here[1] - _interpolate(smooth[1], w))
+def _window(c, arrays, size, gaussian, tangent=None):
+    """T (``gaussian``) or S of each line at ``size`` consecutive samples,
+    ``samples[start_b:start_b + size]`` → (n_b, size); with ``tangent`` also its
+    tangent."""
+    samples, start = arrays
+    return _terms(c, _take_windows(samples, start, size), gaussian, tangent)
 
 
-def _cotangent(c, ct, arrays, size, kind):
-    """Reverse rule: the five per-line cotangents of a bucket's constants from the
-    cotangent ``ct`` of its windows (the transpose of the tangent rule).
+def _cotangent(c, ct, arrays, size, gaussian):
+    """Reverse rule: the five per-line cotangents of a window's constants from the
+    cotangent ``ct`` (n_b, size) of its values (the transpose of the tangent rule).
 
     The profiles are recomputed here from the per-line constants (nothing window-sized
     is kept from the forward pass) and all partials are reduced over the window in one
     variadic reduction (one pass over the samples): five numbers per line."""
+    # The barrier keeps XLA from sharing the recomputed profiles with the forward pass
+    # (common-subexpression elimination would store them, window-sized, between the
+    # passes): each pass stays one fusion that reads only the wavelengths.
+    c, samples, start = jax.lax.optimization_barrier((c, *arrays))
     dt = ct.dtype
-
-    def partials(wl, ct, gaussian):
-        depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(c, wl, gaussian)
-        w = jnp.where(depth < MAX_DEPTH, -ct / (1.0 - depth), 0.0)
-        wi = w * inv
-        wii = wi * inv
-        terms = [wi, -lor * wii, 2.0 * lor * wii * x]
-        if gaussian:
-            wg = w * gauss
-            terms += [wg, -gau * wg * x2, 2.0 * gau * gau_k * wg * x]
-        # One variadic reduction: XLA evaluates the shared factors once per sample.
-        sums = jax.lax.reduce(tuple(terms), (jnp.zeros((), dt),) * len(terms),
-                              lambda a, b: tuple(u + v for u, v in zip(a, b)),
-                              tuple(range(1, wl.ndim)))
-        if not gaussian:
-            zero = jnp.zeros_like(sums[0])
-            return [sums[0], sums[1], zero, zero, sums[2]]
-        return [sums[0], sums[1], sums[3], sums[4], sums[2] + sums[5]]
-
-    if kind == "top":
-        samples, start = arrays
-        out = partials(_take_windows(samples, start, size), ct, False)
+    depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(
+        c, _take_windows(samples, start, size), gaussian)
+    w = jnp.where(depth < MAX_DEPTH, -ct / (1.0 - depth), 0.0)
+    wi = w * inv
+    wii = wi * inv
+    slope = lor * wii
+    terms = [wi, wii]
+    if gaussian:
+        wg = w * gauss
+        slope = slope + gau * gau_k * wg
+        terms += [wg, wg * x2]
+    terms.append(2.0 * x * slope)
+    # One variadic reduction: XLA evaluates the shared factors once per sample.
+    sums = jax.lax.reduce(tuple(terms), (jnp.zeros((), dt),) * len(terms),
+                          lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
+    lor, gau = lor[:, 0], gau[:, 0]
+    if gaussian:
+        out = [sums[0], -lor * sums[1], sums[2], -gau * sums[3], sums[4]]
     else:
-        cells, start, nodes, node_start, weights = arrays
-        out = partials(_take_windows(cells, start, size), ct, kind == "full")
-        if weights.ndim > 2:
-            weights = _take_windows(weights, start, size)
-        # - I[S]: the nodes' cotangent is the interpolation's transpose of -ct.
-        ct_nodes = jax.linear_transpose(
-            lambda s: _interpolate(s, weights.astype(dt)),
-            jax.ShapeDtypeStruct(ct.shape[:1] + (size + 3,), dt),
-        )(-ct)[0]
-        smooth = partials(_take_windows(nodes, node_start, size + 3), ct_nodes, False)
-        out = [a + b for a, b in zip(out, smooth)]
+        zero = jnp.zeros_like(sums[0])
+        out = [sums[0], -lor * sums[1], zero, zero, sums[2]]
     return [o.astype(v.dtype) for o, v in zip(out, c)]
 
 
-def _tangent(c, dc, arrays, size, kind):
-    return _window(c, arrays, size, kind, tangent=dc)[1]
+def _tangent(c, dc, arrays, size, gaussian):
+    return _window(c, arrays, size, gaussian, tangent=dc)[1]
 
 
-# Two primitives tie the hand-written rules together: the tangent of a bucket (linear
+# Two primitives tie the hand-written rules together: the tangent of a window (linear
 # in the constants' tangents) and its transpose, the cotangent reduction. Each is the
 # other's transpose; their own derivatives (second order) are plain autodiff of the
 # reference formulas; vmap runs the formulas batched.
@@ -391,39 +382,38 @@ _cotangent_p = jax.extend.core.Primitive("jaxspec_synthesis_cotangent")
 _cotangent_p.multiple_results = True
 
 
-def _split(args, n_arrays):
+def _split(args):
     """Operands of the tangent primitive: (constants, their tangents, geometry)."""
-    return tuple(args[:5]), tuple(args[5:10]), tuple(args[10:10 + n_arrays])
+    return tuple(args[:5]), tuple(args[5:10]), tuple(args[10:])
 
 
-def _split_cotangent(args, n_arrays):
+def _split_cotangent(args):
     """Operands of the cotangent primitive: (constants, window cotangent, geometry)."""
-    return tuple(args[:5]), args[5], tuple(args[6:6 + n_arrays])
+    return tuple(args[:5]), args[5], tuple(args[6:])
 
 
-def _tangent_fn(*args, size, kind, n_arrays):
-    c, dc, arrays = _split(args, n_arrays)
-    return _tangent(c, dc, arrays, size, kind)
+def _tangent_fn(*args, size, gaussian):
+    c, dc, arrays = _split(args)
+    return _tangent(c, dc, arrays, size, gaussian)
 
 
-def _cotangent_fn(*args, size, kind, n_arrays):
-    c, ct, arrays = _split_cotangent(args, n_arrays)
-    return _cotangent(c, ct, arrays, size, kind)
+def _cotangent_fn(*args, size, gaussian):
+    c, ct, arrays = _split_cotangent(args)
+    return _cotangent(c, ct, arrays, size, gaussian)
 
 
-def _cotangent_reference(*args, size, kind, n_arrays):
+def _cotangent_reference(*args, size, gaussian):
     """The cotangent by autodiff of the tangent rule (used for its derivatives)."""
-    c, ct, arrays = _split_cotangent(args, n_arrays)
+    c, ct, arrays = _split_cotangent(args)
     zeros = tuple(jnp.zeros_like(v) for v in c)
-    _, vjp = jax.vjp(lambda dc: _tangent(c, dc, arrays, size, kind), zeros)
+    _, vjp = jax.vjp(lambda dc: _tangent(c, dc, arrays, size, gaussian), zeros)
     return list(vjp(ct)[0])
 
 
 _tangent_p.def_impl(_tangent_fn)
 _tangent_p.def_abstract_eval(
-    lambda *args, **params: jax.core.ShapedArray(
-        *(lambda s: (s.shape, s.dtype))(jax.eval_shape(functools.partial(_tangent_fn, **params),
-                                                       *args))))
+    lambda *args, size, gaussian: jax.core.ShapedArray(
+        (args[0].shape[0], size), args[0].dtype))
 mlir.register_lowering(_tangent_p, mlir.lower_fun(_tangent_fn, multiple_results=False))
 _cotangent_p.def_impl(_cotangent_fn)
 _cotangent_p.def_abstract_eval(
@@ -432,24 +422,22 @@ mlir.register_lowering(_cotangent_p, mlir.lower_fun(_cotangent_fn, multiple_resu
 
 
 def _tangent_jvp(primals, tangents, **params):
-    primals = list(primals)
     tangents = [ad.instantiate_zeros(t) for t in tangents]
-    n = len(primals)
     out = _tangent_p.bind(*primals, **params)
     # Linear in dc: the dc part is the primitive itself; the c part by autodiff.
     _, t_c = jax.jvp(lambda *c: _tangent_fn(*c, *primals[5:], **params),
                      tuple(primals[:5]), tuple(tangents[:5]))
-    t_dc = _tangent_p.bind(*primals[:5], *tangents[5:10], *primals[10:n], **params)
+    t_dc = _tangent_p.bind(*primals[:5], *tangents[5:10], *primals[10:], **params)
     return out, t_c + t_dc
 
 
-def _tangent_transpose(ct, *args, size, kind, n_arrays):
-    c, dc, arrays = _split(args, n_arrays)
+def _tangent_transpose(ct, *args, **params):
+    c, dc, arrays = _split(args)
     if type(ct) is ad.Zero:
         cts = [None if not ad.is_undefined_primal(d) else ad.Zero(d.aval) for d in dc]
     else:
-        cts = _cotangent_p.bind(*c, ct, *arrays, size=size, kind=kind, n_arrays=n_arrays)
-    return [None] * 5 + list(cts) + [None] * n_arrays
+        cts = _cotangent_p.bind(*c, ct, *arrays, **params)
+    return [None] * 5 + list(cts) + [None] * len(arrays)
 
 
 def _cotangent_jvp(primals, tangents, **params):
@@ -460,11 +448,11 @@ def _cotangent_jvp(primals, tangents, **params):
     return out, t_out
 
 
-def _cotangent_transpose(cts, *args, size, kind, n_arrays):
-    c, ct, arrays = _split_cotangent(args, n_arrays)
+def _cotangent_transpose(cts, *args, **params):
+    c, ct, arrays = _split_cotangent(args)
     cts = [ad.instantiate_zeros(t) for t in cts]
-    out = _tangent_p.bind(*c, *cts, *arrays, size=size, kind=kind, n_arrays=n_arrays)
-    return [None] * 5 + [out] + [None] * n_arrays
+    out = _tangent_p.bind(*c, *cts, *arrays, **params)
+    return [None] * 5 + [out] + [None] * len(arrays)
 
 
 def _batched(fn, multiple):
@@ -483,18 +471,18 @@ batching.primitive_batchers[_cotangent_p] = _batched(_cotangent_fn, True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _bucket(c, arrays, size, kind):
+def _bucket(c, arrays, size, gaussian):
     """custom_jvp entry: derivatives in ``c`` only (``arrays`` are geometry)."""
-    return _window(c, arrays, size, kind)
+    return _window(c, arrays, size, gaussian)
 
 
 @_bucket.defjvp
-def _bucket_jvp(size, kind, primals, tangents):
+def _bucket_jvp(size, gaussian, primals, tangents):
     c, arrays = primals
     dc, _ = tangents
-    value = _window(c, arrays, size, kind)
+    value = _window(c, arrays, size, gaussian)
     tangent = _tangent_p.bind(*c, *(jnp.asarray(d, v.dtype) for d, v in zip(dc, c)),
-                              *arrays, size=size, kind=kind, n_arrays=len(arrays))
+                              *arrays, size=size, gaussian=gaussian)
     return value, tangent
 
 
@@ -589,7 +577,13 @@ class SynthesisPlan(eqx.Module):
         consts = _constants(center, pad(ln_amplitude, ABSENT_LN_AMPLITUDE),
                             pad(ln_sigma, 0.0), pad(ln_gamma, 0.0), dt)
 
-        sums = []
+        # Level l < top: ``samples`` sums every line's T (l = 0) or S on its window of
+        # cells, ``nodes_sum`` its S on the window's m + 3 nodes; - I[S] of all windows is
+        # then one interpolation per level of -nodes_sum, corrected on the three cells
+        # either side of each window, which interpolate from some of its nodes but lie
+        # outside it (``edges``, cell c at row c + 3). So every window is one fusion and
+        # nothing per window is interpolated.
+        samples, node_sums, edges = [], [], []
         top = len(self.levels) - 1
         for depth, level in enumerate(self.levels):
             pos = jnp.searchsorted(level.wavelength, consts[4]).astype(jnp.int32)
@@ -599,30 +593,37 @@ class SynthesisPlan(eqx.Module):
                     i, k = b.lines, b.size
                     n0 = jnp.clip(pos[i] - k // 2, 0, level.wavelength.size - k)
                     c = tuple(v[i] for v in consts)
-                    acc = _add_windows(acc, n0, _bucket(c, (level.wavelength, n0), k, "top"))
-                sums.append(acc)
+                    acc = _add_windows(acc, n0, _bucket(c, (level.wavelength, n0), k, False))
+                samples.append(acc)
                 break
-            cells = level.wavelength.reshape(-1, h)
+            n_cells = level.wavelength.size // h
             nodes = self.levels[depth + 1]
-            kind = "full" if depth == 0 else "smooth"
-            weights = self.weights if level.cell_weights is None else level.cell_weights
-            acc = jnp.zeros(cells.shape, dt)
+            acc = jnp.zeros(level.wavelength.shape, dt)
+            node_acc = jnp.zeros(n_cells + 3, dt)
+            edge_acc = jnp.zeros((n_cells + 6, 4), dt)
             for b in level.buckets:
                 i, m = b.lines, b.size
-                c0 = jnp.clip(pos[i] // h - m // 2, 0, cells.shape[0] - m)
+                c0 = jnp.clip(pos[i] // h - m // 2, 0, n_cells - m)
                 c = tuple(v[i] for v in consts)
-                arrays = (cells, c0, nodes.wavelength, nodes.offset + c0, weights)
-                acc = _add_windows(acc, c0, _bucket(c, arrays, m, kind))
-            sums.append(acc)
+                here = _bucket(c, (level.wavelength, c0 * h), m * h, depth == 0)
+                acc = _add_windows(acc, c0 * h, here)
+                smooth = _bucket(c, (nodes.wavelength, nodes.offset + c0), m + 3, False)
+                node_acc = _add_windows(node_acc, c0, smooth)
+                edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
+                                        _edge_stencils(smooth))
+            samples.append(acc)
+            node_sums.append(node_acc)
+            edges.append(edge_acc[3:-3])
 
-        total = sums[top]
+        total = samples[top]
         for depth in range(top - 1, -1, -1):
             nodes = self.levels[depth + 1]
-            n_cells = sums[depth].shape[0]
-            node_values = total[nodes.offset : nodes.offset + n_cells + 3]
+            n_cells = edges[depth].shape[0]
+            node_values = total[nodes.offset : nodes.offset + n_cells + 3] - node_sums[depth]
             level = self.levels[depth]
             w = self.weights if level.cell_weights is None else level.cell_weights
-            total = (sums[depth] + _interpolate(node_values, w.astype(dt))).reshape(-1)
+            coarse = _interpolate(_stencils(node_values) + edges[depth], w.astype(dt))
+            total = samples[depth] + coarse.reshape(-1)
         start = self.levels[0].offset
         return total[start : start + self.n_pix]
 
