@@ -228,7 +228,7 @@ def _take_windows(array, start, size):
     )
 
 
-def _add_windows(array, start, updates):
+def _scatter_windows(array, start, updates):
     """array[start_b : start_b + size] += updates[b] for every b (overlaps accumulate)."""
     dnums = jax.lax.ScatterDimensionNumbers(
         update_window_dims=tuple(range(1, updates.ndim)),
@@ -238,6 +238,59 @@ def _add_windows(array, start, updates):
     return jax.lax.scatter_add(
         array, start[:, None], updates, dnums, mode=jax.lax.GatherScatterMode.CLIP
     )
+
+
+# Adding windows is its own linear primitive only for its batching rule: vmap of a
+# scatter-add (jacfwd's tangent directions, batches of spectra) makes XLA scatter
+# (batch × window) blocks, several times slower than scattering the same windows into
+# the batch laid end to end, which the rule below does.
+_add_windows_p = jax.extend.core.Primitive("jaxspec_add_windows")
+_add_windows_p.def_impl(_scatter_windows)
+_add_windows_p.def_abstract_eval(lambda array, start, updates: jax.core.ShapedArray(
+    array.shape, array.dtype))
+mlir.register_lowering(_add_windows_p, mlir.lower_fun(_scatter_windows,
+                                                      multiple_results=False))
+
+
+def _add_windows(array, start, updates):
+    """array[start_b : start_b + size] += updates[b] for every b (overlaps accumulate);
+    ``start`` (n_b,) int, in range (windows are never clipped)."""
+    return _add_windows_p.bind(array, start, updates)
+
+
+def _add_windows_jvp(primals, tangents):
+    array, start, updates = primals
+    t_array, _, t_updates = (ad.instantiate_zeros(t) for t in tangents)
+    return (_add_windows_p.bind(array, start, updates),
+            _add_windows_p.bind(t_array, start, t_updates))
+
+
+def _add_windows_transpose(ct, array, start, updates):
+    if type(ct) is ad.Zero:
+        return [ad.Zero(array.aval) if ad.is_undefined_primal(array) else None, None,
+                ad.Zero(updates.aval) if ad.is_undefined_primal(updates) else None]
+    ct_updates = None
+    if ad.is_undefined_primal(updates):
+        ct_updates = _take_windows(ct, start, updates.aval.shape[1])
+    return [ct if ad.is_undefined_primal(array) else None, None, ct_updates]
+
+
+def _add_windows_batched(args, dims):
+    (array, start, updates), size = args, None
+    for a, d in zip(args, dims):
+        if d is not None:
+            size = a.shape[d]
+    array, start, updates = (batching.bdim_at_front(a, d, size) for a, d in zip(args, dims))
+    n = array.shape[1]
+    flat_start = (start + n * jnp.arange(size, dtype=start.dtype)[:, None]).reshape(-1)
+    out = _scatter_windows(array.reshape((-1,) + array.shape[2:]), flat_start,
+                           updates.reshape((-1,) + updates.shape[2:]))
+    return out.reshape(array.shape), 0
+
+
+ad.primitive_jvps[_add_windows_p] = _add_windows_jvp
+ad.primitive_transposes[_add_windows_p] = _add_windows_transpose
+batching.primitive_batchers[_add_windows_p] = _add_windows_batched
 
 
 def _stencils(nodes):
