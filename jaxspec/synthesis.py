@@ -37,7 +37,10 @@ Planning (:func:`plan_synthesis`)
   many pixels (never below what the level under it needs), as the clones were fitted.
 * **Buckets**: window sizes are rounded up a ladder (ratio ≤ 1.5) and merged into at most
   ``max_buckets`` sizes per level; each bucket is one dense gather / evaluate /
-  scatter-add block.
+  scatter-add block for its cells' samples and one for its nodes (the m + 3 nodes its m
+  cells interpolate from). The ``- I[S]`` of all windows of a level is one interpolation
+  of the node sums (plus a correction on the three cells either side of each window, which
+  interpolate from some of its nodes but lie outside it), not one per window.
 * **Compile-size ladder** (``reuse=True``): bucket line counts are rounded up a ladder
   (ratio 2^¼) and a plan whose lines fit into the bucket layout of an earlier plan on the
   same grid (at ≤ 40 % extra work) takes that layout, so the compiled program is reused —
@@ -67,10 +70,16 @@ whose transpose rule is a second primitive, the per-line reduction, and vice ver
   rule in the same pass as the profiles;
 * reverse mode (``jax.grad``, ``jax.vjp``) runs the hand-written reduction: the backward
   pass *recomputes* the profiles from the per-line constants (nothing window-sized is
-  stored between the passes) and reduces all five partials against the cotangent window
-  in one variadic reduction (one pass over the samples) to five numbers per line;
+  stored between the passes; an optimisation barrier stops XLA from sharing them with
+  the forward pass) and reduces all five partials against the cotangent window in one
+  variadic reduction (one pass over the samples, four partial sums per step) to five
+  numbers per line;
 * second derivatives (``jax.hessian``: forward over reverse) use the primitives' own JVP
   rules, plain autodiff of the same formulas; ``vmap`` runs the formulas batched.
+
+Adding windows into a level is a third, linear primitive, there for its batching rule:
+under ``vmap`` (``jacfwd``'s directions, batches of spectra) it scatters the batch laid
+end to end, one window at a time, instead of XLA's (batch × window) blocks.
 
 Why not ``jax.custom_vjp``: it forbids forward mode, which Gauss-Newton steps
 (``jacfwd``) need; ``jax.custom_derivatives.linear_call`` has no batching rule (no
@@ -326,7 +335,8 @@ def _interpolate(stencils, weights):
 
 
 def _constants(center, ln_amplitude, ln_sigma, ln_gamma, dt):
-    """The five per-line constants from (μ, ln a, ln σ, ln γ) (autodiff chains these)."""
+    """The per-line constants from (μ, ln a, ln σ, ln γ) (autodiff chains these): the
+    (4, n) rows (ℓ, κ, g, k) in ``dt`` and the (n,) centres μ in float64."""
     amp = jnp.exp(ln_amplitude)
     sigma, gamma = jnp.exp(ln_sigma), jnp.exp(ln_gamma)
     f = pseudo_voigt_fwhm(sigma, gamma)
@@ -334,10 +344,10 @@ def _constants(center, ln_amplitude, ln_sigma, ln_gamma, dt):
     half = 0.5 * f
     gsig = f / FWHM_PER_SIGMA
     return (
-        (amp * eta * half / jnp.pi).astype(dt),
-        (half * half).astype(dt),
-        (amp * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))).astype(dt),
-        (0.5 / (gsig * gsig)).astype(dt),
+        jnp.stack([amp * eta * half / jnp.pi,
+                   half * half,
+                   amp * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi)),
+                   0.5 / (gsig * gsig)]).astype(dt),
         jnp.asarray(center, jnp.float64),
     )
 
@@ -346,7 +356,10 @@ def _depth(c, wl, gaussian: bool):
     """a V at wavelengths ``wl`` (n_b, ...) float64 and its ingredients: the constants
     broadcast against ``wl``, x = λ - μ, x², 1/(x² + κ), exp(-k x²) (None without the
     Gaussian)."""
-    lor, half2, gau, gau_k, mu = (v.reshape((-1,) + (1,) * (wl.ndim - 1)) for v in c)
+    shape = (-1,) + (1,) * (wl.ndim - 1)
+    rows, mu = c
+    lor, half2, gau, gau_k = (rows[r].reshape(shape) for r in range(4))
+    mu = mu.reshape(shape)
     x = (wl - mu).astype(lor.dtype)
     x2 = x * x
     inv = 1.0 / (x2 + half2)
@@ -366,7 +379,9 @@ def _terms(c, wl, gaussian: bool, tangent=None):
     value = jnp.log1p(-jnp.minimum(depth, MAX_DEPTH))
     if tangent is None:
         return value
-    dlor, dhalf2, dgau, dgau_k, dmu = (v[:, None].astype(lor.dtype) for v in tangent)
+    d_rows, dmu = tangent
+    dlor, dhalf2, dgau, dgau_k = (d_rows[r][:, None].astype(lor.dtype) for r in range(4))
+    dmu = dmu[:, None].astype(lor.dtype)
     w = jnp.where(depth < MAX_DEPTH, -1.0 / (1.0 - depth), 0.0)
     w_inv = w * inv
     w_lor_inv2 = w_inv * lor * inv
@@ -423,12 +438,12 @@ def _cotangent(c, ct, arrays, size, gaussian):
     # One variadic reduction: XLA evaluates the shared factors once per sample.
     sums = jax.lax.reduce(tuple(terms), (jnp.zeros((), dt),) * len(terms),
                           lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
-    lor, gau = c[0], c[2]
+    lor, gau = c[0][0], c[0][2]
     if gaussian:
-        out = [sums[0], -lor * sums[1], sums[2], -gau * sums[3], sums[4]]
+        out = [jnp.stack([sums[0], -lor * sums[1], sums[2], -gau * sums[3]]), sums[4]]
     else:
         zero = jnp.zeros_like(sums[0])
-        out = [sums[0], -lor * sums[1], zero, zero, sums[2]]
+        out = [jnp.stack([sums[0], -lor * sums[1], zero, zero]), sums[2]]
     return [o.astype(v.dtype) for o, v in zip(out, c)]
 
 
@@ -447,12 +462,12 @@ _cotangent_p.multiple_results = True
 
 def _split(args):
     """Operands of the tangent primitive: (constants, their tangents, geometry)."""
-    return tuple(args[:5]), tuple(args[5:10]), tuple(args[10:])
+    return tuple(args[:2]), tuple(args[2:4]), tuple(args[4:])
 
 
 def _split_cotangent(args):
     """Operands of the cotangent primitive: (constants, window cotangent, geometry)."""
-    return tuple(args[:5]), args[5], tuple(args[6:])
+    return tuple(args[:2]), args[2], tuple(args[3:])
 
 
 def _tangent_fn(*args, size, gaussian):
@@ -476,11 +491,11 @@ def _cotangent_reference(*args, size, gaussian):
 _tangent_p.def_impl(_tangent_fn)
 _tangent_p.def_abstract_eval(
     lambda *args, size, gaussian: jax.core.ShapedArray(
-        (args[0].shape[0], size), args[0].dtype))
+        (args[1].shape[0], size), args[0].dtype))
 mlir.register_lowering(_tangent_p, mlir.lower_fun(_tangent_fn, multiple_results=False))
 _cotangent_p.def_impl(_cotangent_fn)
 _cotangent_p.def_abstract_eval(
-    lambda *args, **params: [jax.core.ShapedArray(a.shape, a.dtype) for a in args[:5]])
+    lambda *args, **params: [jax.core.ShapedArray(a.shape, a.dtype) for a in args[:2]])
 mlir.register_lowering(_cotangent_p, mlir.lower_fun(_cotangent_fn, multiple_results=True))
 
 
@@ -488,9 +503,9 @@ def _tangent_jvp(primals, tangents, **params):
     tangents = [ad.instantiate_zeros(t) for t in tangents]
     out = _tangent_p.bind(*primals, **params)
     # Linear in dc: the dc part is the primitive itself; the c part by autodiff.
-    _, t_c = jax.jvp(lambda *c: _tangent_fn(*c, *primals[5:], **params),
-                     tuple(primals[:5]), tuple(tangents[:5]))
-    t_dc = _tangent_p.bind(*primals[:5], *tangents[5:10], *primals[10:], **params)
+    _, t_c = jax.jvp(lambda *c: _tangent_fn(*c, *primals[2:], **params),
+                     tuple(primals[:2]), tuple(tangents[:2]))
+    t_dc = _tangent_p.bind(*primals[:2], *tangents[2:4], *primals[4:], **params)
     return out, t_c + t_dc
 
 
@@ -500,7 +515,7 @@ def _tangent_transpose(ct, *args, **params):
         cts = [None if not ad.is_undefined_primal(d) else ad.Zero(d.aval) for d in dc]
     else:
         cts = _cotangent_p.bind(*c, ct, *arrays, **params)
-    return [None] * 5 + list(cts) + [None] * len(arrays)
+    return [None] * 2 + list(cts) + [None] * len(arrays)
 
 
 def _cotangent_jvp(primals, tangents, **params):
@@ -515,7 +530,7 @@ def _cotangent_transpose(cts, *args, **params):
     c, ct, arrays = _split_cotangent(args)
     cts = [ad.instantiate_zeros(t) for t in cts]
     out = _tangent_p.bind(*c, *cts, *arrays, **params)
-    return [None] * 5 + [out] + [None] * len(arrays)
+    return [None] * 2 + [out] + [None] * len(arrays)
 
 
 def _batched(fn, multiple):
@@ -649,13 +664,13 @@ class SynthesisPlan(eqx.Module):
         samples, node_sums, edges = [], [], []
         top = len(self.levels) - 1
         for depth, level in enumerate(self.levels):
-            pos = jnp.searchsorted(level.wavelength, consts[4]).astype(jnp.int32)
+            pos = jnp.searchsorted(level.wavelength, consts[1]).astype(jnp.int32)
             if depth == top:
                 acc = jnp.zeros(level.wavelength.shape, dt)
                 for b in level.buckets:
                     i, k = b.lines, b.size
                     n0 = jnp.clip(pos[i] - k // 2, 0, level.wavelength.size - k)
-                    c = tuple(v[i] for v in consts)
+                    c = (consts[0][:, i], consts[1][i])
                     acc = _add_windows(acc, n0, _bucket(c, (level.wavelength, n0), k, False))
                 samples.append(acc)
                 break
@@ -667,7 +682,7 @@ class SynthesisPlan(eqx.Module):
             for b in level.buckets:
                 i, m = b.lines, b.size
                 c0 = jnp.clip(pos[i] // h - m // 2, 0, n_cells - m)
-                c = tuple(v[i] for v in consts)
+                c = (consts[0][:, i], consts[1][i])
                 here = _bucket(c, (level.wavelength, c0 * h), m * h, depth == 0)
                 acc = _add_windows(acc, c0 * h, here)
                 smooth = _bucket(c, (nodes.wavelength, nodes.offset + c0), m + 3, False)
