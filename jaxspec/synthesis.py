@@ -37,7 +37,10 @@ Planning (:func:`plan_synthesis`)
   many pixels (never below what the level under it needs), as the clones were fitted.
 * **Buckets**: window sizes are rounded up a ladder (ratio ≤ 1.5) and merged into at most
   ``max_buckets`` sizes per level; each bucket is one dense gather / evaluate /
-  scatter-add block.
+  scatter-add block for its cells' samples and one for its nodes (the m + 3 nodes its m
+  cells interpolate from). The ``- I[S]`` of all windows of a level is one interpolation
+  of the node sums (plus a correction on the three cells either side of each window, which
+  interpolate from some of its nodes but lie outside it), not one per window.
 * **Compile-size ladder** (``reuse=True``): bucket line counts are rounded up a ladder
   (ratio 2^¼) and a plan whose lines fit into the bucket layout of an earlier plan on the
   same grid (at ≤ 40 % extra work) takes that layout, so the compiled program is reused —
@@ -67,10 +70,16 @@ whose transpose rule is a second primitive, the per-line reduction, and vice ver
   rule in the same pass as the profiles;
 * reverse mode (``jax.grad``, ``jax.vjp``) runs the hand-written reduction: the backward
   pass *recomputes* the profiles from the per-line constants (nothing window-sized is
-  stored between the passes) and reduces all five partials against the cotangent window
-  in one variadic reduction (one pass over the samples) to five numbers per line;
+  stored between the passes; an optimisation barrier stops XLA from sharing them with
+  the forward pass) and reduces all five partials against the cotangent window in one
+  variadic reduction (one pass over the samples, four partial sums per step) to five
+  numbers per line;
 * second derivatives (``jax.hessian``: forward over reverse) use the primitives' own JVP
   rules, plain autodiff of the same formulas; ``vmap`` runs the formulas batched.
+
+Adding windows into a level is a third, linear primitive, there for its batching rule:
+under ``vmap`` (``jacfwd``'s directions, batches of spectra) it scatters the batch laid
+end to end, one window at a time, instead of XLA's (batch × window) blocks.
 
 Why not ``jax.custom_vjp``: it forbids forward mode, which Gauss-Newton steps
 (``jacfwd``) need; ``jax.custom_derivatives.linear_call`` has no batching rule (no
@@ -228,7 +237,7 @@ def _take_windows(array, start, size):
     )
 
 
-def _add_windows(array, start, updates):
+def _scatter_windows(array, start, updates):
     """array[start_b : start_b + size] += updates[b] for every b (overlaps accumulate)."""
     dnums = jax.lax.ScatterDimensionNumbers(
         update_window_dims=tuple(range(1, updates.ndim)),
@@ -240,14 +249,83 @@ def _add_windows(array, start, updates):
     )
 
 
-def _interpolate(nodes, weights):
-    """Cubic interpolation from nodes (..., n + 3) to cells (..., n, h); see module doc.
+# Adding windows is its own linear primitive only for its batching rule: vmap of a
+# scatter-add (jacfwd's tangent directions, batches of spectra) makes XLA scatter
+# (batch × window) blocks, several times slower than scattering the same windows into
+# the batch laid end to end, which the rule below does.
+_add_windows_p = jax.extend.core.Primitive("jaxspec_add_windows")
+_add_windows_p.def_impl(_scatter_windows)
+_add_windows_p.def_abstract_eval(lambda array, start, updates: jax.core.ShapedArray(
+    array.shape, array.dtype))
+mlir.register_lowering(_add_windows_p, mlir.lower_fun(_scatter_windows,
+                                                      multiple_results=False))
 
-    ``weights`` is (h, 4) for index-space interpolation shared by every cell, or
-    (..., n, h, 4) with one set per cell (wavelength-space Lagrange weights).
-    """
+
+def _add_windows(array, start, updates):
+    """array[start_b : start_b + size] += updates[b] for every b (overlaps accumulate);
+    ``start`` (n_b,) int, in range (windows are never clipped)."""
+    return _add_windows_p.bind(array, start, updates)
+
+
+def _add_windows_jvp(primals, tangents):
+    array, start, updates = primals
+    t_array, _, t_updates = (ad.instantiate_zeros(t) for t in tangents)
+    return (_add_windows_p.bind(array, start, updates),
+            _add_windows_p.bind(t_array, start, t_updates))
+
+
+def _add_windows_transpose(ct, array, start, updates):
+    if type(ct) is ad.Zero:
+        return [ad.Zero(array.aval) if ad.is_undefined_primal(array) else None, None,
+                ad.Zero(updates.aval) if ad.is_undefined_primal(updates) else None]
+    ct_updates = None
+    if ad.is_undefined_primal(updates):
+        ct_updates = _take_windows(ct, start, updates.aval.shape[1])
+    return [ct if ad.is_undefined_primal(array) else None, None, ct_updates]
+
+
+def _add_windows_batched(args, dims):
+    (array, start, updates), size = args, None
+    for a, d in zip(args, dims):
+        if d is not None:
+            size = a.shape[d]
+    array, start, updates = (batching.bdim_at_front(a, d, size) for a, d in zip(args, dims))
+    n = array.shape[1]
+    flat_start = (start + n * jnp.arange(size, dtype=start.dtype)[:, None]).reshape(-1)
+    out = _scatter_windows(array.reshape((-1,) + array.shape[2:]), flat_start,
+                           updates.reshape((-1,) + updates.shape[2:]))
+    return out.reshape(array.shape), 0
+
+
+ad.primitive_jvps[_add_windows_p] = _add_windows_jvp
+ad.primitive_transposes[_add_windows_p] = _add_windows_transpose
+batching.primitive_batchers[_add_windows_p] = _add_windows_batched
+
+
+def _stencils(nodes):
+    """(..., n + 3) node values → (..., n, 4): the four nodes of each cell."""
     n = nodes.shape[-1] - 3
-    return sum(nodes[..., k : k + n, None] * weights[..., k] for k in range(4))
+    return jnp.stack([nodes[..., k : k + n] for k in range(4)], axis=-1)
+
+
+def _edge_stencils(nodes):
+    """Node stencils of the three cells either side of windows of m cells, from the
+    windows' (n_b, m + 3) node values, zero at nodes outside the window → (2 n_b, 3, 4):
+    rows 0..n_b-1 the cells before the window, then those after it."""
+    m = nodes.shape[1] - 3
+    i, k = np.arange(3)[:, None], np.arange(4)[None, :]
+    before, after = i + k - 3, m + i + k  # node index within the window
+    take = lambda idx, ok: jnp.where(ok, nodes[:, np.clip(idx, 0, m + 2)], 0.0)
+    return jnp.concatenate([take(before, before >= 0), take(after, after <= m + 2)])
+
+
+def _interpolate(stencils, weights):
+    """Cubic interpolation of cells from their node stencils (n, 4) → (n, h); see the
+    module doc. ``weights`` is (h, 4) index-space weights shared by every cell (a matrix
+    product) or (n, h, 4), one set per cell (wavelength-space Lagrange weights)."""
+    if weights.ndim == 2:
+        return stencils @ weights.T
+    return jnp.einsum("nk,nhk->nh", stencils, weights)
 
 
 # ---------------------------------------------------------------------- line terms
@@ -257,7 +335,8 @@ def _interpolate(nodes, weights):
 
 
 def _constants(center, ln_amplitude, ln_sigma, ln_gamma, dt):
-    """The five per-line constants from (μ, ln a, ln σ, ln γ) (autodiff chains these)."""
+    """The per-line constants from (μ, ln a, ln σ, ln γ) (autodiff chains these): the
+    (4, n) rows (ℓ, κ, g, k) in ``dt`` and the (n,) centres μ in float64."""
     amp = jnp.exp(ln_amplitude)
     sigma, gamma = jnp.exp(ln_sigma), jnp.exp(ln_gamma)
     f = pseudo_voigt_fwhm(sigma, gamma)
@@ -265,23 +344,22 @@ def _constants(center, ln_amplitude, ln_sigma, ln_gamma, dt):
     half = 0.5 * f
     gsig = f / FWHM_PER_SIGMA
     return (
-        (amp * eta * half / jnp.pi).astype(dt),
-        (half * half).astype(dt),
-        (amp * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))).astype(dt),
-        (0.5 / (gsig * gsig)).astype(dt),
+        jnp.stack([amp * eta * half / jnp.pi,
+                   half * half,
+                   amp * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi)),
+                   0.5 / (gsig * gsig)]).astype(dt),
         jnp.asarray(center, jnp.float64),
     )
-
-
-def _expand(c, ndim):
-    return c.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def _depth(c, wl, gaussian: bool):
     """a V at wavelengths ``wl`` (n_b, ...) float64 and its ingredients: the constants
     broadcast against ``wl``, x = λ - μ, x², 1/(x² + κ), exp(-k x²) (None without the
     Gaussian)."""
-    lor, half2, gau, gau_k, mu = (_expand(v, wl.ndim) for v in c)
+    shape = (-1,) + (1,) * (wl.ndim - 1)
+    rows, mu = c
+    lor, half2, gau, gau_k = (rows[r].reshape(shape) for r in range(4))
+    mu = mu.reshape(shape)
     x = (wl - mu).astype(lor.dtype)
     x2 = x * x
     inv = 1.0 / (x2 + half2)
@@ -294,15 +372,16 @@ def _depth(c, wl, gaussian: bool):
 
 
 def _terms(c, wl, gaussian: bool, tangent=None):
-    """T (gaussian) or S at wavelengths ``wl`` (n_b, ...) float64, and with ``tangent``
+    """T (gaussian) or S at wavelengths ``wl`` (n_b, size) float64, and with ``tangent``
     (the constants' tangents ``dc``) also dT or dS: the linear rule of the module
     docstring, evaluated in the same pass as the value."""
     depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(c, wl, gaussian)
     value = jnp.log1p(-jnp.minimum(depth, MAX_DEPTH))
     if tangent is None:
         return value
-    dlor, dhalf2, dgau, dgau_k, dmu = (_expand(v, wl.ndim).astype(lor.dtype)
-                                       for v in tangent)
+    d_rows, dmu = tangent
+    dlor, dhalf2, dgau, dgau_k = (d_rows[r][:, None].astype(lor.dtype) for r in range(4))
+    dmu = dmu[:, None].astype(lor.dtype)
     w = jnp.where(depth < MAX_DEPTH, -1.0 / (1.0 - depth), 0.0)
     w_inv = w * inv
     w_lor_inv2 = w_inv * lor * inv
@@ -315,74 +394,64 @@ def _terms(c, wl, gaussian: bool, tangent=None):
     return value, d + 2.0 * x * slope * dmu
 
 
-def _window(c, arrays, size, kind, tangent=None):
-    """One bucket's windows: (n_b, m, h) fine windows of T - I[S] (``kind`` "full") or
-    S - I[S] ("smooth"), or (n_b, k) top windows of S ("top"); with ``tangent`` also
-    their tangents."""
-    if kind == "top":
-        samples, start = arrays
-        return _terms(c, _take_windows(samples, start, size), False, tangent)
-    cells, start, nodes, node_start, weights = arrays
-    here = _terms(c, _take_windows(cells, start, size), kind == "full", tangent)
-    smooth = _terms(c, _take_windows(nodes, node_start, size + 3), False, tangent)
-    if weights.ndim > 2:
-        weights = _take_windows(weights, start, size)
-    if tangent is None:
-        return here - _interpolate(smooth, weights.astype(here.dtype))
-    w = weights.astype(here[0].dtype)
-    return (here[0] - _interpolate(smooth[0], w), here[1] - _interpolate(smooth[1], w))
+def _window(c, arrays, size, gaussian, tangent=None):
+    """T (``gaussian``) or S of each line at ``size`` consecutive samples,
+    ``samples[start_b:start_b + size]`` → (n_b, size); with ``tangent`` also its
+    tangent."""
+    samples, start = arrays
+    return _terms(c, _take_windows(samples, start, size), gaussian, tangent)
 
 
-def _cotangent(c, ct, arrays, size, kind):
-    """Reverse rule: the five per-line cotangents of a bucket's constants from the
-    cotangent ``ct`` of its windows (the transpose of the tangent rule).
+def _cotangent(c, ct, arrays, size, gaussian):
+    """Reverse rule: the five per-line cotangents of a window's constants from the
+    cotangent ``ct`` (n_b, size) of its values (the transpose of the tangent rule).
 
     The profiles are recomputed here from the per-line constants (nothing window-sized
     is kept from the forward pass) and all partials are reduced over the window in one
     variadic reduction (one pass over the samples): five numbers per line."""
+    # The barrier keeps XLA from sharing the recomputed profiles with the forward pass
+    # (common-subexpression elimination would store them, window-sized, between the
+    # passes): each pass stays one fusion that reads only the wavelengths.
+    c, samples, start = jax.lax.optimization_barrier((c, *arrays))
     dt = ct.dtype
-
-    def partials(wl, ct, gaussian):
-        depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(c, wl, gaussian)
-        w = jnp.where(depth < MAX_DEPTH, -ct / (1.0 - depth), 0.0)
+    # The window as p blocks of size/p samples, whose partials are added block to block
+    # before the reduction: XLA:CPU runs a variadic reduction as a scalar loop, and p = 4
+    # partial sums per step of it halve its cost (measured; larger p spills). Each block
+    # is gathered and computed on its own, so that XLA fuses it whole.
+    p = next(f for f in (4, 2, 1) if size % f == 0)
+    q = size // p
+    terms = None
+    for j in range(p):
+        depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(
+            c, _take_windows(samples, start + j * q, q), gaussian)
+        w = jnp.where(depth < MAX_DEPTH, -ct[:, j * q:(j + 1) * q] / (1.0 - depth), 0.0)
         wi = w * inv
         wii = wi * inv
-        terms = [wi, -lor * wii, 2.0 * lor * wii * x]
+        slope = lor * wii
+        block = [wi, wii]
         if gaussian:
             wg = w * gauss
-            terms += [wg, -gau * wg * x2, 2.0 * gau * gau_k * wg * x]
-        # One variadic reduction: XLA evaluates the shared factors once per sample.
-        sums = jax.lax.reduce(tuple(terms), (jnp.zeros((), dt),) * len(terms),
-                              lambda a, b: tuple(u + v for u, v in zip(a, b)),
-                              tuple(range(1, wl.ndim)))
-        if not gaussian:
-            zero = jnp.zeros_like(sums[0])
-            return [sums[0], sums[1], zero, zero, sums[2]]
-        return [sums[0], sums[1], sums[3], sums[4], sums[2] + sums[5]]
-
-    if kind == "top":
-        samples, start = arrays
-        out = partials(_take_windows(samples, start, size), ct, False)
+            slope = slope + gau * gau_k * wg
+            block += [wg, wg * x2]
+        block.append(2.0 * x * slope)
+        terms = block if terms is None else [a + b for a, b in zip(terms, block)]
+    # One variadic reduction: XLA evaluates the shared factors once per sample.
+    sums = jax.lax.reduce(tuple(terms), (jnp.zeros((), dt),) * len(terms),
+                          lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
+    lor, gau = c[0][0], c[0][2]
+    if gaussian:
+        out = [jnp.stack([sums[0], -lor * sums[1], sums[2], -gau * sums[3]]), sums[4]]
     else:
-        cells, start, nodes, node_start, weights = arrays
-        out = partials(_take_windows(cells, start, size), ct, kind == "full")
-        if weights.ndim > 2:
-            weights = _take_windows(weights, start, size)
-        # - I[S]: the nodes' cotangent is the interpolation's transpose of -ct.
-        ct_nodes = jax.linear_transpose(
-            lambda s: _interpolate(s, weights.astype(dt)),
-            jax.ShapeDtypeStruct(ct.shape[:1] + (size + 3,), dt),
-        )(-ct)[0]
-        smooth = partials(_take_windows(nodes, node_start, size + 3), ct_nodes, False)
-        out = [a + b for a, b in zip(out, smooth)]
+        zero = jnp.zeros_like(sums[0])
+        out = [jnp.stack([sums[0], -lor * sums[1], zero, zero]), sums[2]]
     return [o.astype(v.dtype) for o, v in zip(out, c)]
 
 
-def _tangent(c, dc, arrays, size, kind):
-    return _window(c, arrays, size, kind, tangent=dc)[1]
+def _tangent(c, dc, arrays, size, gaussian):
+    return _window(c, arrays, size, gaussian, tangent=dc)[1]
 
 
-# Two primitives tie the hand-written rules together: the tangent of a bucket (linear
+# Two primitives tie the hand-written rules together: the tangent of a window (linear
 # in the constants' tangents) and its transpose, the cotangent reduction. Each is the
 # other's transpose; their own derivatives (second order) are plain autodiff of the
 # reference formulas; vmap runs the formulas batched.
@@ -391,65 +460,62 @@ _cotangent_p = jax.extend.core.Primitive("jaxspec_synthesis_cotangent")
 _cotangent_p.multiple_results = True
 
 
-def _split(args, n_arrays):
+def _split(args):
     """Operands of the tangent primitive: (constants, their tangents, geometry)."""
-    return tuple(args[:5]), tuple(args[5:10]), tuple(args[10:10 + n_arrays])
+    return tuple(args[:2]), tuple(args[2:4]), tuple(args[4:])
 
 
-def _split_cotangent(args, n_arrays):
+def _split_cotangent(args):
     """Operands of the cotangent primitive: (constants, window cotangent, geometry)."""
-    return tuple(args[:5]), args[5], tuple(args[6:6 + n_arrays])
+    return tuple(args[:2]), args[2], tuple(args[3:])
 
 
-def _tangent_fn(*args, size, kind, n_arrays):
-    c, dc, arrays = _split(args, n_arrays)
-    return _tangent(c, dc, arrays, size, kind)
+def _tangent_fn(*args, size, gaussian):
+    c, dc, arrays = _split(args)
+    return _tangent(c, dc, arrays, size, gaussian)
 
 
-def _cotangent_fn(*args, size, kind, n_arrays):
-    c, ct, arrays = _split_cotangent(args, n_arrays)
-    return _cotangent(c, ct, arrays, size, kind)
+def _cotangent_fn(*args, size, gaussian):
+    c, ct, arrays = _split_cotangent(args)
+    return _cotangent(c, ct, arrays, size, gaussian)
 
 
-def _cotangent_reference(*args, size, kind, n_arrays):
+def _cotangent_reference(*args, size, gaussian):
     """The cotangent by autodiff of the tangent rule (used for its derivatives)."""
-    c, ct, arrays = _split_cotangent(args, n_arrays)
+    c, ct, arrays = _split_cotangent(args)
     zeros = tuple(jnp.zeros_like(v) for v in c)
-    _, vjp = jax.vjp(lambda dc: _tangent(c, dc, arrays, size, kind), zeros)
+    _, vjp = jax.vjp(lambda dc: _tangent(c, dc, arrays, size, gaussian), zeros)
     return list(vjp(ct)[0])
 
 
 _tangent_p.def_impl(_tangent_fn)
 _tangent_p.def_abstract_eval(
-    lambda *args, **params: jax.core.ShapedArray(
-        *(lambda s: (s.shape, s.dtype))(jax.eval_shape(functools.partial(_tangent_fn, **params),
-                                                       *args))))
+    lambda *args, size, gaussian: jax.core.ShapedArray(
+        (args[1].shape[0], size), args[0].dtype))
 mlir.register_lowering(_tangent_p, mlir.lower_fun(_tangent_fn, multiple_results=False))
 _cotangent_p.def_impl(_cotangent_fn)
 _cotangent_p.def_abstract_eval(
-    lambda *args, **params: [jax.core.ShapedArray(a.shape, a.dtype) for a in args[:5]])
+    lambda *args, **params: [jax.core.ShapedArray(a.shape, a.dtype) for a in args[:2]])
 mlir.register_lowering(_cotangent_p, mlir.lower_fun(_cotangent_fn, multiple_results=True))
 
 
 def _tangent_jvp(primals, tangents, **params):
-    primals = list(primals)
     tangents = [ad.instantiate_zeros(t) for t in tangents]
-    n = len(primals)
     out = _tangent_p.bind(*primals, **params)
     # Linear in dc: the dc part is the primitive itself; the c part by autodiff.
-    _, t_c = jax.jvp(lambda *c: _tangent_fn(*c, *primals[5:], **params),
-                     tuple(primals[:5]), tuple(tangents[:5]))
-    t_dc = _tangent_p.bind(*primals[:5], *tangents[5:10], *primals[10:n], **params)
+    _, t_c = jax.jvp(lambda *c: _tangent_fn(*c, *primals[2:], **params),
+                     tuple(primals[:2]), tuple(tangents[:2]))
+    t_dc = _tangent_p.bind(*primals[:2], *tangents[2:4], *primals[4:], **params)
     return out, t_c + t_dc
 
 
-def _tangent_transpose(ct, *args, size, kind, n_arrays):
-    c, dc, arrays = _split(args, n_arrays)
+def _tangent_transpose(ct, *args, **params):
+    c, dc, arrays = _split(args)
     if type(ct) is ad.Zero:
         cts = [None if not ad.is_undefined_primal(d) else ad.Zero(d.aval) for d in dc]
     else:
-        cts = _cotangent_p.bind(*c, ct, *arrays, size=size, kind=kind, n_arrays=n_arrays)
-    return [None] * 5 + list(cts) + [None] * n_arrays
+        cts = _cotangent_p.bind(*c, ct, *arrays, **params)
+    return [None] * 2 + list(cts) + [None] * len(arrays)
 
 
 def _cotangent_jvp(primals, tangents, **params):
@@ -460,11 +526,11 @@ def _cotangent_jvp(primals, tangents, **params):
     return out, t_out
 
 
-def _cotangent_transpose(cts, *args, size, kind, n_arrays):
-    c, ct, arrays = _split_cotangent(args, n_arrays)
+def _cotangent_transpose(cts, *args, **params):
+    c, ct, arrays = _split_cotangent(args)
     cts = [ad.instantiate_zeros(t) for t in cts]
-    out = _tangent_p.bind(*c, *cts, *arrays, size=size, kind=kind, n_arrays=n_arrays)
-    return [None] * 5 + [out] + [None] * n_arrays
+    out = _tangent_p.bind(*c, *cts, *arrays, **params)
+    return [None] * 2 + [out] + [None] * len(arrays)
 
 
 def _batched(fn, multiple):
@@ -483,18 +549,18 @@ batching.primitive_batchers[_cotangent_p] = _batched(_cotangent_fn, True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _bucket(c, arrays, size, kind):
+def _bucket(c, arrays, size, gaussian):
     """custom_jvp entry: derivatives in ``c`` only (``arrays`` are geometry)."""
-    return _window(c, arrays, size, kind)
+    return _window(c, arrays, size, gaussian)
 
 
 @_bucket.defjvp
-def _bucket_jvp(size, kind, primals, tangents):
+def _bucket_jvp(size, gaussian, primals, tangents):
     c, arrays = primals
     dc, _ = tangents
-    value = _window(c, arrays, size, kind)
+    value = _window(c, arrays, size, gaussian)
     tangent = _tangent_p.bind(*c, *(jnp.asarray(d, v.dtype) for d, v in zip(dc, c)),
-                              *arrays, size=size, kind=kind, n_arrays=len(arrays))
+                              *arrays, size=size, gaussian=gaussian)
     return value, tangent
 
 
@@ -589,40 +655,53 @@ class SynthesisPlan(eqx.Module):
         consts = _constants(center, pad(ln_amplitude, ABSENT_LN_AMPLITUDE),
                             pad(ln_sigma, 0.0), pad(ln_gamma, 0.0), dt)
 
-        sums = []
+        # Level l < top: ``samples`` sums every line's T (l = 0) or S on its window of
+        # cells, ``nodes_sum`` its S on the window's m + 3 nodes; - I[S] of all windows is
+        # then one interpolation per level of -nodes_sum, corrected on the three cells
+        # either side of each window, which interpolate from some of its nodes but lie
+        # outside it (``edges``, cell c at row c + 3). So every window is one fusion and
+        # nothing per window is interpolated.
+        samples, node_sums, edges = [], [], []
         top = len(self.levels) - 1
         for depth, level in enumerate(self.levels):
-            pos = jnp.searchsorted(level.wavelength, consts[4]).astype(jnp.int32)
+            pos = jnp.searchsorted(level.wavelength, consts[1]).astype(jnp.int32)
             if depth == top:
                 acc = jnp.zeros(level.wavelength.shape, dt)
                 for b in level.buckets:
                     i, k = b.lines, b.size
                     n0 = jnp.clip(pos[i] - k // 2, 0, level.wavelength.size - k)
-                    c = tuple(v[i] for v in consts)
-                    acc = _add_windows(acc, n0, _bucket(c, (level.wavelength, n0), k, "top"))
-                sums.append(acc)
+                    c = (consts[0][:, i], consts[1][i])
+                    acc = _add_windows(acc, n0, _bucket(c, (level.wavelength, n0), k, False))
+                samples.append(acc)
                 break
-            cells = level.wavelength.reshape(-1, h)
+            n_cells = level.wavelength.size // h
             nodes = self.levels[depth + 1]
-            kind = "full" if depth == 0 else "smooth"
-            weights = self.weights if level.cell_weights is None else level.cell_weights
-            acc = jnp.zeros(cells.shape, dt)
+            acc = jnp.zeros(level.wavelength.shape, dt)
+            node_acc = jnp.zeros(n_cells + 3, dt)
+            edge_acc = jnp.zeros((n_cells + 6, 4), dt)
             for b in level.buckets:
                 i, m = b.lines, b.size
-                c0 = jnp.clip(pos[i] // h - m // 2, 0, cells.shape[0] - m)
-                c = tuple(v[i] for v in consts)
-                arrays = (cells, c0, nodes.wavelength, nodes.offset + c0, weights)
-                acc = _add_windows(acc, c0, _bucket(c, arrays, m, kind))
-            sums.append(acc)
+                c0 = jnp.clip(pos[i] // h - m // 2, 0, n_cells - m)
+                c = (consts[0][:, i], consts[1][i])
+                here = _bucket(c, (level.wavelength, c0 * h), m * h, depth == 0)
+                acc = _add_windows(acc, c0 * h, here)
+                smooth = _bucket(c, (nodes.wavelength, nodes.offset + c0), m + 3, False)
+                node_acc = _add_windows(node_acc, c0, smooth)
+                edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
+                                        _edge_stencils(smooth))
+            samples.append(acc)
+            node_sums.append(node_acc)
+            edges.append(edge_acc[3:-3])
 
-        total = sums[top]
+        total = samples[top]
         for depth in range(top - 1, -1, -1):
             nodes = self.levels[depth + 1]
-            n_cells = sums[depth].shape[0]
-            node_values = total[nodes.offset : nodes.offset + n_cells + 3]
+            n_cells = edges[depth].shape[0]
+            node_values = total[nodes.offset : nodes.offset + n_cells + 3] - node_sums[depth]
             level = self.levels[depth]
             w = self.weights if level.cell_weights is None else level.cell_weights
-            total = (sums[depth] + _interpolate(node_values, w.astype(dt))).reshape(-1)
+            coarse = _interpolate(_stencils(node_values) + edges[depth], w.astype(dt))
+            total = samples[depth] + coarse.reshape(-1)
         start = self.levels[0].offset
         return total[start : start + self.n_pix]
 

@@ -290,11 +290,12 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
         return jnp.where(jnp.isfinite(d), d, 0.0), dec
 
     def newton(u0):
-        # n_newton steps plus a last pass that only evaluates gradient and Hessian at the
-        # end point (one compiled copy of the Hessian serves the steps and the Laplace
-        # approximation).
-        def body(i, carry):
-            u, f0, gain, _, _, _ = carry
+        # At most n_newton steps, then a last pass that only evaluates gradient and
+        # Hessian at the end point (one compiled copy of the Hessian serves the steps and
+        # the Laplace approximation). Once a step starts where the Newton decrement is
+        # far below tol, or finds nothing lower, the next pass is that last one.
+        def body(carry):
+            i, n_pass, u, f0, gain, _, _, _ = carry
             g, h = grad_hess(u)
             d, dec = direction(*free_system(u, g, h))
             cand = jnp.clip(u[None, :] + trials[:, None] * d[None, :], 0.0, 1.0)
@@ -304,14 +305,17 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
             better = (fc[j] < f0) & step
             gain = jnp.where(step, jnp.where(better, f0 - fc[j], 0.0), gain)
             u_new = jnp.where(better, cand[j], u)
-            return u_new, jnp.where(better, fc[j], f0), gain, dec, h, g
+            done = step & ((dec < 1e-2 * cfg.tol) | ~better)
+            i_next = jnp.where(done, cfg.n_newton, i + 1)
+            return (i_next, n_pass + 1, u_new, jnp.where(better, fc[j], f0), gain, dec, h, g)
 
         f0 = safe(f_u(u0))
-        init = (u0, f0, jnp.inf, jnp.inf, jnp.zeros((k, k)), jnp.zeros(k))
-        return jax.lax.fori_loop(0, cfg.n_newton + 1, body, init)
+        init = (jnp.asarray(0), jnp.asarray(0), u0, f0, jnp.inf, jnp.inf,
+                jnp.zeros((k, k)), jnp.zeros(k))
+        return jax.lax.while_loop(lambda c: c[0] <= cfg.n_newton, body, init)[1:]
 
-    u_end, f_end, gain, dec, h_end, g_end = jax.vmap(newton)(u_adam)
-    n_eval += cfg.n_starts * ((cfg.n_newton + 1) * (2 + trials.size) + 1)
+    n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.vmap(newton)(u_adam)
+    n_eval = n_eval + cfg.n_starts + jnp.sum(n_pass) * (2 + trials.size)
     best = jnp.argmin(f_end)
     u, f, gain, dec, h, g = (a[best] for a in (u_end, f_end, gain, dec, h_end, g_end))
 
@@ -373,7 +377,7 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
         noise_scale=noise,
         decrement=dec,
         status=status.astype(jnp.int32),
-        n_evaluations=jnp.asarray(n_eval + 2, dtype=jnp.int32),
+        n_evaluations=jnp.asarray(n_eval + 2).astype(jnp.int32),
         starts=to_physical(u_end, lower, upper),
         start_objective=f_end,
         chi2_nu=jnp.where(obs.has_uncertainty, c2 / jnp.maximum(nu, 1), jnp.nan),
