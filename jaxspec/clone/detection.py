@@ -291,9 +291,75 @@ class _Lines:
         return _Lines(**{k: np.array(getattr(self, k)) for k in _FIELDS})
 
 
+_EDGE_SMOOTH = 51  # pixels of the median filter that hides narrow lines on an edge wing
+_EDGE_MAX_PIXELS = 4000  # longest stretch of an edge wing fitted
+
+
+def _edge_lines(wl, depth_curve, good, prominence):
+    """Lines centred outside the band (or on its edge pixel) whose wing enters it.
+
+    find_peaks cannot see them: the depth is largest at the edge pixel. Where the depth
+    at an edge, median-filtered over ``_EDGE_SMOOTH`` px (narrow lines on the wing
+    removed), is at least ``prominence`` and falls away from the edge, a Lorentzian
+    D(x) = A / (1 + ((x + c) / h)²) is fitted to the filtered wing (x: Å from the edge
+    into the band), giving a line centred c Å outside the band with FWHM 2h and peak
+    depth A. Returns (peak pixel, centre Å, depth, FWHM Å, extent Å) like :func:`_detect`.
+    """
+    from scipy.ndimage import median_filter
+    from scipy.optimize import curve_fit
+
+    out = [[] for _ in range(5)]
+    n = wl.size
+    for side in (0, 1):
+        sl = slice(0, min(_EDGE_MAX_PIXELS, n)) if side == 0 else slice(
+            max(n - _EDGE_MAX_PIXELS, 0), n)
+        d = np.where(good[sl] > 0, depth_curve[sl], 0.0)
+        w = wl[sl]
+        if side == 1:
+            d, w = d[::-1], w[::-1]
+        if d.size < 3 * _EDGE_SMOOTH:
+            continue
+        smooth = median_filter(d, size=_EDGE_SMOOTH, mode="nearest")
+        edge = float(smooth[_EDGE_SMOOTH // 2])
+        if edge < prominence or smooth[_EDGE_SMOOTH] > edge:
+            continue
+        # the wing ends where it falls below 5 % of the edge depth or where the next
+        # feature starts to rise (first upturn of the filtered depth)
+        below = np.flatnonzero(smooth < max(prominence, 0.05 * edge))
+        stop = int(below[0]) if below.size else smooth.size
+        coarse = smooth[_EDGE_SMOOTH // 2 :: 10]
+        rise = np.flatnonzero(np.diff(coarse) > 0)
+        if rise.size:
+            stop = min(stop, _EDGE_SMOOTH // 2 + 10 * int(rise[0]))
+        if stop < 8:
+            continue
+        x = np.abs(w[:stop] - w[0])
+        step = float(abs(w[1] - w[0]))
+        try:
+            (a, c, h), _ = curve_fit(
+                lambda x, a, c, h: a / (1.0 + ((x + c) / h) ** 2), x, smooth[:stop],
+                p0=(min(2 * edge, 0.9), max(x[-1] / 4, step), max(x[-1] / 4, step)),
+                bounds=([prominence, 0.0, step], [0.95, 3 * x[-1] + step, 3 * x[-1] + step]),
+                maxfev=2000)
+        except (RuntimeError, ValueError):
+            continue
+        center = float(w[0] - c) if side == 0 else float(w[0] + c)
+        out[0].append(0 if side == 0 else n - 1)
+        out[1].append(center)
+        out[2].append(float(a))
+        out[3].append(2.0 * float(h))
+        out[4].append(2.0 * float(h))
+    return tuple(np.asarray(v, dtype=np.int64 if k == 0 else np.float64)
+                 for k, v in enumerate(out))
+
+
 def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lines:
-    """Lines detected in ``depth_curve`` with their initial parameters and box."""
-    peak, mu0, height, fwhm, extent = _detect(wl, depth_curve, settings.prominence, good)
+    """Lines detected in ``depth_curve`` (peaks, shoulders, broad companions and lines
+    centred outside the band, :func:`_edge_lines`) with their initial parameters and
+    box."""
+    found = _detect(wl, depth_curve, settings.prominence, good)
+    edge = _edge_lines(wl, depth_curve, good, settings.prominence)
+    peak, mu0, height, fwhm, extent = (np.r_[a, b] for a, b in zip(found, edge))
     keep = _unique_ids(mu0, taken)
     peak, mu0, height, fwhm, extent = (v[keep] for v in (peak, mu0, height, fwhm, extent))
     sigma, gamma, v0 = _v0_equal_split(fwhm)
