@@ -18,7 +18,8 @@ from jaxspec.io.clone_store import CloneStore
 
 WL = np.linspace(8500.0, 8520.0, 2001)
 AXES = {"teff": np.array([4000.0, 4500.0, 5000.0]), "logg": np.array([4.0, 4.5])}
-KW = {"epochs": 60, "passes": 1, "warm_epochs": 30, "batch_size": 2, "progress": False}
+KW = {"epochs": 60, "passes": 1, "warm_epochs": 30, "batch_size": 2, "progress": False,
+      "method": "continuation"}
 BORN = 8510.33  # a line that is absent at the coolest Teff and grows with Teff
 
 
