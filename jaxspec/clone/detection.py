@@ -99,14 +99,20 @@ def _v0_equal_split(fwhm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return sigma, gamma, v0
 
 
-def _peak_value(ln_s, ln_g) -> np.ndarray:
-    """V(0) of the pseudo-Voigt (1/Å) for ln σ, ln γ (numpy; Ida et al. 2000 eqs. 3-4)."""
+def _fwhm_eta(ln_s, ln_g) -> tuple[np.ndarray, np.ndarray]:
+    """Total FWHM f (Å) and Lorentz fraction η of the pseudo-Voigt for ln σ, ln γ
+    (numpy; Ida et al. 2000 eqs. 3-4, blase3D eq. 2)."""
     fg = FWHM_PER_SIGMA * np.exp(ln_s)
     fl = 2.0 * np.exp(ln_g)
     f = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
          + 0.07842 * fg * fl**4 + fl**5) ** 0.2
     q = fl / f
-    eta = q * (1.36603 + q * (-0.47719 + q * 0.11116))
+    return f, q * (1.36603 + q * (-0.47719 + q * 0.11116))
+
+
+def _peak_value(ln_s, ln_g) -> np.ndarray:
+    """V(0) of the pseudo-Voigt (1/Å) for ln σ, ln γ (numpy)."""
+    f, eta = _fwhm_eta(ln_s, ln_g)
     gsig = f / FWHM_PER_SIGMA
     return eta / (np.pi * 0.5 * f) + (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))
 

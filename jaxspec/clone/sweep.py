@@ -54,7 +54,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.clone.detection import _MIN_WIDTH, _check_input, _initial, _Lines, _peak_value
+from jaxspec.clone.detection import (
+    _MIN_WIDTH,
+    _check_input,
+    _fwhm_eta,
+    _initial,
+    _Lines,
+    _peak_value,
+)
 from jaxspec.clone.fit import _clone_batch, _fit, _results
 from jaxspec.clone.settings import CloneSettings, resolve_settings
 from jaxspec.profiles import FWHM_PER_SIGMA
@@ -300,10 +307,7 @@ def _floor_ln_a(ln_s, ln_g, depth):
 
 
 def _fwhm(ln_s, ln_g):
-    fg = FWHM_PER_SIGMA * np.exp(ln_s)
-    fl = 2.0 * np.exp(ln_g)
-    return (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
-            + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+    return _fwhm_eta(ln_s, ln_g)[0]
 
 
 class _Sweep:
@@ -599,10 +603,7 @@ def _neighbours(idx, exists):
 
 def _profile(wl, center, ln_s, ln_g):
     """Pseudo-Voigt V(λ − μ) (1/Å), numpy (Ida et al. 2000; blase3D eq. 2)."""
-    sigma, gamma = math.exp(float(ln_s)), math.exp(float(ln_g))
-    f = float(_fwhm(np.log(sigma), np.log(gamma)))
-    q = 2.0 * gamma / f
-    eta = q * (1.36603 + q * (-0.47719 + q * 0.11116))
+    f, eta = (float(v) for v in _fwhm_eta(float(ln_s), float(ln_g)))
     x = wl - center
     half = 0.5 * f
     gsig = f / FWHM_PER_SIGMA
