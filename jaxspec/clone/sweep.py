@@ -442,13 +442,12 @@ class _Sweep:
             if weak.any():  # births that did not lower the loss enough
                 gone = x.select(weak)
                 x = x.select(~weak)
-                model_b = model[b] / _profile_product(wl, gone, s.max_shift)
+                model_b = _apply_lines(wl, model[b], gone, s.max_shift, remove=True)
             else:
                 model_b = model[b]
             x = x.select(np.argsort(x.ident, kind="stable"))
             self._keep(idx, x, model_b, flux[b], good[b])
             nodes.append(self._node_clone(idx, x, self.rms[idx]))
-        self._evict()
         return nodes
 
     def _births(self, x: _Lines, flux, model, good):
@@ -499,15 +498,11 @@ class _Sweep:
         take.lo_a = np.maximum(take.lo_a, _floor_ln_a(take.ln_s, take.ln_g, s.floor_depth))
         return x.concat(take), np.r_[new, np.ones(take.n, dtype=bool)]
 
-    def _evict(self):
-        """Drop cached models of nodes whose grid neighbours are all cloned."""
-        for idx in list(self.models):
-            if all(n in self.state for n in _neighbours(idx, self.grid.mask)):
-                del self.models[idx]
-
     # ------------------------------------------------------------------ back-fill
 
     def _model(self, idx) -> np.ndarray:
+        """Model flux of a cloned node: kept from its fit (float32), or synthesised for
+        nodes read back from the store on resume."""
         if idx in self.models:
             return self.models[idx].astype(np.float64)
         return _profile_product(self.wl, self.state[idx], self.settings.max_shift)
@@ -533,8 +528,8 @@ class _Sweep:
             if not donors:
                 continue
             flux, good, _ = _batch_spectra(self.grid, [idx])
-            log_res = np.log(np.maximum(flux[0], 1e-6)) - np.log(
-                np.maximum(self._model(idx), 1e-6))
+            model = self._model(idx)
+            log_res = np.log(np.maximum(flux[0], 1e-6)) - np.log(np.maximum(model, 1e-6))
             add = []
             for j in sorted(donors):
                 y = donors[j][1]
@@ -551,10 +546,12 @@ class _Sweep:
                 z = y.copy()
                 z.ln_a = np.array([ln_a])
                 add.append(z)
-            x = x.concat(_concat(add))
+            added = _concat(add)
+            model = _apply_lines(wl, model, added, s.max_shift)
+            x = x.concat(added)
             x = x.select(np.argsort(x.ident, kind="stable"))
             self.state[idx] = x
-            model = _profile_product(wl, x, s.max_shift)
+            self.models[idx] = model.astype(np.float32)
             r = (model - flux[0]) * good[0]
             self.rms[idx] = math.sqrt(float(np.sum(r * r) / max(np.sum(good[0]), 1.0)))
             changed.append(self._node_clone(idx, x, self.rms[idx]))
@@ -609,6 +606,22 @@ def _profile(wl, center, ln_s, ln_g):
     gsig = f / FWHM_PER_SIGMA
     return (eta * half / math.pi / (x * x + half * half)
             + (1.0 - eta) * np.exp(-0.5 * (x / gsig) ** 2) / (gsig * math.sqrt(2.0 * math.pi)))
+
+
+def _apply_lines(wl, model, x: _Lines, max_shift, remove=False) -> np.ndarray:
+    """``model`` times (or, ``remove``, divided by) Π_j (1 − a_j V_j(λ)) of lines ``x``,
+    each over its centre ± _BACKFILL_REACH FWHM (numpy; for a few weak lines)."""
+    out = np.array(model, dtype=np.float64)
+    center = x.mu0 + max_shift * np.tanh(x.u)
+    f = _fwhm(x.ln_s, x.ln_g)
+    for j in range(x.n):
+        lo, hi = np.searchsorted(wl, [center[j] - _BACKFILL_REACH * f[j],
+                                      center[j] + _BACKFILL_REACH * f[j]])
+        factor = 1.0 - math.exp(x.ln_a[j]) * _profile(wl[lo:hi], center[j], x.ln_s[j],
+                                                      x.ln_g[j])
+        factor = np.maximum(factor, 1e-6)
+        out[lo:hi] = out[lo:hi] / factor if remove else out[lo:hi] * factor
+    return out
 
 
 def _profile_product(wl, x: _Lines, max_shift) -> np.ndarray:
