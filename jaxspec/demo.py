@@ -44,9 +44,10 @@ class DemoConfig:
     snr: float = 100.0
     # Wavelength window (Å) the grid is cut to before cloning, or None for all of it.
     wavelength: tuple[float, float] | None = None
-    # Line identification across the grid (jaxspec.identify): "track" follows each line
-    # from node to node and gives fewer, cheaper manifolds than "id".
-    matcher: str = "track"
+    # Line identification across the grid (jaxspec.identify): None reads the identities
+    # of the continuation clones (clone_grid's default: identification by construction);
+    # "track"/"id" match independent clones.
+    matcher: str | None = None
     # Clone passes: 1 is the blase3D paper's (detect, optimise); 2 re-detects lines in the
     # residual and optimises again (the library's default), at twice the cost.
     clone_passes: int = 1

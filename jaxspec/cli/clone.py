@@ -58,10 +58,9 @@ def register(sub) -> None:
                    help="2: re-detect lines in the residual and refit (default); 1: the "
                    "paper's single pass")
     g.add_argument("--method", choices=METHODS, default=CloneSettings.method,
-                   help="independent: every node on its own, the blase3D paper's; "
-                   "continuation: warm-start every node from a cloned neighbour, lines "
-                   "keep one identity across the grid (better emulators, ~3x slower "
-                   f"today) (default: {CloneSettings.method})")
+                   help="continuation: warm-start every node from a cloned neighbour, "
+                   "lines keep one identity across the grid; independent: every node "
+                   f"on its own, the blase3D paper's (default: {CloneSettings.method})")
     g.add_argument("--warm-epochs", type=int, default=CloneSettings.warm_epochs,
                    help="continuation: Adam steps per warm pass "
                    f"({CloneSettings.warm_epochs})")

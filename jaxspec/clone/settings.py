@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["METHODS", "CloneSettings", "resolve_settings"]
 
-#: Grid cloning methods: every node on its own (the blase3D paper's; the default), or
-#: each node warm-started from a cloned neighbour.
+#: Grid cloning methods: each node warm-started from a cloned neighbour (the default),
+#: or every node on its own (the blase3D paper's).
 METHODS = ("continuation", "independent")
 
 
@@ -32,11 +32,10 @@ class CloneSettings:
         width_margin: the total FWHM may grow to at most e^width_margin times the
             detected FWHM (σ and γ are scaled down together beyond it).
         tolerance: per-line truncation tolerance of the windowed synthesis (ln flux).
-        method: ``"independent"`` (the default: every node cloned on its own, blase3D)
-            or ``"continuation"`` (every node warm-started from a cloned neighbour, lines
-            keep one identity across the grid; far better emulators, but today about 3×
-            slower per node, mostly XLA compiles: not yet the default).
-            :func:`clone` of one spectrum ignores it.
+        method: ``"continuation"`` (the default: every node warm-started from a cloned
+            neighbour, lines keep one identity across the grid) or ``"independent"``
+            (every node cloned on its own, blase3D). :func:`clone` of one spectrum
+            ignores it.
         warm_epochs: Adam steps per pass of a warm-started node (continuation).
         warm_learning_rate: Adam learning rate of warm-started passes (continuation).
         floor_depth: continuation: a line that fades keeps its identity with a peak
@@ -53,7 +52,7 @@ class CloneSettings:
     amplitude_margin: float = 1.0
     width_margin: float = 1.1
     tolerance: float = 1e-5
-    method: str = "independent"
+    method: str = "continuation"
     warm_epochs: int = 40
     warm_learning_rate: float = 0.05
     floor_depth: float = 1e-4
