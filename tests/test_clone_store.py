@@ -18,7 +18,8 @@ AXES = {"teff": np.array([4000.0, 5000.0, 6000.0]), "logg": np.array([4.0, 4.5])
 WL = np.linspace(8500.0, 8520.0, 501)
 SETTINGS = {"prominence": 0.005, "wing_cut": 6000, "epochs": 100, "learning_rate": 0.05,
             "max_shift": 0.05, "passes": 2, "deblend": 8, "amplitude_margin": 1.0,
-            "width_margin": 1.1, "tolerance": 1e-5}
+            "width_margin": 1.1, "tolerance": 1e-5, "method": "independent",
+            "warm_epochs": 40, "warm_learning_rate": 0.05, "floor_depth": 1e-4}
 
 
 def node(index, n=5, seed=0):
@@ -42,7 +43,7 @@ def store_path(tmp_path):
 def test_layout_is_the_documented_contract(store_path):
     with h5py.File(store_path, "r") as f:
         assert f.attrs["format"] == "jaxspec-clones"
-        assert int(f.attrs["version"]) == 1
+        assert int(f.attrs["version"]) == 2
         assert [s.decode() if isinstance(s, bytes) else s for s in f.attrs["param_names"]] \
             == ["teff", "logg", "feh"]
         assert bool(f.attrs["normalized"])

@@ -433,7 +433,9 @@ class CloneStoreWriter:
         path: the store (``.h5``).
         axes: ordered ``{name: values}`` of the cloned grid.
         wavelength: (n_pix,) Å of the cloned grid.
-        settings: clone settings (a dict with every name in :data:`SETTING_NAMES`).
+        settings: clone settings (a dict with every name in :data:`SETTING_NAMES`;
+            ``method`` and the ``warm_*``/``floor_depth`` settings may be missing and then
+            take their version-1 meaning, ``method="independent"``).
         resume: continue an existing store at ``path`` (its complete nodes are kept).
             Without it an existing file is an error.
         overwrite_settings: on resume, accept settings that differ from the store's and
@@ -478,7 +480,8 @@ class CloneStoreWriter:
         self.identities = np.zeros(0)
         self.axes = {k: np.asarray(v, dtype=np.float64) for k, v in axes.items()}
         self.wavelength = np.asarray(wavelength, dtype=np.float64)
-        self.settings = dict(settings)
+        # settings added in version 2 default to what a store without them means
+        self.settings = {**_V1_SETTINGS, **dict(settings)}
         self.shape = tuple(a.size for a in self.axes.values())
         self.grid_checksum = grid_checksum
         if self.path.exists() and not resume:
