@@ -256,7 +256,8 @@ def write_clone_store(path, nodes):
                 "width_margin": 1.0, "tolerance": 1e-6}
     with h5py.File(path, "w") as f:
         f.attrs.update(format="jaxspec-clones", version=1, param_names=list(AXES),
-                       normalized=True, **{k: settings[k] for k in SETTING_NAMES})
+                       normalized=True,
+                       **{k: settings[k] for k in SETTING_NAMES if k in settings})
         f["wavelength"] = WL
         for name, axis in AXES.items():
             f[f"axes/{name}"] = axis
