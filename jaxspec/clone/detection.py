@@ -387,3 +387,100 @@ def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lin
     )
 
 
+
+
+# ---------------------------------------------------------------------- redundant lines
+
+#: Two lines are one feature when their centres are closer than half the broader one's
+#: FWHM and the narrower one is at least this fraction of the broader one's FWHM (a
+#: narrow line on a broad one, Ca II on a Paschen line, is a line of its own).
+_MERGE_WIDTH_RATIO = 0.25
+_MERGE_REACH = 0.5  # centre distance, in FWHM of the broader line
+
+
+def _centers(x: _Lines, max_shift: float) -> np.ndarray:
+    return x.mu0 + max_shift * np.tanh(x.u)
+
+
+def _merge_redundant(x: _Lines, settings: CloneSettings, *, min_fwhm: float = 0.0
+                     ) -> tuple[_Lines, int]:
+    r"""Merge families of lines that describe one feature: centres within
+    ``_MERGE_REACH`` FWHM of the broader line and widths within a factor
+    1/``_MERGE_WIDTH_RATIO`` of each other (both at least ``min_fwhm`` Å).
+
+    Greedy from the strongest line (largest a: the equivalent width in the weak-line
+    limit, since V has unit area): it absorbs its family. The merged line conserves the
+    total a; its centre is the a-weighted mean, and its FWHM follows the a-weighted
+    second moment, :math:`f^2 = \sum_j w_j (f_j^2 + 8\ln 2\,(\mu_j - \bar\mu)^2)` (exact
+    for Gaussians), with the strongest line's Lorentz fraction (σ and γ scaled together).
+    The merged line keeps the strongest line's identity, with a fresh optimisation box
+    around its new values (as a detected line's). Returns (lines, number removed).
+    """
+    if x.n < 2:
+        return x, 0
+    s = settings
+    center = _centers(x, s.max_shift)
+    fwhm = _fwhm_eta(x.ln_s, x.ln_g)[0]
+    a = np.exp(np.clip(x.ln_a, -700.0, 50.0))
+    order = np.argsort(center)
+    c_sorted = center[order]
+    reach = _MERGE_REACH * float(fwhm.max())
+    absorbed = np.zeros(x.n, dtype=bool)
+    groups = []
+    for i in np.argsort(-a, kind="stable"):
+        if absorbed[i] or fwhm[i] < min_fwhm:
+            continue
+        lo, hi = np.searchsorted(c_sorted, [center[i] - reach, center[i] + reach])
+        near = order[lo:hi]
+        near = near[~absorbed[near] & (near != i)]
+        broad = np.maximum(fwhm[near], fwhm[i])
+        narrow = np.minimum(fwhm[near], fwhm[i])
+        family = near[(np.abs(center[near] - center[i]) < _MERGE_REACH * broad)
+                      & (narrow >= _MERGE_WIDTH_RATIO * broad) & (fwhm[near] >= min_fwhm)]
+        if family.size:
+            absorbed[family] = True
+            groups.append((i, family))
+    if not groups:
+        return x, 0
+    x = x.copy()
+    for i, family in groups:
+        members = np.r_[i, family]
+        w = a[members] / a[members].sum()
+        mu = float(np.sum(w * center[members]))
+        f2 = float(np.sum(w * (fwhm[members] ** 2
+                               + 8.0 * math.log(2.0) * (center[members] - mu) ** 2)))
+        scale = math.log(math.sqrt(f2) / fwhm[i])
+        x.mu0[i], x.u[i] = mu, 0.0
+        x.ln_a[i] = math.log(a[members].sum())
+        x.ln_s[i] += scale
+        x.ln_g[i] += scale
+        x.a0[i], x.s0[i], x.g0[i] = x.ln_a[i], x.ln_s[i], x.ln_g[i]
+        ln_f = math.log(math.sqrt(f2))
+        x.hi_f[i] = max(x.hi_f[i], ln_f + s.width_margin)
+        x.hi_s[i] = x.hi_f[i] - math.log(FWHM_PER_SIGMA)
+        x.hi_g[i] = x.hi_f[i] - math.log(2.0)
+        x.hi_a[i] = max(x.hi_a[i], x.ln_a[i] + s.amplitude_margin)
+        x.lo_a[i] = min(x.lo_a[i], x.ln_a[i] - 30.0)
+    return x.select(~absorbed), int(absorbed.sum())
+
+
+def _misfits(cand: _Lines, x: _Lines, max_shift: float) -> np.ndarray:
+    """Mask of candidate lines (found in a residual) that sit inside a fitted line of
+    comparable width (within ``_MERGE_REACH`` of its FWHM, at least
+    ``_MERGE_WIDTH_RATIO`` of its width): the residual of that line's shape, not a line
+    of their own. Narrow candidates on broad lines (blends) are kept."""
+    if cand.n == 0 or x.n == 0:
+        return np.zeros(cand.n, dtype=bool)
+    center = _centers(x, max_shift)
+    fwhm = _fwhm_eta(x.ln_s, x.ln_g)[0]
+    f_cand = _fwhm_eta(cand.ln_s, cand.ln_g)[0]
+    order = np.argsort(center)
+    c_sorted = center[order]
+    reach = _MERGE_REACH * float(fwhm.max())
+    out = np.zeros(cand.n, dtype=bool)
+    for k in range(cand.n):
+        lo, hi = np.searchsorted(c_sorted, [cand.mu0[k] - reach, cand.mu0[k] + reach])
+        near = order[lo:hi]
+        out[k] = bool(np.any((np.abs(center[near] - cand.mu0[k]) < _MERGE_REACH * fwhm[near])
+                             & (f_cand[k] >= _MERGE_WIDTH_RATIO * fwhm[near])))
+    return out

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from jaxspec.clone.detection import _check_input, _initial
+from jaxspec.clone.detection import _check_input, _initial, _merge_redundant, _misfits
 from jaxspec.clone.model import _gather_slots, _log_flux, _plan, _scatter_slots
 from jaxspec.clone.settings import CloneSettings, resolve_settings
 from jaxspec.lines import LineList
@@ -175,14 +175,24 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
     histories = [history]
     for _ in range(1, settings.passes):
         # Lines the first detection missed (mostly blends) show in the residual; all
-        # lines are then refitted from their current values.
-        batch = [
-            x.concat(_initial(wl, 1.0 - flux[b] / np.maximum(model[b], 1e-6), good[b],
-                              settings, taken=x.mu0))
-            for b, x in enumerate(batch)
-        ]
+        # lines are then refitted from their current values. Families of lines that
+        # describe one feature are merged first, and residual features inside a fitted
+        # line of comparable width are its shape's misfit, not lines.
+        merged = [_merge_redundant(x, settings)[0] for x in batch]
+        batch = []
+        for b, x in enumerate(merged):
+            cand = _initial(wl, 1.0 - flux[b] / np.maximum(model[b], 1e-6), good[b],
+                            settings, taken=x.mu0)
+            batch.append(x.concat(cand.select(~_misfits(cand, x, settings.max_shift))))
         history, model, shapes = _fit(wl, flux, good, batch, settings, at_least=shapes)
         histories.append(history)
+        # Lines added in this pass may have grown into a family with a fitted line:
+        # merge once more and refit (same compiled program).
+        merged = [_merge_redundant(x, settings) for x in batch]
+        if any(n for _, n in merged):
+            batch = [x for x, _ in merged]
+            history, model, shapes = _fit(wl, flux, good, batch, settings, at_least=shapes)
+            histories.append(history)
     return batch, np.concatenate(histories, axis=-1), model
 
 

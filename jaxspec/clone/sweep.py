@@ -59,6 +59,7 @@ from jaxspec.clone.detection import (
     _fwhm_eta,
     _initial,
     _Lines,
+    _misfits,
     _peak_value,
 )
 from jaxspec.clone.fit import _clone_batch, _fit, _results
@@ -463,6 +464,8 @@ class _Sweep:
         have = np.zeros(catalogue.size, dtype=bool)
         have[x.ident] = True
         order = np.argsort(catalogue)
+        live = x.select(depth >= s.prominence)
+        misfit = _misfits(cand, live, s.max_shift)
         fresh = []
         for k in range(cand.n):
             mu = cand.mu0[k]
@@ -476,8 +479,8 @@ class _Sweep:
                 x.a0[i], x.s0[i], x.g0[i] = cand.ln_a[k], cand.ln_s[k], cand.ln_g[k]
                 depth[i] = s.prominence
                 continue
-            if np.any(np.abs(center - mu) < tol):
-                continue  # a live line is there: a misfit, not a birth
+            if misfit[k] or np.any(np.abs(center - mu) < tol):
+                continue  # inside a live line of its width: its misfit, not a birth
             lo, hi = np.searchsorted(catalogue[order], [mu - tol, mu + tol])
             near = [j for j in order[lo:hi] if not have[j]]
             if near:
