@@ -396,6 +396,7 @@ def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lin
 #: narrow line on a broad one, Ca II on a Paschen line, is a line of its own).
 _MERGE_WIDTH_RATIO = 0.25
 _MERGE_REACH = 0.5  # centre distance, in FWHM of the broader line
+_BROAD_PIXELS = 25.0  # a fitted line this many pixels wide or more is broad
 
 
 def _centers(x: _Lines, max_shift: float) -> np.ndarray:
@@ -464,11 +465,14 @@ def _merge_redundant(x: _Lines, settings: CloneSettings, *, min_fwhm: float = 0.
     return x.select(~absorbed), int(absorbed.sum())
 
 
-def _misfits(cand: _Lines, x: _Lines, max_shift: float) -> np.ndarray:
+def _misfits(cand: _Lines, x: _Lines, max_shift: float, min_fwhm: float = 0.0
+             ) -> np.ndarray:
     """Mask of candidate lines (found in a residual) that sit inside a fitted line of
     comparable width (within ``_MERGE_REACH`` of its FWHM, at least
-    ``_MERGE_WIDTH_RATIO`` of its width): the residual of that line's shape, not a line
-    of their own. Narrow candidates on broad lines (blends) are kept."""
+    ``_MERGE_WIDTH_RATIO`` of its width) whose FWHM is at least ``min_fwhm`` Å: the
+    residual of that line's shape, not a line of their own. Narrow candidates on broad
+    lines (blends), and blends of narrow lines (a molecular forest), are kept."""
+    x = x.select(_fwhm_eta(x.ln_s, x.ln_g)[0] >= min_fwhm)
     if cand.n == 0 or x.n == 0:
         return np.zeros(cand.n, dtype=bool)
     center = _centers(x, max_shift)

@@ -13,7 +13,13 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from jaxspec.clone.detection import _check_input, _initial, _merge_redundant, _misfits
+from jaxspec.clone.detection import (
+    _BROAD_PIXELS,
+    _check_input,
+    _initial,
+    _merge_redundant,
+    _misfits,
+)
 from jaxspec.clone.model import _gather_slots, _log_flux, _plan, _scatter_slots
 from jaxspec.clone.settings import CloneSettings, resolve_settings
 from jaxspec.lines import LineList
@@ -179,11 +185,13 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
         # describe one feature are merged first, and residual features inside a fitted
         # line of comparable width are its shape's misfit, not lines.
         merged = [_merge_redundant(x, settings)[0] for x in batch]
+        broad = _BROAD_PIXELS * float(np.median(np.diff(wl)))
         batch = []
         for b, x in enumerate(merged):
             cand = _initial(wl, 1.0 - flux[b] / np.maximum(model[b], 1e-6), good[b],
                             settings, taken=x.mu0)
-            batch.append(x.concat(cand.select(~_misfits(cand, x, settings.max_shift))))
+            misfit = _misfits(cand, x, settings.max_shift, min_fwhm=broad)
+            batch.append(x.concat(cand.select(~misfit)))
         history, model, shapes = _fit(wl, flux, good, batch, settings, at_least=shapes)
         histories.append(history)
         # Lines added in this pass may have grown into a family with a fitted line:

@@ -53,7 +53,7 @@ class CloneSettings:
     width_margin: float = 1.1
     tolerance: float = 1e-5
     method: str = "continuation"
-    warm_epochs: int = 40
+    warm_epochs: int = 80
     warm_learning_rate: float = 0.05
     floor_depth: float = 1e-4
 
@@ -77,7 +77,7 @@ class CloneSettings:
             ("width_margin", self.width_margin > 0, "a positive ln factor"),
             ("tolerance", 0 < self.tolerance < 1, "a small positive number, e.g. 1e-5"),
             ("method", self.method in METHODS, f"one of {METHODS}"),
-            ("warm_epochs", integer(self.warm_epochs, 1), "an integer >= 1, e.g. 40"),
+            ("warm_epochs", integer(self.warm_epochs, 1), "an integer >= 1, e.g. 80"),
             ("warm_learning_rate", self.warm_learning_rate > 0,
              "a positive number, e.g. 0.05"),
             ("floor_depth", 0 < self.floor_depth < self.prominence,

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxspec.clone.detection import (
+    _BROAD_PIXELS,
     _MIN_WIDTH,
     _check_input,
     _fwhm_eta,
@@ -465,7 +466,8 @@ class _Sweep:
         have[x.ident] = True
         order = np.argsort(catalogue)
         live = x.select(depth >= s.prominence)
-        misfit = _misfits(cand, live, s.max_shift)
+        misfit = _misfits(cand, live, s.max_shift,
+                          min_fwhm=_BROAD_PIXELS * float(np.median(self.spacing)))
         fresh = []
         for k in range(cand.n):
             mu = cand.mu0[k]
