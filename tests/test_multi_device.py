@@ -65,7 +65,7 @@ def test_fit_map_splits_a_batch_over_two_cpu_devices():
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     code = CHILD.format(tests=str(ROOT / "tests"))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK" in done.stdout
 
