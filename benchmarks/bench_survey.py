@@ -35,7 +35,10 @@ million spectra per GPU-hour of a CNN regressor) runs only when jax sees a GPU.
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/bench_survey.py
 
 Timings on a shared 2-core CPU are noisy (±20 % between runs); 2 workers on 2 cores
-compete with the client process (reading results, writing the table) and the OS.
+compete with the client process (reading results, writing the table), the OS and any
+other load, so the 1-minute load average before and after each timed run is reported
+with it (a load above the core count means the ratio measures contention, not the
+survey path). One worker alone also gets XLA's threads on both cores.
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ def survey_part(args, emulator, emu_path: Path, paths, truth, folder: Path) -> d
             loaded = client.run(lambda: len(__import__(
                 "jaxspec.cli._survey", fromlist=["_MODELS"])._MODELS))
             out = folder / f"results_{workers}.ecsv"
+            load_before = os.getloadavg()[0]
             t0 = time.perf_counter()
             code = main(["infer", str(emu_path), pattern, "--out", str(out), "--quiet",
                          "--scheduler", address])
@@ -152,6 +156,7 @@ def survey_part(args, emulator, emu_path: Path, paths, truth, folder: Path) -> d
             "warmup_s": warm_s, "workers_with_emulator_after_warmup":
                 int(sum(1 for v in loaded.values() if v)),
             "worker_peak_rss_mib": memory,
+            "load_average_1min": [load_before, os.getloadavg()[0]],
             "converged_fraction": float(np.mean(table["converged"])),
             "median_abs_teff_error_K": float(np.median(err)),
             "median_fit_s": float(np.median(table["seconds"])),
@@ -159,7 +164,8 @@ def survey_part(args, emulator, emu_path: Path, paths, truth, folder: Path) -> d
         r = runs[workers]
         log(f"  {workers} worker(s): {r['stars']} stars in {wall:.1f} s = "
             f"{r['stars_per_s']:.2f} stars/s (cluster start {start_s:.1f} s, warm-up "
-            f"{warm_s:.1f} s); worker peak RSS {', '.join(f'{m:.0f}' for m in memory)} MiB")
+            f"{warm_s:.1f} s); worker peak RSS {', '.join(f'{m:.0f}' for m in memory)} MiB; "
+            f"load average {r['load_average_1min'][0]:.1f} -> {r['load_average_1min'][1]:.1f}")
     return runs
 
 
