@@ -32,7 +32,7 @@ def scheduler():
 
 
 @pytest.fixture(scope="module")
-def serial(grid, tmp_path_factory):
+def serial(grid, tmp_path_factory):  # noqa: F811
     """The store cloned in this process, and the grid's file."""
     d = tmp_path_factory.mktemp("clone_dask")
     grid_path = d / "grid.h5"
@@ -51,7 +51,7 @@ def same_store(a: CloneStore, b: CloneStore) -> None:
         assert node.residual_rms == other.residual_rms
 
 
-def test_two_workers_give_the_store_of_one_process(grid, serial, scheduler, tmp_path):
+def test_two_workers_give_the_store_of_one_process(grid, serial, scheduler, tmp_path):  # noqa: F811
     store, grid_path = serial
     assert store.n_done == 7
     seen = []
