@@ -3,8 +3,7 @@
 A local cluster of 2 worker processes (started once for the module, through the same
 code as --workers 2) gives the same rows and posteriors as one process; a client
 interrupted mid-run, or killed with its cluster (SIGKILL), and run again fits every star
-exactly once; bad files in a batch
-become rows with a message and the batch goes on. The tiny pixel emulator of
+exactly once; bad files in a batch become rows with a message and the batch goes on. The tiny pixel emulator of
 test_batch_safety serves every test, so each process compiles one MAP.
 """
 
