@@ -2,8 +2,8 @@
 
 A local cluster of 2 worker processes (started once for the module, through the same
 code as --workers 2) gives the same rows and posteriors as one process; a client
-interrupted mid-run and run again fits every star exactly once; bad files in a batch
-become rows with a message and the batch goes on. The tiny pixel emulator of
+interrupted mid-run, or killed with its cluster (SIGKILL), and run again fits every star
+exactly once; bad files in a batch become rows with a message and the batch goes on. The tiny pixel emulator of
 test_batch_safety serves every test, so each process compiles one MAP.
 """
 
@@ -194,3 +194,57 @@ def test_survey_options_are_checked_before_work(files, capsys):
     with pytest.raises(SystemExit):  # argparse: not allowed together
         infer(em_path, paths[:1], out, "--workers", "2", "--scheduler", "tcp://x:1")
     assert not out.exists()
+
+
+def test_killed_run_rerun_fits_every_star_once(files, scheduler, tmp_path):
+    """A real kill: SIGKILL of `jaxspec infer --workers 2` (client, nannies and workers,
+    one process group) once some rows are on disk; the rerun keeps those rows, takes
+    over the dead run's lock and fits only the rest."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, em_path, _, paths = files
+    many = []
+    for i in range(24):  # copies of the 6 stars under new names: 24 rows to write
+        many.append(tmp_path / f"copy{i:02d}.ecsv")
+        shutil.copy(paths[i % len(paths)], many[-1])
+    out = tmp_path / "killed.ecsv"
+    partial = Path(str(out) + ".partial")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    child = subprocess.Popen(
+        [sys.executable, "-c", ("import sys; from jaxspec.cli import main; "
+                                "sys.exit(main(sys.argv[1:]))"), "infer", str(em_path), *map(str, many),
+         "--out", str(out), "--quiet", "--workers", "2"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rows_at_kill = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None:
+            if partial.exists():
+                rows_at_kill = len(partial.read_text().splitlines()) - 1
+                if rows_at_kill >= 2:
+                    break
+            time.sleep(0.01)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)  # the client and its cluster, mid-run
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    assert not out.exists(), "the run finished before the kill; give it more stars"
+    done = [json.loads(line) for line in partial.read_text().splitlines()[1:]]
+    assert 2 <= len(done) < len(many)
+    assert Path(str(out) + ".lock").exists()  # left by the killed client
+    with pytest.warns(UserWarning, match="lock"):
+        assert infer(em_path, many, out, "--scheduler", scheduler) == 0
+    t = Table.read(out)
+    assert sorted(t["file"]) == sorted(map(str, many))  # every star exactly once
+    assert len(set(t["file"])) == len(many)
+    for row in done:  # rows written before the kill are kept, not fitted again
+        assert t[t["file"] == row["file"]]["seconds"][0] == pytest.approx(row["seconds"])
+    assert np.all(t["converged"])
+    assert not partial.exists() and not Path(str(out) + ".lock").exists()

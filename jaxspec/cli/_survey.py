@@ -27,7 +27,6 @@ rerun fits only what is missing.
 from __future__ import annotations
 
 import glob
-import logging
 import math
 import time
 import warnings
@@ -243,22 +242,14 @@ def run_local(tasks, config, model=None):
 
 
 def _dask_client(workers: int | None, scheduler: str | None):
-    """``(client, cluster or None)``: a client of the cluster at ``scheduler``, or of a
-    new local cluster of ``workers`` processes (one thread each)."""
+    """``(client, cluster or None)``: :func:`jaxspec._dask.dask_client` with the CLI's
+    option names in its messages."""
+    from jaxspec._dask import dask_client
+
     try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise ImportError("--workers/--scheduler need dask.distributed; install it with "
-                          "`pip install 'dask[distributed]'`") from None
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="30s"), None
-        except (OSError, TimeoutError) as err:
-            raise ValueError(f"--scheduler {scheduler}: cannot connect ({err}); check the "
-                             "address (e.g. tcp://host:8786) and that the scheduler runs") from None
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
-    return Client(cluster), cluster
+        return dask_client(workers, scheduler)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
 
 
 def run_dask(tasks, config, model=None, *, workers: int | None = None,

@@ -70,6 +70,13 @@ def register(sub) -> None:
                    help="continue a store cloned with different settings")
     g.add_argument("--no-resume", action="store_true",
                    help="refuse to continue an existing store")
+    scale = g.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, metavar="N",
+                       help="--method independent: clone the batches on a local Dask "
+                       "cluster of N worker processes (this process writes the store)")
+    scale.add_argument("--scheduler", metavar="ADDRESS",
+                       help="--method independent: clone on an existing Dask cluster "
+                       "(e.g. tcp://host:8786)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--overwrite", action="store_true",
                    help="plot: replace existing figures (the store itself is resumed, "
@@ -110,6 +117,17 @@ def _clone(args: argparse.Namespace) -> int:
     grid_path = Path(args.target)
     if not grid_path.exists():
         raise FileNotFoundError(f"{grid_path}: no such grid file")
+    scale = {}
+    if args.workers is not None or args.scheduler is not None:
+        if args.method != "independent":
+            raise ValueError(f"--workers/--scheduler with --method {args.method}: "
+                             "continuation cloning warm-starts every node from a cloned "
+                             "neighbour and runs in one process; pass --method independent "
+                             "to clone on workers")
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: pass the number of worker "
+                             "processes, >= 1")
+        scale = {"workers": args.workers, "scheduler": args.scheduler}
     with WriterLock(args.out, what="clone store"):
         pass  # a store in use fails here, before a large grid is read (clone_grid locks)
     store = clone_grid(
@@ -117,7 +135,7 @@ def _clone(args: argparse.Namespace) -> int:
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
         method=args.method, warm_epochs=args.warm_epochs, batch_size=args.batch_size, resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
-        max_nodes=args.max_nodes,
+        max_nodes=args.max_nodes, **scale,
     )
     print(f"wrote {args.out}: {store.n_done}/{int(store.mask.size)} nodes cloned"
           + _line_summary(store))

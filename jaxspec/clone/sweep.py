@@ -123,7 +123,10 @@ def clone_grid(
         start: continuation: ``{name: value}`` of the start node (the nearest existing
             node is used; default: the middle of every axis).
         **options: any :class:`~jaxspec.clone.CloneSettings` field, overriding
-            ``settings`` (e.g. ``epochs=60, method="independent"``).
+            ``settings`` (e.g. ``epochs=60, method="independent"``); and ``workers=N``
+            or ``scheduler=ADDRESS``: clone the batches on a Dask cluster, this process
+            the only writer (``method="independent"`` only;
+            :mod:`jaxspec.clone._distributed`).
 
     Returns:
         The :class:`~jaxspec.io.clone_store.CloneStore` at ``out``.
@@ -135,6 +138,15 @@ def clone_grid(
             different settings without ``overwrite_settings``.
         FileExistsError: ``out`` exists and ``resume`` is False.
     """
+    workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
+    if workers is not None or scheduler is not None:  # nodes spread over Dask workers
+        from jaxspec.clone._distributed import clone_grid_distributed
+
+        return clone_grid_distributed(
+            grid, out, settings, workers=workers, scheduler=scheduler, batch_size=batch_size,
+            resume=resume, overwrite_settings=overwrite_settings, progress=progress,
+            max_nodes=max_nodes, callback=callback, grid_file=grid_file, start=start,
+            **options)
     from tqdm.auto import tqdm
 
     from jaxspec.grid import SpectralGrid

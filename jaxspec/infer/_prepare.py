@@ -80,18 +80,74 @@ def keys_for(key, n: int):
     return jax.random.split(key, n)
 
 
-def map_batches(fn, args, n: int, batch_size: int, progress: bool = False, desc: str = ""):
+def star_sharding(devices):
+    """A ``NamedSharding`` that splits axis 0 (stars) of a batch over ``devices``, or None.
+
+    Args:
+        devices: None (one device, the default: no sharding), ``"all"``
+            (``jax.devices()``), a device count ``d`` (the first ``d`` of
+            ``jax.devices()``) or a sequence of ``jax.Device``.
+
+    Returns:
+        ``jax.sharding.NamedSharding`` over a 1-D mesh with axis ``"star"``, or None for
+        None or a single device.
+
+    Raises:
+        ValueError: more devices asked for than exist (with the XLA flag that makes more
+            CPU devices), or none.
+        TypeError: ``devices`` of another type.
+    """
+    if devices is None:
+        return None
+    available = jax.devices()
+    if isinstance(devices, str):
+        if devices != "all":
+            raise ValueError(f"devices={devices!r}; pass 'all', a device count or a list of "
+                             "jax devices")
+        chosen = available
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"devices={devices}: {len(available)} device(s) available; pass 1 to "
+                f"{len(available)} (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count"
+                "=N before importing jax makes N devices)")
+        chosen = available[:int(devices)]
+    elif isinstance(devices, (list, tuple)) and all(isinstance(d, jax.Device) for d in devices):
+        if not devices:
+            raise ValueError("devices=[]: pass at least one jax device")
+        chosen = list(devices)
+    else:
+        raise TypeError(f"devices={devices!r}; pass None, 'all', a device count or a list of "
+                        "jax devices")
+    if len(chosen) == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(chosen), ("star",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("star"))
+
+
+def map_batches(fn, args, n: int, batch_size: int, progress: bool = False, desc: str = "",
+                sharding=None):
     """Apply ``fn`` to slices of the pytree ``args`` along axis 0, ``batch_size`` at a time.
 
     The last slice is padded by repeating its last element so that every call has one
     shape (one compilation); outputs are concatenated and trimmed to ``n``.
+
+    With ``sharding`` (:func:`star_sharding`), each slice is placed split along axis 0
+    over that sharding's devices before ``fn`` (jit-compiled) runs on it: XLA partitions
+    the vmapped fit, each device fitting ``batch_size / n_devices`` stars.
+    ``batch_size`` is then rounded up to a multiple of the device count.
     """
     batch_size = max(1, min(int(batch_size), n))
+    if sharding is not None:
+        d = len(sharding.device_set)
+        batch_size = -(-batch_size // d) * d
     outs = []
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
         idx = np.minimum(np.arange(start, start + batch_size), n - 1)
         chunk = jax.tree.map(lambda a: a[idx], args)
+        if sharding is not None:
+            chunk = jax.device_put(chunk, sharding)
         out = fn(*chunk)
         m = min(batch_size, n - start)
         outs.append(jax.tree.map(lambda a: a[:m], out))

@@ -61,7 +61,14 @@ from jax.scipy.linalg import cho_solve
 from jaxtyping import Array, Float, Int
 
 from jaxspec.infer._box import box_edge, to_physical, to_unit, window_edge
-from jaxspec.infer._prepare import as_batch, boxes, keys_for, map_batches, unbatch
+from jaxspec.infer._prepare import (
+    as_batch,
+    boxes,
+    keys_for,
+    map_batches,
+    star_sharding,
+    unbatch,
+)
 from jaxspec.infer.likelihood import chi2, rms_loss
 from jaxspec.infer.results import Status, is_converged, plausibility_flags, status_message
 
@@ -413,6 +420,7 @@ def fit_map(
     key=None,
     resample: str = "model",
     batch_size: int = 1,
+    devices=None,
     progress: bool = False,
 ) -> MapResult:
     r"""MAP parameters and Laplace uncertainties of one spectrum or many (module doc).
@@ -446,7 +454,13 @@ def fit_map(
             emulator); equal to the exact Hessian for a model linear near the optimum.
         key: PRNG key or int seed for the search shift (default 0).
         resample: ``"model"`` or ``"data"``.
-        batch_size: spectra per compiled (vmapped) call; 1 is fastest on CPU.
+        batch_size: spectra per compiled (vmapped) call; 1 is fastest on one CPU device.
+        devices: None (one device), ``"all"``, a device count or a list of jax devices:
+            each batch's stars are split over them (``jax.sharding.NamedSharding`` along
+            the star axis; ``batch_size`` rounded up to a multiple of their number), e.g.
+            the GPUs of a node, or CPU devices made with
+            ``XLA_FLAGS=--xla_force_host_platform_device_count=N``. Each star's fit is
+            the same computation wherever it runs.
         progress: tqdm bar over batches.
 
     Returns:
@@ -456,6 +470,7 @@ def fit_map(
         raise ValueError(f"need 1 <= n_starts ({n_starts}) <= n_search ({n_search})")
     if hessian not in ("exact", "gauss-newton"):
         raise ValueError(f"hessian={hessian!r}; pass 'exact' or 'gauss-newton'")
+    sharding = star_sharding(devices)
     obs, batched = as_batch(emulator, flux, uncertainty, mask, resample)
     n = obs.flux.shape[0]
     lower, upper, b_lower, b_upper = boxes(emulator, n, teff_guess, teff_window)
@@ -481,5 +496,5 @@ def fit_map(
         return _map_batch(emulator, o, lo, hi, b_lower, b_upper, i0, k, cfg)
 
     result = map_batches(run, (obs, lower, upper, init_arr, keys), n, batch_size, progress,
-                         "fit_map")
+                         "fit_map", sharding)
     return unbatch(result, batched)
