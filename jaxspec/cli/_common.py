@@ -7,6 +7,14 @@ import sys
 from pathlib import Path
 
 
+def add_dask_options(group, workers_help: str, scheduler_help: str) -> None:
+    """``--workers N`` / ``--scheduler ADDRESS`` (mutually exclusive) on an argparse
+    group: a local Dask cluster of N processes, or an existing one."""
+    scale = group.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, metavar="N", help=workers_help)
+    scale.add_argument("--scheduler", metavar="ADDRESS", help=scheduler_help)
+
+
 def parse_range(text: str) -> tuple[float, float]:
     """``"lo:hi"`` → ``(lo, hi)`` floats; the argparse ``type`` of every range option."""
     parts = text.split(":")

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from jaxspec.clone.settings import METHODS, CloneSettings
-from jaxspec.cli._common import check_outputs, matplotlib_pyplot, parse_range, save_figure
+from jaxspec.cli._common import (
+    add_dask_options,
+    check_outputs,
+    matplotlib_pyplot,
+    parse_range,
+    save_figure,
+)
 
 _ACTIONS = ("info", "plot")
 
@@ -70,13 +76,10 @@ def register(sub) -> None:
                    help="continue a store cloned with different settings")
     g.add_argument("--no-resume", action="store_true",
                    help="refuse to continue an existing store")
-    scale = g.add_mutually_exclusive_group()
-    scale.add_argument("--workers", type=int, metavar="N",
-                       help="--method independent: clone the batches on a local Dask "
-                       "cluster of N worker processes (this process writes the store)")
-    scale.add_argument("--scheduler", metavar="ADDRESS",
-                       help="--method independent: clone on an existing Dask cluster "
-                       "(e.g. tcp://host:8786)")
+    add_dask_options(
+        g, "--method independent: clone the batches on a local Dask cluster of N worker "
+        "processes (this process writes the store)",
+        "--method independent: clone on an existing Dask cluster (e.g. tcp://host:8786)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--overwrite", action="store_true",
                    help="plot: replace existing figures (the store itself is resumed, "

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxspec.cli._common import (
+    add_dask_options,
     matplotlib_pyplot,
     parse_range,
     plot_stem,
@@ -161,13 +162,11 @@ def register(sub) -> None:
                    help="also write the posteriors as one arviz InferenceData NetCDF file "
                    "with a star dimension: nuts samples and sample stats; map the Laplace "
                    "mean and covariance (group 'laplace'). Resumes like OUT")
-    scale = g.add_mutually_exclusive_group()
-    scale.add_argument("--workers", type=int, metavar="N",
-                       help="fit on a local Dask cluster of N worker processes (each loads "
-                       "and compiles the emulator once)")
-    scale.add_argument("--scheduler", metavar="ADDRESS",
-                       help="fit on an existing Dask cluster (e.g. tcp://host:8786); the "
-                       "spectrum and emulator paths must be readable by its workers")
+    add_dask_options(
+        g, "fit on a local Dask cluster of N worker processes (each loads and compiles the "
+        "emulator once)",
+        "fit on an existing Dask cluster (e.g. tcp://host:8786); the spectrum and emulator "
+        "paths must be readable by its workers")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar (by default a bar with ETA over spectra on stderr)")
     p.add_argument("--progress", action="store_true",
