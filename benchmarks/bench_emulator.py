@@ -290,6 +290,18 @@ def accuracy(out: Path, refine_epochs: int, report: dict, parts=("oracle", "clon
     for name, sel in (("cool", ~hot[is_held]), ("hot", hot[is_held])):
         r, m = errors(base[sel], flux[is_held][sel])
         report[f"pixel_baseline_heldout_{name}"] = {"rms": r, "max": m}
+    # Cubic pixel interpolation across the held-out Teff columns (a grid without them:
+    # filling them first would make cubic return the fill).
+    keep = np.setdiff1d(np.arange(grid.axes["teff"].size), HELD_TEFF)
+    sub = SpectralGrid({**grid.axes, "teff": grid.axes["teff"][keep]}, grid.wavelength,
+                       grid.flux[keep], normalized=True)
+    cubic = emulator_spectra(PixelEmulator.from_grid(sub, method="cubic"), params[is_held])
+    row = {"rms": errors(cubic, flux[is_held])[0]}
+    for name, sel in (("cool", ~hot[is_held]), ("hot", hot[is_held])):
+        row[name] = errors(cubic[sel], flux[is_held][sel])[0]
+    report["pixel_cubic_heldout"] = row
+    log(f"baseline cubic pixel interpolation at held-out nodes: RMS {row['rms']:.2e} (cool "
+        f"{row['cool']:.2e}, hot {row['hot']:.2e})")
 
     def assess(label, emulator):
         model = emulator_spectra(emulator, params)
@@ -307,12 +319,26 @@ def accuracy(out: Path, refine_epochs: int, report: dict, parts=("oracle", "clon
         report[label] = row
         return row
 
+    def assess_cubic(label, emulator):
+        """The emulator's manifold without the held-out Teff columns, interpolated by
+        cubic Hermite across them (LineManifold(method="cubic"))."""
+        m = emulator.manifold
+        axes = {**m.axes_dict(), "teff": m.axes_dict()["teff"][keep]}
+        manifold = LineManifold(axes, np.asarray(m.values)[:, keep],
+                                out_of_bounds=m.out_of_bounds, method="cubic")
+        return assess(label, LineEmulator(
+            manifold, np.asarray(emulator.center), emulator.wavelength,
+            observed=np.asarray(emulator.observed)[keep], tolerance=emulator.tolerance,
+            wing_cut=emulator.wing_cut))
+
     oracle = LineEmulator.from_identification(oracle_identification(grid, held), grid.wavelength)
     if "oracle" in parts:
+        assess_cubic("oracle_exact_cubic", oracle)
         oracle_part(grid, held, oracle, assess, refine_epochs, report)
     if "clones" not in parts:
         return oracle
-    return clones_part(grid, held, out, assess, refine_epochs, report, batch_size)
+    return clones_part(grid, held, out, assess, refine_epochs, report, batch_size,
+                       assess_cubic)
 
 
 def oracle_part(grid, held, oracle, assess, refine_epochs, report):
@@ -351,7 +377,7 @@ def oracle_part(grid, held, oracle, assess, refine_epochs, report):
         assess("refined_oracle_noisy", refined)
 
 
-def clones_part(grid, held, out, assess, refine_epochs, report, batch_size):
+def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, assess_cubic):
     from jaxspec.io.clone_store import CloneStore
     from jaxspec.refine import refine
 
@@ -372,6 +398,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size):
         log(f"{matcher}: {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
         built[matcher] = emulator
         assess(f"clones_{matcher}", emulator)
+        assess_cubic(f"clones_{matcher}_cubic", emulator)
         path = emulator.save(out / f"emulator_default_{matcher}.h5", overwrite=True)
         report[f"clones_{matcher}"]["file_MiB"] = path.stat().st_size / 2**20
     if refine_epochs:

@@ -364,6 +364,7 @@ class LineEmulator(Emulator):
         out_of_bounds: str = "error",
         provenance: dict | None = None,
         wing_cut: int | None | str = "clones",
+        interpolation: str = "linear",
     ) -> LineEmulator:
         """Emulator from identified clones (:func:`jaxspec.identify.identify_store`).
 
@@ -373,6 +374,9 @@ class LineEmulator(Emulator):
                 ``ident.meta["wavelength"]``).
             tolerance: synthesis truncation tolerance.
             out_of_bounds: "error" or "clamp" (see :class:`~jaxspec.manifold.LineManifold`).
+            interpolation: the manifold's ``method``: ``"linear"`` (blase3D, default) or
+                ``"cubic"`` (cubic Hermite along axes of >= 4 nodes; see
+                :mod:`jaxspec.manifold`).
             provenance: extra entries for the file's provenance record.
             wing_cut: pixels (see the class), None for full wings, or "clones" (default):
                 the ``wing_cut`` the clones were fitted with (``ident.meta["settings"]``),
@@ -397,7 +401,8 @@ class LineEmulator(Emulator):
         info.update(provenance or {})
         if wing_cut == "clones":
             wing_cut = (ident.meta.get("settings") or {}).get("wing_cut")
-        manifold = LineManifold(ident.axes, ident.values, out_of_bounds=out_of_bounds)
+        manifold = LineManifold(ident.axes, ident.values, out_of_bounds=out_of_bounds,
+                                method=interpolation)
         return cls(manifold, ident.center, wavelength, observed=ident.observed,
                    tolerance=tolerance, provenance=info, wing_cut=wing_cut)
 
@@ -411,7 +416,8 @@ class LineEmulator(Emulator):
 
             /                  attrs format="jaxspec-emulator", kind="line", version=1,
                                param_names, tolerance, wing_cut (pixels, -1: none),
-                               out_of_bounds, n_lines, provenance (JSON)
+                               out_of_bounds, interpolation ("linear"/"cubic";
+                               absent: linear), n_lines, provenance (JSON)
             /wavelength        (n_pix,) float64, Å
             /axes/<name>       (n_i,) float64, one per parameter (order: param_names)
             /observed          (*grid_shape) bool, nodes that had a clone
@@ -450,6 +456,7 @@ class LineEmulator(Emulator):
             tolerance=self.tolerance,
             wing_cut=self.wing_cut,
             out_of_bounds=self.manifold.out_of_bounds,
+            interpolation=self.manifold.method,
             provenance=self.provenance,
             overwrite=overwrite,
             compression=compression,
@@ -508,12 +515,14 @@ class LineEmulator(Emulator):
             wing_cut = int(f.attrs.get("wing_cut", -1))
             wing_cut = None if wing_cut < 0 else wing_cut
             out_of_bounds = str(f.attrs.get("out_of_bounds", "error"))
+            interpolation = str(f.attrs.get("interpolation", "linear"))
             provenance = str(f.attrs.get("provenance", "{}"))
         values = values.reshape(center.size, *shape, 4)
         present = present.reshape(center.size, *shape)
         complete_values(values, present, observed, axes)
         plan = _plan(values, center, wl, tolerance, lines_first=True, wing_cut=wing_cut)
-        manifold = LineManifold(axes, values, out_of_bounds=out_of_bounds)
+        manifold = LineManifold(axes, values, out_of_bounds=out_of_bounds,
+                                method=interpolation)
         return cls(manifold, center, wl, observed=observed, tolerance=tolerance,
                    provenance=provenance, synthesizer=plan, wing_cut=wing_cut)
 
@@ -533,6 +542,7 @@ def write_emulator_file(
     provenance: str = "{}",
     overwrite: bool = False,
     compression: str | None = "gzip",
+    interpolation: str = "linear",
 ) -> Path:
     """Write the sparse line-emulator layout of :meth:`LineEmulator.save` from arrays.
 
@@ -559,6 +569,7 @@ def write_emulator_file(
         f.attrs["tolerance"] = float(tolerance)
         f.attrs["wing_cut"] = -1 if wing_cut is None else int(wing_cut)
         f.attrs["out_of_bounds"] = out_of_bounds
+        f.attrs["interpolation"] = interpolation
         f.attrs["n_lines"] = int(center.size)
         f.attrs["provenance"] = provenance
         f.create_dataset("wavelength", data=np.asarray(wavelength, dtype=np.float64))

@@ -18,6 +18,22 @@ time; here all lines share one cell lookup and one gather of the :math:`2^k` cor
 so 10^5 lines cost one memory pass. Axes may be non-uniform (PHOENIX: 100 K steps below
 7000 K, 200 K above).
 
+``method="cubic"`` interpolates each axis of at least 4 nodes by the cubic Hermite
+polynomial whose slopes are finite differences of the neighbouring nodes (non-uniform
+Catmull-Rom: :math:`m_i = (v_{i+1} - v_{i-1}) / (x_{i+1} - x_{i-1})`, one-sided at
+the ends), on the cell :math:`[x_i, x_{i+1}]` with :math:`h = x_{i+1} - x_i`:
+
+.. math::
+    v(t) = (2t^3 - 3t^2 + 1)\,v_i + (t^3 - 2t^2 + t)\,h m_i + (-2t^3 + 3t^2)\,v_{i+1}
+           + (t^3 - t^2)\,h m_{i+1},
+
+a 4-node stencil per axis, exact at the nodes and C¹ across them; axes of 2–3 nodes stay
+linear. Two guards keep it safe for line parameters: the result is clipped into the
+range of the stencil's node values (no overshoot beyond the nodes, so synthesis windows
+planned from the nodes stay valid), and a line with an absent value (below
+``ABSENT_BELOW``, the −1000 fill of blase3D) anywhere in its stencil is interpolated
+linearly instead (no cubic swing towards −1000).
+
 The module is pure JAX: ``jit``, ``vmap`` and ``grad`` with respect to the parameters
 and to the node values (the basis of :func:`jaxspec.refine.refine`).
 """
@@ -32,9 +48,61 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-__all__ = ["LineManifold"]
+__all__ = ["LineManifold", "axis_stencil"]
 
 _OUT_OF_BOUNDS = ("error", "clamp")
+METHODS = ("linear", "cubic")
+#: A node value below this marks an absent line (blase3D's fill is ln a = −1000).
+ABSENT_BELOW = -500.0
+
+
+def axis_stencil(axis, x, method: str = "linear"):
+    r"""Interpolation stencil of one axis at ``x``: ``(start, linear, cubic)``.
+
+    ``start`` (int32 scalar) is the first node of the stencil; ``linear`` and ``cubic``
+    are weight vectors over the stencil's nodes (length 1 for a single-node axis, 2 for
+    linear interpolation or an axis of < 4 nodes, else 4), so that the interpolated value
+    is ``sum(w * v[start:start + len(w)])``. Linear weights are scipy's (the cell with
+    ``x_i <= x``, clipped to the ends); cubic weights are those of the cubic Hermite
+    polynomial with finite-difference slopes (module docstring); both are exact at the
+    nodes.
+
+    Args:
+        axis: ``(n,)`` strictly increasing node positions (a JAX or numpy array).
+        x: scalar position (traced is fine).
+        method: ``"linear"`` or ``"cubic"``.
+    """
+    n = axis.shape[0]
+    if n == 1:
+        one = jnp.ones((1,), dtype=jnp.result_type(x, axis.dtype))
+        return jnp.zeros((), jnp.int32), one, one
+    i = jnp.clip(jnp.searchsorted(axis, x, side="right") - 1, 0, n - 2).astype(jnp.int32)
+    x0, x1 = axis[i], axis[i + 1]
+    h = x1 - x0
+    t = (x - x0) / h
+    if method != "cubic" or n < 4:
+        w = jnp.stack([1.0 - t, t])
+        return i, w, w
+    start = jnp.clip(i - 1, 0, n - 4)
+    p = i - start  # position of node i in the stencil: 0, 1 or 2
+    pos = jnp.arange(4)
+
+    def e(k):
+        return (pos == k).astype(t.dtype)
+
+    h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
+    h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
+    # slope at node i: central difference, one-sided at the first node
+    left = i == 0
+    span_i = jnp.where(left, h, axis[i + 1] - axis[jnp.maximum(i - 1, 0)])
+    d_i = (e(p + 1) - jnp.where(left, e(p), e(p - 1))) / span_i
+    # slope at node i + 1: central difference, one-sided at the last node
+    right = i + 1 == n - 1
+    span_j = jnp.where(right, h, axis[jnp.minimum(i + 2, n - 1)] - axis[i])
+    d_j = (jnp.where(right, e(p + 1), e(p + 2)) - e(p)) / span_j
+    cubic = h00 * e(p) + h01 * e(p + 1) + h * (h10 * d_i + h11 * d_j)
+    linear = (1.0 - t) * e(p) + t * e(p + 1)
+    return start, linear, cubic
 
 
 class LineManifold(eqx.Module):
@@ -49,6 +117,9 @@ class LineManifold(eqx.Module):
             = 4``: μ' − μ in Å, ln a, ln σ, ln γ). Their dtype is kept (float32 halves
             memory; float64 when exact agreement with scipy matters). Absent lines carry
             ln a = −1000 (blase3D Sect. 3.1) and interpolate linearly like any value.
+        method: ``"linear"`` (default: multilinear, blase3D, scipy-equal) or
+            ``"cubic"`` (cubic Hermite along every axis of >= 4 nodes, with the guards of
+            the module docstring).
         out_of_bounds: what a parameter outside the axes does. ``"error"`` (default):
             :func:`equinox.error_if` raises (at run time, inside ``jit`` too) with the
             bounds in the message. ``"clamp"``: the parameter is clipped into the box
@@ -68,6 +139,7 @@ class LineManifold(eqx.Module):
     names: tuple[str, ...] = eqx.field(static=True)
     out_of_bounds: str = eqx.field(static=True)
     _bounds_text: str = eqx.field(static=True)
+    method: str = eqx.field(static=True, default="linear")
 
     def __init__(
         self,
@@ -76,12 +148,15 @@ class LineManifold(eqx.Module):
         *,
         out_of_bounds: str = "error",
         table: ArrayLike | None = None,
+        method: str = "linear",
     ):
         if not isinstance(axes, Mapping) or len(axes) == 0:
             raise ValueError(
                 "LineManifold: axes must be a non-empty dict {name: 1-D array}, e.g. "
                 "{'teff': [...], 'logg': [...]}"
             )
+        if method not in METHODS:
+            raise ValueError(f"LineManifold: method={method!r}; pass one of {METHODS}")
         if out_of_bounds not in _OUT_OF_BOUNDS:
             raise ValueError(
                 f"LineManifold: out_of_bounds={out_of_bounds!r}; pass one of {_OUT_OF_BOUNDS}"
@@ -126,6 +201,7 @@ class LineManifold(eqx.Module):
         self.table = table
         self.names = tuple(names)
         self.out_of_bounds = out_of_bounds
+        self.method = method
         self._bounds_text = ", ".join(
             f"{n} in [{a[0]:g}, {a[-1]:g}]" for n, a in zip(names, arrays)
         )
@@ -219,29 +295,30 @@ class LineManifold(eqx.Module):
         )
 
     def _interpolate_one(self, theta):
-        starts, weights, sizes = [], [], []
+        starts, linear, cubic = [], [], []
         for d, axis in enumerate(self.axes):
-            n = axis.shape[0]
-            x = theta[d]
-            if n == 1:
-                starts.append(jnp.zeros((), jnp.int32))
-                weights.append(jnp.ones((1,), dtype=theta.dtype))
-                sizes.append(1)
-                continue
-            # scipy's rule: the cell [x_i, x_{i+1}] with x_i <= x, clipped to the ends.
-            i = jnp.clip(jnp.searchsorted(axis, x, side="right") - 1, 0, n - 2)
-            i = i.astype(jnp.int32)
-            x0, x1 = axis[i], axis[i + 1]
-            t = (x - x0) / (x1 - x0)
-            starts.append(i)
-            weights.append(jnp.stack([1.0 - t, t]))
-            sizes.append(2)
+            start, w_lin, w_cub = axis_stencil(axis, theta[d], self.method)
+            starts.append(start)
+            linear.append(w_lin)
+            cubic.append(w_cub)
+        sizes = [w.shape[0] for w in linear]
         zero = jnp.zeros((), jnp.int32)
         slab = jax.lax.dynamic_slice(
             self.table, (*starts, zero, zero), (*sizes, *self.table.shape[-2:])
         )
-        # Contract the corner axes one at a time: (2, 2, 2, L, 4) -> (L, 4).
-        for w in weights:
-            w = w.astype(jnp.result_type(w.dtype, slab.dtype))
-            slab = jnp.tensordot(w, slab, axes=(0, 0))
-        return slab
+
+        def contract(weights):
+            # Contract the stencil axes one at a time: (s1, s2, s3, L, n_out) -> (L, n_out).
+            out = slab
+            for w in weights:
+                w = w.astype(jnp.result_type(w.dtype, out.dtype))
+                out = jnp.tensordot(w, out, axes=(0, 0))
+            return out
+
+        lin = contract(linear)
+        if self.method == "linear" or all(s <= 2 for s in sizes):
+            return lin
+        stencil = tuple(range(len(sizes)))
+        cub = jnp.clip(contract(cubic), slab.min(axis=stencil), slab.max(axis=stencil))
+        absent = jnp.any(slab < ABSENT_BELOW, axis=(*stencil, slab.ndim - 1))
+        return jnp.where(absent[:, None], lin, cub)

@@ -30,6 +30,7 @@ are always filled that way.
 from __future__ import annotations
 
 import json
+from functools import partial
 from os import PathLike
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import FORMAT, Emulator, register_emulator
 from jaxspec.grid import SpectralGrid
+from jaxspec.manifold import METHODS, axis_stencil
 
 __all__ = ["PixelEmulator"]
 
@@ -64,6 +66,10 @@ class PixelEmulator(Emulator):
     filled
         ``(n_1, ..., n_k)`` bool, True at nodes whose spectrum was filled by interpolation
         (missing from the grid or held out).
+    method
+        ``"linear"`` (multilinear, default) or ``"cubic"``: cubic Hermite along every axis
+        of >= 4 nodes, the same stencils as :class:`jaxspec.manifold.LineManifold`
+        (:func:`jaxspec.manifold.axis_stencil`; no clipping: a flux may overshoot).
 
     Calling ``emulator(params)`` with params ``(..., k)`` returns flux ``(..., n_pix)``;
     jit-, vmap- and grad-safe. Build one with :meth:`from_grid`.
@@ -74,6 +80,7 @@ class PixelEmulator(Emulator):
     wavelength_: np.ndarray
     filled: np.ndarray
     names: tuple[str, ...] = eqx.field(static=True)
+    method: str = eqx.field(static=True, default="linear")
 
     def __check_init__(self):
         shape = tuple(int(a.shape[0]) for a in self.axes)
@@ -105,7 +112,7 @@ class PixelEmulator(Emulator):
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         """Flux at ``params`` ``(..., k)`` (order of ``param_names``) → ``(..., n_pix)``."""
         params = self._check_params(params)
-        return _multilinear(self.axes, self.flux, params)
+        return _interpolate(self.axes, self.flux, params, self.method)
 
     # ------------------------------------------------------------------ building
 
@@ -117,6 +124,7 @@ class PixelEmulator(Emulator):
         *,
         fill: str = "error",
         fill_axis: int = 0,
+        method: str = "linear",
     ) -> PixelEmulator:
         """Build the emulator from a :class:`~jaxspec.grid.SpectralGrid`.
 
@@ -130,6 +138,7 @@ class PixelEmulator(Emulator):
             fill: what to do with nodes missing from the grid: ``"error"`` (default,
                 raise) or ``"interpolate"`` (fill them like held-out nodes).
             fill_axis: the axis along which missing / held-out nodes are interpolated.
+            method: ``"linear"`` (default) or ``"cubic"`` (see the class).
 
         Returns:
             A :class:`PixelEmulator` on the grid's wavelengths.
@@ -140,6 +149,8 @@ class PixelEmulator(Emulator):
         """
         if fill not in ("error", "interpolate"):
             raise ValueError(f"fill={fill!r}; pass 'error' or 'interpolate'")
+        if method not in METHODS:
+            raise ValueError(f"method={method!r}; pass one of {METHODS}")
         names = grid.param_names
         k = len(names)
         if not 0 <= fill_axis < k:
@@ -169,6 +180,7 @@ class PixelEmulator(Emulator):
             wavelength_=np.asarray(grid.wavelength, dtype=np.float64),
             filled=todo,
             names=tuple(names),
+            method=method,
         )
 
     # ------------------------------------------------------------------ files
@@ -190,6 +202,7 @@ class PixelEmulator(Emulator):
             f.attrs["kind"] = self.kind
             f.attrs["version"] = _VERSION
             f.attrs["param_names"] = json.dumps(list(self.names))
+            f.attrs["method"] = self.method
             f.create_dataset("wavelength", data=self.wavelength)
             g = f.create_group("axes")
             for name, axis in zip(self.names, self.axes):
@@ -216,53 +229,47 @@ class PixelEmulator(Emulator):
                 flux = jnp.asarray(f["flux"][()])
                 wavelength = np.asarray(f["wavelength"][()], dtype=np.float64)
                 filled = np.asarray(f["filled"][()], dtype=bool)
+                method = str(f.attrs.get("method", "linear"))
             except KeyError as err:
                 raise ValueError(
                     f"{path}: pixel-emulator file lacks {err}; rewrite it with "
                     "PixelEmulator.save"
                 ) from None
-        return cls(axes=axes, flux=flux, wavelength_=wavelength, filled=filled, names=names)
+        return cls(axes=axes, flux=flux, wavelength_=wavelength, filled=filled, names=names,
+                   method=method)
 
 
-@jax.jit
-def _multilinear(axes, flux, params):
-    """Multilinear interpolation of ``flux`` (*shape, n_pix) at ``params`` (..., k).
+@partial(jax.jit, static_argnames="method")
+def _interpolate(axes, flux, params, method="linear"):
+    """Interpolation of ``flux`` (*shape, n_pix) at ``params`` (..., k).
 
     Jitted on its own so that eager calls (notebooks) run one compiled kernel, not one per
     primitive; inside a caller's jit it inlines.
     """
     k = len(axes)
     batch = params.shape[:-1]
-    out = jax.vmap(lambda theta: _one(axes, flux, theta))(params.reshape(-1, k))
+    out = jax.vmap(lambda theta: _one(axes, flux, theta, method))(params.reshape(-1, k))
     return out.reshape(*batch, out.shape[-1])
 
 
-def _one(axes, flux, theta):
+def _one(axes, flux, theta, method):
+    """One spectrum: the stencil nodes of every axis gathered from the flattened grid and
+    weighted by the product of the axes' weights."""
     shape = flux.shape[:-1]
-    lows, fracs = [], []
-    for d, axis in enumerate(axes):
-        n = axis.shape[0]
-        if n == 1:
-            lows.append(jnp.zeros((), jnp.int32))
-            fracs.append(jnp.zeros((), theta.dtype))
-            continue
-        i = jnp.clip(jnp.searchsorted(axis, theta[d], side="right") - 1, 0, n - 2)
-        t = (theta[d] - axis[i]) / (axis[i + 1] - axis[i])
-        lows.append(i)
-        fracs.append(jnp.clip(t, 0.0, 1.0))
     strides = np.cumprod((1,) + shape[::-1])[:-1][::-1]
     flat = flux.reshape(-1, flux.shape[-1])
-    corners = np.array(np.meshgrid(*([[0, 1]] * len(shape)), indexing="ij")).reshape(
-        len(shape), -1
-    ).T  # (2^k, k)
-    index = 0
-    weight = 1.0
-    for d in range(len(shape)):
-        b = corners[:, d]
-        node = jnp.minimum(lows[d] + b, shape[d] - 1)
-        index = index + node * int(strides[d])
-        weight = weight * jnp.where(b == 1, fracs[d], 1.0 - fracs[d])
-    return jnp.tensordot(weight.astype(flat.dtype), flat[index], axes=1)
+    index = jnp.zeros((), jnp.int32)
+    weight = jnp.ones((), theta.dtype)
+    for d, axis in enumerate(axes):
+        start, linear, cubic = axis_stencil(axis, theta[d], method)
+        w = cubic if method == "cubic" else linear
+        if method == "linear":  # flat beyond the box, as before
+            w = jnp.clip(w, 0.0, 1.0)
+        nodes = start + jnp.arange(w.shape[0], dtype=jnp.int32)
+        index = index[..., None] + nodes * int(strides[d])
+        weight = weight[..., None] * w.astype(theta.dtype)
+    return jnp.tensordot(weight.reshape(-1).astype(flat.dtype), flat[index.reshape(-1)],
+                         axes=1)
 
 
 def _holdout_params(holdout, names) -> np.ndarray:

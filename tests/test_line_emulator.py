@@ -290,3 +290,23 @@ def test_cli_build_reads_a_real_clone_store(built, tmp_path, capsys):
         f.attrs["prominence"] = 0.01
     assert main(["build", str(store), str(other), "--out", str(tmp_path / "x.h5")]) == 1
     assert "prominence=0.01 (expected 0.005)" in capsys.readouterr().err
+
+
+def test_cubic_manifold_reproduces_nodes_and_round_trips(built, tmp_path):
+    nodes, grid, linear = built
+    ident = identify_lines(nodes, AXES, meta={"wavelength": WL})
+    cubic = LineEmulator.from_identification(ident, interpolation="cubic")
+    assert cubic.manifold.method == "cubic"
+    params, flat = grid.node_params()
+    truth = grid.flux.reshape(-1, WL.size)[flat]
+    at_nodes = np.asarray(evaluate(cubic, params))
+    assert np.max(np.abs(at_nodes - truth)) < 5e-5
+    between = np.array([[5250.0, 4.2, -0.2], [5750.0, 4.4, -0.3]])
+    loaded = load_emulator(cubic.save(tmp_path / "cubic.h5"))
+    assert loaded.manifold.method == "cubic"
+    np.testing.assert_allclose(np.asarray(evaluate(loaded, between)),
+                               np.asarray(evaluate(cubic, between)), atol=1e-6)
+    # every axis here has < 4 nodes, where "cubic" is linear (tests/test_manifold.py
+    # covers longer axes)
+    np.testing.assert_allclose(np.asarray(evaluate(cubic, between)),
+                               np.asarray(evaluate(linear, between)), atol=1e-6)

@@ -130,3 +130,49 @@ def test_reproduces_real_blase3d_manifolds(path):
     assert np.max(np.abs(got - expected)) <= 1e-6
     # Absent (-1000) nodes are really exercised (C I's missing chunk, He II's edges).
     assert np.any(nodes[..., 1] == -1000.0)
+
+
+# ------------------------------------------------------------------ cubic
+
+
+def test_cubic_is_exact_at_nodes_and_for_quadratics_inside():
+    """Hermite with central-difference slopes reproduces a quadratic in the interior
+    cells of a uniform axis (the slopes are then exact); every node is reproduced."""
+    x = np.arange(7.0) * 100.0 + 3000.0
+    y = np.array([0.0, 1.0, 2.0])
+    quad = ((x - 2900.0) / 100.0) ** 2  # increasing over the axis: no clipping
+    values = np.stack([np.broadcast_to(quad[:, None], (7, 3)),
+                       np.broadcast_to(-quad[:, None] + 3 * y[None], (7, 3))], -1)[None]
+    m = LineManifold({"teff": x, "logg": y}, values, method="cubic")
+    nodes = np.stack(np.meshgrid(x, y, indexing="ij"), -1).reshape(-1, 2)
+    np.testing.assert_allclose(np.asarray(evaluate(m, nodes))[:, 0],
+                               values[0].reshape(-1, 2), rtol=1e-12, atol=1e-12)
+    inner = np.stack([np.linspace(3105.0, 3495.0, 40), np.full(40, 1.3)], -1)
+    got = np.asarray(evaluate(m, inner))[:, 0, 0]
+    want = ((inner[:, 0] - 2900.0) / 100.0) ** 2
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    linear = np.asarray(evaluate(LineManifold({"teff": x, "logg": y}, values), inner))
+    assert np.abs(linear[:, 0, 0] - want).max() > 1e-2  # linear is not exact there
+
+
+def test_cubic_guards_absent_lines_and_overshoot():
+    rng = np.random.default_rng(5)
+    x = np.sort(rng.uniform(0, 10, 8))
+    values = rng.normal(size=(3, 8, 4))
+    values[1, 5:, 1] = -1000.0  # absent from the 6th node on
+    cubic = LineManifold({"t": x}, values, method="cubic")
+    linear = LineManifold({"t": x}, values)
+    pts = np.linspace(x[0], x[-1], 301)[:, None]
+    c, l = np.asarray(evaluate(cubic, pts)), np.asarray(evaluate(linear, pts))
+    # a line with an absent node in its stencil is interpolated linearly
+    near_absent = pts[:, 0] >= x[3]
+    np.testing.assert_allclose(c[near_absent, 1], l[near_absent, 1])
+    # no value leaves the range of its stencil's nodes (no overshoot)
+    assert np.all(c[:, 0] <= values[0].max(0) + 1e-12)
+    assert np.all(c[:, 0] >= values[0].min(0) - 1e-12)
+    assert np.all(c[:, 1, 1] > -1000.0 - 1e-9)
+    # and differentiable, with finite gradients everywhere
+    g = jax.vmap(jax.grad(lambda p: cubic(p).sum()))(jnp.asarray(pts))
+    assert np.all(np.isfinite(np.asarray(g)))
+    with pytest.raises(ValueError, match="method='spline'; pass one of"):
+        LineManifold({"t": x}, values, method="spline")

@@ -103,3 +103,32 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(back(theta), em(theta))
     np.testing.assert_array_equal(back.wavelength, WL)
     np.testing.assert_array_equal(back.filled, em.filled)
+
+
+def test_cubic_exact_at_nodes_better_between_and_saved(tmp_path):
+    from jaxspec.grid import SpectralGrid
+    from jaxspec.pixel_emulator import PixelEmulator
+
+    teff = np.arange(4000.0, 4800.0, 100.0)
+    logg = np.array([4.0, 4.5])
+    wl = np.linspace(5000.0, 5001.0, 16)
+
+    def spectrum(t, g):
+        return 1.0 - 0.3 * np.exp(-((wl - 5000.5) / (0.05 + (t - 4000.0) / 4000.0)) ** 2) * g / 4.5
+
+    flux = np.array([[spectrum(t, g) for g in logg] for t in teff])
+    grid = SpectralGrid({"teff": teff, "logg": logg}, wl, flux, normalized=True)
+    cubic = PixelEmulator.from_grid(grid, method="cubic")
+    linear = PixelEmulator.from_grid(grid)
+    nodes, _ = grid.node_params()
+    np.testing.assert_allclose(np.asarray(cubic(nodes)), flux.reshape(-1, wl.size), atol=1e-6)
+    between = np.stack([teff[1:-2] + 50.0, np.full(teff.size - 3, 4.25)], -1)
+    truth = np.array([spectrum(t, g) for t, g in between])
+    err_c = np.abs(np.asarray(cubic(between)) - truth).max()
+    err_l = np.abs(np.asarray(linear(between)) - truth).max()
+    assert err_c < 0.5 * err_l
+    back = PixelEmulator.load(cubic.save(tmp_path / "cubic.h5"))
+    assert back.method == "cubic"
+    np.testing.assert_allclose(np.asarray(back(between)), np.asarray(cubic(between)))
+    with pytest.raises(ValueError, match="method='quintic'"):
+        PixelEmulator.from_grid(grid, method="quintic")
