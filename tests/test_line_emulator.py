@@ -215,6 +215,10 @@ def test_cli_build_synth_info_plot(built, tmp_path, monkeypatch, capsys):
     assert main(["build", "clones.h5", "--out", str(out), "--matcher", "track",
                  "--expect-settings", "prominence=0.005"]) == 0
     assert "unique lines" in capsys.readouterr().out
+    cubic = tmp_path / "cubic.h5"
+    assert main(["build", "clones.h5", "--out", str(cubic), "--interpolation", "cubic"]) == 0
+    assert load_emulator(cubic).manifold.method == "cubic"
+    assert load_emulator(out).manifold.method == "linear"
     # Settings other than expected: a clear error, no file.
     assert main(["build", "clones.h5", "--out", str(tmp_path / "x.h5"),
                  "--expect-settings", "wing_cut=3000"]) == 1

@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--wing-cut", type=int, default=None,
                    help="pixels each line is evaluated over (default: the clones' wing_cut; "
                    "0: full wings)")
+    p.add_argument("--interpolation", choices=("linear", "cubic"), default="linear",
+                   help="manifold interpolation: linear (blase3D) or cubic Hermite along "
+                   "axes of >= 4 nodes (default: linear)")
     p.add_argument("--clamp", action="store_true",
                    help="clip parameters outside the grid instead of raising")
     p.add_argument("--overwrite", action="store_true",
@@ -138,7 +141,7 @@ def _build(args: argparse.Namespace) -> int:
     wing_cut = "clones" if args.wing_cut is None else (args.wing_cut or None)
     emulator = LineEmulator.from_identification(
         ident, tolerance=args.tolerance, out_of_bounds="clamp" if args.clamp else "error",
-        wing_cut=wing_cut,
+        wing_cut=wing_cut, interpolation=args.interpolation,
     )
     if args.wavelength is not None:
         emulator = emulator.restrict(args.wavelength)
