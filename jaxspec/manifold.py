@@ -32,7 +32,11 @@ linear. Two guards keep it safe for line parameters: the result is clipped into 
 range of the stencil's node values (no overshoot beyond the nodes, so synthesis windows
 planned from the nodes stay valid), and a line with an absent value (below
 ``ABSENT_BELOW``, the −1000 fill of blase3D) anywhere in its stencil is interpolated
-linearly instead (no cubic swing towards −1000).
+linearly instead (no cubic swing towards −1000), its strength linearly in the amplitude
+:math:`a = e^{\ln a}` with :math:`a = 0` where it is absent (column
+``amplitude_column``), so that it fades smoothly to zero strength between a node that has
+it and one that does not, instead of the −1000 cliff of linear interpolation in ln a
+(half way, ln a would be ≈ −500: the line is gone).
 
 The module is pure JAX: ``jit``, ``vmap`` and ``grad`` with respect to the parameters
 and to the node values (the basis of :func:`jaxspec.refine.refine`).
@@ -120,6 +124,9 @@ class LineManifold(eqx.Module):
         method: ``"linear"`` (default: multilinear, blase3D, scipy-equal) or
             ``"cubic"`` (cubic Hermite along every axis of >= 4 nodes, with the guards of
             the module docstring).
+        amplitude_column: the output column that holds ln a (1 for the emulator's
+            (μ' − μ, ln a, ln σ, ln γ)); with ``method="cubic"`` a line absent at a
+            stencil node fades linearly in a there (module docstring). None: no fade.
         out_of_bounds: what a parameter outside the axes does. ``"error"`` (default):
             :func:`equinox.error_if` raises (at run time, inside ``jit`` too) with the
             bounds in the message. ``"clamp"``: the parameter is clipped into the box
@@ -140,6 +147,7 @@ class LineManifold(eqx.Module):
     out_of_bounds: str = eqx.field(static=True)
     _bounds_text: str = eqx.field(static=True)
     method: str = eqx.field(static=True, default="linear")
+    amplitude_column: int | None = eqx.field(static=True, default=1)
 
     def __init__(
         self,
@@ -149,6 +157,7 @@ class LineManifold(eqx.Module):
         out_of_bounds: str = "error",
         table: ArrayLike | None = None,
         method: str = "linear",
+        amplitude_column: int | None = 1,
     ):
         if not isinstance(axes, Mapping) or len(axes) == 0:
             raise ValueError(
@@ -202,6 +211,9 @@ class LineManifold(eqx.Module):
         self.names = tuple(names)
         self.out_of_bounds = out_of_bounds
         self.method = method
+        self.amplitude_column = (None if amplitude_column is None
+                                 or int(amplitude_column) >= table.shape[-1]
+                                 else int(amplitude_column))
         self._bounds_text = ", ".join(
             f"{n} in [{a[0]:g}, {a[-1]:g}]" for n, a in zip(names, arrays)
         )
@@ -307,9 +319,9 @@ class LineManifold(eqx.Module):
             self.table, (*starts, zero, zero), (*sizes, *self.table.shape[-2:])
         )
 
-        def contract(weights):
+        def contract(weights, values=slab):
             # Contract the stencil axes one at a time: (s1, s2, s3, L, n_out) -> (L, n_out).
-            out = slab
+            out = values
             for w in weights:
                 w = w.astype(jnp.result_type(w.dtype, out.dtype))
                 out = jnp.tensordot(w, out, axes=(0, 0))
@@ -321,4 +333,12 @@ class LineManifold(eqx.Module):
         stencil = tuple(range(len(sizes)))
         cub = jnp.clip(contract(cubic), slab.min(axis=stencil), slab.max(axis=stencil))
         absent = jnp.any(slab < ABSENT_BELOW, axis=(*stencil, slab.ndim - 1))
+        c = self.amplitude_column
+        if c is not None:  # absent lines fade linearly in a = exp(ln a), a = 0 if absent
+            ln_a = slab[..., c]
+            a = jnp.where(ln_a < ABSENT_BELOW, 0.0, jnp.exp(jnp.maximum(ln_a, ABSENT_BELOW)))
+            a_lin = contract(linear, a)
+            tiny = jnp.asarray(1e-300 if a_lin.dtype == jnp.float64 else 1e-37, a_lin.dtype)
+            faded = jnp.where(a_lin > tiny, jnp.log(jnp.maximum(a_lin, tiny)), lin[:, c])
+            lin = lin.at[:, c].set(faded.astype(lin.dtype))
         return jnp.where(absent[:, None], lin, cub)

@@ -164,9 +164,20 @@ def test_cubic_guards_absent_lines_and_overshoot():
     linear = LineManifold({"t": x}, values)
     pts = np.linspace(x[0], x[-1], 301)[:, None]
     c, l = np.asarray(evaluate(cubic, pts)), np.asarray(evaluate(linear, pts))
-    # a line with an absent node in its stencil is interpolated linearly
+    # a line with an absent node in its stencil is interpolated linearly, its strength
+    # linearly in a = exp(ln a) (absent: a = 0): it fades to zero instead of to -1000
     near_absent = pts[:, 0] >= x[3]
-    np.testing.assert_allclose(c[near_absent, 1], l[near_absent, 1])
+    np.testing.assert_allclose(c[near_absent, 1][:, [0, 2, 3]], l[near_absent, 1][:, [0, 2, 3]])
+    a_nodes = np.where(values[1, :, 1] < -500, 0.0, np.exp(values[1, :, 1]))
+    a_lin = np.interp(pts[near_absent, 0], x, a_nodes)
+    inside = a_lin > 0
+    np.testing.assert_allclose(c[near_absent, 1, 1][inside], np.log(a_lin[inside]), rtol=1e-10)
+    # half way between the last node with the line and the first without, it keeps half
+    # its strength (linear in ln a would put ln a near -500 there)
+    mid = np.array([[0.5 * (x[4] + x[5])]])
+    assert np.asarray(evaluate(cubic, mid))[0, 1, 1] == pytest.approx(
+        values[1, 4, 1] + np.log(0.5), abs=1e-9)
+    assert np.asarray(evaluate(linear, mid))[0, 1, 1] < -400
     # no value leaves the range of its stencil's nodes (no overshoot)
     assert np.all(c[:, 0] <= values[0].max(0) + 1e-12)
     assert np.all(c[:, 0] >= values[0].min(0) - 1e-12)
