@@ -331,7 +331,8 @@ def accuracy(out: Path, refine_epochs: int, report: dict, parts=("oracle", "clon
             observed=np.asarray(emulator.observed)[keep], tolerance=emulator.tolerance,
             wing_cut=emulator.wing_cut))
 
-    oracle = LineEmulator.from_identification(oracle_identification(grid, held), grid.wavelength)
+    oracle = LineEmulator.from_identification(oracle_identification(grid, held), grid.wavelength,
+                                           interpolation="linear")
     if "oracle" in parts:
         assess_cubic("oracle_exact_cubic", oracle)
         oracle_part(grid, held, oracle, assess, refine_epochs, report)
@@ -351,7 +352,8 @@ def oracle_part(grid, held, oracle, assess, refine_epochs, report):
         t0 = time.perf_counter()
         ident = identify_lines(nodes, grid.axes, matcher=matcher)
         log(f"oracle clones, {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
-        assess(f"oracle_{matcher}", LineEmulator.from_identification(ident, grid.wavelength))
+        assess(f"oracle_{matcher}", LineEmulator.from_identification(
+            ident, grid.wavelength, interpolation="linear"))
 
     # Clone-like scatter on the perfect clones, then end-to-end refinement: what refine()
     # recovers when every node value carries independent fitting noise.
@@ -394,7 +396,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
         ident = identify_store(CloneStore.open(store), matcher=matcher)
         if matcher == matchers[-1]:
             store_metrics(grid, held, store, ident, oracle, report)
-        emulator = LineEmulator.from_identification(ident)
+        emulator = LineEmulator.from_identification(ident, interpolation="linear")
         log(f"{matcher}: {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
         built[matcher] = emulator
         assess(f"clones_{matcher}", emulator)
@@ -475,7 +477,7 @@ def lowres_part(out: Path, resolution: float, report: dict):
         "largest_node_lines": largest, "identities_over_largest_node": ident.n_lines / largest,
         "median_residual_rms": float(np.median(store.residual_rms[store.mask])),
     }
-    emulator = LineEmulator.from_identification(ident)
+    emulator = LineEmulator.from_identification(ident, interpolation="linear")
     params, flat = grid.node_params()
     held_flat = held.reshape(-1)[flat]
     truth = grid.flux.reshape(-1, grid.n_pix)[flat][held_flat]
@@ -654,7 +656,8 @@ def main():
         if not emulators:
             grid = default_grid(out)
             emulators["default_oracle"] = LineEmulator.from_identification(
-                oracle_identification(grid, held_mask(grid)), grid.wavelength)
+                oracle_identification(grid, held_mask(grid)), grid.wavelength,
+                interpolation="linear")
             # For bench_inference.py --emulator: the line emulator of perfect clones.
             emulators["default_oracle"].save(out / "emulator_default_oracle.h5", overwrite=True)
         for label, emulator in emulators.items():

@@ -184,7 +184,8 @@ def oracle_emulator(out: Path):
     grid = default_grid(out)
     held = held_mask(grid)
     return grid, held, LineEmulator.from_identification(oracle_identification(grid, held),
-                                                        grid.wavelength)
+                                                        grid.wavelength,
+                                                        interpolation="linear")
 
 
 def emulator_part(args, report, cache):

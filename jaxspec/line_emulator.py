@@ -364,7 +364,7 @@ class LineEmulator(Emulator):
         out_of_bounds: str = "error",
         provenance: dict | None = None,
         wing_cut: int | None | str = "clones",
-        interpolation: str = "linear",
+        interpolation: str = "cubic",
     ) -> LineEmulator:
         """Emulator from identified clones (:func:`jaxspec.identify.identify_store`).
 
@@ -374,9 +374,11 @@ class LineEmulator(Emulator):
                 ``ident.meta["wavelength"]``).
             tolerance: synthesis truncation tolerance.
             out_of_bounds: "error" or "clamp" (see :class:`~jaxspec.manifold.LineManifold`).
-            interpolation: the manifold's ``method``: ``"linear"`` (blase3D, default) or
-                ``"cubic"`` (cubic Hermite along axes of >= 4 nodes; see
-                :mod:`jaxspec.manifold`).
+            interpolation: the manifold's ``method``: ``"cubic"`` (default: cubic
+                Hermite along axes of >= 4 nodes, see :mod:`jaxspec.manifold`; on the
+                default grid's 108 held-out nodes 9.5e-4 flux RMS from the exact line
+                lists and 2.25e-3 from continuation clones, against 1.84e-3 and 3.12e-3
+                linear) or ``"linear"`` (blase3D).
             provenance: extra entries for the file's provenance record.
             wing_cut: pixels (see the class), None for full wings, or "clones" (default):
                 the ``wing_cut`` the clones were fitted with (``ident.meta["settings"]``),

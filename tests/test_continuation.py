@@ -121,6 +121,11 @@ def test_resume_after_interruption_loses_nothing(grid, store, tmp_path):
     resumed = clone_grid(grid, path, callback=lambda d, t: calls.append(d), **KW)
     assert resumed.mask.all() and calls[-1] == 6 and len(calls) < 6
     assert abs(resumed.identities.size - store.identities.size) <= 2
+    assert resumed.backfilled
+    # resuming a finished sweep changes nothing (the back-fill is not run again)
+    before = [(n.identity.tolist(), n.ln_amplitude.tolist()) for n in resumed.iter_nodes()]
+    again = clone_grid(grid, path, **KW)
+    assert [(n.identity.tolist(), n.ln_amplitude.tolist()) for n in again.iter_nodes()] == before
     with pytest.raises(ValueError, match="method"):
         clone_grid(grid, path, **{**KW, "method": "independent"})
 

@@ -215,10 +215,10 @@ def test_cli_build_synth_info_plot(built, tmp_path, monkeypatch, capsys):
     assert main(["build", "clones.h5", "--out", str(out), "--matcher", "track",
                  "--expect-settings", "prominence=0.005"]) == 0
     assert "unique lines" in capsys.readouterr().out
-    cubic = tmp_path / "cubic.h5"
-    assert main(["build", "clones.h5", "--out", str(cubic), "--interpolation", "cubic"]) == 0
-    assert load_emulator(cubic).manifold.method == "cubic"
-    assert load_emulator(out).manifold.method == "linear"
+    linear = tmp_path / "linear.h5"
+    assert main(["build", "clones.h5", "--out", str(linear), "--interpolation", "linear"]) == 0
+    assert load_emulator(linear).manifold.method == "linear"
+    assert load_emulator(out).manifold.method == "cubic"  # the default
     # Settings other than expected: a clear error, no file.
     assert main(["build", "clones.h5", "--out", str(tmp_path / "x.h5"),
                  "--expect-settings", "wing_cut=3000"]) == 1
@@ -299,8 +299,10 @@ def test_cli_build_reads_a_real_clone_store(built, tmp_path, capsys):
 def test_cubic_manifold_reproduces_nodes_and_round_trips(built, tmp_path):
     nodes, grid, linear = built
     ident = identify_lines(nodes, AXES, meta={"wavelength": WL})
-    cubic = LineEmulator.from_identification(ident, interpolation="cubic")
+    cubic = LineEmulator.from_identification(ident)  # cubic by default
     assert cubic.manifold.method == "cubic"
+    linear = LineEmulator.from_identification(ident, interpolation="linear")
+    assert linear.manifold.method == "linear"
     params, flat = grid.node_params()
     truth = grid.flux.reshape(-1, WL.size)[flat]
     at_nodes = np.asarray(evaluate(cubic, params))

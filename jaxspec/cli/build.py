@@ -46,9 +46,9 @@ def register(sub) -> None:
     p.add_argument("--wing-cut", type=int, default=None,
                    help="pixels each line is evaluated over (default: the clones' wing_cut; "
                    "0: full wings)")
-    p.add_argument("--interpolation", choices=("linear", "cubic"), default="linear",
-                   help="manifold interpolation: linear (blase3D) or cubic Hermite along "
-                   "axes of >= 4 nodes (default: linear)")
+    p.add_argument("--interpolation", choices=("linear", "cubic"), default="cubic",
+                   help="manifold interpolation: cubic Hermite along axes of >= 4 nodes "
+                   "(default) or linear (blase3D)")
     p.add_argument("--clamp", action="store_true",
                    help="clip parameters outside the grid instead of raising")
     p.add_argument("--overwrite", action="store_true",

@@ -404,8 +404,9 @@ class _Sweep:
             _report(bar, nodes, len(chunk))
             if callback is not None:
                 callback(n_total - len(todo), n_total)
-        if not todo:
+        if not todo and (cloned or not self.writer.backfilled):
             self._backfill()
+            self.writer.mark_backfilled()
 
     def _depth(self, idx) -> int:
         n = 0

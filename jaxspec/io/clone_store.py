@@ -16,6 +16,8 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                                             read as method="independent")
                                 start (int array, optional: the continuation sweep's
                                     start node)
+                                backfilled (bool, optional: the continuation sweep's
+                                    back-fill has run to its end)
                                 grid_file (str, optional: the cloned grid's path)
                                 grid_sha256 (str, optional: grid_checksum of the
                                     cloned grid's spectra; stores before it lack it)
@@ -240,6 +242,8 @@ class CloneStore:
                 self.settings[name] = int(value) if name in _INT_SETTINGS else float(value)
         start = f.attrs.get("start")
         self.start = None if start is None else tuple(int(i) for i in np.atleast_1d(start))
+        #: continuation: the back-fill after the sweep has run to its end
+        self.backfilled = bool(f.attrs.get("backfilled", False))
         self.identities = (np.asarray(f["identities/center"][()], dtype=np.float64)
                            if "identities/center" in f else None)
         grid_file = f.attrs.get("grid_file")
@@ -608,6 +612,18 @@ class CloneStoreWriter:
             self.identities = store.identities
         self.done = store.mask.copy()
         self._store = store
+
+    @property
+    def backfilled(self) -> bool:
+        """True when the store records a finished back-fill (continuation cloning)."""
+        store = getattr(self, "_store", None)
+        return False if store is None else store.backfilled
+
+    def mark_backfilled(self) -> None:
+        """Record that the continuation sweep's back-fill has run to its end (a resumed
+        complete sweep then does not back-fill again)."""
+        with open_hdf5(self.path, "a") as f:
+            f.attrs["backfilled"] = True
 
     def read_done(self) -> Iterator[NodeClone]:
         """The clones already in the store (on resume; nothing for a new store)."""
