@@ -59,7 +59,8 @@ def test_two_workers_give_the_store_of_one_process(grid, serial, scheduler, tmp_
                             callback=lambda done, total: seen.append((done, total)),
                             **GRID_KW)
     same_store(store, dask_store)
-    assert seen == [(4, 7), (7, 7)]  # one callback per batch of 4, as in one process
+    # one callback per batch (4 + 3 nodes), in the order the workers finish them
+    assert len(seen) == 2 and seen[0] in [(3, 7), (4, 7)] and seen[-1] == (7, 7)
 
 
 def test_cli_scheduler_run_resumes_to_the_same_store(serial, scheduler, tmp_path, capsys):
