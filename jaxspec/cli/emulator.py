@@ -1,4 +1,5 @@
-"""``jaxspec emulator info|plot``: inspect emulator files, plot line manifolds."""
+"""``jaxspec emulator info|plot|validate``: inspect emulator files, plot line manifolds,
+validate an emulator by leaving grid columns out."""
 
 from __future__ import annotations
 
@@ -34,6 +35,25 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="PNG (or PDF) file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     p.set_defaults(func=_plot)
+
+    p = esub.add_parser(
+        "validate",
+        help="leave-columns-out validation against the grid (line and pixel emulators)",
+        description="Remove every k-th column of the first axis (Teff) from the emulator's "
+        "nodes, rebuild it from the rest with its own interpolation, and print its flux "
+        "RMS at the removed nodes per column beside linear pixel interpolation of the same "
+        "nodes (jaxspec.validate.validate_emulator). Optionally a figure: RMS per column "
+        "and the residual spectrum of the worst node.",
+    )
+    p.add_argument("path", help="emulator file (kind line or pixel)")
+    p.add_argument("grid", help="the grid HDF5 file it was built from")
+    p.add_argument("--every", type=int, default=10,
+                   help="remove every k-th column of the first axis (default 10)")
+    p.add_argument("--offset", type=int, default=None,
+                   help="first removed column (default every // 2)")
+    p.add_argument("--out", help="figure (PNG or PDF)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
+    p.set_defaults(func=_validate)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -167,4 +187,40 @@ def _plot(args: argparse.Namespace) -> int:
     out = save_figure(fig, args.out, overwrite=args.overwrite)
     plt.close(fig)
     print(f"wrote {out}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from jaxspec.emulator import load_emulator
+    from jaxspec.grid import SpectralGrid
+    from jaxspec.validate import validate_emulator
+
+    if args.out:
+        check_outputs([args.out], args.overwrite)
+    emulator = load_emulator(args.path)
+    grid = SpectralGrid.from_hdf5(args.grid)
+    result = validate_emulator(emulator, grid, every=args.every, offset=args.offset)
+    print(f"{args.path} ({emulator.kind}) against {args.grid}: {result.held.size} "
+          f"{result.param} column(s) removed and interpolated")
+    print(result.table())
+    if args.out:
+        plt = matplotlib_pyplot()
+        fig, (a, b) = plt.subplots(2, 1, figsize=(10, 7))
+        a.semilogy(result.held, result.rms, "o-", label=f"{emulator.kind} emulator")
+        a.semilogy(result.held, result.rms_pixel, "s--", label="linear pixel interpolation")
+        a.set_xlabel(result.param)
+        a.set_ylabel("held-out flux RMS")
+        a.legend()
+        params, wl, res, res_pix = result.worst
+        b.plot(wl, res_pix, lw=0.5, color="0.6", label="linear pixel interpolation")
+        b.plot(wl, res, lw=0.5, label=f"{emulator.kind} emulator")
+        b.set_xlabel("wavelength [Å]")
+        b.set_ylabel("model − grid")
+        b.set_title("worst removed node: " + ", ".join(
+            f"{n}={v:g}" for n, v in zip(emulator.param_names, params)))
+        b.legend()
+        fig.tight_layout()
+        out = save_figure(fig, args.out, overwrite=args.overwrite)
+        plt.close(fig)
+        print(f"wrote {out}")
     return 0
