@@ -322,14 +322,9 @@ def accuracy(out: Path, refine_epochs: int, report: dict, parts=("oracle", "clon
     def assess_cubic(label, emulator):
         """The emulator's manifold without the held-out Teff columns, interpolated by
         cubic Hermite across them (LineManifold(method="cubic"))."""
-        m = emulator.manifold
-        axes = {**m.axes_dict(), "teff": m.axes_dict()["teff"][keep]}
-        manifold = LineManifold(axes, np.asarray(m.values)[:, keep],
-                                out_of_bounds=m.out_of_bounds, method="cubic")
-        return assess(label, LineEmulator(
-            manifold, np.asarray(emulator.center), emulator.wavelength,
-            observed=np.asarray(emulator.observed)[keep], tolerance=emulator.tolerance,
-            wing_cut=emulator.wing_cut))
+        from jaxspec.validate import without_columns
+
+        return assess(label, without_columns(emulator, keep, method="cubic"))
 
     oracle = LineEmulator.from_identification(oracle_identification(grid, held), grid.wavelength,
                                            interpolation="linear")

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxspec.grid import SpectralGrid
 
-__all__ = ["ValidationResult", "validate_emulator", "held_columns"]
+__all__ = ["ValidationResult", "validate_emulator", "held_columns", "without_columns"]
 
 
 @dataclass
@@ -92,8 +92,13 @@ def held_columns(n: int, every: int = 10, offset: int | None = None) -> np.ndarr
     return cols
 
 
-def _without_columns(emulator, keep: np.ndarray):
-    """The emulator rebuilt from the node values of the kept first-axis columns."""
+def without_columns(emulator, keep: np.ndarray, method: str | None = None):
+    """A line or pixel emulator rebuilt from the node values of the first-axis columns
+    ``keep`` (integer indices) alone, interpolated with ``method`` (default: its own).
+
+    Raises:
+        ValueError: another kind of emulator (module docstring).
+    """
     import jax.numpy as jnp
 
     kind = getattr(emulator, "kind", None)
@@ -105,7 +110,7 @@ def _without_columns(emulator, keep: np.ndarray):
         axes = m.axes_dict()
         axes[m.names[0]] = axes[m.names[0]][keep]
         manifold = LineManifold(axes, np.asarray(m.values)[:, keep],
-                                out_of_bounds=m.out_of_bounds, method=m.method)
+                                out_of_bounds=m.out_of_bounds, method=method or m.method)
         return LineEmulator(manifold, np.asarray(emulator.center), emulator.wavelength,
                             observed=np.asarray(emulator.observed)[keep],
                             tolerance=emulator.tolerance, wing_cut=emulator.wing_cut)
@@ -117,7 +122,7 @@ def _without_columns(emulator, keep: np.ndarray):
         return PixelEmulator(axes=tuple(axes), flux=jnp.asarray(emulator.flux)[keep],
                              wavelength_=emulator.wavelength,
                              filled=np.asarray(emulator.filled)[keep], names=emulator.names,
-                             method=emulator.method)
+                             method=method or emulator.method)
     raise ValueError(
         f"validate_emulator: a {kind!r} emulator is fitted to the whole grid, not stored "
         "per node, so it cannot be rebuilt without some nodes here; validate a 'line' "
@@ -178,7 +183,7 @@ def validate_emulator(emulator, grid: SpectralGrid, every: int = 10,
     first = grid.axes[names[0]]
     cols = held_columns(first.size, every, offset)
     keep = np.setdiff1d(np.arange(first.size), cols)
-    rebuilt = _without_columns(emulator, keep)
+    rebuilt = without_columns(emulator, keep)
     sub = SpectralGrid({**grid.axes, names[0]: first[keep]}, grid.wavelength,
                        grid.flux[keep], mask=grid.mask[keep], normalized=True)
     pixel = PixelEmulator.from_grid(sub, fill="interpolate")
