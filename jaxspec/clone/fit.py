@@ -39,7 +39,8 @@ class CloneResult(eqx.Module):
             ``line_id``.
         initial_lines: the line list before optimisation (centres μ), same order.
         line_id: (n,) float64, pre-optimisation centre rounded to 0.01 Å (blase3D 3.1).
-        loss_history: (passes × epochs,) mean squared residual before each Adam step.
+        loss_history: (passes × epochs,) mean squared residual before each Adam step,
+            plus ``epochs`` more when lines were merged after the last pass and refitted.
         residual_rms: RMS of (model − flux) over valid pixels, the model as fitted
             (wings cut at ``wing_cut``).
         model_flux: (n_pix,) fitted model flux on the input wavelengths.
@@ -166,7 +167,7 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
 def _clone_batch(wl, flux, good, settings: CloneSettings):
     """Clone a batch of validated spectra (B, n_pix) sharing one wavelength grid.
 
-    Returns (lines per spectrum, loss history (B, passes × epochs), model (B, n_pix)).
+    Returns (lines per spectrum, loss history (B, passes × epochs [+ epochs after a merge]), model (B, n_pix)).
     """
     n_spec = flux.shape[0]
     batch = [_initial(wl, 1.0 - flux[b], good[b], settings) for b in range(n_spec)]
