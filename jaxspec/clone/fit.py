@@ -167,7 +167,8 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
 def _clone_batch(wl, flux, good, settings: CloneSettings):
     """Clone a batch of validated spectra (B, n_pix) sharing one wavelength grid.
 
-    Returns (lines per spectrum, loss history (B, passes × epochs [+ epochs after a merge]), model (B, n_pix)).
+    Returns (lines per spectrum, loss history (B, passes × epochs, + epochs after a
+    merge), model (B, n_pix)).
     """
     n_spec = flux.shape[0]
     batch = [_initial(wl, 1.0 - flux[b], good[b], settings) for b in range(n_spec)]
