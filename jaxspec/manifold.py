@@ -52,12 +52,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
+
 __all__ = ["LineManifold", "axis_stencil"]
 
 _OUT_OF_BOUNDS = ("error", "clamp")
 METHODS = ("linear", "cubic")
 #: A node value below this marks an absent line (blase3D's fill is ln a = −1000).
-ABSENT_BELOW = -500.0
+ABSENT_BELOW = ABSENT_LN_AMPLITUDE / 2
 
 
 def axis_stencil(axis, x, method: str = "linear"):

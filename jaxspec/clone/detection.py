@@ -387,8 +387,6 @@ def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lin
     )
 
 
-
-
 # ---------------------------------------------------------------------- redundant lines
 
 #: Two lines are one feature when their centres are closer than half the broader one's
@@ -400,14 +398,20 @@ _BROAD_PIXELS = 25.0  # a fitted line this many pixels wide or more is broad
 
 
 def _centers(x: _Lines, max_shift: float) -> np.ndarray:
+    """Fitted centres μ' = μ0 + max_shift tanh u (Å) of lines ``x``."""
     return x.mu0 + max_shift * np.tanh(x.u)
 
 
-def _merge_redundant(x: _Lines, settings: CloneSettings, *, min_fwhm: float = 0.0
-                     ) -> tuple[_Lines, int]:
+def _broad_fwhm(wl: np.ndarray) -> float:
+    """FWHM (Å) from which a fitted line counts as broad: ``_BROAD_PIXELS`` median
+    pixels of ``wl``."""
+    return _BROAD_PIXELS * float(np.median(np.diff(wl)))
+
+
+def _merge_redundant(x: _Lines, settings: CloneSettings) -> tuple[_Lines, int]:
     r"""Merge families of lines that describe one feature: centres within
     ``_MERGE_REACH`` FWHM of the broader line and widths within a factor
-    1/``_MERGE_WIDTH_RATIO`` of each other (both at least ``min_fwhm`` Å).
+    1/``_MERGE_WIDTH_RATIO`` of each other.
 
     Greedy from the strongest line (largest a: the equivalent width in the weak-line
     limit, since V has unit area): it absorbs its family. The merged line conserves the
@@ -429,7 +433,7 @@ def _merge_redundant(x: _Lines, settings: CloneSettings, *, min_fwhm: float = 0.
     absorbed = np.zeros(x.n, dtype=bool)
     groups = []
     for i in np.argsort(-a, kind="stable"):
-        if absorbed[i] or fwhm[i] < min_fwhm:
+        if absorbed[i]:
             continue
         lo, hi = np.searchsorted(c_sorted, [center[i] - reach, center[i] + reach])
         near = order[lo:hi]
@@ -437,7 +441,7 @@ def _merge_redundant(x: _Lines, settings: CloneSettings, *, min_fwhm: float = 0.
         broad = np.maximum(fwhm[near], fwhm[i])
         narrow = np.minimum(fwhm[near], fwhm[i])
         family = near[(np.abs(center[near] - center[i]) < _MERGE_REACH * broad)
-                      & (narrow >= _MERGE_WIDTH_RATIO * broad) & (fwhm[near] >= min_fwhm)]
+                      & (narrow >= _MERGE_WIDTH_RATIO * broad)]
         if family.size:
             absorbed[family] = True
             groups.append((i, family))

@@ -14,7 +14,8 @@ import optax
 from jaxtyping import Array, Float
 
 from jaxspec.clone.detection import (
-    _BROAD_PIXELS,
+    _broad_fwhm,
+    _centers,
     _check_input,
     _initial,
     _merge_redundant,
@@ -187,7 +188,7 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
         # describe one feature are merged first, and residual features inside a fitted
         # line of comparable width are its shape's misfit, not lines.
         merged = [_merge_redundant(x, settings)[0] for x in batch]
-        broad = _BROAD_PIXELS * float(np.median(np.diff(wl)))
+        broad = _broad_fwhm(wl)
         batch = []
         for b, x in enumerate(merged):
             cand = _initial(wl, 1.0 - flux[b] / np.maximum(model[b], 1e-6), good[b],
@@ -211,7 +212,7 @@ def _results(wl, flux, good, batch, history, model, settings, n_bad) -> list[Clo
     out = []
     for b, x in enumerate(batch):
         order = np.argsort(x.mu0, kind="stable")
-        center = x.mu0 + settings.max_shift * np.tanh(x.u)
+        center = _centers(x, settings.max_shift)
         lines = LineList(center[order], x.ln_a[order], x.ln_s[order], x.ln_g[order])
         initial = LineList(x.mu0[order], x.a0[order], x.s0[order], x.g0[order])
         r = (model[b] - flux[b]) * good[b]

@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxspec.clone.detection import (
-    _BROAD_PIXELS,
     _MIN_WIDTH,
+    _broad_fwhm,
+    _centers,
     _check_input,
     _fwhm_eta,
     _initial,
@@ -357,7 +358,7 @@ class _Sweep:
     def _node_clone(self, idx, x: _Lines, rms: float):
         from jaxspec.io.clone_store import NodeClone
 
-        center = x.mu0 + self.settings.max_shift * np.tanh(x.u)
+        center = _centers(x, self.settings.max_shift)
         return NodeClone(
             index=idx, params=self.param_of[idx], line_id=np.round(x.mu0, 2), center=center,
             ln_amplitude=x.ln_a, ln_sigma=x.ln_s, ln_gamma=x.ln_g, residual_rms=rms,
@@ -472,15 +473,14 @@ class _Sweep:
         new = np.zeros(x.n, dtype=bool)
         if cand.n == 0:
             return x, new
-        center = x.mu0 + s.max_shift * np.tanh(x.u)
+        center = _centers(x, s.max_shift)
         depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
         catalogue = np.asarray(self.catalogue)
         have = np.zeros(catalogue.size, dtype=bool)
         have[x.ident] = True
         order = np.argsort(catalogue)
         live = x.select(depth >= s.prominence)
-        misfit = _misfits(cand, live, s.max_shift,
-                          min_fwhm=_BROAD_PIXELS * float(np.median(self.spacing)))
+        misfit = _misfits(cand, live, s.max_shift, min_fwhm=_broad_fwhm(self.wl))
         fresh = []
         for k in range(cand.n):
             mu = cand.mu0[k]
@@ -550,7 +550,7 @@ class _Sweep:
             add = []
             for j in sorted(donors):
                 y = donors[j][1]
-                center = float(y.mu0[0] + s.max_shift * np.tanh(y.u[0]))
+                center = float(_centers(y, s.max_shift)[0])
                 f = float(_fwhm(y.ln_s, y.ln_g)[0])
                 lo, hi = np.searchsorted(wl, [center - _BACKFILL_REACH * f,
                                               center + _BACKFILL_REACH * f])
@@ -629,7 +629,7 @@ def _apply_lines(wl, model, x: _Lines, max_shift, remove=False) -> np.ndarray:
     """``model`` times (or, ``remove``, divided by) Π_j (1 − a_j V_j(λ)) of lines ``x``,
     each over its centre ± _BACKFILL_REACH FWHM (numpy; for a few weak lines)."""
     out = np.array(model, dtype=np.float64)
-    center = x.mu0 + max_shift * np.tanh(x.u)
+    center = _centers(x, max_shift)
     f = _fwhm(x.ln_s, x.ln_g)
     for j in range(x.n):
         lo, hi = np.searchsorted(wl, [center[j] - _BACKFILL_REACH * f[j],
@@ -647,6 +647,6 @@ def _profile_product(wl, x: _Lines, max_shift) -> np.ndarray:
 
     if x.n == 0:
         return np.ones_like(wl)
-    center = x.mu0 + max_shift * np.tanh(x.u)
+    center = _centers(x, max_shift)
     lines = LineList(center, x.ln_a, x.ln_s, x.ln_g)
     return np.asarray(lines.flux(wl), dtype=np.float64)
