@@ -100,7 +100,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxspec.emulator import FORMAT, Emulator, register_emulator
-from jaxspec.grid import _validate_wavelength
+from jaxspec._checks import check_wavelength as _validate_wavelength
 
 __all__ = [
     "C_KMS",

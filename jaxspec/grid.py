@@ -34,58 +34,10 @@ from os import PathLike
 
 import numpy as np
 
-__all__ = ["SpectralGrid"]
+from jaxspec._axes import check_axes, node_index, select
+from jaxspec._checks import check_wavelength, fmt, fmt_node
 
-_RESERVED_NAMES = frozenset({"wavelength"})
-
-
-def _fmt(value: float) -> str:
-    return f"{float(value):g}"
-
-
-def _fmt_node(names: tuple[str, ...], values) -> str:
-    return ", ".join(f"{n}={_fmt(v)}" for n, v in zip(names, values))
-
-
-def _nearest_values(axis: np.ndarray, value: float, k: int = 3) -> str:
-    nearest = np.sort(axis[np.argsort(np.abs(axis - value), kind="stable")[:k]])
-    return ", ".join(_fmt(v) for v in nearest)
-
-
-def _node_index(axes: dict[str, np.ndarray], params: Mapping[str, float]) -> tuple[int, ...]:
-    """Index of the node with exactly ``params`` (one value per axis, to a relative 1e-9)."""
-    missing = [n for n in axes if n not in params]
-    unknown = [n for n in params if n not in axes]
-    if missing or unknown:
-        raise ValueError(
-            f"got parameters {sorted(params)} but the grid has {list(axes)}"
-            + (f" (missing {missing})" if missing else "")
-            + (f" (unknown {unknown})" if unknown else "")
-            + "; pass exactly one value per grid parameter"
-        )
-    idx = []
-    for name, axis in axes.items():
-        value = float(params[name])
-        hits = np.flatnonzero(np.abs(axis - value) <= 1e-9 * max(1.0, abs(value)))
-        if hits.size == 0:
-            raise ValueError(
-                f"{name}={_fmt(value)} is not a node of the grid; nearest available "
-                f"{name} values: {_nearest_values(axis, value)}"
-            )
-        idx.append(int(hits[0]))
-    return tuple(idx)
-
-
-def _check_range(arg: str, rng) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in rng)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{arg}={rng!r} is not a (lo, hi) pair of numbers; pass e.g. {arg}=(5000, 6000)"
-        ) from None
-    if not lo <= hi:
-        raise ValueError(f"{arg}=({_fmt(lo)}, {_fmt(hi)}) has lo > hi or NaN; pass lo <= hi")
-    return lo, hi
+__all__ = ["SpectralGrid", "read_grid_hdf5"]
 
 
 @dataclass(frozen=True, eq=False, repr=False, init=False)
@@ -136,8 +88,8 @@ class SpectralGrid:
         mask: np.ndarray | None = None,
         normalized: bool = False,
     ):
-        axes = _validate_axes(axes)
-        wavelength = _validate_wavelength(wavelength)
+        axes = check_axes(axes)
+        wavelength = check_wavelength(wavelength)
         shape = tuple(a.size for a in axes.values())
         flux = np.asarray(flux)
         # float32 (of either byte order, e.g. from FITS) stays float32; all else float64.
@@ -201,7 +153,7 @@ class SpectralGrid:
 
     def __repr__(self) -> str:
         axes = ", ".join(
-            f"{n}: {a.size} in [{_fmt(a[0])}, {_fmt(a[-1])}]" for n, a in self.axes.items()
+            f"{n}: {a.size} in [{fmt(a[0])}, {fmt(a[-1])}]" for n, a in self.axes.items()
         )
         return (
             f"SpectralGrid({axes}; {self.n_pix} px in [{self.wavelength[0]:.3f}, "
@@ -221,7 +173,7 @@ class SpectralGrid:
             ValueError: a parameter is missing or unknown, or a value is not on its axis
                 (the message lists the nearest available values).
         """
-        return _node_index(self.axes, params)
+        return node_index(self.axes, params)
 
     def spectrum(self, **params: float) -> np.ndarray:
         """Flux at one existing grid node.
@@ -240,7 +192,7 @@ class SpectralGrid:
         idx = self.index(**params)
         if not self.mask[idx]:
             raise ValueError(
-                f"node {_fmt_node(self.param_names, [params[n] for n in self.param_names])} "
+                f"node {fmt_node(self.param_names, [params[n] for n in self.param_names])} "
                 "is missing from the grid (mask is False there); pick an existing node from "
                 "grid.node_params()"
             )
@@ -284,7 +236,7 @@ class SpectralGrid:
             ValueError: an unknown parameter, a malformed range, or a range that selects
                 nothing (the message gives the available span).
         """
-        slices, wsl = _select(self.axes, self.wavelength, wavelength, ranges)
+        slices, wsl = select(self.axes, self.wavelength, wavelength, ranges)
         axes = {name: axis[sl] for (name, axis), sl in zip(self.axes.items(), slices)}
         return SpectralGrid(
             axes=axes,
@@ -321,83 +273,46 @@ class SpectralGrid:
         ranges read only that hyperslab from disk, so a grid bigger than memory can be
         opened piecewise. See :func:`jaxspec.io.read_grid_hdf5`.
         """
-        from jaxspec.io.grid_hdf5 import read_grid_hdf5
+        from jaxspec.io.grid_hdf5 import read_grid_fields
 
-        return read_grid_hdf5(path, wavelength=wavelength, **ranges)
-
-
-# ---------------------------------------------------------------------- validation helpers
-
-
-def _validate_axes(
-    axes: Mapping[str, np.ndarray], label: str = "axes[{!r}]", fix: str = ""
-) -> dict[str, np.ndarray]:
-    """Check and convert axes; ``label.format(name)`` names an axis in messages, ``fix``
-    replaces the default advice (readers pass "rewrite the file ...")."""
-    if not isinstance(axes, Mapping):
-        raise ValueError(
-            f"axes is a {type(axes).__name__}; pass a dict {{name: 1-D array}} in parameter "
-            "order, e.g. {'teff': [...], 'logg': [...]}"
-        )
-    if len(axes) == 0:
-        raise ValueError("axes is empty; a grid needs at least one parameter axis")
-    out = {}
-    for name, values in axes.items():
-        field = label.format(name)
-        if not isinstance(name, str) or not name.isidentifier() or name in _RESERVED_NAMES:
-            raise ValueError(
-                f"{field}: {name!r} is not a valid parameter name; use a Python identifier "
-                f"other than 'wavelength' (e.g. 'teff', 'logg', 'feh'){fix}"
-            )
+        fields = read_grid_fields(path, wavelength=wavelength, **ranges)
         try:
-            a = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{field} is not numeric; pass a 1-D array of floats{fix}") from None
-        if a.ndim != 1:
-            raise ValueError(f"{field} has shape {a.shape}; pass a 1-D array of values{fix}")
-        if a.size == 0:
-            raise ValueError(f"{field} is empty; every axis needs at least one value{fix}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{field} contains NaN or inf; pass finite values{fix}")
-        steps = np.diff(a)
-        if np.any(steps <= 0):
-            j = int(np.flatnonzero(steps <= 0)[0])
-            raise ValueError(
-                f"{field} is not strictly increasing ({_fmt(a[j])} then {_fmt(a[j + 1])} at "
-                f"positions {j}, {j + 1}); "
-                + (fix.lstrip("; ") or "sort the values, drop duplicates and reorder flux")
-            )
-        out[name] = a
-    return out
+            return cls(**fields)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
-def _validate_wavelength(
-    wavelength: np.ndarray, label: str = "wavelength", fix: str = ""
-) -> np.ndarray:
-    """Check and convert a wavelength array to float64; ``label`` names it in messages."""
-    try:
-        wl = np.asarray(wavelength, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{label} is not numeric; pass a 1-D float array in Å{fix}") from None
-    if wl.ndim != 1:
-        raise ValueError(f"{label} has shape {wl.shape}; pass a 1-D array in Å{fix}")
-    if wl.size == 0:
-        raise ValueError(f"{label} is empty; pass at least one pixel{fix}")
-    bad = ~np.isfinite(wl)
-    if np.any(bad):
-        raise ValueError(
-            f"{label} has {int(bad.sum())} NaN/inf values (first at pixel "
-            f"{int(np.flatnonzero(bad)[0])}); pass finite wavelengths in Å{fix}"
-        )
-    steps = np.diff(wl)
-    if np.any(steps <= 0):
-        j = int(np.flatnonzero(steps <= 0)[0])
-        raise ValueError(
-            f"{label} is not strictly increasing ({wl[j]:.4f} Å then {wl[j + 1]:.4f} Å at "
-            f"pixels {j}, {j + 1}); "
-            + (fix.lstrip("; ") or "sort it (and flux with it) and drop duplicate pixels")
-        )
-    return wl
+def read_grid_hdf5(
+    path: str | PathLike,
+    *,
+    wavelength: tuple[float, float] | None = None,
+    **ranges: tuple[float, float],
+) -> SpectralGrid:
+    """Read and validate a jaxspec-grid HDF5 file into memory: :meth:`SpectralGrid.from_hdf5`
+    as a function (also :func:`jaxspec.io.read_grid_hdf5`).
+
+    Everything selected is loaded into memory (no lazy access). To open part of a grid
+    that does not fit, pass inclusive ranges: only that hyperslab of ``/flux`` is read.
+
+    Args:
+        path: the ``.h5`` file.
+        wavelength: ``(lo, hi)`` Å, inclusive; None reads every pixel.
+        **ranges: ``name=(lo, hi)`` inclusive per parameter, e.g. ``teff=(5000, 6000)``.
+
+    Returns:
+        A validated :class:`SpectralGrid`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not HDF5, wrong ``format``, unsupported ``version``, missing attribute
+            or dataset, shape or dtype mismatch, non-increasing axes or wavelength, NaN
+            flux at an existing node; the message names the file, the field and the fix
+            (the layout: :mod:`jaxspec.io.grid_hdf5`).
+    """
+    return SpectralGrid.from_hdf5(path, wavelength=wavelength, **ranges)
+
+
+# ---------------------------------------------------------------------- validation
 
 
 def _check_finite(axes, wavelength, flux, mask) -> None:
@@ -413,43 +328,9 @@ def _check_finite(axes, wavelength, flux, mask) -> None:
     pix = bad_pix[first]
     raise ValueError(
         f"flux is NaN or inf at {int(bad_nodes.sum())} existing node(s); the first is "
-        f"{_fmt_node(names, values)} with {int(pix.sum())} bad pixel(s), first at "
+        f"{fmt_node(names, values)} with {int(pix.sum())} bad pixel(s), first at "
         f"{wavelength[int(np.flatnonzero(pix)[0])]:.3f} Å; clean those spectra or set "
         "mask=False at those nodes"
     )
 
 
-def _range_slice(name: str, values: np.ndarray, rng, unit: str) -> slice:
-    lo, hi = _check_range(name, rng)
-    # Sorted values: an inclusive range is one contiguous slice.
-    start = int(np.searchsorted(values, lo, side="left"))
-    stop = int(np.searchsorted(values, hi, side="right"))
-    if stop <= start:
-        raise ValueError(
-            f"{name}=({_fmt(lo)}, {_fmt(hi)}) selects nothing; available {name} values "
-            f"span {_fmt(values[0])} to {_fmt(values[-1])}{unit}; widen or move the range"
-        )
-    return slice(start, stop)
-
-
-def _select(
-    axes: dict[str, np.ndarray],
-    wavelength: np.ndarray,
-    wavelength_range: tuple[float, float] | None,
-    ranges: Mapping[str, tuple[float, float]],
-) -> tuple[tuple[slice, ...], slice]:
-    """Slices of each axis and of ``wavelength`` for inclusive ``(lo, hi)`` ranges."""
-    unknown = [n for n in ranges if n not in axes]
-    if unknown:
-        raise ValueError(
-            f"got ranges for unknown parameters {unknown}; the grid has {list(axes)} and "
-            "wavelength"
-        )
-    slices = tuple(
-        _range_slice(name, axis, ranges[name], "") if name in ranges else slice(None)
-        for name, axis in axes.items()
-    )
-    wsl = slice(None)
-    if wavelength_range is not None:
-        wsl = _range_slice("wavelength", wavelength, wavelength_range, " Å")
-    return slices, wsl

@@ -21,7 +21,8 @@ from astropy import constants as const
 from numpy.polynomial import chebyshev
 from tqdm.auto import tqdm
 
-from jaxspec.grid import SpectralGrid, _fmt_node, _validate_wavelength
+from jaxspec._checks import check_pixels, check_wavelength, fmt_node, nonfinite
+from jaxspec.grid import SpectralGrid
 
 __all__ = ["continuum_normalize", "divide_blackbody", "planck_lambda", "preprocess_grid"]
 
@@ -33,21 +34,11 @@ _ANGSTROM_CM = 1e-8
 
 
 def _check_spectrum(wavelength, flux) -> tuple[np.ndarray, np.ndarray]:
-    wl = _validate_wavelength(wavelength)
-    f = np.asarray(flux, dtype=np.float64)
-    if wl.size < 2:
-        raise ValueError(f"wavelength has {wl.size} pixel; pass a spectrum of >= 2 pixels")
-    if f.shape != wl.shape:
-        raise ValueError(
-            f"flux has shape {f.shape} but wavelength has {wl.shape}; pass one flux value per "
-            "wavelength pixel"
-        )
-    bad = ~np.isfinite(f)
-    if np.any(bad):
-        raise ValueError(
-            f"flux has {int(bad.sum())} NaN/inf pixel(s) (first at "
-            f"{wl[int(np.flatnonzero(bad)[0])]:.3f} Å); clean or crop the spectrum first"
-        )
+    wl = check_wavelength(wavelength, min_pixels=2)
+    f = check_pixels(flux, wl)
+    note = nonfinite(f, wl)
+    if note:
+        raise ValueError(f"flux has {note}; clean or crop the spectrum first")
     return wl, f
 
 
@@ -283,7 +274,7 @@ def preprocess_grid(
                 s = divide_blackbody(grid.wavelength, s, params[row, col])
             flux_out[j], _ = continuum_normalize(grid.wavelength, s, order, **continuum_kwargs)
         except ValueError as e:
-            raise ValueError(f"node {_fmt_node(grid.param_names, params[row])}: {e}") from None
+            raise ValueError(f"node {fmt_node(grid.param_names, params[row])}: {e}") from None
     return SpectralGrid(
         axes=grid.axes,
         wavelength=grid.wavelength,

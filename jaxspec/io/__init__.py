@@ -1,7 +1,8 @@
 """File formats: everything in jaxspec that reads or writes files lives here.
 
-- :mod:`jaxspec.io.grid_hdf5`: the jaxspec-grid HDF5 format (``read_grid_hdf5``,
-  ``write_grid_hdf5``, the streaming ``GridWriter``).
+- :mod:`jaxspec.io.grid_hdf5`: the jaxspec-grid HDF5 format (``read_grid_fields``,
+  ``write_grid_hdf5``, the streaming ``GridWriter``); ``read_grid_hdf5`` (from
+  :mod:`jaxspec.grid`) reads a file into a ``SpectralGrid``.
 - :mod:`jaxspec.io.phoenix`: PHOENIX-ACES-AGSS-COND-2011 HiRes FITS import
   (``read_phoenix_grid``, ``read_phoenix_spectrum``).
 - :mod:`jaxspec.io.atomic`: atomic writes (partial file, fsync, rename) used by every
@@ -19,7 +20,8 @@
   (``PosteriorWriter``, ``read_posterior``).
 """
 
-from jaxspec.io.grid_hdf5 import GridWriter, read_grid_hdf5, write_grid_hdf5
+from jaxspec.grid import read_grid_hdf5
+from jaxspec.io.grid_hdf5 import GridWriter, write_grid_hdf5
 from jaxspec.io.phoenix import (
     PhoenixSpectrum,
     phoenix_filename,

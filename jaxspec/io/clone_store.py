@@ -341,9 +341,9 @@ class CloneStore:
 
     def index(self, **params: float) -> tuple[int, ...]:
         """Axis indices of the node with exactly these parameter values."""
-        from jaxspec.grid import _node_index
+        from jaxspec._axes import node_index
 
-        return _node_index(self.axes, params)
+        return node_index(self.axes, params)
 
     def read_node(self, index) -> NodeClone:
         """The stored clone of the node at ``index`` (a tuple of axis indices).

@@ -36,14 +36,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from jaxspec.grid import (
-    SpectralGrid,
-    _fmt_node,
-    _node_index,
-    _select,
-    _validate_axes,
-    _validate_wavelength,
-)
+from jaxspec._axes import check_axes, node_index, select
+from jaxspec._checks import check_wavelength, fmt_node
 from jaxspec.io.atomic import AtomicFile
 from jaxspec.io.locking import WriterLock, open_hdf5
 
@@ -53,7 +47,7 @@ __all__ = [
     "GridWriter",
     "grid_checksum",
     "grid_file_checksum",
-    "read_grid_hdf5",
+    "read_grid_fields",
     "write_grid_hdf5",
 ]
 
@@ -103,8 +97,8 @@ class GridWriter:
         compression: str | None = None,
     ):
         self.path = Path(path)
-        self.axes = _validate_axes(axes)
-        self.wavelength = _validate_wavelength(wavelength)
+        self.axes = check_axes(axes)
+        self.wavelength = check_wavelength(wavelength)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype={self.dtype} is not supported; pass np.float32 or np.float64")
@@ -150,7 +144,7 @@ class GridWriter:
     def write(self, flux: np.ndarray, **params: float) -> None:
         """Store the ``(n_pix,)`` spectrum of the node with these exact parameter values
         (e.g. ``teff=5800, logg=4.5, feh=0.0``) and mark it present."""
-        self.write_at(_node_index(self.axes, params), flux)
+        self.write_at(node_index(self.axes, params), flux)
 
     def write_at(self, index: tuple[int, ...], flux: np.ndarray) -> None:
         """Store the ``(n_pix,)`` spectrum of the node at integer ``index`` (one per axis)."""
@@ -224,11 +218,11 @@ class GridWriter:
             raise ValueError(f"{self.path}: the GridWriter is closed; open a new one to write")
 
     def _describe(self, index: tuple[int, ...]) -> str:
-        return _fmt_node(tuple(self.axes), [a[i] for a, i in zip(self.axes.values(), index)])
+        return fmt_node(tuple(self.axes), [a[i] for a, i in zip(self.axes.values(), index)])
 
 
 def write_grid_hdf5(
-    grid: SpectralGrid,
+    grid,
     path: str | PathLike,
     *,
     overwrite: bool = False,
@@ -240,7 +234,8 @@ def write_grid_hdf5(
     ``/mask`` is always written; missing nodes' flux is written as stored in the grid.
 
     Args:
-        grid: the grid to write.
+        grid: the :class:`~jaxspec.grid.SpectralGrid` to write (its ``axes``,
+            ``wavelength``, ``flux``, ``mask`` and ``normalized``).
         path: output file; refused if it exists unless ``overwrite=True``.
         overwrite: replace an existing file.
         compression: h5py compression for ``/flux`` (e.g. ``"gzip"``), or None.
@@ -263,16 +258,18 @@ def write_grid_hdf5(
     writer.close()
 
 
-def read_grid_hdf5(
+def read_grid_fields(
     path: str | PathLike,
     *,
     wavelength: tuple[float, float] | None = None,
     **ranges: tuple[float, float],
-) -> SpectralGrid:
-    """Read and validate a jaxspec-grid HDF5 file into memory.
+) -> dict:
+    """Read and check the layout of a jaxspec-grid HDF5 file into memory.
 
-    Everything selected is loaded into memory (no lazy access). To open part of a grid
-    that does not fit, pass inclusive ranges: only that hyperslab of ``/flux`` is read.
+    The arrays of a grid, for :meth:`jaxspec.grid.SpectralGrid.from_hdf5` (and
+    :func:`jaxspec.io.read_grid_hdf5`), which validate the grid itself. Everything
+    selected is loaded into memory (no lazy access). To open part of a grid that does not
+    fit, pass inclusive ranges: only that hyperslab of ``/flux`` is read.
 
     Args:
         path: the ``.h5`` file.
@@ -280,13 +277,15 @@ def read_grid_hdf5(
         **ranges: ``name=(lo, hi)`` inclusive per parameter, e.g. ``teff=(5000, 6000)``.
 
     Returns:
-        A validated :class:`~jaxspec.grid.SpectralGrid`.
+        ``{"axes": {name: (n_i,) float64}, "wavelength": (n_pix,) float64 Å, "flux":
+        (n_1, ..., n_k, n_pix) float32/float64, "mask": (n_1, ..., n_k) bool or None,
+        "normalized": bool}``: the arguments of :class:`~jaxspec.grid.SpectralGrid`.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: not HDF5, wrong ``format``, unsupported ``version``, missing attribute
-            or dataset, shape or dtype mismatch, non-increasing axes or wavelength, NaN
-            flux at an existing node; the message names the file, the field and the fix.
+            or dataset, shape or dtype mismatch, non-increasing axes or wavelength; the
+            message names the file, the field and the fix.
     """
     path = Path(path)
     if not path.exists():
@@ -329,11 +328,11 @@ def _unreadable(path: Path, err: BaseException) -> str:
     )
 
 
-def _read_open_grid(f, path: Path, wavelength, ranges) -> SpectralGrid:
-    """Validate and read the open grid file ``f`` (the body of :func:`read_grid_hdf5`)."""
+def _read_open_grid(f, path: Path, wavelength, ranges) -> dict:
+    """Validate and read the open grid file ``f`` (the body of :func:`read_grid_fields`)."""
     names, normalized = _read_root_attrs(f, path)
     wl = _dataset(f, "wavelength", path)
-    wl = _validate_wavelength(wl[()], label=f"{path}: dataset /wavelength", fix=_REWRITE)
+    wl = check_wavelength(wl[()], label=f"{path}: dataset /wavelength", fix=_REWRITE)
     axes = _read_axes(f, names, path)
     shape = tuple(a.size for a in axes.values())
     flux_ds = _dataset(f, "flux", path)
@@ -362,18 +361,13 @@ def _read_open_grid(f, path: Path, wavelength, ranges) -> SpectralGrid:
             )
 
     try:
-        slices, wsl = _select(axes, wl, wavelength, ranges)
+        slices, wsl = select(axes, wl, wavelength, ranges)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     axes = {name: values[sl] for (name, values), sl in zip(axes.items(), slices)}
     flux = flux_ds[(*slices, wsl)]
     mask = None if mask_ds is None else mask_ds[slices]
-    try:
-        return SpectralGrid(
-            axes=axes, wavelength=wl[wsl], flux=flux, mask=mask, normalized=normalized
-        )
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return dict(axes=axes, wavelength=wl[wsl], flux=flux, mask=mask, normalized=normalized)
 
 
 # ------------------------------------------------------------------ checksums
@@ -399,7 +393,7 @@ def _digest(axes: Mapping[str, np.ndarray], wavelength: np.ndarray, mask: np.nda
     return h.hexdigest()
 
 
-def grid_checksum(grid: SpectralGrid) -> str:
+def grid_checksum(grid) -> str:
     r"""SHA-256 (hex) fingerprint of a grid's spectra.
 
     Hashes, in order: each axis name and its node values, the wavelengths, the node mask
@@ -534,4 +528,4 @@ def _read_axes(f: h5py.File, names: list[str], path: Path) -> dict[str, np.ndarr
             f"{names}{_REWRITE}"
         )
     raw = {name: _dataset(f, f"axes/{name}", path)[()] for name in names}
-    return _validate_axes(raw, label=f"{path}: dataset /axes/{{}}", fix=_REWRITE)
+    return check_axes(raw, label=f"{path}: dataset /axes/{{}}", fix=_REWRITE)

@@ -32,7 +32,9 @@ import numpy as np
 from astropy.io import fits
 from tqdm.auto import tqdm
 
-from jaxspec.grid import SpectralGrid, _fmt, _range_slice, _validate_wavelength
+from jaxspec._axes import range_slice
+from jaxspec._checks import check_wavelength, fmt
+from jaxspec.grid import SpectralGrid
 from jaxspec.io.grid_hdf5 import GridWriter
 
 __all__ = [
@@ -110,7 +112,7 @@ def read_phoenix_wavelength(path: str | PathLike) -> np.ndarray:
         if data is None:
             raise ValueError(f"{path}: primary HDU holds no data; {_REDOWNLOAD}")
         wl = np.array(data, dtype=np.float64)
-    return _validate_wavelength(
+    return check_wavelength(
         wl, label=f"{path}: primary HDU wavelength", fix=f"; {_REDOWNLOAD}"
     )
 
@@ -139,8 +141,8 @@ def _read_flux(
                 want = expected.get(name, 0.0)
                 if abs(params[name] - want) > _TOLERANCE[name]:
                     raise ValueError(
-                        f"{path}: header key {_HEADER_KEYS[name]} = {_fmt(params[name])} "
-                        f"disagrees with the filename ({name} = {_fmt(want)}); the file was "
+                        f"{path}: header key {_HEADER_KEYS[name]} = {fmt(params[name])} "
+                        f"disagrees with the filename ({name} = {fmt(want)}); the file was "
                         f"renamed or corrupted: {_REDOWNLOAD}, or rename it after its header"
                         + (
                             ""
@@ -195,7 +197,7 @@ def read_phoenix_spectrum(
     pix = slice(None)
     if wavelength is not None:
         try:
-            pix = _range_slice("wavelength", wl, wavelength, " Å")
+            pix = range_slice("wavelength", wl, wavelength, " Å")
         except ValueError as e:
             raise ValueError(f"{wavelength_file}: {e}") from None
     flux, params = _read_flux(path, _params_from_filename(path), wl.size, pix)
@@ -315,7 +317,7 @@ def read_phoenix_grid(
             continue
         values = np.unique([k[i] for k in keys])
         try:
-            selected = set(values[_range_slice(name, values, ranges[name], "")].tolist())
+            selected = set(values[range_slice(name, values, ranges[name], "")].tolist())
         except ValueError as e:
             raise ValueError(f"{directory}: among the files found, {e}") from None
         keys = [k for k in keys if k[i] in selected]
@@ -328,7 +330,7 @@ def read_phoenix_grid(
     pix = slice(None)
     if wavelength is not None:
         try:
-            pix = _range_slice("wavelength", wl_full, wavelength, " Å")
+            pix = range_slice("wavelength", wl_full, wavelength, " Å")
         except ValueError as e:
             raise ValueError(f"{wl_path}: {e}") from None
     wl = wl_full[pix]

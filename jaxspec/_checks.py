@@ -1,0 +1,160 @@
+"""Input checks shared by every stage: wavelengths, fluxes, uncertainties, ranges.
+
+Each check is written once here and raises a ``ValueError`` a person can act on: it names
+the field (``label``, e.g. ``"wavelength"`` or ``"grid.h5: dataset /wavelength"``), says
+what is wrong with numbers (the first bad pixel, its wavelength) and how to fix it (the
+default advice, or ``fix``, which readers of files set to e.g. "; rewrite the file ...").
+
+A leaf module: numpy only, imported by the grid, the clones, the synthesis, the emulators,
+the readers and inference alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "check_pixels",
+    "check_range",
+    "check_uncertainty",
+    "check_wavelength",
+    "fmt",
+    "fmt_node",
+    "nonfinite",
+]
+
+
+def fmt(value: float) -> str:
+    """A parameter value as short text (``5800``, ``4.5``, ``-0.5``)."""
+    return f"{float(value):g}"
+
+
+def fmt_node(names: tuple[str, ...], values) -> str:
+    """A grid node as text, e.g. ``"teff=5800, logg=4.5, feh=0"``."""
+    return ", ".join(f"{n}={fmt(v)}" for n, v in zip(names, values))
+
+
+def check_wavelength(
+    wavelength, label: str = "wavelength", fix: str = "", min_pixels: int = 1
+) -> np.ndarray:
+    """A wavelength array checked and converted to float64.
+
+    Args:
+        wavelength: ``(n_pix,)`` Å; must be numeric, 1-D, at least ``min_pixels`` long,
+            finite and strictly increasing.
+        label: names the array in messages (e.g. ``"LineEmulator: wavelength"``).
+        fix: advice appended to every message, replacing the default advice for an
+            unsorted array (readers pass "; rewrite the file with ...").
+        min_pixels: fewest pixels accepted.
+
+    Returns:
+        ``(n_pix,)`` float64, Å (0.001 Å precision at 10,000 Å needs more than float32).
+
+    Raises:
+        ValueError: naming ``label``, the first bad pixel and the fix.
+    """
+    try:
+        wl = np.asarray(wavelength, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} is not numeric; pass a 1-D float array in Å{fix}") from None
+    if wl.ndim != 1:
+        raise ValueError(f"{label} has shape {wl.shape}; pass a 1-D array in Å{fix}")
+    if wl.size == 0:
+        raise ValueError(f"{label} is empty; pass at least {min_pixels} pixel(s){fix}")
+    if wl.size < min_pixels:
+        raise ValueError(
+            f"{label} has {wl.size} pixel(s); pass a spectrum of at least {min_pixels} "
+            f"pixels{fix}"
+        )
+    bad = ~np.isfinite(wl)
+    if np.any(bad):
+        raise ValueError(
+            f"{label} has {int(bad.sum())} NaN/inf values (first at pixel "
+            f"{int(np.flatnonzero(bad)[0])}); pass finite wavelengths in Å (remove or fill "
+            f"the non-finite pixels){fix}"
+        )
+    steps = np.diff(wl)
+    if np.any(steps <= 0):
+        j = int(np.flatnonzero(steps <= 0)[0])
+        raise ValueError(
+            f"{label} is not strictly increasing ({wl[j]:.4f} Å then {wl[j + 1]:.4f} Å at "
+            f"pixels {j}, {j + 1}); "
+            + (fix.lstrip("; ") or "sort it (and flux with it) and drop duplicate pixels")
+        )
+    return wl
+
+
+def check_pixels(values, wavelength: np.ndarray, label: str = "flux",
+                 advice: str = "pass one flux value per wavelength pixel") -> np.ndarray:
+    """``values`` as float64 with one value per wavelength pixel.
+
+    Args:
+        values: ``(n_pix,)`` per-pixel values (flux, uncertainty, ...).
+        wavelength: ``(n_pix,)`` the pixels' wavelengths, Å (already checked).
+        label: names ``values`` in the message (``"flux"``, ``"star.fits: uncertainty"``).
+        advice: what to pass instead.
+
+    Raises:
+        ValueError: ``"flux has shape (10,) but wavelength has (5001,); pass ..."``.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != wavelength.shape:
+        raise ValueError(
+            f"{label} has shape {a.shape} but wavelength has {wavelength.shape}; {advice}"
+        )
+    return a
+
+
+def nonfinite(values, wavelength: np.ndarray, where=None) -> str | None:
+    """``"N NaN/inf pixel(s) (first at λ Å)"`` for the non-finite ``values`` (only those
+    where ``where`` is True, when given), or None when there are none; callers raise or
+    warn with it (``f"flux has {note}; ..."``)."""
+    bad = ~np.isfinite(values)
+    if where is not None:
+        bad &= where
+    if not np.any(bad):
+        return None
+    return (f"{int(bad.sum())} NaN/inf pixel(s) (first at "
+            f"{wavelength[int(np.flatnonzero(bad)[0])]:.3f} Å)")
+
+
+def check_uncertainty(sigma, wavelength: np.ndarray, used, label: str = "uncertainty",
+                      pixels: str = "pixel(s)", fix: str = "pass no uncertainty to fit a "
+                      "noise scale") -> None:
+    """Raise unless the 1σ uncertainties ``sigma`` are > 0 at every ``used`` pixel.
+
+    Args:
+        sigma: ``(n_pix,)`` 1σ, flux units (already of the right shape).
+        wavelength: ``(n_pix,)`` Å, for the message.
+        used: ``(n_pix,)`` bool, the pixels that enter the fit.
+        label: names ``sigma`` in the message.
+        pixels: how the message counts them (``"used pixel(s)"``).
+        fix: the last of the remedies offered.
+
+    Raises:
+        ValueError: ``"uncertainty is zero or negative at 2 pixel(s) (first -0.1 at
+            8500.000 Å); uncertainties are 1σ and must be > 0: fix them, mask those
+            pixels, or pass no uncertainty to fit a noise scale"``.
+    """
+    bad = used & (sigma <= 0)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{label} is zero or negative at {int(bad.sum())} {pixels} (first {sigma[j]:g} "
+            f"at {wavelength[j]:.3f} Å); uncertainties are 1σ and must be > 0: fix them, "
+            f"mask those pixels, or {fix}"
+        )
+
+
+def check_range(arg: str, rng) -> tuple[float, float]:
+    """An inclusive ``(lo, hi)`` range of numbers with ``lo <= hi`` (a wavelength or
+    parameter box), as floats; the message names ``arg`` and shows a valid call."""
+    try:
+        lo, hi = (float(v) for v in rng)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{arg}={rng!r} is not a (lo, hi) pair of numbers; pass e.g. {arg}=(5000, 6000)"
+        ) from None
+    if not lo <= hi:
+        raise ValueError(f"{arg}=({fmt(lo)}, {fmt(hi)}) has lo > hi or NaN; pass lo <= hi")
+    return lo, hi
