@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from jaxspec._checks import check_wavelength
 from jaxspec.emulator import FORMAT, Emulator, register_emulator
 from jaxspec.identify import (
     ABSENT_LN_AMPLITUDE,
@@ -168,12 +169,7 @@ class LineEmulator(Emulator):
                 f"LineEmulator: center has shape {center.shape} but the manifold holds "
                 f"{manifold.n_lines} lines"
             )
-        wl = np.asarray(wavelength, dtype=np.float64)
-        if wl.ndim != 1 or wl.size < 2 or np.any(np.diff(wl) <= 0):
-            raise ValueError(
-                f"LineEmulator: wavelength must be 1-D, strictly increasing, >= 2 pixels "
-                f"(got shape {wl.shape})"
-            )
+        wl = check_wavelength(wavelength, label="LineEmulator: wavelength", min_pixels=2)
         if observed is None:
             observed = np.ones(manifold.grid_shape, dtype=bool)
         observed = np.asarray(observed, dtype=bool)

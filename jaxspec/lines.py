@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from jaxspec._checks import check_wavelength
 from jaxspec.profiles import pseudo_voigt
 from jaxspec.synthesis import MAX_DEPTH, SynthesisPlan, plan_synthesis
 
@@ -183,8 +184,7 @@ class LineList(eqx.Module):
                 "LineList.plan: needs concrete line parameters and wavelengths; call it "
                 "outside jax.jit / grad / vmap and pass the result as flux(..., plan=plan)"
             )
-        wl = np.asarray(wavelength, dtype=np.float64)
-        _check_wavelength(wl, "wavelength")
+        wl = check_wavelength(wavelength, min_pixels=2)
         lead = tuple(range(self.center.ndim - 1))
         # A Gaussian/Lorentzian of given area is widest when its width is largest, and the
         # windows grow with amplitude: maxima over the batch bound every member.
@@ -261,20 +261,3 @@ class LineList(eqx.Module):
 def _synthesize(plan: SynthesisPlan, lines: LineList):
     # Compiled once per plan structure; inside an outer jit this is simply inlined.
     return plan(lines.center, lines.ln_amplitude, lines.ln_sigma, lines.ln_gamma)
-
-
-def _check_wavelength(wl: np.ndarray, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless wl is 1-D, finite, strictly increasing."""
-    if wl.ndim != 1 or wl.size < 2:
-        raise ValueError(f"{name}: expected a 1-D array of at least 2 wavelengths (Å), got shape {wl.shape}")
-    if not np.all(np.isfinite(wl)):
-        bad = int(np.sum(~np.isfinite(wl)))
-        raise ValueError(f"{name}: {bad} non-finite wavelength values; remove or fill them")
-    steps = np.diff(wl)
-    if np.any(steps <= 0):
-        first = int(np.argmax(steps <= 0))
-        raise ValueError(
-            f"{name}: wavelengths must be strictly increasing, but pixel {first + 1} "
-            f"({wl[first + 1]!r} Å) does not exceed pixel {first} ({wl[first]!r} Å); sort "
-            "the spectrum (np.argsort) and drop duplicate pixels"
-        )

@@ -139,7 +139,8 @@ def _run(client, grid, settings, batch_size, chunks, indices, params, writer, ba
     each as it finishes."""
     from dask.distributed import as_completed
 
-    from jaxspec.clone.sweep import _batch_spectra, _report
+    from jaxspec.clone.detection import _batch_spectra
+    from jaxspec.clone.fit import _report
     from jaxspec.io.clone_store import NodeClone
 
     wavelength = client.scatter(np.asarray(grid.wavelength), broadcast=True)

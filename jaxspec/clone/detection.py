@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import find_peaks, peak_widths
 
+from jaxspec._checks import check_pixels, check_wavelength, fmt_node, nonfinite
 from jaxspec.clone.settings import CloneSettings
 from jaxspec.profiles import FWHM_PER_SIGMA
 
@@ -27,29 +28,8 @@ _BLEND_RATIO = 0.4  # smallest local/half-prominence width ratio read as a blend
 
 def _check_input(wavelength, flux, mask=None, *, what="spectrum"):
     """Validate a spectrum; return (wavelength float64, flux with NaN→1, weight, n_bad)."""
-    wl = np.asarray(wavelength, dtype=np.float64)
-    f = np.asarray(flux, dtype=np.float64)
-    if wl.ndim != 1 or wl.size < 8:
-        raise ValueError(
-            f"wavelength: expected a 1-D array of at least 8 pixels (Å), got shape {wl.shape}"
-        )
-    if f.shape != wl.shape:
-        raise ValueError(
-            f"flux has shape {f.shape} but wavelength has {wl.shape}; pass one flux value "
-            "per wavelength pixel"
-        )
-    if not np.all(np.isfinite(wl)):
-        raise ValueError(
-            f"wavelength has {int(np.sum(~np.isfinite(wl)))} NaN/inf values; pass finite Å"
-        )
-    steps = np.diff(wl)
-    if np.any(steps <= 0):
-        j = int(np.flatnonzero(steps <= 0)[0])
-        raise ValueError(
-            f"wavelength is not strictly increasing ({wl[j]:.4f} Å then {wl[j + 1]:.4f} Å "
-            f"at pixels {j}, {j + 1}); sort the spectrum (np.argsort, flux with it) and drop "
-            "duplicate pixels"
-        )
+    wl = check_wavelength(wavelength, min_pixels=8)
+    f = check_pixels(flux, wl)
     good = np.isfinite(f)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
@@ -62,13 +42,9 @@ def _check_input(wavelength, flux, mask=None, *, what="spectrum"):
     n_bad = int(np.sum(~good))
     if n_bad == wl.size:
         raise ValueError(f"{what}: every flux pixel is NaN or masked; nothing to clone")
-    if n_bad and np.any(~np.isfinite(f)):
-        first = float(wl[np.flatnonzero(~np.isfinite(f))[0]])
-        warnings.warn(
-            f"{what}: flux has {int(np.sum(~np.isfinite(f)))} NaN/inf pixel(s) (first at "
-            f"{first:.3f} Å); they are left out of the loss",
-            stacklevel=3,
-        )
+    note = nonfinite(f, wl) if n_bad else None
+    if note:
+        warnings.warn(f"{what}: flux has {note}; they are left out of the loss", stacklevel=3)
     valid = f[good]
     median = float(np.median(valid))
     upper = float(np.percentile(valid, 95))
@@ -80,6 +56,19 @@ def _check_input(wavelength, flux, mask=None, *, what="spectrum"):
         )
     f = np.where(good, f, 1.0)
     return wl, f, good.astype(np.float64), n_bad
+
+
+def _batch_spectra(grid, indices):
+    """Validated (flux, good, n_bad) of grid nodes, stacked."""
+    flux, good, n_bad = [], [], []
+    names = grid.param_names
+    for idx in indices:
+        where = f"node {fmt_node(names, [grid.axes[n][i] for n, i in zip(names, idx)])}"
+        _, f, g, bad = _check_input(grid.wavelength, grid.flux[idx], what=where)
+        flux.append(f)
+        good.append(g)
+        n_bad.append(bad)
+    return np.stack(flux), np.stack(good), n_bad
 
 
 # ---------------------------------------------------------------------- initialisation

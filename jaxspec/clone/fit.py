@@ -271,3 +271,10 @@ def clone(
     return result
 
 
+def _report(bar, nodes, n):
+    """Advance the progress bar ``bar`` by ``n`` nodes, showing the median residual rms
+    and line count of the clones ``nodes`` just made (shared by the sweeps)."""
+    bar.update(n)
+    if nodes:
+        bar.set_postfix(rms=f"{np.median([x.residual_rms for x in nodes]):.2g}",
+                        lines=int(np.median([x.n_lines for x in nodes])))

@@ -56,15 +56,15 @@ import numpy as np
 from jaxspec.clone.detection import (
     _MIN_WIDTH,
     _broad_fwhm,
+    _batch_spectra,
     _centers,
-    _check_input,
     _fwhm_eta,
     _initial,
     _Lines,
     _misfits,
     _peak_value,
 )
-from jaxspec.clone.fit import _clone_batch, _fit, _results
+from jaxspec.clone.fit import _clone_batch, _fit, _report, _results
 from jaxspec.clone.settings import CloneSettings, resolve_settings
 from jaxspec.profiles import FWHM_PER_SIGMA
 from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
@@ -291,28 +291,6 @@ class _Independent:
             _report(bar, nodes, len(chunk))
             if callback is not None:
                 callback(n_done, n_total)
-
-
-def _batch_spectra(grid, indices):
-    """Validated (flux, good, n_bad) of grid nodes, stacked."""
-    from jaxspec.grid import _fmt_node
-
-    flux, good, n_bad = [], [], []
-    names = grid.param_names
-    for idx in indices:
-        where = f"node {_fmt_node(names, [grid.axes[n][i] for n, i in zip(names, idx)])}"
-        _, f, g, bad = _check_input(grid.wavelength, grid.flux[idx], what=where)
-        flux.append(f)
-        good.append(g)
-        n_bad.append(bad)
-    return np.stack(flux), np.stack(good), n_bad
-
-
-def _report(bar, nodes, n):
-    bar.update(n)
-    if nodes:
-        bar.set_postfix(rms=f"{np.median([x.residual_rms for x in nodes]):.2g}",
-                        lines=int(np.median([x.n_lines for x in nodes])))
 
 
 def _floor_ln_a(ln_s, ln_g, depth):
