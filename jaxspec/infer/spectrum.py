@@ -2,7 +2,7 @@ r"""Observed spectra, and their pixels matched to an emulator's.
 
 Two containers:
 
-:class:`Spectrum`
+:class:`Spectrum` (defined in :mod:`jaxspec.spectrum`, re-exported here)
     What the observer has: ``wavelength`` (Å), ``flux`` (normalised like the emulator's),
     optional 1σ ``uncertainty`` and a pixel ``mask`` (True = use the pixel), the
     wavelength ``medium`` (``"air"``, ``"vacuum"`` or None: not recorded) and, for an
@@ -49,14 +49,13 @@ Without uncertainties the fitted noise scale stands for all of the error.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxspec.grid import _validate_wavelength
+from jaxspec.spectrum import Spectrum, as_spectrum
 
 __all__ = [
     "Observation",
@@ -73,189 +72,6 @@ __all__ = [
 #: :func:`jaxspec.clone.clone`'s input check), and the lowest median it may have.
 CONTINUUM_P95 = (0.75, 1.25)
 CONTINUUM_MEDIAN_MIN = 0.2
-
-
-@dataclass(frozen=True, eq=False, init=False)
-class Spectrum:
-    """An observed (or simulated) spectrum, validated.
-
-    Args:
-        wavelength: ``(n,)`` Å, finite, strictly increasing; stored float64.
-        flux: ``(n,)`` flux, normalised like the emulator's spectra. NaN/inf pixels are
-            masked with a warning.
-        uncertainty: ``(n,)`` 1σ flux uncertainty (same units as flux) or None (unknown:
-            the inference methods then fit a noise scale). Must be > 0 at every used
-            pixel; NaN/inf pixels are masked with a warning.
-        mask: ``(n,)`` bool, True where the pixel is used, or None (all).
-        name: label used in messages (e.g. the file name).
-        medium: ``"air"``, ``"vacuum"`` (``"vac"``) or None (not recorded): the medium of
-            ``wavelength`` (:mod:`jaxspec.medium`; :meth:`to_medium` converts).
-        segment: ``(n,)`` int, the echelle order (or any segment label) of each pixel, or
-            None (one segment). Segments are continuum-normalised separately
-            (:func:`normalize_continuum`); pixels of overlapping orders are interleaved
-            in wavelength order.
-
-    Raises:
-        ValueError: shapes differ, wavelengths are not increasing, an uncertainty is zero
-            or negative, an unknown medium, or no pixel is left.
-    """
-
-    wavelength: np.ndarray
-    flux: np.ndarray
-    uncertainty: np.ndarray | None
-    mask: np.ndarray
-    name: str
-    medium: str | None
-    segment: np.ndarray | None
-
-    def __init__(self, wavelength, flux, uncertainty=None, mask=None, name: str = "spectrum",
-                 *, medium: str | None = None, segment=None):
-        from jaxspec.medium import check_medium
-
-        where = f"{name}: "
-        medium = check_medium(medium, where=f"{where}medium")
-        wl = _validate_wavelength(wavelength, label=f"{where}wavelength")
-        flux = np.asarray(flux, dtype=np.float64)
-        if flux.shape != wl.shape:
-            raise ValueError(
-                f"{where}flux has shape {flux.shape} but wavelength has {wl.shape}; pass one "
-                "flux value per pixel"
-            )
-        if mask is None:
-            mask = np.ones(wl.shape, dtype=bool)
-        else:
-            mask = np.asarray(mask)
-            if mask.shape != wl.shape or mask.dtype != np.bool_:
-                raise ValueError(
-                    f"{where}mask has shape {mask.shape} and dtype {mask.dtype}; pass a bool "
-                    f"array of shape {wl.shape}, True where the pixel is used"
-                )
-            mask = mask.copy()
-        bad = mask & ~np.isfinite(flux)
-        if bad.any():
-            warnings.warn(
-                f"{where}flux has {int(bad.sum())} NaN/inf pixel(s) (first at "
-                f"{wl[np.flatnonzero(bad)[0]]:.3f} Å); they are masked",
-                stacklevel=2,
-            )
-            mask &= ~bad
-        if uncertainty is not None:
-            uncertainty = np.asarray(uncertainty, dtype=np.float64)
-            if uncertainty.shape != wl.shape:
-                raise ValueError(
-                    f"{where}uncertainty has shape {uncertainty.shape} but wavelength has "
-                    f"{wl.shape}; pass one 1σ value per pixel or None"
-                )
-            nonfinite = mask & ~np.isfinite(uncertainty)
-            if nonfinite.any():
-                warnings.warn(
-                    f"{where}uncertainty has {int(nonfinite.sum())} NaN/inf pixel(s) (first "
-                    f"at {wl[np.flatnonzero(nonfinite)[0]]:.3f} Å); they are masked",
-                    stacklevel=2,
-                )
-                mask &= ~nonfinite
-            bad = mask & (uncertainty <= 0)
-            if bad.any():
-                j = np.flatnonzero(bad)[0]
-                raise ValueError(
-                    f"{where}uncertainty is zero or negative at {int(bad.sum())} pixel(s) "
-                    f"(first {uncertainty[j]:g} at {wl[j]:.3f} Å); uncertainties are 1σ and "
-                    "must be > 0: fix them, mask those pixels, or pass no uncertainty to fit "
-                    "a noise scale"
-                )
-        if not mask.any():
-            raise ValueError(f"{where}no usable pixel (all masked or non-finite)")
-        if segment is not None:
-            seg = np.asarray(segment)
-            if seg.shape != wl.shape or seg.dtype.kind not in "iu":
-                raise ValueError(
-                    f"{where}segment has shape {seg.shape} and dtype {seg.dtype}; pass one "
-                    f"integer label (e.g. the echelle order) per pixel, shape {wl.shape}"
-                )
-            segment = seg.astype(np.int64)
-        object.__setattr__(self, "wavelength", wl)
-        object.__setattr__(self, "flux", flux)
-        object.__setattr__(self, "uncertainty", uncertainty)
-        object.__setattr__(self, "mask", mask)
-        object.__setattr__(self, "name", str(name))
-        object.__setattr__(self, "medium", medium)
-        object.__setattr__(self, "segment", segment)
-
-    @property
-    def n_pix(self) -> int:
-        return int(self.wavelength.size)
-
-    def replace(self, **changes) -> Spectrum:
-        """A copy with some fields changed (validated again), e.g. ``flux=...``."""
-        fields = {k: getattr(self, k) for k in (
-            "wavelength", "flux", "uncertainty", "mask", "name", "medium", "segment")}
-        fields.update(changes)
-        return Spectrum(**fields)
-
-    def to_medium(self, medium: str) -> Spectrum:
-        """The spectrum with wavelengths in ``medium`` (``"air"`` or ``"vacuum"``), by
-        the formulas of :mod:`jaxspec.medium` (Morton 2000 eq. 3 and its VALD inverse).
-
-        Raises:
-            ValueError: this spectrum's medium is None (not recorded: say it with
-                ``read_spectrum(..., medium=)`` or ``Spectrum(..., medium=)``).
-        """
-        from jaxspec.medium import check_medium, convert_medium
-
-        target = check_medium(medium, where="medium")
-        if self.medium is None:
-            raise ValueError(
-                f"{self.name}: the wavelength medium is not recorded, so it cannot be "
-                f"converted to {target}; pass medium='air' or 'vacuum' when reading it "
-                "(CLI: --spectrum-medium)"
-            )
-        if self.medium == target:
-            return self
-        return self.replace(wavelength=convert_medium(self.wavelength, self.medium, target),
-                            medium=target)
-
-    def to_specutils(self):
-        """This spectrum as a ``specutils.Spectrum`` (specutils >= 2.0, optional):
-        ``spectral_axis`` in Å, dimensionless flux, ``StdDevUncertainty``, ``mask`` True
-        where a pixel is *not* used (the NDData convention, the opposite of ours), and
-        ``meta`` ``{"name", "medium", "segment"}``.
-
-        Raises:
-            ImportError: specutils is not installed (the message names the fix).
-        """
-        from jaxspec.io.specutils import to_specutils
-
-        return to_specutils(self)
-
-    def __repr__(self) -> str:
-        extra = f", {self.medium}" if self.medium else ""
-        if self.segment is not None:
-            extra += f", {np.unique(self.segment).size} segments"
-        return (
-            f"Spectrum({self.name!r}: {self.n_pix} px in [{self.wavelength[0]:.3f}, "
-            f"{self.wavelength[-1]:.3f}] Å, {int(self.mask.sum())} used, uncertainty "
-            f"{'given' if self.uncertainty is not None else 'none'}{extra})"
-        )
-
-
-def as_spectrum(data, name: str | None = None) -> Spectrum:
-    """A :class:`Spectrum` from a Spectrum (returned as is) or a ``specutils.Spectrum``
-    (specutils >= 2.0; the deprecated ``Spectrum1D`` too), converted by
-    :func:`jaxspec.io.specutils.from_specutils` (``name`` labels it in messages).
-
-    Raises:
-        TypeError: anything else (the message names what is accepted).
-    """
-    if isinstance(data, Spectrum):
-        return data
-    from jaxspec.io.specutils import from_specutils, is_specutils
-
-    if is_specutils(data):
-        return from_specutils(data, name=name)
-    raise TypeError(
-        f"{type(data).__name__} is not a spectrum; pass a jaxspec.infer.Spectrum or a "
-        "specutils.Spectrum (or read a file with jaxspec.io.read_spectrum)"
-    )
 
 
 def normalize_continuum(spectrum: Spectrum, order: int = 5, *, quantile: float = 0.9,

@@ -217,7 +217,7 @@ def read_apogee(path, hdul, *, visit: int | None = None, row: int | None = None,
         ValueError: a missing or misshaped HDU, no log-linear WCS, a visit or row out of
             range, or a row without data (each names the file, the HDU and the fix).
     """
-    from jaxspec.infer.spectrum import Spectrum
+    from jaxspec.spectrum import Spectrum
 
     path = Path(path)
     aspcap = path.name.lower().startswith("aspcapstar")
@@ -319,7 +319,7 @@ def read_echelle(path, hdul, *, orders=None, medium: str | None = None,
             of range, non-positive wavelengths, or two orders with a pixel at exactly
             the same wavelength.
     """
-    from jaxspec.infer.spectrum import Spectrum
+    from jaxspec.spectrum import Spectrum
 
     path = Path(path)
     i_flux = _find(hdul, _FLUX_NAMES, ndim=(2,))
@@ -425,7 +425,7 @@ def read_fits_image(path, hdul, *, mask_bits: int | None = None, medium: str | N
     Raises:
         ValueError: no 1-D image, no wavelength WCS, a companion HDU of another length.
     """
-    from jaxspec.infer.spectrum import Spectrum
+    from jaxspec.spectrum import Spectrum
 
     path = Path(path)
     i_flux = _find(hdul, _FLUX_NAMES, ndim=(1, 2))

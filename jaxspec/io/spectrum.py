@@ -90,7 +90,7 @@ def read_spectrum(path: str | PathLike, *, name: str | None = None,
     """
     from astropy.table import Table
 
-    from jaxspec.infer.spectrum import Spectrum
+    from jaxspec.spectrum import Spectrum
 
     path = Path(path)
     if not path.exists():
@@ -320,7 +320,7 @@ def write_spectrum(spectrum, path: str | PathLike, *, overwrite: bool = False) -
     import astropy.units as u
     from astropy.table import Table
 
-    from jaxspec.infer.spectrum import as_spectrum
+    from jaxspec.spectrum import as_spectrum
     from jaxspec.io.atomic import write_table
 
     spectrum = as_spectrum(spectrum)
