@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import glob
 import math
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +36,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["StarTask", "expand_spectra", "fit_file", "padded_length", "run_dask",
+from jaxspec.cli._common import matplotlib_pyplot, save_figure
+
+__all__ = ["StarTask", "expand_spectra", "fit_file", "padded_length", "read_lsf", "run_dask",
            "run_local"]
 
 #: Messages of rows that have no posterior (so a rerun with --posterior does not refit
@@ -152,8 +155,6 @@ def fit_file(task: StarTask, config, model=None) -> dict:
         :mod:`jaxspec.io.posterior`, or None), or ``"error"`` (text) and
         ``"input_error"`` (True: the file cannot be used; False: the fit raised).
     """
-    from jaxspec.cli import infer as cli
-
     out = {"file": task.path, "checksum": task.checksum, "warnings": [], "plots": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -161,14 +162,14 @@ def fit_file(task: StarTask, config, model=None) -> dict:
             spectrum = read_for_fit(task.path, config)
             if model is None:
                 model = cached_emulator(config.emulator, config.emulator_sha256)
-            if cli._wants_extrinsic(config, model):
-                em, init, note = cli._observed(config, model, spectrum)
+            if _wants_extrinsic(config, model):
+                em, init, note = _observed(config, model, spectrum)
             else:
                 em, init, note = model, None, ""
             from jaxspec.infer import observe
 
             obs = observe(spectrum, em, config.resample)
-            priors = cli._priors(config.prior, em)
+            priors = _priors(config.prior, em)
         except (ValueError, TypeError, OSError) as err:
             text = str(err)
             if Path(task.path).name not in text:
@@ -186,7 +187,6 @@ def fit_file(task: StarTask, config, model=None) -> dict:
 
 def _fit(task, config, em, obs, init, note, priors) -> dict:
     """Fit one prepared observation; ``{"row", "posterior", "plots"}``."""
-    from jaxspec.cli import infer as cli
     from jaxspec.infer import bayes_opt, fit_map, results_table, sample_nuts
     from jaxspec.infer.spectrum import pad_observation
     from jaxspec.io.posterior import laplace_payload, nuts_payload
@@ -219,7 +219,7 @@ def _fit(task, config, em, obs, init, note, priors) -> dict:
     table = results_table(res, em.param_names, files=[task.path], method=config.method,
                           seconds=seconds)
     row = {name: table[name][0] for name in table.colnames}
-    chi2_nu = cli._chi2_nu(em, obs, res)
+    chi2_nu = _chi2_nu(em, obs, res)
     if chi2_nu is not None:
         row["chi2_nu"] = chi2_nu
     if note:
@@ -227,7 +227,7 @@ def _fit(task, config, em, obs, init, note, priors) -> dict:
     row["checksum"] = task.checksum
     plots = []
     if config.plot:
-        plots = [str(p) for p in cli._plots(em, obs, res, config, task.plot_stem,
+        plots = [str(p) for p in _plots(em, obs, res, config, task.plot_stem,
                                             Path(task.path))]
     return {"row": row, "posterior": posterior, "plots": plots}
 
@@ -299,3 +299,166 @@ def run_dask(tasks, config, model=None, *, workers: int | None = None,
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+# ---------------------------------------------------------------------- one star's fit
+
+
+def _wants_extrinsic(args, base) -> bool:
+    from jaxspec.extrinsic import Template
+
+    return bool(args.fit or args.rv or args.vsini or args.resolution is not None or args.lsf
+                or isinstance(base, Template))
+
+
+def read_lsf(path):
+    """The ``--lsf`` table (ECSV/FITS/CSV, columns ``velocity`` km/s and ``profile``) as
+    ``(velocity, profile)`` float64 arrays."""
+    from astropy.table import Table
+
+    t = Table.read(path)
+    cols = {c.lower(): c for c in t.colnames}
+    if "velocity" not in cols or "profile" not in cols:
+        raise ValueError(f"{path}: an LSF table needs columns velocity (km/s) and profile "
+                         f"(columns present: {', '.join(t.colnames)})")
+    return (np.asarray(t[cols["velocity"]], dtype=np.float64),
+            np.asarray(t[cols["profile"]], dtype=np.float64))
+
+
+def _observed(args, base, spectrum):
+    """The emulator observed at ``spectrum``'s pixels, a start and a note for the table.
+
+    When rv is fitted, a χ² scan over the RV box (continuum by least squares) gives the
+    start and narrows the rv box to best ± --rv-window (a multimodal RV likelihood
+    otherwise defeats local optimisers), like --teff-guess/--teff-window for Teff.
+    """
+    from jaxspec.extrinsic import ObservedEmulator, initial_guess
+
+    em = ObservedEmulator.build(
+        base, spectrum.wavelength, fit=args.fit, rv=args.rv, vsini=args.vsini,
+        resolution=args.resolution, rv_range=args.rv_range, vsini_range=args.vsini_range,
+        resolution_range=args.resolution_range,
+        continuum_range=(args.c0_range, args.continuum_range), epsilon=args.epsilon,
+        lsf=read_lsf(args.lsf) if args.lsf else None)
+    _priors(args.prior, em)  # bad --prior options fail before the RV scan
+    fitted = em.extrinsic_names
+    if "rv" not in fitted and em.continuum_degree is None:
+        return em, None, ""
+    guess = initial_guess(em, spectrum.flux, spectrum.uncertainty, spectrum.mask,
+                          step=args.rv_step)
+    note = ""
+    if "rv" in fitted:
+        note = f"rv scan best {guess.best_rv:.2f} km/s"
+        if args.rv_window > 0:
+            lo, hi = em.bounds[em.param_names.index("rv")]
+            box = (max(lo, guess.best_rv - args.rv_window),
+                   min(hi, guess.best_rv + args.rv_window))
+            em = em.with_bounds(rv=box)
+            note += f"; rv searched in {box[0]:.2f}:{box[1]:.2f}"
+    return em, guess.params, note
+
+
+def _priors(specs, em):
+    """``NAME=normal:MU:SIGMA`` options → numpyro TruncatedNormal priors within the box."""
+    import numpyro.distributions as dist
+
+    priors = {}
+    for spec in specs:
+        name, eq, rest = spec.partition("=")
+        parts = rest.split(":")
+        if not eq or len(parts) != 3 or parts[0] != "normal":
+            raise ValueError(f"--prior {spec!r}: write NAME=normal:MU:SIGMA, e.g. "
+                             "resolution=normal:55000:3000")
+        if name not in em.param_names:
+            raise ValueError(f"--prior {spec!r}: no parameter {name!r}; the parameters are "
+                             f"{', '.join(em.param_names)}")
+        try:
+            mu, sigma = float(parts[1]), float(parts[2])
+        except ValueError:
+            raise ValueError(f"--prior {spec!r}: MU and SIGMA must be numbers") from None
+        if not sigma > 0:
+            raise ValueError(f"--prior {spec!r}: SIGMA must be > 0")
+        lo, hi = em.bounds[em.param_names.index(name)]
+        priors[name] = dist.TruncatedNormal(mu, sigma, low=lo, high=hi)
+    return priors or None
+
+
+def _chi2_nu(em, obs, res):
+    """χ²/ν at the result's parameters (None without uncertainties, NaN for NaN ones)."""
+    import jax.numpy as jnp
+
+    if not obs.has_uncertainty:
+        return None
+    if not np.all(np.isfinite(np.asarray(res.params))):
+        return float("nan")
+    model = np.asarray(obs.project(em(jnp.asarray(np.asarray(res.params)))))
+    mask = np.asarray(obs.mask)
+    z = (model - np.asarray(obs.flux))[mask] / np.asarray(obs.sigma)[mask]
+    return float(np.sum(z**2) / max(int(mask.sum()) - em.n_params, 1))
+
+
+def _plots(emulator, obs, res, args, stem: str, spectrum_path: Path):
+    """Fit and corner figures of one spectrum, named ``<stem>_fit.png`` and
+    ``<stem>_corner.png`` (``stem`` from :func:`plot_stem`: unique per input path)."""
+    import jax.numpy as jnp
+
+    plt = matplotlib_pyplot()
+    names = emulator.param_names
+    params = np.asarray(res.params)
+    mask = np.asarray(obs.mask)
+    wl = np.asarray(obs.wavelength)[mask]
+    data = np.asarray(obs.flux)[mask]
+    model = np.asarray(obs.project(emulator(jnp.asarray(params))))[mask]
+    fig, (ax, axr) = plt.subplots(2, 1, figsize=(11, 5), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot(wl, data, lw=0.6, color="k", label="data")
+    ax.plot(wl, model, lw=0.6, color="C3", label="model")
+    ax.set_ylabel("normalised flux")
+    ax.legend(loc="lower left")
+    title = f"{spectrum_path.name} ({args.method}): " + ", ".join(
+        f"{n}={v:.4g}" for n, v in zip(names, params))
+    ax.set_title(textwrap.fill(title, 110), fontsize=9)
+    axr.plot(wl, data - model, lw=0.5, color="k")
+    axr.axhline(0, color="C3", lw=0.6)
+    axr.set_ylabel("data − model")
+    axr.set_xlabel("wavelength [Å]")
+    paths = [save_figure(fig, f"{stem}_fit.png")]
+    plt.close(fig)
+    samples = None
+    if args.method == "nuts":
+        samples = np.stack([res.samples[n].reshape(-1) for n in names], -1)
+    elif args.method == "map" and np.all(np.isfinite(np.asarray(res.covariance))):
+        rng = np.random.default_rng(args.seed)
+        samples = rng.multivariate_normal(params, np.asarray(res.covariance), size=4000)
+    if samples is not None:
+        fig = _corner(plt, samples, list(names))
+        label = "NUTS posterior" if args.method == "nuts" else "Laplace approximation"
+        fig.suptitle(f"{spectrum_path.name} ({label})", y=1.04)
+        paths.append(save_figure(fig, f"{stem}_corner.png"))
+        plt.close(fig)
+    return paths
+
+
+def _corner(plt, samples, labels):
+    """A corner plot: the ``corner`` package, or plain matplotlib when it is missing."""
+    try:
+        import corner
+    except ImportError:
+        k = samples.shape[1]
+        fig, axes = plt.subplots(k, k, figsize=(2.5 * k, 2.5 * k), squeeze=False)
+        for i in range(k):
+            for j in range(k):
+                ax = axes[i, j]
+                if j > i:
+                    ax.set_visible(False)
+                elif i == j:
+                    ax.hist(samples[:, i], bins=40, histtype="step", color="k")
+                else:
+                    ax.plot(samples[:, j], samples[:, i], ",", color="k", alpha=0.3)
+                if i == k - 1:
+                    ax.set_xlabel(labels[j])
+                if j == 0 and i > 0:
+                    ax.set_ylabel(labels[i])
+        return fig
+    return corner.corner(samples, labels=labels, quantiles=(0.16, 0.5, 0.84),
+                         show_titles=True, title_fmt=".4g")
