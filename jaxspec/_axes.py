@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jaxspec._checks import check_range, fmt
+from jaxspec._checks import check_increasing, check_range, fmt
 
 __all__ = ["RESERVED_NAMES", "check_axes", "nearest_values", "node_index", "range_slice", "select"]
 
@@ -48,28 +48,10 @@ def check_axes(
                 f"{field}: {name!r} is not a valid parameter name; use a Python identifier "
                 f"other than 'wavelength' (e.g. 'teff', 'logg', 'feh'){fix}"
             )
-        try:
-            a = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{field} is not numeric; pass a 1-D array of floats{fix}") from None
-        if a.ndim != 1:
-            raise ValueError(f"{field} has shape {a.shape}; pass a 1-D array of values{fix}")
-        if a.size == 0:
-            raise ValueError(f"{field} is empty; every axis needs at least one value{fix}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{field} contains NaN or inf; pass finite values{fix}")
-        steps = np.diff(a)
-        if np.any(steps <= 0):
-            j = int(np.flatnonzero(steps <= 0)[0])
-            raise ValueError(
-                f"{field} is not strictly increasing ({fmt(a[j])} then {fmt(a[j + 1])} at "
-                f"positions {j}, {j + 1}); "
-                + (fix.lstrip("; ") or "sort the values, drop duplicates and reorder flux")
-            )
-        out[name] = a
+        out[name] = check_increasing(
+            values, field, fix, sort_advice="sort the values, drop duplicates and reorder flux"
+        )
     return out
-
-
 
 
 def nearest_values(axis: np.ndarray, value: float, k: int = 3) -> str:

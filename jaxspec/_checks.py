@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "check_increasing",
     "check_pixels",
     "check_range",
     "check_uncertainty",
@@ -34,10 +35,68 @@ def fmt_node(names: tuple[str, ...], values) -> str:
     return ", ".join(f"{n}={fmt(v)}" for n, v in zip(names, values))
 
 
+def check_increasing(
+    values,
+    label: str,
+    fix: str = "",
+    *,
+    unit: str = "",
+    places: int | None = None,
+    at: str = "position",
+    sort_advice: str = "sort the values and drop duplicates",
+    min_size: int = 1,
+) -> np.ndarray:
+    """A 1-D, finite, strictly increasing float64 array (wavelengths, grid axes).
+
+    Args:
+        values: the array to check.
+        label: names it in messages (``"wavelength"``, ``"axes['teff']"``,
+            ``"grid.h5: dataset /wavelength"``).
+        fix: advice appended to every message, replacing ``sort_advice`` for an unsorted
+            array (readers of files pass "; rewrite the file with ...").
+        unit: unit shown after values (``" Å"``).
+        places: decimals of values in messages; None: the shortest form (``5000``).
+        at: what an index counts (``"pixel"``, ``"position"``).
+        sort_advice: how to fix an array that is not strictly increasing.
+        min_size: fewest values accepted.
+
+    Raises:
+        ValueError: not numeric, not 1-D, too short, NaN/inf (first index given), or not
+            strictly increasing (the first offending pair given).
+    """
+    show = fmt if places is None else (lambda v: f"{v:.{places}f}")
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} is not numeric; pass a 1-D float array{unit}{fix}") from None
+    if a.ndim != 1:
+        raise ValueError(f"{label} has shape {a.shape}; pass a 1-D array{unit}{fix}")
+    if a.size == 0:
+        raise ValueError(f"{label} is empty; pass at least {min_size} value(s){fix}")
+    if a.size < min_size:
+        raise ValueError(f"{label} has {a.size} {at}(s); pass at least {min_size}{fix}")
+    bad = ~np.isfinite(a)
+    if np.any(bad):
+        raise ValueError(
+            f"{label} has {int(bad.sum())} NaN/inf values (first at {at} "
+            f"{int(np.flatnonzero(bad)[0])}); pass finite values{unit} (remove or fill the "
+            f"non-finite {at}s){fix}"
+        )
+    steps = np.diff(a)
+    if np.any(steps <= 0):
+        j = int(np.flatnonzero(steps <= 0)[0])
+        raise ValueError(
+            f"{label} is not strictly increasing ({show(a[j])}{unit} then "
+            f"{show(a[j + 1])}{unit} at {at}s {j}, {j + 1}); "
+            + (fix.lstrip("; ") or sort_advice)
+        )
+    return a
+
+
 def check_wavelength(
     wavelength, label: str = "wavelength", fix: str = "", min_pixels: int = 1
 ) -> np.ndarray:
-    """A wavelength array checked and converted to float64.
+    """A wavelength array checked and converted to float64 (:func:`check_increasing`).
 
     Args:
         wavelength: ``(n_pix,)`` Å; must be numeric, 1-D, at least ``min_pixels`` long,
@@ -51,37 +110,14 @@ def check_wavelength(
         ``(n_pix,)`` float64, Å (0.001 Å precision at 10,000 Å needs more than float32).
 
     Raises:
-        ValueError: naming ``label``, the first bad pixel and the fix.
+        ValueError: naming ``label``, the first bad pixel and the fix, e.g.
+            ``"wavelength is not strictly increasing (8019.9000 Å then 8019.9000 Å at
+            pixels 199, 200); sort it (and flux with it) and drop duplicate pixels"``.
     """
-    try:
-        wl = np.asarray(wavelength, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{label} is not numeric; pass a 1-D float array in Å{fix}") from None
-    if wl.ndim != 1:
-        raise ValueError(f"{label} has shape {wl.shape}; pass a 1-D array in Å{fix}")
-    if wl.size == 0:
-        raise ValueError(f"{label} is empty; pass at least {min_pixels} pixel(s){fix}")
-    if wl.size < min_pixels:
-        raise ValueError(
-            f"{label} has {wl.size} pixel(s); pass a spectrum of at least {min_pixels} "
-            f"pixels{fix}"
-        )
-    bad = ~np.isfinite(wl)
-    if np.any(bad):
-        raise ValueError(
-            f"{label} has {int(bad.sum())} NaN/inf values (first at pixel "
-            f"{int(np.flatnonzero(bad)[0])}); pass finite wavelengths in Å (remove or fill "
-            f"the non-finite pixels){fix}"
-        )
-    steps = np.diff(wl)
-    if np.any(steps <= 0):
-        j = int(np.flatnonzero(steps <= 0)[0])
-        raise ValueError(
-            f"{label} is not strictly increasing ({wl[j]:.4f} Å then {wl[j + 1]:.4f} Å at "
-            f"pixels {j}, {j + 1}); "
-            + (fix.lstrip("; ") or "sort it (and flux with it) and drop duplicate pixels")
-        )
-    return wl
+    return check_increasing(
+        wavelength, label, fix, unit=" Å", places=4, at="pixel", min_size=min_pixels,
+        sort_advice="sort it (and flux with it) and drop duplicate pixels",
+    )
 
 
 def check_pixels(values, wavelength: np.ndarray, label: str = "flux",

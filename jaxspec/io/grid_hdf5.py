@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from jaxspec._axes import check_axes, node_index, select
-from jaxspec._checks import check_wavelength, fmt_node
+from jaxspec._checks import check_pixels, check_wavelength, fmt_node
 from jaxspec.io.atomic import AtomicFile
 from jaxspec.io.locking import WriterLock, open_hdf5
 
@@ -154,12 +154,8 @@ class GridWriter:
             0 <= i < n for i, n in zip(index, self.shape)
         ):
             raise ValueError(f"index {index} is outside the grid of shape {self.shape}")
-        flux = np.asarray(flux)
-        if flux.shape != (self.wavelength.size,):
-            raise ValueError(
-                f"flux for node {self._describe(index)} has shape {flux.shape}; pass "
-                f"({self.wavelength.size},), one value per wavelength pixel"
-            )
+        flux = check_pixels(flux, self.wavelength, f"flux for node {self._describe(index)}",
+                            "pass one value per wavelength pixel")
         bad = ~np.isfinite(flux)
         if np.any(bad):
             raise ValueError(

@@ -168,6 +168,17 @@ def _read_flux(
     return flux, params
 
 
+def _pixels(wl: np.ndarray, wavelength, wavelength_file) -> slice:
+    """The pixels of the wavelength file's ``wl`` inside ``wavelength = (lo, hi)`` Å (all
+    when None); a range that selects nothing names ``wavelength_file``."""
+    if wavelength is None:
+        return slice(None)
+    try:
+        return range_slice("wavelength", wl, wavelength, " Å")
+    except ValueError as e:
+        raise ValueError(f"{wavelength_file}: {e}") from None
+
+
 def read_phoenix_spectrum(
     path: str | PathLike,
     wavelength_file: str | PathLike,
@@ -194,12 +205,7 @@ def read_phoenix_spectrum(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; check the path")
     wl = read_phoenix_wavelength(wavelength_file)
-    pix = slice(None)
-    if wavelength is not None:
-        try:
-            pix = range_slice("wavelength", wl, wavelength, " Å")
-        except ValueError as e:
-            raise ValueError(f"{wavelength_file}: {e}") from None
+    pix = _pixels(wl, wavelength, wavelength_file)
     flux, params = _read_flux(path, _params_from_filename(path), wl.size, pix)
     return PhoenixSpectrum(wl[pix], flux, params)
 
@@ -327,12 +333,7 @@ def read_phoenix_grid(
         directory
     )
     wl_full = read_phoenix_wavelength(wl_path)
-    pix = slice(None)
-    if wavelength is not None:
-        try:
-            pix = range_slice("wavelength", wl_full, wavelength, " Å")
-        except ValueError as e:
-            raise ValueError(f"{wl_path}: {e}") from None
+    pix = _pixels(wl_full, wavelength, wl_path)
     wl = wl_full[pix]
 
     shape = tuple(a.size for a in axes.values())
