@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Where the 95th flux percentile of a continuum-normalised spectrum lies, and the lowest
+#: median it may have (:func:`check_continuum_normalised`).
+CONTINUUM_P95 = (0.75, 1.25)
+CONTINUUM_MEDIAN_MIN = 0.2
+
 __all__ = [
+    "CONTINUUM_MEDIAN_MIN",
+    "CONTINUUM_P95",
+    "check_continuum_normalised",
     "check_increasing",
     "check_pixels",
     "check_range",
@@ -194,3 +202,34 @@ def check_range(arg: str, rng) -> tuple[float, float]:
     if not lo <= hi:
         raise ValueError(f"{arg}=({fmt(lo)}, {fmt(hi)}) has lo > hi or NaN; pass lo <= hi")
     return lo, hi
+
+
+def check_continuum_normalised(flux, label: str, how: str, scale=(1.0, 1.0)) -> None:
+    """Raise unless ``flux`` looks continuum-normalised (the continuum near 1).
+
+    The rule: the 95th percentile of ``flux`` lies in ``CONTINUUM_P95`` = [0.75, 1.25]
+    (lines only lower the flux) and its median exceeds ``CONTINUUM_MEDIAN_MIN`` = 0.2. A
+    flux-calibrated spectrum (1e-15 erg/s/cm²/Å) or counts (1e4) fail it by orders of
+    magnitude.
+
+    Args:
+        flux: the used pixels' flux (finite).
+        label: names the spectrum in the message.
+        how: how to normalise it, e.g. ``"with jaxspec.preprocess.continuum_normalize"``.
+        scale: ``(low, high)`` multiplier range of a fitted continuum: the limits widen to
+            ``[0.75 low, 1.25 high]`` and the median's to ``0.2 low``.
+
+    Raises:
+        ValueError: ``"star.fits: flux does not look continuum-normalised (median 3e-15,
+            95th percentile 4e-15; ...); normalise it first ..."``.
+    """
+    median = float(np.median(flux))
+    upper = float(np.percentile(flux, 95))
+    lo = CONTINUUM_P95[0] * min(scale)
+    hi = CONTINUUM_P95[1] * max(scale)
+    if not (lo <= upper <= hi and median > CONTINUUM_MEDIAN_MIN * min(scale)):
+        raise ValueError(
+            f"{label}: flux does not look continuum-normalised (median {median:.4g}, 95th "
+            f"percentile {upper:.4g}; the continuum should be near 1, 95th percentile in "
+            f"[{lo:g}, {hi:g}]); normalise it first {how}"
+        )

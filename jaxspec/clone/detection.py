@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import find_peaks, peak_widths
 
-from jaxspec._checks import check_pixels, check_wavelength, fmt_node, nonfinite
+from jaxspec._checks import (
+    check_continuum_normalised,
+    check_pixels,
+    check_wavelength,
+    fmt_node,
+    nonfinite,
+)
 from jaxspec.clone.settings import CloneSettings
 from jaxspec.profiles import FWHM_PER_SIGMA
 
@@ -45,15 +51,9 @@ def _check_input(wavelength, flux, mask=None, *, what="spectrum"):
     note = nonfinite(f, wl) if n_bad else None
     if note:
         warnings.warn(f"{what}: flux has {note}; they are left out of the loss", stacklevel=3)
-    valid = f[good]
-    median = float(np.median(valid))
-    upper = float(np.percentile(valid, 95))
-    if not (0.75 <= upper <= 1.25 and median > 0.2):
-        raise ValueError(
-            f"{what}: flux does not look continuum-normalised (median {median:.4g}, 95th "
-            f"percentile {upper:.4g}; the continuum should be at 1); normalise it first "
-            "with jaxspec.preprocess.continuum_normalize (or preprocess_grid for a grid)"
-        )
+    check_continuum_normalised(
+        f[good], what, "with jaxspec.preprocess.continuum_normalize (or preprocess_grid for "
+        "a grid)")
     f = np.where(good, f, 1.0)
     return wl, f, good.astype(np.float64), n_bad
 

@@ -55,6 +55,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from jaxspec._checks import (  # the continuum rule's limits, kept importable from here
+    CONTINUUM_MEDIAN_MIN,  # noqa: F401
+    CONTINUUM_P95,  # noqa: F401
+    check_continuum_normalised,
+)
 from jaxspec.spectrum import Spectrum, as_spectrum
 
 __all__ = [
@@ -68,10 +73,6 @@ __all__ = [
     "stack_observations",
 ]
 
-#: Where the 95th flux percentile of a continuum-normalised spectrum lies (the rule of
-#: :func:`jaxspec.clone.clone`'s input check), and the lowest median it may have.
-CONTINUUM_P95 = (0.75, 1.25)
-CONTINUUM_MEDIAN_MIN = 0.2
 
 
 def normalize_continuum(spectrum: Spectrum, order: int = 5, *, quantile: float = 0.9,
@@ -153,18 +154,9 @@ def check_normalized(spectrum: Spectrum, scale=(1.0, 1.0)) -> None:
             ``[0.75 low, 1.25 high]``.
     """
     spectrum = as_spectrum(spectrum)
-    valid = spectrum.flux[spectrum.mask]
-    median = float(np.median(valid))
-    upper = float(np.percentile(valid, 95))
-    lo = CONTINUUM_P95[0] * min(scale)
-    hi = CONTINUUM_P95[1] * max(scale)
-    if not (lo <= upper <= hi and median > CONTINUUM_MEDIAN_MIN * min(scale)):
-        raise ValueError(
-            f"{spectrum.name}: flux does not look continuum-normalised (median {median:.4g}, "
-            f"95th percentile {upper:.4g}; the continuum should be near 1, 95th percentile "
-            f"in [{lo:g}, {hi:g}]); normalise it first "
-            "(jaxspec infer --normalize, or jaxspec.infer.spectrum.normalize_continuum)"
-        )
+    check_continuum_normalised(
+        spectrum.flux[spectrum.mask], spectrum.name,
+        "(jaxspec infer --normalize, or jaxspec.infer.spectrum.normalize_continuum)", scale)
 
 
 class Observation(eqx.Module):
