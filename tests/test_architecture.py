@@ -8,8 +8,9 @@ its parent packages' ``__init__``; those implicit arrows are not counted (they w
 every re-exporting ``__init__`` a circle). String imports
 (``importlib.import_module("...")``) are a plugin registry and not counted either.
 
-Stages, earliest first (``docs/architecture.md``; the data flow grid -> clones -> manifold
--> emulator -> inference): a module may import only modules of its own stage or earlier.
+Stages, earliest first (``STAGES``, the data flow grid -> clones -> manifold -> emulator ->
+inference, after the core helpers and the synthesis they all use): a module may import only
+modules of its own stage or earlier.
 To place a new module, add its name (relative to ``jaxspec``) to ``STAGE_OF``; an entry
 names a module or a package and, unless a longer entry says otherwise, everything under
 it.
