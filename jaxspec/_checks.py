@@ -30,6 +30,7 @@ __all__ = [
     "fmt",
     "fmt_node",
     "nonfinite",
+    "sigma_from",
 ]
 
 
@@ -188,6 +189,27 @@ def check_uncertainty(sigma, wavelength: np.ndarray, used, label: str = "uncerta
             f"at {wavelength[j]:.3f} Å); uncertainties are 1σ and must be > 0: fix them, "
             f"mask those pixels, or {fix}"
         )
+
+
+def sigma_from(kind: str, values) -> tuple[np.ndarray, np.ndarray]:
+    """1σ uncertainties from a 1σ, variance or inverse-variance array.
+
+    Args:
+        kind: ``"sigma"`` (σ), ``"var"`` (σ², e.g. astropy ``VarianceUncertainty``) or
+            ``"ivar"`` (1/σ², e.g. SDSS ``IVAR``, ``InverseVariance``).
+        values: ``(n,)`` the array, flux units to the power of its kind.
+
+    Returns:
+        ``(sigma, usable)``: ``(n,)`` float64 σ (1.0 where unusable) and ``(n,)`` bool,
+        False where a variance or inverse variance is ≤ 0 or not finite (ivar ≤ 0 is
+        SDSS's "no data") or a σ is not finite.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if kind == "sigma":
+        return a, np.isfinite(a)
+    ok = np.isfinite(a) & (a > 0)
+    safe = np.where(ok, a, 1.0)
+    return (1.0 / np.sqrt(safe) if kind == "ivar" else np.sqrt(safe)), ok
 
 
 def check_range(arg: str, rng) -> tuple[float, float]:

@@ -47,7 +47,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxspec._checks import check_pixels, check_uncertainty, check_wavelength, nonfinite
+from jaxspec._checks import (
+    check_pixels,
+    check_uncertainty,
+    check_wavelength,
+    nonfinite,
+    sigma_from,
+)
 
 __all__ = ["Spectrum", "as_spectrum", "from_specutils", "is_specutils", "to_specutils"]
 
@@ -289,12 +295,12 @@ def from_specutils(spec, name: str | None = None):
         a = np.asarray(unc.array, dtype=np.float64)
         unit = unc.unit
         if isinstance(unc, InverseVariance):
-            used &= np.isfinite(a) & (a > 0)
-            sigma = 1.0 / np.sqrt(np.where(a > 0, a, 1.0))
+            sigma, ok = sigma_from("ivar", a)
+            used &= ok
             unit = None if unit is None else unit ** -0.5
         elif isinstance(unc, VarianceUncertainty):
-            used &= np.isfinite(a) & (a > 0)
-            sigma = np.sqrt(np.where(a > 0, a, 1.0))
+            sigma, ok = sigma_from("var", a)
+            used &= ok
             unit = None if unit is None else unit ** 0.5
         elif isinstance(unc, StdDevUncertainty):
             sigma = a

@@ -62,6 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxspec._checks import sigma_from
+
 __all__ = ["APOGEE_BAD_BITS", "detect_layout", "read_apogee", "read_echelle",
            "read_fits_image"]
 
@@ -138,18 +140,6 @@ def _to_angstrom(values, unit, where: str):
     except (ValueError, u.UnitConversionError, TypeError):
         raise ValueError(f"{where}: wavelength unit {unit!r} is not a wavelength; store Å, "
                          "nm or µm (BUNIT/CUNIT1)") from None
-
-
-def _sigma_from(kind: str, a):
-    """``(sigma, usable)`` from a 1σ, variance or inverse-variance array."""
-    a = np.asarray(a, dtype=np.float64)
-    if kind == "ivar":
-        ok = np.isfinite(a) & (a > 0)
-        return 1.0 / np.sqrt(np.where(ok, a, 1.0)), ok
-    if kind == "var":
-        ok = np.isfinite(a) & (a > 0)
-        return np.sqrt(np.where(ok, a, 1.0)), ok
-    return a, np.isfinite(a)
 
 
 def _uncertainty_hdu(hdul):
@@ -344,7 +334,7 @@ def read_echelle(path, hdul, *, orders=None, medium: str | None = None,
         if a.shape != flux.shape:
             raise ValueError(f"{path}: {_hdu_label(hdul, i_unc)} has shape {a.shape} but the "
                              f"flux has {flux.shape}; pass one uncertainty per pixel")
-        sigma, ok_unc = _sigma_from(kind, a)
+        sigma, ok_unc = sigma_from(kind, a)
     n_orders = flux.shape[0]
     rows = list(range(n_orders)) if orders is None else [int(o) for o in orders]
     bad = [o for o in rows if not 0 <= o < n_orders]
@@ -456,7 +446,7 @@ def read_fits_image(path, hdul, *, mask_bits: int | None = None, medium: str | N
     sigma = None
     i_unc, kind = _uncertainty_hdu(hdul)
     if i_unc is not None and i_unc != i_flux:
-        sigma, ok = _sigma_from(kind, companion(i_unc))
+        sigma, ok = sigma_from(kind, companion(i_unc))
         used &= ok
     i_mask = _find(hdul, _MASK_NAMES)
     if i_mask is not None:

@@ -166,9 +166,9 @@ def read_spectrum(path: str | PathLike, *, name: str | None = None,
                          "uncertainty; keep one (uncertainty = 1σ, variance, or ivar)")
     uncertainty, no_data = None, None
     if found:
-        from jaxspec.io.fits_spectrum import _sigma_from
+        from jaxspec._checks import sigma_from
 
-        uncertainty, ok = _sigma_from(_UNCERTAINTY_COLUMNS[found[0]], column(found[0]))
+        uncertainty, ok = sigma_from(_UNCERTAINTY_COLUMNS[found[0]], column(found[0]))
         if _UNCERTAINTY_COLUMNS[found[0]] != "sigma":
             no_data = ~ok  # ivar <= 0 / var <= 0: no data, masked without a warning
             uncertainty = np.where(ok, uncertainty, 1.0)
