@@ -109,7 +109,7 @@ def cached_emulator(path: str, checksum: str):
     most two kept), so every star a Dask worker fits reuses its compiled functions."""
     key = (str(path), str(checksum))
     if key not in _MODELS:
-        import jaxspec.extrinsic  # noqa: F401  (registers the "template" emulator kind)
+        import jaxspec.template  # noqa: F401  (registers the "template" emulator kind)
         from jaxspec.emulator import load_emulator
 
         while len(_MODELS) >= 2:

@@ -363,7 +363,7 @@ def _validate(args) -> None:
     if args.rv_window < 0:
         raise ValueError(f"--rv-window {args.rv_window}: pass 0 (whole --rv-range) or more")
     if args.fit:
-        from jaxspec.extrinsic import parse_fit
+        from jaxspec.observed_emulator import parse_fit
 
         parse_fit(args.fit)
     if args.method == "bo" and args.prior:
@@ -454,14 +454,16 @@ def _meta(args) -> dict:
 def _load_model(args, spectra):
     """The emulator file, or a line-list .npz synthesised as a Template covering every
     spectrum at every RV of --rv-range (plus the broadening margin)."""
-    import jaxspec.extrinsic  # noqa: F401  (registers the "template" emulator kind)
+    import jaxspec.template  # noqa: F401  (registers the "template" emulator kind)
     from jaxspec.emulator import load_emulator
 
     path = Path(args.emulator)
     if path.suffix.lower() != ".npz":
         return load_emulator(path)
-    from jaxspec.extrinsic import Template, parse_fit, required_model_range
+    from jaxspec.extrinsic import required_model_range
     from jaxspec.lines import LineList
+    from jaxspec.observed_emulator import parse_fit
+    from jaxspec.template import Template
 
     _check_line_list(args)
     names, _ = parse_fit(args.fit)
@@ -495,7 +497,7 @@ def _check_line_list(args) -> None:
 
 
 def _wants_extrinsic(args, base) -> bool:
-    from jaxspec.extrinsic import Template
+    from jaxspec.template import Template
 
     return bool(args.fit or args.rv or args.vsini or args.resolution is not None or args.lsf
                 or isinstance(base, Template))
@@ -520,7 +522,8 @@ def _observed(args, base, spectrum):
     start and narrows the rv box to best ± --rv-window (a multimodal RV likelihood
     otherwise defeats local optimisers), like --teff-guess/--teff-window for Teff.
     """
-    from jaxspec.extrinsic import ObservedEmulator, initial_guess
+    from jaxspec.infer import initial_guess
+    from jaxspec.observed_emulator import ObservedEmulator
 
     em = ObservedEmulator.build(
         base, spectrum.wavelength, fit=args.fit, rv=args.rv, vsini=args.vsini,

@@ -12,6 +12,9 @@ arrays on the emulator's wavelengths, as :class:`Spectrum` objects (any waveleng
 * Likelihoods: :func:`rms_loss` (eq. 4), :func:`chi2`, :func:`gaussian_log_likelihood`.
 * :func:`gaussian_coverage`, :func:`sample_coverage`: calibration of intervals.
 * :func:`results_table`: one row per spectrum, for ``jaxspec infer``.
+* :func:`initial_guess`: a start for fits of an
+  :class:`~jaxspec.observed_emulator.ObservedEmulator` (χ² scan over RV, continuum by
+  linear least squares).
 """
 
 from jaxspec.infer.bayes_opt import BayesOptResult, bayes_opt
@@ -32,11 +35,13 @@ from jaxspec.infer.likelihood import (
 from jaxspec.infer.map import MapResult, fit_map, neg_log_posterior
 from jaxspec.infer.nuts import NutsResult, sample_nuts, spectrum_model
 from jaxspec.infer.results import Status, results_table, status_message
+from jaxspec.infer.rv_scan import InitialGuess, initial_guess
 from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observations
 
 __all__ = [
     "BayesOptResult",
     "EmpiricalSystematics",
+    "InitialGuess",
     "add_systematics",
     "MapResult",
     "NutsResult",
@@ -48,6 +53,7 @@ __all__ = [
     "fit_map",
     "gaussian_coverage",
     "gaussian_log_likelihood",
+    "initial_guess",
     "model_flux",
     "neg_log_posterior",
     "observation_loss",
