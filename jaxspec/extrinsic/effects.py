@@ -288,14 +288,17 @@ class ExtrinsicModel(eqx.Module):
 
     @property
     def continuum_degree(self) -> int | None:
+        """Chebyshev degree K of the continuum (K + 1 coefficients), or None (none)."""
         return None if self.basis is None else int(self.basis.shape[1]) - 1
 
     @property
     def rotation(self) -> bool:
+        """Whether the chain has a rotation step (built with vsini_max > 0)."""
         return self.rot_taps > 0
 
     @property
     def lsf(self) -> bool:
+        """Whether the chain has an LSF step (Gaussian or tabulated)."""
         return self.lsf_taps > 0
 
     # ------------------------------------------------------------------ steps

@@ -21,7 +21,6 @@ from jaxspec.profiles import FWHM_PER_SIGMA
 
 __all__ = [
     "C_KMS",
-    "FWHM_PER_SIGMA",
     "LSF_SIGMAS",
     "doppler_factor",
     "doppler_shift",
