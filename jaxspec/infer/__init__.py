@@ -12,8 +12,14 @@ arrays on the emulator's wavelengths, as :class:`Spectrum` objects (any waveleng
 * Likelihoods: :func:`rms_loss` (eq. 4), :func:`chi2`, :func:`gaussian_log_likelihood`.
 * :func:`gaussian_coverage`, :func:`sample_coverage`: calibration of intervals.
 * :func:`results_table`: one row per spectrum, for ``jaxspec infer``.
+
+The search box is the emulator's bounds; ``guess=`` limits one parameter to
+``guess ± window`` (``window_param=``, Teff by default, with ``window`` =
+:data:`DEFAULT_TEFF_WINDOW` = 500 K; ``teff_guess=``/``teff_window=`` are the older names,
+still accepted).
 """
 
+from jaxspec.infer._box import DEFAULT_TEFF_WINDOW
 from jaxspec.infer.bayes_opt import BayesOptResult, bayes_opt
 from jaxspec.infer.calibration import (
     EmpiricalSystematics,
@@ -35,6 +41,7 @@ from jaxspec.infer.results import Status, results_table, status_message
 from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observations
 
 __all__ = [
+    "DEFAULT_TEFF_WINDOW",
     "BayesOptResult",
     "EmpiricalSystematics",
     "add_systematics",
