@@ -76,11 +76,10 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
     for start in range(0, flat.shape[0], 64):  # bounded temporaries for big manifolds
         part = LineTable.from_array(flat[start:start + 64])
         alive = part.alive
-        top = jax.tree.map(lambda v: np.where(alive, v, -np.inf).max(0), part)  # (L,) each
-        ln_a = np.maximum(ln_a, top.ln_amplitude)
-        ln_s = np.maximum(ln_s, top.ln_sigma)
-        ln_g = np.maximum(ln_g, top.ln_gamma)
-        hi = np.maximum(hi, top.shift)
+        ln_a = np.maximum(ln_a, np.where(alive, part.ln_amplitude, -np.inf).max(0))
+        ln_s = np.maximum(ln_s, np.where(alive, part.ln_sigma, -np.inf).max(0))
+        ln_g = np.maximum(ln_g, np.where(alive, part.ln_gamma, -np.inf).max(0))
+        hi = np.maximum(hi, np.where(alive, part.shift, -np.inf).max(0))
         lo = np.minimum(lo, np.where(alive, part.shift, np.inf).min(0))
     dead = ~np.isfinite(ln_a)
     c = np.asarray(center, dtype=np.float64)

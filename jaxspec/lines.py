@@ -23,7 +23,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from jaxspec.profiles import pseudo_voigt
-from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, MAX_DEPTH, SynthesisPlan, plan_synthesis
+from jaxspec.synthesis import (
+    ABSENT_LN_AMPLITUDE,
+    MAX_DEPTH,
+    SynthesisPlan,
+    plan_synthesis,
+)
 
 __all__ = ["DEAD_LN_AMPLITUDE", "LineList", "LineTable"]
 
@@ -302,7 +307,7 @@ class LineTable(eqx.Module):
     DEAD: ClassVar[float] = DEAD_LN_AMPLITUDE
 
     @classmethod
-    def from_array(cls, array) -> "LineTable":
+    def from_array(cls, array) -> LineTable:
         """The table of a stacked ``(..., n_lines, 4)`` array (numpy or JAX; the fields are
         slices of it, dtype kept)."""
         if array.shape[-1] != cls.N_COLUMNS:

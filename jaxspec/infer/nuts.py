@@ -35,7 +35,12 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
-from jaxspec.infer._box import DEFAULT_WINDOW_PARAM, EDGE_TOL, resolve_window, search_box
+from jaxspec.infer._box import (
+    DEFAULT_WINDOW_PARAM,
+    EDGE_TOL,
+    resolve_window,
+    search_box,
+)
 from jaxspec.infer._prepare import as_batch, keys_for
 from jaxspec.infer.likelihood import chi2, rms_loss
 from jaxspec.infer.results import (
