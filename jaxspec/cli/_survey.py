@@ -44,7 +44,8 @@ NO_POSTERIOR_PREFIXES = ("input error: ", "fit failed: ")
 
 
 class StarTask(NamedTuple):
-    """One spectrum file to fit: its path as given, SHA-256, Teff guess (or None) and,
+    """One spectrum file to fit: its path as given, SHA-256, guess of the windowed
+    parameter (Teff by default; or None) and,
     with ``--plot``, the stem of its figure names (:func:`jaxspec.cli._common.plot_stem`,
     computed in the client, which knows every path)."""
 
@@ -192,7 +193,8 @@ def _fit(task, config, em, obs, init, note, priors) -> dict:
     from jaxspec.io.posterior import laplace_payload, nuts_payload
 
     obs = pad_observation(obs, padded_length(int(obs.flux.shape[0])))
-    kw = {"teff_guess": task.guess, "teff_window": config.teff_window, "key": config.seed}
+    kw = {"guess": task.guess, "window": config.window,
+          "window_param": config.window_param, "key": config.seed}
     fit_noise = True if config.fit_noise else None
     want_posterior = bool(getattr(config, "posterior", None))
     t0 = time.perf_counter()

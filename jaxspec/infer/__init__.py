@@ -15,8 +15,14 @@ arrays on the emulator's wavelengths, as :class:`Spectrum` objects (any waveleng
 * :func:`initial_guess`: a start for fits of an
   :class:`~jaxspec.observed_emulator.ObservedEmulator` (χ² scan over RV, continuum by
   linear least squares).
+
+The search box is the emulator's bounds; ``guess=`` limits one parameter to
+``guess ± window`` (``window_param=``, Teff by default, with ``window`` =
+:data:`DEFAULT_TEFF_WINDOW` = 500 K; ``teff_guess=``/``teff_window=`` are the older names,
+still accepted).
 """
 
+from jaxspec.infer._box import DEFAULT_TEFF_WINDOW
 from jaxspec.infer.bayes_opt import BayesOptResult, bayes_opt
 from jaxspec.infer.calibration import (
     EmpiricalSystematics,
@@ -39,6 +45,7 @@ from jaxspec.infer.rv_scan import InitialGuess, initial_guess
 from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observations
 
 __all__ = [
+    "DEFAULT_TEFF_WINDOW",
     "BayesOptResult",
     "EmpiricalSystematics",
     "InitialGuess",
