@@ -60,7 +60,7 @@ import jaxspec  # noqa: F401  (float64)
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_lines, identify_store
 from jaxspec.line_emulator import LineEmulator, write_emulator_file
-from jaxspec.lines import LineList
+from jaxspec.lines import LineList, LineTable
 from jaxspec.manifold import LineManifold
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -194,8 +194,8 @@ def _depth(values):
     """Peak depth a V(0) of node values (..., 4) = (shift, ln a, ln σ, ln γ)."""
     from jaxspec.clone.detection import _peak_value
 
-    v = np.asarray(values, dtype=np.float64)
-    return np.exp(np.clip(v[..., 1], -700, 50)) * _peak_value(v[..., 2], v[..., 3])
+    v = LineTable.from_array(np.asarray(values, dtype=np.float64))
+    return np.exp(np.clip(v.ln_amplitude, -700, 50)) * _peak_value(v.ln_sigma, v.ln_gamma)
 
 
 def roughness(ident) -> list[float]:
@@ -506,17 +506,21 @@ def blase3d_scale_emulator():
     beta = rng.normal(0.0, 0.1, n)
     values = np.empty((n, *(a.size for a in axes.values()), 4), dtype=np.float32)
     tt, gg, zz = (np.broadcast_to(v, values.shape[1:4]) for v in (t, g, z))
-    values[..., 0] = (0.002 * tt + 0.001 * gg)[None] * rng.normal(1, 0.3, n)[:, None, None, None]
-    values[..., 1] = (np.asarray(lines.ln_amplitude)[:, None, None, None]
-                      + alpha[:, None, None, None] * tt * (tt < 0.5) + beta[:, None, None, None] * gg
-                      + 0.5 * zz)
-    values[..., 2] = np.asarray(lines.ln_sigma)[:, None, None, None] + 0.25 * np.log1p(tt * 0.2127)
-    values[..., 3] = np.asarray(lines.ln_gamma)[:, None, None, None] + 0.3 * gg
+    col = LineTable
+    values[..., col.SHIFT] = ((0.002 * tt + 0.001 * gg)[None]
+                              * rng.normal(1, 0.3, n)[:, None, None, None])
+    values[..., col.LN_AMPLITUDE] = (np.asarray(lines.ln_amplitude)[:, None, None, None]
+                                     + alpha[:, None, None, None] * tt * (tt < 0.5)
+                                     + beta[:, None, None, None] * gg + 0.5 * zz)
+    values[..., col.LN_SIGMA] = (np.asarray(lines.ln_sigma)[:, None, None, None]
+                                 + 0.25 * np.log1p(tt * 0.2127))
+    values[..., col.LN_GAMMA] = np.asarray(lines.ln_gamma)[:, None, None, None] + 0.3 * gg
     # Lines vanish away from a random Teff range around 4700 K (absent: ln a = -1000).
     lo = rng.uniform(2300.0, 4600.0, n)
     hi = rng.uniform(4800.0, 9000.0, n)
     absent = (axes["teff"][None, :] < lo[:, None]) | (axes["teff"][None, :] > hi[:, None])
-    values[..., 1][np.broadcast_to(absent[:, :, None, None], values.shape[:4])] = -1000.0
+    values[..., col.LN_AMPLITUDE][np.broadcast_to(absent[:, :, None, None], values.shape[:4])] = (
+        col.ABSENT)
     manifold = LineManifold(axes, values)
     wl = 8038.0 + 0.01 * np.arange(481_100)
     return LineEmulator(manifold, np.asarray(lines.center), wl)
@@ -536,7 +540,7 @@ def speed(emulator, label, report, repeats):
     grad = eqx.filter_jit(jax.grad(lambda p, e: jnp.sum(e(p) ** 2)))
     jax.block_until_ready(grad(theta, emulator))
     t_grad = timed(grad, theta, emulator, repeats=repeats)
-    n_eval = emulator.synthesizer.n_evaluations()
+    n_eval = emulator.synthesis_plan.n_evaluations()
     log(f"{label}: {emulator.n_lines:,} lines, {emulator.n_pix:,} px, {n_eval / 1e6:.1f} M profile "
         f"evaluations; compile {compile_s:.1f} s; single {single * 1e3:.1f} ms; batched(64) "
         f"{batched * 1e3:.1f} ms/spectrum; grad wrt params {t_grad * 1e3:.1f} ms")
@@ -577,13 +581,16 @@ def blase3d_storage(out: Path, report: dict):
     line_of, node_of = np.nonzero(present)
     base = rng.normal(0.0, 1.0, (n_lines, 4))
     vals = np.empty((n_present, 4), dtype=np.float32)
-    vals[:, 0] = 0.003 * base[line_of, 0] + 1e-6 * (tt[node_of] - 5000) + rng.normal(0, 0.002, n_present)
-    vals[:, 1] = -4.0 + base[line_of, 1] - 2e-4 * (tt[node_of] - 5000) + 0.3 * zz[node_of] \
-        + rng.normal(0, 0.05, n_present)
-    vals[:, 2] = -3.3 + 0.2 * base[line_of, 2] + 0.5 * np.log(tt[node_of] / 5000) \
-        + rng.normal(0, 0.02, n_present)
-    vals[:, 3] = -3.0 + 0.2 * base[line_of, 3] + 0.3 * (gg[node_of] - 4.5) \
-        + rng.normal(0, 0.02, n_present)
+    col = LineTable
+    vals[:, col.SHIFT] = (0.003 * base[line_of, col.SHIFT] + 1e-6 * (tt[node_of] - 5000)
+                          + rng.normal(0, 0.002, n_present))
+    vals[:, col.LN_AMPLITUDE] = (-4.0 + base[line_of, col.LN_AMPLITUDE]
+                                 - 2e-4 * (tt[node_of] - 5000) + 0.3 * zz[node_of]
+                                 + rng.normal(0, 0.05, n_present))
+    vals[:, col.LN_SIGMA] = (-3.3 + 0.2 * base[line_of, col.LN_SIGMA]
+                             + 0.5 * np.log(tt[node_of] / 5000) + rng.normal(0, 0.02, n_present))
+    vals[:, col.LN_GAMMA] = (-3.0 + 0.2 * base[line_of, col.LN_GAMMA] + 0.3 * (gg[node_of] - 4.5)
+                             + rng.normal(0, 0.02, n_present))
     center = np.sort(rng.uniform(8038.0, 12849.0, n_lines))
     wl = 8038.0 + 0.01 * np.arange(481_100)
     observed = np.ones(shape, dtype=bool)

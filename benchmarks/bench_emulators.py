@@ -139,8 +139,8 @@ def map_recovery(emulator, params, flux, seed):
     for theta, f in zip(params, flux):
         data = f + sigma * rng.normal(size=f.size)
         t0 = time.perf_counter()
-        res = fit_map(emulator, data, np.full(f.size, sigma), teff_guess=theta[0],
-                      teff_window=500.0)
+        res = fit_map(emulator, data, np.full(f.size, sigma), guess=theta[0],
+                      window=500.0)
         p = np.asarray(res.params)
         secs.append(time.perf_counter() - t0)
         errs.append(np.abs(p - theta))

@@ -127,18 +127,18 @@ def summarise(label, truth, est, seconds, names):
 def run_method(method, emulator, data, pts, args, key):
     """Run one method on a list of spectra; returns (params, sigma, results, s/star)."""
     guess = pts[:, 0]
-    kw = dict(teff_guess=guess, teff_window=args.teff_window)
+    kw = dict(guess=guess, window=args.window)
     # compile on one spectrum first so that the timing is of the inference itself
     t0 = time.perf_counter()
     if method == "bo":
-        jax.block_until_ready(bayes_opt(emulator, data[:1], teff_guess=guess[:1],
-                                        teff_window=args.teff_window, key=key).params)
+        jax.block_until_ready(bayes_opt(emulator, data[:1], guess=guess[:1],
+                                        window=args.window, key=key).params)
     elif method == "map":
-        jax.block_until_ready(fit_map(emulator, data[:1], teff_guess=guess[:1],
-                                      teff_window=args.teff_window, key=key,
+        jax.block_until_ready(fit_map(emulator, data[:1], guess=guess[:1],
+                                      window=args.window, key=key,
                                       hessian=args.map_hessian).params)
     else:
-        sample_nuts(emulator, data[:1], teff_guess=guess[:1], teff_window=args.teff_window,
+        sample_nuts(emulator, data[:1], guess=guess[:1], window=args.window,
                     key=key, num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
                     num_chains=args.nuts_chains, inference_data=False)
     compile_s = time.perf_counter() - t0
@@ -186,7 +186,7 @@ def main(argv=None):
     p.add_argument("--no-systematics", dest="systematics", action="store_false",
                    help="grid calibration: skip measuring the emulator's errors on the "
                    "cross-validation set (--floor-stars)")
-    p.add_argument("--teff-window", type=float, default=500.0)
+    p.add_argument("--window", "--teff-window", dest="window", type=float, default=500.0)
     p.add_argument("--map-hessian", choices=("exact", "gauss-newton"), default="exact",
                    help="fit_map's Hessian for the accuracy passes (gauss-newton: cheaper "
                    "through a line emulator)")
@@ -289,7 +289,7 @@ def calibration(args, grid, emulator, names, methods, key, summary):
             t0 = time.perf_counter()
             cv_flux = data_flux(grid, cv_pts, "between")
             res = fit_map(emulator, spectra(grid.wavelength, cv_flux, None, rng),
-                          teff_guess=cv_pts[:, 0], teff_window=args.teff_window, key=key)
+                          guess=cv_pts[:, 0], window=args.window, key=key)
             est = np.asarray(res.params)
             arrays.update(cv_truth=cv_pts, cv_estimate=est)
             floor = systematic_floor(cv_pts, est, edges=FLOOR_EDGES)
@@ -325,7 +325,7 @@ def calibration(args, grid, emulator, names, methods, key, summary):
 
     if "map" in methods:
         t0 = time.perf_counter()
-        res = fit_map(emulator, cal_data, teff_guess=guess, teff_window=args.teff_window,
+        res = fit_map(emulator, cal_data, guess=guess, window=args.window,
                       key=key)
         seconds = time.perf_counter() - t0
         mean, sigma = np.asarray(res.params), np.asarray(res.sigma)
@@ -342,8 +342,8 @@ def calibration(args, grid, emulator, names, methods, key, summary):
     if "nuts" in methods and args.nuts_calibration_stars > 0:
         sub = np.arange(min(args.nuts_calibration_stars, len(cal_pts)))
         t0 = time.perf_counter()
-        res = sample_nuts(emulator, [cal_data[i] for i in sub], teff_guess=guess[sub],
-                          teff_window=args.teff_window, key=key,
+        res = sample_nuts(emulator, [cal_data[i] for i in sub], guess=guess[sub],
+                          window=args.window, key=key,
                           num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
                           num_chains=args.nuts_chains, inference_data=False,
                           progress=args.progress)

@@ -280,7 +280,8 @@ def _import_all_kinds() -> None:
         "jaxspec.peers.cannon",
         "jaxspec.peers.payne",
         "jaxspec.peers.autoencoder",
-        "jaxspec.extrinsic",
+        "jaxspec.observed_emulator",
+        "jaxspec.template",
     ):
         try:
             found = importlib.util.find_spec(module) is not None

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxspec.lines import DEAD_LN_AMPLITUDE, LineTable
 from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
 
 __all__ = [
@@ -57,8 +58,6 @@ __all__ = [
     "identify_store",
 ]
 
-#: Interpolated ln a below this: the line contributes nothing (blase3D Sect. 3.2).
-DEAD_LN_AMPLITUDE = -100.0
 #: Identifier precision of the blase3D rule, Å.
 ID_STEP = 0.01
 _MATCHERS = ("id", "track", "identity")
@@ -404,10 +403,10 @@ def complete_values(
     for start in range(0, values.shape[0], _BLOCK):
         block = values[start:start + _BLOCK]
         known = present[start:start + _BLOCK].copy()
-        amp = np.where(known, block[..., 1], ABSENT_LN_AMPLITUDE)
+        amp = np.where(known, block[..., LineTable.LN_AMPLITUDE], LineTable.ABSENT)
         for d in range(len(shape)):
             _fill_nearest_along(block, known, coords[d], d + 1)
-        block[..., 1] = amp
+        block[..., LineTable.LN_AMPLITUDE] = amp
         values[start:start + _BLOCK] = block
     _fill_unobserved(values, observed, coords)
     return values
@@ -530,15 +529,15 @@ def identify_lines(
     first[1:] = cell[order][1:] != cell[order][:-1]
     keep = order[first]
     duplicates = int(order.size - keep.size)
-    values = np.zeros((n_lines, n_nodes, 4), dtype=dtype)
+    values = np.zeros((n_lines, n_nodes, LineTable.N_COLUMNS), dtype=dtype)
     present = np.zeros((n_lines, n_nodes), dtype=bool)
     lab, nod = label[keep], occ["node"][keep]
     present[lab, nod] = True
-    values[lab, nod, 0] = occ["center"][keep] - center[lab]
-    values[lab, nod, 1] = occ["ln_amplitude"][keep]
-    values[lab, nod, 2] = occ["ln_sigma"][keep]
-    values[lab, nod, 3] = occ["ln_gamma"][keep]
-    values = values.reshape(n_lines, *shape, 4)
+    values[lab, nod, LineTable.SHIFT] = occ["center"][keep] - center[lab]
+    values[lab, nod, LineTable.LN_AMPLITUDE] = occ["ln_amplitude"][keep]
+    values[lab, nod, LineTable.LN_SIGMA] = occ["ln_sigma"][keep]
+    values[lab, nod, LineTable.LN_GAMMA] = occ["ln_gamma"][keep]
+    values = values.reshape(n_lines, *shape, LineTable.N_COLUMNS)
     present = present.reshape(n_lines, *shape)
     complete_values(values, present, observed, axes)
     return Identification(

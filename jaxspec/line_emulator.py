@@ -45,13 +45,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from jaxspec._checks import check_wavelength
 from jaxspec.emulator import FORMAT, Emulator, register_emulator
-from jaxspec.identify import (
-    ABSENT_LN_AMPLITUDE,
-    DEAD_LN_AMPLITUDE,
-    Identification,
-    complete_values,
-)
-from jaxspec.lines import LineList
+from jaxspec.identify import Identification, complete_values
+from jaxspec.lines import LineList, LineTable
 from jaxspec.manifold import LineManifold
 from jaxspec.synthesis import SynthesisPlan, plan_synthesis
 
@@ -59,8 +54,7 @@ __all__ = ["LineEmulator", "write_emulator_file"]
 
 VERSION = 1
 KIND = "line"
-#: Threshold (ln a) separating stored detections from the −1000 fill at nodes.
-_PRESENT_LN_AMPLITUDE = DEAD_LN_AMPLITUDE
+_COLUMNS = LineTable.N_COLUMNS
 
 
 def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
@@ -69,10 +63,10 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
     ln a, ln σ, ln γ maxima (+ margin) and the lowest/highest centre μ + δ.
 
     ``table`` is grid-first ``(*grid, L, 4)``, or lines-first ``(L, *grid, 4)`` when
-    ``lines_first``."""
+    ``lines_first`` (columns: :class:`~jaxspec.lines.LineTable`)."""
     table = np.asarray(table)
     if lines_first:
-        table = np.moveaxis(table.reshape(table.shape[0], -1, 4), 0, 1)  # a view
+        table = np.moveaxis(table.reshape(table.shape[0], -1, _COLUMNS), 0, 1)  # a view
     flat = table.reshape(-1, *table.shape[-2:])  # (nodes, L, 4)
     n_lines = flat.shape[1]
     ln_a = np.full(n_lines, -np.inf)
@@ -81,15 +75,13 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
     lo = np.full(n_lines, np.inf)
     hi = np.full(n_lines, -np.inf)
     for start in range(0, flat.shape[0], 64):  # bounded temporaries for big manifolds
-        part = flat[start:start + 64]
-        alive = part[..., 1] > DEAD_LN_AMPLITUDE
-        neg = np.where(alive[..., None], part, -np.inf)
-        top = neg.max(0)  # (L, 4)
-        ln_a = np.maximum(ln_a, top[:, 1])
-        ln_s = np.maximum(ln_s, top[:, 2])
-        ln_g = np.maximum(ln_g, top[:, 3])
-        hi = np.maximum(hi, top[:, 0])
-        lo = np.minimum(lo, np.where(alive, part[..., 0], np.inf).min(0))
+        part = LineTable.from_array(flat[start:start + 64])
+        alive = part.alive
+        ln_a = np.maximum(ln_a, np.where(alive, part.ln_amplitude, -np.inf).max(0))
+        ln_s = np.maximum(ln_s, np.where(alive, part.ln_sigma, -np.inf).max(0))
+        ln_g = np.maximum(ln_g, np.where(alive, part.ln_gamma, -np.inf).max(0))
+        hi = np.maximum(hi, np.where(alive, part.shift, -np.inf).max(0))
+        lo = np.minimum(lo, np.where(alive, part.shift, np.inf).min(0))
     dead = ~np.isfinite(ln_a)
     c = np.asarray(center, dtype=np.float64)
     lo = np.where(dead, 0.0, lo) + c
@@ -101,8 +93,11 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
     return ln_a, ln_s, ln_g, lo, hi
 
 
-def _plan(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
-          wing_cut=None) -> SynthesisPlan:
+def _plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
+                     wing_cut=None) -> SynthesisPlan:
+    """The synthesis windows that serve every point of the grid: planned from each line's
+    maxima over the nodes (:func:`_line_maxima`; interpolation never exceeds the node
+    extremes), for ``wavelength`` (Å) at ``tolerance`` (ln flux per line)."""
     ln_a, ln_s, ln_g, lo, hi = _line_maxima(table, center, margin, lines_first)
     return plan_synthesis(
         np.asarray(wavelength, dtype=np.float64), ln_a, ln_s, ln_g,
@@ -130,15 +125,15 @@ class LineEmulator(Emulator):
             fitted with a wing cut are reproduced faithfully with the same one, and it
             bounds the cost of the very broad lines that clones of cool stars contain.
         provenance: JSON-able dict stored in the file (matcher, settings, refinement).
-        synthesizer: a plan made for exactly these values and wavelengths (skips
-            planning; used by :meth:`load`).
+        synthesis_plan: a :class:`~jaxspec.synthesis.SynthesisPlan` made for exactly
+            these values and wavelengths (skips planning; used by :meth:`load`).
 
     Build one from clones with :meth:`from_identification`.
     """
 
     manifold: LineManifold
     center: Float[Array, " n_lines"]
-    synthesizer: SynthesisPlan
+    synthesis_plan: SynthesisPlan
     observed: Bool[Array, "*grid"]
     grid_wavelength: Float[Array, " n_pix"]
     tolerance: float = eqx.field(static=True)
@@ -155,10 +150,10 @@ class LineEmulator(Emulator):
         tolerance: float = 1e-6,
         plan_margin: float = 0.0,
         provenance: dict | str | None = None,
-        synthesizer: SynthesisPlan | None = None,
+        synthesis_plan: SynthesisPlan | None = None,
         wing_cut: int | None = None,
     ):
-        if manifold.n_out != 4:
+        if manifold.n_out != LineTable.N_COLUMNS:
             raise ValueError(
                 f"LineEmulator: the manifold has {manifold.n_out} outputs per line; it "
                 "needs 4 (μ' − μ, ln a, ln σ, ln γ)"
@@ -182,15 +177,15 @@ class LineEmulator(Emulator):
             raise ValueError(f"LineEmulator: wing_cut={wing_cut!r} pixels; pass >= 16 or None")
         self.manifold = manifold
         self.center = jnp.asarray(center)
-        if synthesizer is None:
-            synthesizer = _plan(np.asarray(manifold.table), center, wl, tolerance, plan_margin,
-                                wing_cut=wing_cut)
-        elif synthesizer.n_pix != wl.size:
+        if synthesis_plan is None:
+            synthesis_plan = _plan_over_nodes(np.asarray(manifold.table), center, wl,
+                                              tolerance, plan_margin, wing_cut=wing_cut)
+        elif synthesis_plan.n_pix != wl.size:
             raise ValueError(
-                f"LineEmulator: synthesizer planned for {synthesizer.n_pix} px, wavelength "
-                f"has {wl.size}"
+                f"LineEmulator: synthesis_plan planned for {synthesis_plan.n_pix} px, "
+                f"wavelength has {wl.size}"
             )
-        self.synthesizer = synthesizer
+        self.synthesis_plan = synthesis_plan
         self.observed = jnp.asarray(observed)
         self.grid_wavelength = jnp.asarray(wl)
         self.tolerance = float(tolerance)
@@ -229,9 +224,8 @@ class LineEmulator(Emulator):
 
     def present(self) -> np.ndarray:
         """``(n_lines, *grid_shape)`` bool: detections (ln a > −100) at observed nodes."""
-        alive = np.moveaxis(np.asarray(self.manifold.table[..., 1]) > _PRESENT_LN_AMPLITUDE,
-                            -1, 0)
-        return alive & np.asarray(self.observed)
+        table = LineTable.from_array(np.asarray(self.manifold.table))
+        return np.moveaxis(table.alive, -1, 0) & np.asarray(self.observed)
 
     def __call__(self, params: ArrayLike) -> Float[Array, "... n_pix"]:
         """Normalised flux at ``params`` ``(..., n_params)`` → ``(..., n_pix)``."""
@@ -255,19 +249,15 @@ class LineEmulator(Emulator):
             flux = jax.vmap(self._synthesize)(flat)
         return flux.reshape(*lead, flux.shape[-1])
 
-    def _alive(self, p):
-        # blase3D Sect. 3.2: interpolated ln a < -100 -> the line is left out. Dead lines
-        # get constant, harmless inputs so that no NaN (e.g. exp(-1000) widths) reaches
-        # the profile or its gradient.
-        alive = p[:, 1] > DEAD_LN_AMPLITUDE
-        center = self.center + jnp.where(alive, p[:, 0], 0.0)
-        ln_a = jnp.where(alive, p[:, 1], ABSENT_LN_AMPLITUDE)
-        ln_s = jnp.where(alive, p[:, 2], 0.0)
-        ln_g = jnp.where(alive, p[:, 3], 0.0)
-        return center, ln_a, ln_s, ln_g
+    def _line_list(self, p) -> LineList:
+        # blase3D Sect. 3.2: interpolated ln a < -100 -> the line is left out (with
+        # harmless inputs: LineTable.to_line_list).
+        return LineTable.from_array(p).to_line_list(self.center)
 
     def _synthesize(self, p):
-        return self.synthesizer(*self._alive(p))
+        lines = self._line_list(p)
+        return self.synthesis_plan(lines.center, lines.ln_amplitude, lines.ln_sigma,
+                                   lines.ln_gamma)
 
     def line_list(self, params: ArrayLike) -> LineList:
         """The interpolated :class:`~jaxspec.lines.LineList` at one point ``(n_params,)``
@@ -275,7 +265,7 @@ class LineEmulator(Emulator):
         params = jnp.asarray(params)
         if params.ndim != 1:
             raise ValueError(f"line_list: pass one parameter vector (n_params,), got {params.shape}")
-        return LineList(*self._alive(self.manifold(params)))
+        return self._line_list(self.manifold(params))
 
     # ------------------------------------------------------------------ variants
 
@@ -336,8 +326,8 @@ class LineEmulator(Emulator):
                 "range that overlaps it by at least 2 pixels"
             )
         table = np.asarray(self.manifold.table)
-        plan = _plan(table, np.asarray(self.center), wl[keep], self.tolerance,
-                     wing_cut=self.wing_cut)
+        plan = _plan_over_nodes(table, np.asarray(self.center), wl[keep], self.tolerance,
+                                wing_cut=self.wing_cut)
         lines = plan.planned_lines()
         manifold = self.manifold.take_lines(lines)
         info = self.info
@@ -518,11 +508,12 @@ class LineEmulator(Emulator):
         values = values.reshape(center.size, *shape, 4)
         present = present.reshape(center.size, *shape)
         complete_values(values, present, observed, axes)
-        plan = _plan(values, center, wl, tolerance, lines_first=True, wing_cut=wing_cut)
+        plan = _plan_over_nodes(values, center, wl, tolerance, lines_first=True,
+                                wing_cut=wing_cut)
         manifold = LineManifold(axes, values, out_of_bounds=out_of_bounds,
                                 method=interpolation)
         return cls(manifold, center, wl, observed=observed, tolerance=tolerance,
-                   provenance=provenance, synthesizer=plan, wing_cut=wing_cut)
+                   provenance=provenance, synthesis_plan=plan, wing_cut=wing_cut)
 
 
 def write_emulator_file(

@@ -14,6 +14,7 @@ area (equivalent width in the weak-line limit, Å), :math:`\mu_j` its centre (Å
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -23,9 +24,17 @@ from jaxtyping import Array, ArrayLike, Float
 
 from jaxspec._checks import check_wavelength
 from jaxspec.profiles import pseudo_voigt
-from jaxspec.synthesis import MAX_DEPTH, SynthesisPlan, plan_synthesis
+from jaxspec.synthesis import (
+    ABSENT_LN_AMPLITUDE,
+    MAX_DEPTH,
+    SynthesisPlan,
+    plan_synthesis,
+)
 
-__all__ = ["LineList"]
+__all__ = ["DEAD_LN_AMPLITUDE", "LineList", "LineTable"]
+
+#: Interpolated ln a below this: the line contributes nothing (blase3D Sect. 3.2).
+DEAD_LN_AMPLITUDE = -100.0
 
 def _log_terms(offset, amplitude, sigma, gamma):
     """ln(1 - a V(offset)), clipped so that the argument of the log stays positive."""
@@ -255,6 +264,82 @@ class LineList(eqx.Module):
                 f"plan was made for {plan.n_pix}; rebuild it with lines.plan(wavelength)"
             )
         return _synthesize(plan, self)
+
+
+class LineTable(eqx.Module):
+    r"""Per-line parameters relative to reference centres μ: the line table of blase3D.
+
+    One row per line, four columns, the layout shared by identified clones
+    (:class:`~jaxspec.identify.Identification` ``values``), manifold nodes
+    (:class:`~jaxspec.manifold.LineManifold`), the line emulator and its files:
+
+    ``SHIFT`` (0), ``shift``
+        μ' − μ, the fitted centre's offset from the reference centre μ, Å.
+    ``LN_AMPLITUDE`` (1), ``ln_amplitude``
+        ln a, a the line area in Å; ``ABSENT`` (−1000) where a line is absent.
+    ``LN_SIGMA`` (2), ``ln_sigma``
+        ln σ, σ the Gaussian standard deviation in Å.
+    ``LN_GAMMA`` (3), ``ln_gamma``
+        ln γ, γ the Lorentzian half width at half maximum in Å.
+
+    Fields have shape ``(..., n_lines)``. Arrays that must stay stacked (dense node
+    values, files) are ``(..., n_lines, N_COLUMNS)`` and are indexed with the column
+    constants (``values[..., LineTable.LN_AMPLITUDE]``), never bare numbers;
+    :meth:`from_array` and :meth:`to_array` convert. A line whose (interpolated) ln a is
+    at or below ``DEAD`` (−100) contributes nothing (blase3D Sect. 3.2): :attr:`alive`,
+    :meth:`to_line_list`.
+    """
+
+    shift: Float[Array, "... n_lines"]
+    ln_amplitude: Float[Array, "... n_lines"]
+    ln_sigma: Float[Array, "... n_lines"]
+    ln_gamma: Float[Array, "... n_lines"]
+
+    SHIFT: ClassVar[int] = 0
+    LN_AMPLITUDE: ClassVar[int] = 1
+    LN_SIGMA: ClassVar[int] = 2
+    LN_GAMMA: ClassVar[int] = 3
+    #: Columns of the stacked layout.
+    N_COLUMNS: ClassVar[int] = 4
+    #: ln a of an absent line (blase3D's fill), :data:`jaxspec.synthesis.ABSENT_LN_AMPLITUDE`.
+    ABSENT: ClassVar[float] = ABSENT_LN_AMPLITUDE
+    #: ln a at or below which a line is left out of the synthesis.
+    DEAD: ClassVar[float] = DEAD_LN_AMPLITUDE
+
+    @classmethod
+    def from_array(cls, array) -> LineTable:
+        """The table of a stacked ``(..., n_lines, 4)`` array (numpy or JAX; the fields are
+        slices of it, dtype kept)."""
+        if array.shape[-1] != cls.N_COLUMNS:
+            raise ValueError(
+                f"LineTable: the last axis has {array.shape[-1]} columns; a line table "
+                "has 4 (μ' − μ, ln a, ln σ, ln γ)"
+            )
+        return cls(array[..., cls.SHIFT], array[..., cls.LN_AMPLITUDE],
+                   array[..., cls.LN_SIGMA], array[..., cls.LN_GAMMA])
+
+    def to_array(self) -> Float[Array, "... n_lines 4"]:
+        """The stacked ``(..., n_lines, 4)`` layout (JAX array)."""
+        return jnp.stack([self.shift, self.ln_amplitude, self.ln_sigma, self.ln_gamma],
+                         axis=-1)
+
+    @property
+    def alive(self):
+        """``(..., n_lines)`` bool: ln a above ``DEAD`` (the line enters the synthesis)."""
+        return self.ln_amplitude > self.DEAD
+
+    def to_line_list(self, center: ArrayLike) -> LineList:
+        """The absolute :class:`LineList` (centres μ + (μ' − μ), Å) for reference centres
+        ``center`` ``(n_lines,)`` (float64). Dead lines get ln a = ``ABSENT``, zero shift
+        and ln σ = ln γ = 0, constant and harmless, so that no NaN (e.g. from exp(−1000)
+        widths) reaches the profile or its gradient; their gradients are exactly zero."""
+        alive = self.alive
+        return LineList(
+            center + jnp.where(alive, self.shift, 0.0),
+            jnp.where(alive, self.ln_amplitude, self.ABSENT),
+            jnp.where(alive, self.ln_sigma, 0.0),
+            jnp.where(alive, self.ln_gamma, 0.0),
+        )
 
 
 @eqx.filter_jit

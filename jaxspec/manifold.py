@@ -52,14 +52,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
+from jaxspec.lines import LineTable
 
 __all__ = ["LineManifold", "axis_stencil"]
 
 _OUT_OF_BOUNDS = ("error", "clamp")
 METHODS = ("linear", "cubic")
 #: A node value below this marks an absent line (blase3D's fill is ln a = −1000).
-ABSENT_BELOW = ABSENT_LN_AMPLITUDE / 2
+ABSENT_BELOW = LineTable.ABSENT / 2
 
 
 def axis_stencil(axis, x, method: str = "linear"):
@@ -126,8 +126,9 @@ class LineManifold(eqx.Module):
         method: ``"linear"`` (default: multilinear, blase3D, scipy-equal) or
             ``"cubic"`` (cubic Hermite along every axis of >= 4 nodes, with the guards of
             the module docstring).
-        amplitude_column: the output column that holds ln a (1 for the emulator's
-            (μ' − μ, ln a, ln σ, ln γ)); with ``method="cubic"`` a line absent at a
+        amplitude_column: the output column that holds ln a (default
+            ``LineTable.LN_AMPLITUDE``, for the emulator's :class:`~jaxspec.lines.LineTable`
+            columns (μ' − μ, ln a, ln σ, ln γ)); with ``method="cubic"`` a line absent at a
             stencil node fades linearly in a there (module docstring). None: no fade.
         out_of_bounds: what a parameter outside the axes does. ``"error"`` (default):
             :func:`equinox.error_if` raises (at run time, inside ``jit`` too) with the
@@ -149,7 +150,7 @@ class LineManifold(eqx.Module):
     out_of_bounds: str = eqx.field(static=True)
     _bounds_text: str = eqx.field(static=True)
     method: str = eqx.field(static=True, default="linear")
-    amplitude_column: int | None = eqx.field(static=True, default=1)
+    amplitude_column: int | None = eqx.field(static=True, default=LineTable.LN_AMPLITUDE)
 
     def __init__(
         self,
@@ -159,7 +160,7 @@ class LineManifold(eqx.Module):
         out_of_bounds: str = "error",
         table: ArrayLike | None = None,
         method: str = "linear",
-        amplitude_column: int | None = 1,
+        amplitude_column: int | None = LineTable.LN_AMPLITUDE,
     ):
         if not isinstance(axes, Mapping) or len(axes) == 0:
             raise ValueError(

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import complete_values
 from jaxspec.line_emulator import LineEmulator
+from jaxspec.lines import LineTable
 
 __all__ = ["LazyAdam", "RefineHistory", "lazy_adam", "reconstruction_rms", "refine"]
 
@@ -288,7 +289,8 @@ def refine(
     # node slices, differentiates through the emulator's synthesis, and scatters back.
     mask = jnp.asarray(np.moveaxis(present, 0, -1).reshape(n_nodes, n_lines, 1),
                        dtype=table0.dtype)
-    scale = jnp.asarray([center_scale, 1.0, 1.0, 1.0], dtype=table0.dtype)
+    scale = LineTable(shift=center_scale, ln_amplitude=1.0, ln_sigma=1.0,
+                      ln_gamma=1.0).to_array().astype(table0.dtype)
     optimiser = lazy_adam(learning_rate, scale)
     flux_all = grid.flux.reshape(-1, grid.n_pix)
 
@@ -310,7 +312,7 @@ def refine(
                               put(state.count, sub_state.count))
         return put(flat, sub + updates), state, loss
 
-    flat = table0.reshape(n_nodes, n_lines, 4)
+    flat = table0.reshape(n_nodes, n_lines, LineTable.N_COLUMNS)
     state = optimiser.init(flat)
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc="refine", unit="epoch", disable=not progress)

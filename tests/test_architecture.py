@@ -41,6 +41,7 @@ STAGE_OF = {
     # 1 synthesis: line lists and their synthesis
     "synthesis": "synthesis",
     "lines": "synthesis",
+    "extrinsic": "synthesis",  # kernels, pixels, the effects chain
     # 2 grid: grids of spectra and their files
     "": "grid",  # jaxspec/__init__ re-exports SpectralGrid, LineList, synthetic_grid
     "grid": "grid",
@@ -61,10 +62,8 @@ STAGE_OF = {
     "refine": "emulator",
     "validate": "emulator",
     "peers": "emulator",
-    # extrinsic.py mixes kernels and the effects chain (synthesis) with the observed and
-    # template emulators (emulator) and the RV scan (inference); placed by its latest
-    # import until it is split into one module per stage.
-    "extrinsic": "emulator",
+    "observed_emulator": "emulator",
+    "template": "emulator",
     # 6 inference
     "infer": "inference",
     "amortised": "inference",

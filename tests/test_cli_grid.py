@@ -49,6 +49,16 @@ def test_plot_off_grid_names_the_parameter(grid_file, tmp_path, capsys):
     assert "teff" in capsys.readouterr().err
 
 
+def test_plot_window_outside_the_band_names_file_and_range(grid_file, tmp_path, capsys):
+    grid = SpectralGrid.from_hdf5(grid_file)
+    teff, logg, feh = (grid.axes[n][0] for n in grid.param_names)
+    code = main(["grid", "plot", str(grid_file), "--teff", str(teff), "--logg", str(logg),
+                 "--feh", str(feh), "--wavelength", "100:200", "--out", str(tmp_path / "w.png")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "--wavelength 100:200 selects no pixel of" in err and str(grid_file) in err
+
+
 def test_negative_ranges_parse(tmp_path, capsys):
     # `--feh -0.5:0` must be read as a value, not an option.
     code = main(["grid", "phoenix", str(tmp_path / "none"), "--feh", "-0.5:0",

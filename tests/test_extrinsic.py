@@ -24,21 +24,19 @@ from jaxspec.emulator import load_emulator
 from jaxspec.extrinsic import (
     C_KMS,
     ExtrinsicModel,
-    ObservedEmulator,
-    Template,
+    apply_effects,
     broaden,
     chebyshev_continuum,
     doppler_factor,
-    initial_guess,
-    observe,
-    parse_fit,
     pixel_edges,
     required_model_range,
 )
 from jaxspec.grid import SpectralGrid
-from jaxspec.infer import Spectrum, bayes_opt, fit_map, sample_nuts
+from jaxspec.infer import Spectrum, bayes_opt, fit_map, initial_guess, sample_nuts
 from jaxspec.io.spectrum import write_spectrum
+from jaxspec.observed_emulator import ObservedEmulator, parse_fit
 from jaxspec.pixel_emulator import PixelEmulator
+from jaxspec.template import Template
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAM0 = 8500.0
@@ -127,8 +125,8 @@ def test_observed_pixels_conserve_flux_and_shift_equivalent_width():
     obs = 8480.0 + 0.04 * j - 4e-6 * j**2  # 0.04 → 0.033 Å pixels
     limits = {"rv_range": (-60.0, 85.0), "vsini_max": 25.0, "resolution_min": 40_000.0}
     for rv, vsini, resolution in [(0.0, 0.0, 1e9), (-60.0, 25.0, 40_000.0), (85.0, 3.0, 1e5)]:
-        out = observe(template, jnp.zeros(0), rv=rv, vsini=vsini, resolution=resolution,
-                      wavelength=obs, **limits)
+        out = apply_effects(template, jnp.zeros(0), rv=rv, vsini=vsini, resolution=resolution,
+                            wavelength=obs, **limits)
         assert abs(pixel_ew(obs, out) / (ew * float(doppler_factor(rv))) - 1) < 1e-4
 
 
@@ -139,8 +137,8 @@ def test_broadened_fwhm_of_a_narrow_line_matches_theory():
     obs = np.linspace(8498.6, 8501.4, 14001)
     fwhm_line = 2 * math.sqrt(2 * math.log(2)) * sigma_line
     for resolution in (20_000.0, 60_000.0, 110_000.0):  # Gaussians add in quadrature
-        out = observe(template, jnp.zeros(0), resolution=resolution, wavelength=obs,
-                      resolution_min=20_000.0)
+        out = apply_effects(template, jnp.zeros(0), resolution=resolution, wavelength=obs,
+                            resolution_min=20_000.0)
         theory = math.hypot(fwhm_line, LAM0 / resolution)
         assert fwhm(obs, out) / theory - 1 == pytest.approx(0, abs=2e-4), resolution
     # rotation: Gray's kernel G(x) ∝ 2(1−ε)√(1−x²) + (πε/2)(1−x²) at half its maximum
@@ -152,8 +150,8 @@ def test_broadened_fwhm_of_a_narrow_line_matches_theory():
     x_half = brentq(lambda x: kernel(x) - kernel(0) / 2, 0, 1)
     obs_v = np.linspace(8497.8, 8502.2, 22001)
     for vsini in (30.0, 50.0):
-        out = observe(template, jnp.zeros(0), vsini=vsini, epsilon=eps, wavelength=obs_v,
-                      vsini_max=50.0)
+        out = apply_effects(template, jnp.zeros(0), vsini=vsini, epsilon=eps, wavelength=obs_v,
+                            vsini_max=50.0)
         theory = 2 * x_half * vsini / C_KMS * LAM0
         assert fwhm(obs_v, out) / theory - 1 == pytest.approx(0, abs=5e-4), vsini
 
@@ -165,11 +163,11 @@ def test_tabulated_lsf_matches_the_gaussian():
     sigma_v = C_KMS / (2 * math.sqrt(2 * math.log(2)) * 40_000.0)
     v = np.linspace(-6 * sigma_v, 6 * sigma_v, 301)
     profile = np.exp(-0.5 * (v / sigma_v) ** 2)
-    tab = observe(template, jnp.zeros(0), wavelength=obs, lsf=(v, profile))
-    gauss = observe(template, jnp.zeros(0), wavelength=obs, resolution=40_000.0)
+    tab = apply_effects(template, jnp.zeros(0), wavelength=obs, lsf=(v, profile))
+    gauss = apply_effects(template, jnp.zeros(0), wavelength=obs, resolution=40_000.0)
     np.testing.assert_allclose(tab, gauss, atol=2e-4)
     with pytest.raises(ValueError, match="lsf velocity must be"):
-        observe(template, jnp.zeros(0), wavelength=obs, lsf=(v[::-1], v))
+        apply_effects(template, jnp.zeros(0), wavelength=obs, lsf=(v[::-1], v))
 
 
 def test_rv_shifted_line_centre():
@@ -178,8 +176,8 @@ def test_rv_shifted_line_centre():
     obs = np.linspace(8420.0, 8620.0, 40001)
     lo, hi = pixel_edges(obs)
     for rv in (-100.0, 0.0, 37.3, 3000.0):
-        out = np.asarray(observe(template, jnp.zeros(0), rv=rv, wavelength=obs,
-                                 rv_range=(-100.0, 3000.0)))
+        out = np.asarray(apply_effects(template, jnp.zeros(0), rv=rv, wavelength=obs,
+                                       rv_range=(-100.0, 3000.0)))
         depth = (1 - out) * (hi - lo)
         centre = np.sum(depth * obs) / np.sum(depth)
         assert centre == pytest.approx(LAM0 * float(doppler_factor(rv)), abs=5e-5), rv
@@ -196,8 +194,8 @@ def test_same_spectrum_on_different_model_grids_gives_same_observation():
     grids = [log_grid(8480.0, 8520.0, 0.1), uniform,
              np.sort(np.concatenate([uniform[::2], rng.uniform(8480, 8520, 6000)]))]
     obs = np.linspace(8492.0, 8508.0, 500)
-    outs = [observe(Template.from_arrays(g, gaussian_lines(g, centres, depths, 0.06)),
-                    jnp.zeros(0), rv=12.0, vsini=8.0, resolution=50_000.0, wavelength=obs)
+    outs = [apply_effects(Template.from_arrays(g, gaussian_lines(g, centres, depths, 0.06)),
+                          jnp.zeros(0), rv=12.0, vsini=8.0, resolution=50_000.0, wavelength=obs)
             for g in grids]
     for out in outs[1:]:
         np.testing.assert_allclose(out, outs[0], atol=3e-5)
@@ -256,8 +254,8 @@ def test_template_and_observed_emulator_interface(tmp_path):
     p = jnp.array([5.0, 10.0, 1.0, 0.0, 0.0])
     batch = eqx.filter_jit(oe)(jnp.stack([p, p.at[0].set(-5.0)]).reshape(2, 1, 5))
     assert batch.shape == (2, 1, 200)
-    direct = observe(template, jnp.zeros(0), rv=5.0, vsini=10.0, resolution=40_000.0,
-                     continuum=[1.0, 0.0, 0.0], wavelength=obs)
+    direct = apply_effects(template, jnp.zeros(0), rv=5.0, vsini=10.0, resolution=40_000.0,
+                           continuum=[1.0, 0.0, 0.0], wavelength=obs)
     np.testing.assert_allclose(batch[0, 0], direct, atol=1e-12)
     narrow = oe.with_bounds(rv=(0, 10))
     assert narrow.bounds[0].tolist() == [0, 10] and oe.bounds[0].tolist() == [-30, 30]
@@ -369,9 +367,9 @@ def test_bad_inputs_have_clear_messages():
     template = Template.from_arrays(wl, gaussian_lines(wl, [8500.0], [0.5], 0.05))
     p = jnp.zeros(0)
     with pytest.raises(ValueError, match="vsini=-1 km/s; v sin i is a speed"):
-        observe(template, p, vsini=-1.0)
+        apply_effects(template, p, vsini=-1.0)
     with pytest.raises(ValueError, match="resolution=0; the resolving power"):
-        observe(template, p, resolution=0.0)
+        apply_effects(template, p, resolution=0.0)
     with pytest.raises(ValueError, match=r"vsini_range=\(-5, 20\): v sin i is a speed"):
         ObservedEmulator.build(template, wl[100:-100], fit="vsini", vsini_range=(-5, 20))
     with pytest.raises(ValueError, match="R must be > 0"):
@@ -398,11 +396,11 @@ def test_bad_inputs_have_clear_messages():
     with pytest.raises(ValueError, match="write continuum=K"):
         parse_fit("continuum=-1")
     with pytest.raises(ValueError, match="epsilon=1.5"):
-        observe(template, p, vsini=5.0, epsilon=1.5)
+        apply_effects(template, p, vsini=5.0, epsilon=1.5)
     with pytest.raises(ValueError, match=r"vsini=9 km/s is above vsini_max=5"):
-        observe(template, p, vsini=9.0, vsini_max=5.0)
+        apply_effects(template, p, vsini=9.0, vsini_max=5.0)
     with pytest.raises(ValueError, match="rv is traced"):
-        jax.grad(lambda v: observe(template, p, rv=v).sum())(1.0)
+        jax.grad(lambda v: apply_effects(template, p, rv=v).sum())(1.0)
     # inside jit, a value outside the layout's limits fails loudly instead of clipping
     with pytest.raises(Exception, match="rv outside the range"):
         eqx.filter_jit(oe)(jnp.array([25.0, 1.0]))

@@ -162,7 +162,7 @@ def test_wing_cut_limits_each_line_to_its_window(built):
     full = LineEmulator(one, np.asarray(emulator.center)[:1], WL)
     cut = LineEmulator(one, np.asarray(emulator.center)[:1], WL, wing_cut=64)
     wide = LineEmulator(one, np.asarray(emulator.center)[:1], WL, wing_cut=100_000)
-    assert cut.synthesizer.n_evaluations() < full.synthesizer.n_evaluations()
+    assert cut.synthesis_plan.n_evaluations() < full.synthesis_plan.n_evaluations()
     f_full, f_cut, f_wide = (np.asarray(evaluate(e, theta)) for e in (full, cut, wide))
     np.testing.assert_array_equal(f_wide, f_full)  # a cut beyond every window: no change
     assert np.all(f_cut[400:] == 1.0) and np.all(f_full[400:] < 1.0)

@@ -288,7 +288,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_overwrite_is_refused_without_the_flag(tmp_path, capsys):
     from astropy.table import Table
 
-    from jaxspec.extrinsic import Template
+    from jaxspec.template import Template
 
     existing = tmp_path / "taken"
     existing.write_text("keep me")

@@ -34,6 +34,21 @@ def node_params(args: argparse.Namespace, names) -> dict[str, float]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def wavelength_window(wl, flux, window, source) -> tuple:
+    """``(wl, flux)`` cut to the ``--wavelength LO:HI`` window (Å, inclusive), or both
+    unchanged when ``window`` is None. ValueError naming ``source`` (the file) and its
+    range when the window selects no pixel."""
+    if window is None:
+        return wl, flux
+    keep = (wl >= window[0]) & (wl <= window[1])
+    if not keep.any():
+        raise ValueError(
+            f"--wavelength {window[0]:g}:{window[1]:g} selects no pixel of {source} "
+            f"({wl[0]:.2f}-{wl[-1]:.2f} Å); pass a range inside it"
+        )
+    return wl[keep], flux[keep]
+
+
 def save_figure(fig, out: str | Path, *, overwrite: bool = True) -> Path:
     """Write a matplotlib figure (PNG/PDF by suffix), creating the folder; returns the path.
 

@@ -47,7 +47,8 @@ NO_POSTERIOR_PREFIXES = ("input error: ", "fit failed: ")
 
 
 class StarTask(NamedTuple):
-    """One spectrum file to fit: its path as given, SHA-256, Teff guess (or None) and,
+    """One spectrum file to fit: its path as given, SHA-256, guess of the windowed
+    parameter (Teff by default; or None) and,
     with ``--plot``, the stem of its figure names (:func:`jaxspec.cli._common.plot_stem`,
     computed in the client, which knows every path)."""
 
@@ -112,7 +113,7 @@ def cached_emulator(path: str, checksum: str):
     most two kept), so every star a Dask worker fits reuses its compiled functions."""
     key = (str(path), str(checksum))
     if key not in _MODELS:
-        import jaxspec.extrinsic  # noqa: F401  (registers the "template" emulator kind)
+        import jaxspec.template  # noqa: F401  (registers the "template" emulator kind)
         from jaxspec.emulator import load_emulator
 
         while len(_MODELS) >= 2:
@@ -192,7 +193,8 @@ def _fit(task, config, em, obs, init, note, priors) -> dict:
     from jaxspec.io.posterior import laplace_payload, nuts_payload
 
     obs = pad_observation(obs, padded_length(int(obs.flux.shape[0])))
-    kw = {"teff_guess": task.guess, "teff_window": config.teff_window, "key": config.seed}
+    kw = {"guess": task.guess, "window": config.window,
+          "window_param": config.window_param, "key": config.seed}
     fit_noise = True if config.fit_noise else None
     want_posterior = bool(getattr(config, "posterior", None))
     t0 = time.perf_counter()
@@ -305,7 +307,7 @@ def run_dask(tasks, config, model=None, *, workers: int | None = None,
 
 
 def _wants_extrinsic(args, base) -> bool:
-    from jaxspec.extrinsic import Template
+    from jaxspec.template import Template
 
     return bool(args.fit or args.rv or args.vsini or args.resolution is not None or args.lsf
                 or isinstance(base, Template))
@@ -330,9 +332,10 @@ def _observed(args, base, spectrum):
 
     When rv is fitted, a χ² scan over the RV box (continuum by least squares) gives the
     start and narrows the rv box to best ± --rv-window (a multimodal RV likelihood
-    otherwise defeats local optimisers), like --teff-guess/--teff-window for Teff.
+    otherwise defeats local optimisers), like --guess/--window for Teff.
     """
-    from jaxspec.extrinsic import ObservedEmulator, initial_guess
+    from jaxspec.infer import initial_guess
+    from jaxspec.observed_emulator import ObservedEmulator
 
     em = ObservedEmulator.build(
         base, spectrum.wavelength, fit=args.fit, rv=args.rv, vsini=args.vsini,

@@ -79,7 +79,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  lines: {emulator.n_lines:,} unique; detected per node mean {per.mean():,.0f}, "
               f"min {per.min():,}, max {per.max():,}; {int(observed.sum())} observed nodes of "
               f"{observed.size}")
-        print(f"  synthesis: {emulator.synthesizer.n_evaluations() / 1e6:.2f} M profile "
+        print(f"  synthesis: {emulator.synthesis_plan.n_evaluations() / 1e6:.2f} M profile "
               f"evaluations per spectrum (tolerance {emulator.tolerance:g})")
         info = emulator.info
         if info:
@@ -138,6 +138,7 @@ def _edges(x: np.ndarray) -> np.ndarray:
 
 def _plot(args: argparse.Namespace) -> int:
     from jaxspec.emulator import load_emulator
+    from jaxspec.lines import LineTable
 
     emulator = load_emulator(args.path)
     if emulator.kind != "line":
@@ -164,9 +165,11 @@ def _plot(args: argparse.Namespace) -> int:
     x, y = emulator.axes[names[0]], emulator.axes[names[1]]
     plt = matplotlib_pyplot()
     fig, axs = plt.subplots(2, 2, figsize=(11, 7), sharex=True, sharey=True)
-    panels = [(1, r"$\ln a$"), (2, r"$\ln \sigma$ [ln Å]"), (3, r"$\ln \gamma$ [ln Å]"),
-              (0, r"$\mu' - \mu$ [Å]")]
-    shown = present | (~observed & (values[..., 1] > -100))
+    panels = [(LineTable.LN_AMPLITUDE, r"$\ln a$"),
+              (LineTable.LN_SIGMA, r"$\ln \sigma$ [ln Å]"),
+              (LineTable.LN_GAMMA, r"$\ln \gamma$ [ln Å]"),
+              (LineTable.SHIFT, r"$\mu' - \mu$ [Å]")]
+    shown = present | (~observed & LineTable.from_array(values).alive)
     for ax, (k, label) in zip(axs.ravel(), panels):
         data = np.where(shown, values[..., k], np.nan).T
         ax.set_facecolor("0.85")

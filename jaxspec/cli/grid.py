@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import check_outputs, matplotlib_pyplot, parse_range, save_figure
+from jaxspec.cli._common import (
+    check_outputs,
+    matplotlib_pyplot,
+    parse_range,
+    save_figure,
+    wavelength_window,
+)
 
 
 def register(sub) -> None:
@@ -142,14 +148,7 @@ def _plot(args: argparse.Namespace) -> int:
         params[name] = float(value)
     flux = grid.spectrum(**params)
     wl = grid.wavelength
-    if args.wavelength is not None:
-        keep = (wl >= args.wavelength[0]) & (wl <= args.wavelength[1])
-        if not keep.any():
-            raise ValueError(
-                f"--wavelength {args.wavelength[0]:g}:{args.wavelength[1]:g} selects no "
-                f"pixel of {args.path} ({wl[0]:.2f}-{wl[-1]:.2f} Å)"
-            )
-        wl, flux = wl[keep], flux[keep]
+    wl, flux = wavelength_window(wl, flux, args.wavelength, args.path)
     plt = matplotlib_pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.5))
     ax.plot(wl, flux, lw=0.6, color="k")

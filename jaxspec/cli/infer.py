@@ -60,11 +60,18 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start the table afresh (the old OUT stays until the new one is "
                    "complete)")
-    p.add_argument("--teff-guess", type=float, nargs="+", metavar="K",
-                   help="Teff guess(es): one for all spectra or one per spectrum; the search "
-                   "is limited to guess ± --teff-window")
-    p.add_argument("--teff-window", type=float, default=500.0, metavar="K",
-                   help="half width of the Teff window (default 500 K, as in the paper)")
+    p.add_argument("--guess", "--teff-guess", dest="guess", type=float, nargs="+",
+                   metavar="VALUE",
+                   help="guess(es) of the --window-param parameter (Teff in K by default): "
+                   "one for all spectra or one per spectrum; its search is limited to "
+                   "guess ± --window (--teff-guess: the older name)")
+    p.add_argument("--window", "--teff-window", dest="window", type=float, default=None,
+                   metavar="HALF_WIDTH",
+                   help="half width of that window, in the parameter's unit (default 500 K "
+                   "for Teff, as in the paper; required for another parameter; "
+                   "--teff-window: the older name)")
+    p.add_argument("--window-param", default="teff", metavar="NAME",
+                   help="the parameter --guess and --window apply to (default teff)")
     p.add_argument("--plot", action="store_true",
                    help="write <out>_<spectrum>_fit.png (data, model, residual) and, for "
                    "map/nuts, <out>_<spectrum>_corner.png beside the table")
@@ -291,7 +298,7 @@ def _outcomes(args, tasks, model, emulator_sha256: str):
         return iter(())
     # what every star's fit needs; the path list and guesses travel in the tasks
     config = argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                   if k not in ("func", "spectra", "teff_guess")})
+                                   if k not in ("func", "spectra", "guess")})
     config.emulator_sha256 = emulator_sha256
     if Path(args.emulator).suffix.lower() == ".npz":
         # a line-list template must cover every spectrum: built once, here, from all
@@ -353,22 +360,31 @@ def _validate(args) -> None:
     if args.mask_bits is not None and args.mask_bits < 1:
         raise ValueError(f"--mask-bits {args.mask_bits}: pass a positive integer, the bits "
                          "that mark a bad pixel (e.g. 1)")
-    for flag, value in (("--teff-window", args.teff_window),
-                        ("--template-step", args.template_step), ("--rv-step", args.rv_step)):
+    from jaxspec.infer import DEFAULT_TEFF_WINDOW
+
+    if args.window is None and args.window_param == "teff":
+        args.window = DEFAULT_TEFF_WINDOW
+    if args.guess is not None and args.window is None:
+        raise ValueError(f"--guess for {args.window_param} needs --window (its half width); "
+                         f"only Teff has a default ({DEFAULT_TEFF_WINDOW:g} K)")
+    positive = [("--template-step", args.template_step), ("--rv-step", args.rv_step)]
+    if args.window is not None:
+        positive.insert(0, ("--window", args.window))
+    for flag, value in positive:
         if not value > 0:
             raise ValueError(f"{flag} {value}: pass a positive number")
     if args.rv_window < 0:
         raise ValueError(f"--rv-window {args.rv_window}: pass 0 (whole --rv-range) or more")
     if args.fit:
-        from jaxspec.extrinsic import parse_fit
+        from jaxspec.observed_emulator import parse_fit
 
         parse_fit(args.fit)
     if args.method == "bo" and args.prior:
         raise ValueError("--prior needs --method map or nuts; bo searches the box (a uniform "
                          "prior): narrow it with the --*-range options instead")
-    if args.teff_guess is not None and len(args.teff_guess) not in (1, len(args.spectra)):
+    if args.guess is not None and len(args.guess) not in (1, len(args.spectra)):
         raise ValueError(
-            f"--teff-guess has {len(args.teff_guess)} values for {len(args.spectra)} spectra; "
+            f"--guess has {len(args.guess)} values for {len(args.spectra)} spectra; "
             "give one for all or one per spectrum"
         )
     if args.posterior and args.method == "bo":
@@ -391,10 +407,10 @@ def _validate(args) -> None:
 
 def _unique_spectra(args):
     """The spectrum paths, each once (a repeated path is fitted once, with a warning), and
-    their Teff guesses."""
+    their guesses (of ``--window-param``)."""
     guesses = [None] * len(args.spectra)
-    if args.teff_guess is not None:
-        guesses = [float(g) for g in np.broadcast_to(args.teff_guess, (len(args.spectra),))]
+    if args.guess is not None:
+        guesses = [float(g) for g in np.broadcast_to(args.guess, (len(args.spectra),))]
     paths, out = [], []
     for path, guess in zip(args.spectra, guesses):
         if path in paths:
@@ -411,13 +427,18 @@ def _settings(args) -> dict:
     settings): the emulator (path and SHA-256), the method and every option of it."""
     from jaxspec.io.results_writer import file_checksum
 
-    keys = ["method", "resample", "seed", "teff_window", "teff_guess", "fit", "rv", "vsini",
+    keys = ["method", "resample", "seed", "fit", "rv", "vsini",
             "resolution", "rv_range", "vsini_range", "resolution_range", "c0_range",
             "continuum_range", "epsilon", "lsf", "rv_step", "rv_window", "template_step",
             "prior", "fit_noise", "mask_bits"]
     keys += {"bo": ["n_random", "n_guided"], "map": ["starts"],
              "nuts": ["starts", "warmup", "samples", "chains"]}[args.method]
     settings = {k: getattr(args, k) for k in keys}
+    # a Teff window keeps the keys of earlier versions, so that their tables still resume
+    if args.window_param == "teff":
+        settings.update(teff_window=args.window, teff_guess=args.guess)
+    else:
+        settings.update(window_param=args.window_param, window=args.window, guess=args.guess)
     # reading options enter only when used, so tables of earlier versions still resume
     for key, default in (("normalize", False), ("layout", None), ("visit", None),
                          ("orders", None), ("spectrum_medium", None),
@@ -435,7 +456,8 @@ def _settings(args) -> dict:
 def _meta(args) -> dict:
     meta = {
         "emulator": str(args.emulator), "method": args.method,
-        "teff_window": args.teff_window, "resample": args.resample, "seed": args.seed,
+        f"{args.window_param}_window": args.window, "resample": args.resample,
+        "seed": args.seed,
         "note": "seconds of the first spectrum fitted in a run include JIT compilation",
     }
     if args.fit or args.rv or args.vsini or args.resolution is not None or args.lsf:
@@ -451,14 +473,16 @@ def _meta(args) -> dict:
 def _load_model(args, spectra):
     """The emulator file, or a line-list .npz synthesised as a Template covering every
     spectrum at every RV of --rv-range (plus the broadening margin)."""
-    import jaxspec.extrinsic  # noqa: F401  (registers the "template" emulator kind)
+    import jaxspec.template  # noqa: F401  (registers the "template" emulator kind)
     from jaxspec.emulator import load_emulator
 
     path = Path(args.emulator)
     if path.suffix.lower() != ".npz":
         return load_emulator(path)
-    from jaxspec.extrinsic import Template, parse_fit, required_model_range
+    from jaxspec.extrinsic import required_model_range
     from jaxspec.lines import LineList
+    from jaxspec.observed_emulator import parse_fit
+    from jaxspec.template import Template
 
     _check_line_list(args)
     names, _ = parse_fit(args.fit)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxspec.cli._common import parse_range
+from jaxspec.cli._common import parse_range, wavelength_window
 
 
 def register(sub) -> None:
@@ -86,14 +86,7 @@ def _synth(args: argparse.Namespace) -> int:
     import equinox as eqx
 
     flux = np.asarray(eqx.filter_jit(lambda e, p: e(p))(emulator, theta), dtype=np.float64)
-    if args.wavelength is not None:
-        keep = (wl >= args.wavelength[0]) & (wl <= args.wavelength[1])
-        if not keep.any():
-            raise ValueError(
-                f"--wavelength {args.wavelength[0]:g}:{args.wavelength[1]:g} selects no pixel "
-                f"of {args.emulator} ({wl[0]:.2f}-{wl[-1]:.2f} Å)"
-            )
-        wl, flux = wl[keep], flux[keep]
+    wl, flux = wavelength_window(wl, flux, args.wavelength, args.emulator)
     table = Table()
     table["wavelength"] = wl * u.AA
     table["flux"] = flux

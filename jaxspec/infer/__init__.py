@@ -12,8 +12,17 @@ arrays on the emulator's wavelengths, as :class:`Spectrum` objects (any waveleng
 * Likelihoods: :func:`rms_loss` (eq. 4), :func:`chi2`, :func:`gaussian_log_likelihood`.
 * :func:`gaussian_coverage`, :func:`sample_coverage`: calibration of intervals.
 * :func:`results_table`: one row per spectrum, for ``jaxspec infer``.
+* :func:`initial_guess`: a start for fits of an
+  :class:`~jaxspec.observed_emulator.ObservedEmulator` (χ² scan over RV, continuum by
+  linear least squares).
+
+The search box is the emulator's bounds; ``guess=`` limits one parameter to
+``guess ± window`` (``window_param=``, Teff by default, with ``window`` =
+:data:`DEFAULT_TEFF_WINDOW` = 500 K; ``teff_guess=``/``teff_window=`` are the older names,
+still accepted).
 """
 
+from jaxspec.infer._box import DEFAULT_TEFF_WINDOW
 from jaxspec.infer.bayes_opt import BayesOptResult, bayes_opt
 from jaxspec.infer.calibration import (
     EmpiricalSystematics,
@@ -32,11 +41,14 @@ from jaxspec.infer.likelihood import (
 from jaxspec.infer.map import MapResult, fit_map, neg_log_posterior
 from jaxspec.infer.nuts import NutsResult, sample_nuts, spectrum_model
 from jaxspec.infer.results import Status, results_table, status_message
+from jaxspec.infer.rv_scan import InitialGuess, initial_guess
 from jaxspec.infer.spectrum import Observation, Spectrum, observe, stack_observations
 
 __all__ = [
+    "DEFAULT_TEFF_WINDOW",
     "BayesOptResult",
     "EmpiricalSystematics",
+    "InitialGuess",
     "add_systematics",
     "MapResult",
     "NutsResult",
@@ -48,6 +60,7 @@ __all__ = [
     "fit_map",
     "gaussian_coverage",
     "gaussian_log_likelihood",
+    "initial_guess",
     "model_flux",
     "neg_log_posterior",
     "observation_loss",

@@ -1,4 +1,5 @@
-"""The search box of an inference: the emulator's bounds, optionally with a Teff window.
+"""The search box of an inference: the emulator's bounds, optionally with a window
+``guess ± window`` on one parameter (Teff by default, as in blase3D sect. 4.2).
 
 Methods work in unit coordinates ``u = (theta - lower) / (upper - lower)`` of the box
 (and MAP in ``z = logit(u)``), so that one step size suits every parameter.
@@ -11,18 +12,58 @@ import numpy as np
 
 # Relative distance to a face under which a value counts as on it.
 EDGE_TOL = 1e-3
+#: The parameter a ``guess`` applies to unless ``window_param`` says otherwise.
+DEFAULT_WINDOW_PARAM = "teff"
+#: Default half width of a Teff window, K (blase3D sect. 4.2: ± 500 K around the truth).
+DEFAULT_TEFF_WINDOW = 500.0
 
 
-def search_box(emulator, teff_guess=None, teff_window: float = 500.0, param: str = "teff"):
+def resolve_window(guess=None, window=None, window_param: str = DEFAULT_WINDOW_PARAM,
+                   teff_guess=None, teff_window=None):
+    """``(guess, window, param)`` from an inference's window keywords.
+
+    ``teff_guess`` and ``teff_window`` are the older names of ``guess`` and ``window``
+    for a Teff window (kept as aliases); a window without a guess is ignored, a guess
+    without a window gets :data:`DEFAULT_TEFF_WINDOW` for Teff and is an error for any
+    other parameter (its unit is not known here).
+
+    Raises:
+        ValueError: a keyword and its alias both given, an alias with ``window_param``
+            other than ``"teff"``, or a non-Teff guess without a window.
+    """
+    for name, new, old in (("guess", guess, teff_guess), ("window", window, teff_window)):
+        if old is None:
+            continue
+        if new is not None:
+            raise ValueError(f"pass {name}= or its alias teff_{name}=, not both")
+        if window_param != "teff":
+            raise ValueError(
+                f"teff_{name}= is the alias of {name}= for a Teff window, but "
+                f"window_param={window_param!r}; pass {name}= instead"
+            )
+    guess = teff_guess if guess is None else guess
+    window = teff_window if window is None else window
+    if guess is not None and window is None:
+        if window_param != "teff":
+            raise ValueError(
+                f"a {window_param} guess needs window= (its half width, in the unit of "
+                f"{window_param}); only Teff has a default ({DEFAULT_TEFF_WINDOW:g} K)"
+            )
+        window = DEFAULT_TEFF_WINDOW
+    return guess, (DEFAULT_TEFF_WINDOW if window is None else window), window_param
+
+
+def search_box(emulator, guess=None, window: float = DEFAULT_TEFF_WINDOW,
+               param: str = DEFAULT_WINDOW_PARAM):
     """Lower and upper limits of the search, per spectrum.
 
     Args:
         emulator: any :class:`~jaxspec.emulator.Emulator`.
-        teff_guess: None (search the whole box), a number, or ``(n,)`` numbers (one per
-            spectrum): the search of ``param`` is limited to ``guess ± teff_window``
-            within the emulator's bounds (blase3D sect. 4.2 uses ± 500 K around the truth).
-        teff_window: half width of the window, same unit as ``param`` (K).
-        param: the parameter the window applies to.
+        guess: None (search the whole box), a number, or ``(n,)`` numbers (one per
+            spectrum): the search of ``param`` is limited to ``guess ± window`` within
+            the emulator's bounds (blase3D sect. 4.2 uses Teff ± 500 K around the truth).
+        window: half width of the window, same unit as ``param`` (K for Teff).
+        param: the parameter the window applies to (any of ``emulator.param_names``).
 
     Returns:
         ``(lower, upper, windowed)``: ``lower`` and ``upper`` ``(n_params,)`` or
@@ -37,29 +78,31 @@ def search_box(emulator, teff_guess=None, teff_window: float = 500.0, param: str
     names = tuple(emulator.param_names)
     lower, upper = bounds[:, 0].copy(), bounds[:, 1].copy()
     windowed = np.zeros(len(names), dtype=bool)
-    if teff_guess is None:
+    if guess is None:
         return lower, upper, windowed
     if param not in names:
         raise ValueError(
             f"a {param} guess was given but the emulator's parameters are {names}; drop the "
-            "guess or use an emulator with a teff parameter"
+            f"guess, pass window_param= one of them, or use an emulator with a {param} "
+            "parameter"
         )
-    if not teff_window > 0:
-        raise ValueError(f"teff_window={teff_window}; pass a positive half width (e.g. 500 K)")
+    if not window > 0:
+        raise ValueError(f"window={window} for {param}; pass a positive half width (e.g. "
+                         "500 K for teff)")
     j = names.index(param)
-    guess = np.asarray(teff_guess, dtype=np.float64)
-    bad = ~np.isfinite(guess) | (guess + teff_window < lower[j]) | (guess - teff_window > upper[j])
+    guess = np.asarray(guess, dtype=np.float64)
+    bad = ~np.isfinite(guess) | (guess + window < lower[j]) | (guess - window > upper[j])
     if np.any(bad):
         g = np.atleast_1d(guess)[np.flatnonzero(np.atleast_1d(bad))[0]]
         raise ValueError(
-            f"{param} guess {g:g} ± {teff_window:g} lies outside the emulator's range "
+            f"{param} guess {g:g} ± {window:g} lies outside the emulator's range "
             f"{lower[j]:g}–{upper[j]:g}; pass a guess inside it"
         )
     shape = guess.shape + (len(names),)
     lo = np.broadcast_to(lower, shape).copy()
     hi = np.broadcast_to(upper, shape).copy()
-    lo[..., j] = np.maximum(lower[j], guess - teff_window)
-    hi[..., j] = np.minimum(upper[j], guess + teff_window)
+    lo[..., j] = np.maximum(lower[j], guess - window)
+    hi[..., j] = np.minimum(upper[j], guess + window)
     windowed[j] = True
     return lo, hi, windowed
 

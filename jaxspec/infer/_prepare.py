@@ -61,13 +61,15 @@ def as_batch(emulator, data, uncertainty=None, mask=None, resample="model"):
     return stack_observations([observe(s, emulator, resample) for s in spectra]), batched
 
 
-def boxes(emulator, n: int, teff_guess, teff_window):
-    """Per-spectrum ``(lower, upper)`` ``(n, k)`` and the emulator's bounds."""
-    lo, hi, _ = search_box(emulator, teff_guess, teff_window)
+def boxes(emulator, n: int, guess, window, param: str = "teff"):
+    """Per-spectrum ``(lower, upper)`` ``(n, k)`` (:func:`~jaxspec.infer._box.search_box`
+    with ``guess ± window`` on ``param``) and the emulator's bounds."""
+    lo, hi, _ = search_box(emulator, guess, window, param)
     lo = np.broadcast_to(lo, (n, emulator.n_params)) if lo.ndim == 1 else lo
     hi = np.broadcast_to(hi, (n, emulator.n_params)) if hi.ndim == 1 else hi
     if lo.shape[0] != n:
-        raise ValueError(f"{lo.shape[0]} Teff guesses for {n} spectra; pass one or one each")
+        raise ValueError(f"{lo.shape[0]} {param} guesses for {n} spectra; pass one or one "
+                         "each")
     b = np.asarray(emulator.bounds, dtype=np.float64)
     return jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(b[:, 0]), jnp.asarray(b[:, 1])
 

@@ -5,8 +5,9 @@ The paper minimises :math:`\mathcal{L}(\theta) = \langle (M(\theta) - D)^2\rangl
 process surrogate of the loss, then 20 evaluations are each placed where the surrogate's
 expected improvement is largest, and the best evaluated point is the answer. Here:
 
-1. ``n_random`` points uniform in the search box (the emulator's bounds, with Teff
-   optionally limited to ``teff_guess ± teff_window``) are evaluated in one batch.
+1. ``n_random`` points uniform in the search box (the emulator's bounds, with one
+   parameter, Teff by default, optionally limited to ``guess ± window``) are evaluated
+   in one batch.
 2. A GP with Matérn-5/2 ARD kernel (:mod:`jaxspec.infer._gp`) models the standardised
    ln loss in unit coordinates of the box; its hyperparameters maximise the marginal
    likelihood (100 Adam steps before the first guided evaluation, then ``hyper_steps``
@@ -30,10 +31,16 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxspec.infer import _gp
-from jaxspec.infer._box import box_edge, to_physical, window_edge
+from jaxspec.infer._box import (
+    DEFAULT_WINDOW_PARAM,
+    box_edge,
+    resolve_window,
+    to_physical,
+    window_edge,
+)
 from jaxspec.infer._prepare import as_batch, boxes, keys_for, map_batches, unbatch
 from jaxspec.infer.likelihood import chi2, observation_loss
-from jaxspec.infer.results import Status, is_converged, plausibility_flags, status_message
+from jaxspec.infer.results import Status, is_converged, plausibility_flags, result_row
 
 __all__ = ["BayesOptResult", "bayes_opt"]
 
@@ -73,17 +80,8 @@ class BayesOptResult(eqx.Module):
         params = np.atleast_2d(np.asarray(self.params))
         loss = np.atleast_1d(np.asarray(self.loss))
         status = np.atleast_1d(np.asarray(self.status))
-        return [
-            {
-                "params": params[i],
-                "sigma": None,
-                "loss": loss[i],
-                "n_evaluations": self.n_evaluations,
-                "converged": bool(is_converged(status[i])),
-                "message": status_message(status[i]),
-            }
-            for i in range(params.shape[0])
-        ]
+        return [result_row(params[i], None, loss[i], self.n_evaluations, status[i])
+                for i in range(params.shape[0])]
 
 
 _FIRST_HYPER_STEPS = 100
@@ -186,8 +184,11 @@ def bayes_opt(
     mask=None,
     n_random: int = 100,
     n_guided: int = 20,
+    guess=None,
+    window: float | None = None,
+    window_param: str = DEFAULT_WINDOW_PARAM,
     teff_guess=None,
-    teff_window: float = 500.0,
+    teff_window: float | None = None,
     loss: str = "rms",
     n_candidates: int = 1000,
     hyper_steps: int = 10,
@@ -208,9 +209,14 @@ def bayes_opt(
         mask: bool for a flux array (True = use), or None.
         n_random: random evaluations seeding the surrogate (paper: 100).
         n_guided: evaluations guided by expected improvement (paper: 20).
-        teff_guess: None, one Teff (K) or one per spectrum: search Teff only within
-            ``teff_guess ± teff_window`` (paper: ± 500 K around the truth).
-        teff_window: half width of that window, K.
+        guess: None, one value or one per spectrum of the parameter ``window_param``
+            (Teff in K by default): search it only within ``guess ± window`` (paper:
+            Teff ± 500 K around the truth).
+        window: half width of that window, in the unit of ``window_param`` (default
+            500 K for Teff, the paper's; required for any other parameter).
+        window_param: the parameter the window applies to (default ``"teff"``).
+        teff_guess, teff_window: aliases of ``guess`` and ``window`` for a Teff window
+            (the names of earlier versions; still accepted).
         loss: ``"rms"`` (eq. 4, default) or ``"chi2"`` (χ² per pixel, uses the
             uncertainties).
         n_candidates: candidates scored by expected improvement per guided step.
@@ -230,7 +236,8 @@ def bayes_opt(
         raise ValueError(f"n_random={n_random} must be >= 2 and n_guided={n_guided} >= 0")
     obs, batched = as_batch(emulator, flux, uncertainty, mask, resample)
     n = obs.flux.shape[0]
-    lower, upper, b_lower, b_upper = boxes(emulator, n, teff_guess, teff_window)
+    lower, upper, b_lower, b_upper = boxes(
+        emulator, n, *resolve_window(guess, window, window_param, teff_guess, teff_window))
     cfg = _Config(
         int(n_random), int(n_guided), int(n_candidates), int(hyper_steps), str(loss),
         int(eval_batch), 0.05,

@@ -1,7 +1,8 @@
 r"""Maximum a posteriori fits by gradient descent, with Laplace uncertainties.
 
 The negative log posterior, in physical parameters :math:`\theta` inside the search box
-(the emulator's bounds, Teff optionally limited to ``teff_guess ± teff_window``), is
+(the emulator's bounds, one parameter, Teff by default, optionally limited to
+``guess ± window``), is
 
 .. math::
     -\ln p(\theta \mid D) = \tfrac12 \chi^2(\theta) - \ln p(\theta) + \text{const},
@@ -60,7 +61,14 @@ import optax
 from jax.scipy.linalg import cho_solve
 from jaxtyping import Array, Float, Int
 
-from jaxspec.infer._box import box_edge, to_physical, to_unit, window_edge
+from jaxspec.infer._box import (
+    DEFAULT_WINDOW_PARAM,
+    box_edge,
+    resolve_window,
+    to_physical,
+    to_unit,
+    window_edge,
+)
 from jaxspec.infer._prepare import (
     as_batch,
     boxes,
@@ -70,7 +78,7 @@ from jaxspec.infer._prepare import (
     unbatch,
 )
 from jaxspec.infer.likelihood import chi2, rms_loss
-from jaxspec.infer.results import Status, is_converged, plausibility_flags, status_message
+from jaxspec.infer.results import Status, is_converged, plausibility_flags, result_row
 
 __all__ = ["MapResult", "fit_map", "neg_log_posterior"]
 
@@ -130,19 +138,13 @@ class MapResult(eqx.Module):
         flat = {k: np.atleast_1d(np.asarray(getattr(self, k))) for k in (
             "loss", "status", "n_evaluations", "noise_scale", "decrement", "chi2_nu")}
         return [
-            {
-                "params": p[i],
-                "sigma": s[i],
-                "loss": flat["loss"][i],
-                "n_evaluations": flat["n_evaluations"][i],
-                "converged": bool(is_converged(flat["status"][i])),
-                "message": status_message(
-                    flat["status"][i], f"Newton decrement {flat['decrement'][i]:.2g} nats"
-                    + (f", chi2/nu {flat['chi2_nu'][i]:.3g}"
-                       if np.isfinite(flat["chi2_nu"][i]) else "")
-                ),
-                "extra": {"noise_scale": float(flat["noise_scale"][i])},
-            }
+            result_row(
+                p[i], s[i], flat["loss"][i], flat["n_evaluations"][i], flat["status"][i],
+                f"Newton decrement {flat['decrement'][i]:.2g} nats"
+                + (f", chi2/nu {flat['chi2_nu'][i]:.3g}"
+                   if np.isfinite(flat["chi2_nu"][i]) else ""),
+                extra={"noise_scale": float(flat["noise_scale"][i])},
+            )
             for i in range(p.shape[0])
         ]
 
@@ -198,31 +200,67 @@ def _sobol(n: int, k: int) -> np.ndarray:
     return qmc.Sobol(k, scramble=True, seed=0).random(n)
 
 
-def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Config):
-    k = lower.shape[-1]
+class _Problem(NamedTuple):
+    """One spectrum's MAP problem: the objective in unit coordinates u of its search box
+    ``[lower, upper]`` (``(k,)`` each, physical units)."""
 
-    def f_u(u):
-        return _objective(emulator, obs, to_physical(u, lower, upper), cfg.fit_noise, cfg.priors)
+    emulator: object
+    obs: object
+    lower: jax.Array
+    upper: jax.Array
+    cfg: _Config
 
-    def safe(v):
-        return jnp.where(jnp.isfinite(v), v, jnp.inf)
+    @property
+    def k(self) -> int:
+        return self.lower.shape[-1]
 
-    # 1. coarse search (a random Cranley–Patterson shift of a fixed Sobol set)
+
+#: Step lengths tried along each Newton direction (backtracking).
+_NEWTON_TRIALS = (1.0, 0.5, 0.25, 0.1, 0.02)
+
+
+def _objective_u(prob: _Problem, u):
+    """The negative log posterior (module docstring) at unit coordinates ``u`` ``(k,)``."""
+    theta = to_physical(u, prob.lower, prob.upper)
+    return _objective(prob.emulator, prob.obs, theta, prob.cfg.fit_noise, prob.cfg.priors)
+
+
+def _finite_or_inf(v):
+    """``v`` where finite, +inf elsewhere (a NaN objective never wins a comparison)."""
+    return jnp.where(jnp.isfinite(v), v, jnp.inf)
+
+
+def _prior_u(prob: _Problem, u):
+    """The prior part of the objective, ``-ln p(θ)``, at unit coordinates ``u``."""
+    return _prior_term(to_physical(u, prob.lower, prob.upper), prob.cfg.priors)
+
+
+def _coarse_search(prob: _Problem, init, key):
+    """Step 1: the best ``n_starts`` of ``n_search`` scrambled-Sobol points of the unit
+    box (a random Cranley–Patterson shift by ``key`` of a fixed Sobol set), the last one
+    replaced by ``init`` (physical, ``(k,)``) when the config has one.
+
+    Returns ``(n_starts, k)`` starts, clipped 1e-4 inside the box (for the logit)."""
+    cfg, k = prob.cfg, prob.k
     shift = jax.random.uniform(key, (k,), dtype=jnp.float64)
     pts = jnp.mod(jnp.asarray(_sobol(cfg.n_search, k)) + shift, 1.0)
-    vals = jax.lax.map(lambda u: safe(f_u(u)), pts, batch_size=32)
+    vals = jax.lax.map(lambda u: _finite_or_inf(_objective_u(prob, u)), pts, batch_size=32)
     order = jnp.argsort(vals)
     starts = pts[order[: cfg.n_starts]]
-    n_eval = cfg.n_search
     if cfg.has_init:
-        u_init = jnp.clip(to_unit(init, lower, upper), 0.0, 1.0)
+        u_init = jnp.clip(to_unit(init, prob.lower, prob.upper), 0.0, 1.0)
         starts = starts.at[-1].set(u_init)
-    starts = jnp.clip(starts, 1e-4, 1 - 1e-4)
+    return jnp.clip(starts, 1e-4, 1 - 1e-4)
 
-    # 2. Adam in logit space
+
+def _adam_logit(prob: _Problem, starts):
+    """Step 2: ``steps`` Adam steps (learning rate ``lr``, cosine decay to 5 %) on
+    z = logit(u) from every start at once (vmap); non-finite gradients count as zero
+    and z stays in [-25, 25]. Returns the end points in u, ``(n_starts, k)``."""
+    cfg = prob.cfg
     sched = optax.cosine_decay_schedule(cfg.lr, max(cfg.steps, 1), alpha=0.05)
     opt = optax.adam(sched)
-    g_z = jax.grad(lambda z: f_u(jax.nn.sigmoid(z)))
+    g_z = jax.grad(lambda z: _objective_u(prob, jax.nn.sigmoid(z)))
 
     def adam(z0):
         def body(_, carry):
@@ -235,126 +273,176 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
         z, _ = jax.lax.fori_loop(0, cfg.steps, body, (z0, opt.init(z0)))
         return jax.nn.sigmoid(z)
 
-    u_adam = jax.vmap(adam)(jnp.log(starts) - jnp.log1p(-starts))
-    n_eval += cfg.n_starts * cfg.steps
+    return jax.vmap(adam)(jnp.log(starts) - jnp.log1p(-starts))
 
-    # 3. projected Newton with backtracking in u
-    grad_u = jax.grad(f_u)
 
-    def exact_grad_hess(u):  # forward-over-reverse; the gradient comes along as aux
-        def g2(u):
-            g = grad_u(u)
-            return g, g
+def _exact_grad_hess(prob: _Problem, u):
+    """Gradient ``(k,)`` and exact Hessian ``(k, k)`` of the objective in u
+    (forward-over-reverse; the gradient comes along as aux)."""
+    grad_u = jax.grad(lambda v: _objective_u(prob, v))
 
-        h, g = jax.jacfwd(g2, has_aux=True)(u)
-        return g, h
+    def g2(v):
+        g = grad_u(v)
+        return g, g
 
-    def prior_u(v):
-        return _prior_term(to_physical(v, lower, upper), cfg.priors)
+    h, g = jax.jacfwd(g2, has_aux=True)(u)
+    return g, h
 
-    def gauss_newton_grad_hess(u):
-        # Gradient and Gauss–Newton Hessian from the model's Jacobian (k forward-mode
-        # passes through the emulator, no second derivatives of it):
-        # chi2 = rᵀr, r = w (M - D): g = Jᵀr, H = JᵀJ (times N/C' with a profiled noise).
-        m = obs.mask
-        w = jnp.where(m, 1.0 / jnp.where(m, obs.sigma, 1.0), 0.0)
 
-        def resid(v):  # masked pixels (their flux may be NaN) contribute exact zeros
-            model = obs.project(emulator(to_physical(v, lower, upper)))
-            return jnp.where(m, w * (model - jnp.where(m, obs.flux, 0.0)), 0.0)
+def _gauss_newton_grad_hess(prob: _Problem, u):
+    """Gradient ``(k,)`` and Gauss–Newton Hessian ``(k, k)`` of the objective in u from the
+    model's Jacobian (k forward-mode passes through the emulator, no second derivatives
+    of it): χ² = rᵀr, r = w (M − D): g = Jᵀr, H = JᵀJ (times N/C' with a profiled noise),
+    plus the prior's exact gradient and Hessian."""
+    obs, cfg = prob.obs, prob.cfg
+    m = obs.mask
+    w = jnp.where(m, 1.0 / jnp.where(m, obs.sigma, 1.0), 0.0)
 
-        r, jvp_cols = jax.linearize(resid, u)
-        jac = jax.vmap(jvp_cols, out_axes=1)(jnp.eye(k, dtype=u.dtype))  # (n_pix, k)
-        g = jac.T @ r
-        h = jac.T @ jac
-        if cfg.fit_noise:
-            scale = jnp.sum(m) / (r @ r + jnp.sum(m) * NOISE_FLOOR**2)
-            g, h = scale * g, scale * h
-        if cfg.priors:
-            g = g + jax.grad(prior_u)(u)
-            h = h + jax.hessian(prior_u)(u)
-        return g, h
+    def resid(v):  # masked pixels (their flux may be NaN) contribute exact zeros
+        model = obs.project(prob.emulator(to_physical(v, prob.lower, prob.upper)))
+        return jnp.where(m, w * (model - jnp.where(m, obs.flux, 0.0)), 0.0)
 
-    grad_hess = gauss_newton_grad_hess if cfg.gauss_newton else exact_grad_hess
+    r, jvp_cols = jax.linearize(resid, u)
+    jac = jax.vmap(jvp_cols, out_axes=1)(jnp.eye(prob.k, dtype=u.dtype))  # (n_pix, k)
+    g = jac.T @ r
+    h = jac.T @ jac
+    if cfg.fit_noise:
+        scale = jnp.sum(m) / (r @ r + jnp.sum(m) * NOISE_FLOOR**2)
+        g, h = scale * g, scale * h
+    if cfg.priors:
+        prior = lambda v: _prior_u(prob, v)  # noqa: E731
+        g = g + jax.grad(prior)(u)
+        h = h + jax.hessian(prior)(u)
+    return g, h
 
-    trials = jnp.array([1.0, 0.5, 0.25, 0.1, 0.02])
 
-    def free_system(u, g, h):
-        active = ((u <= _U_EPS) & (g > 0)) | ((u >= 1 - _U_EPS) & (g < 0))
-        free = ~active
-        both = free[:, None] & free[None, :]
-        return jnp.where(free, g, 0.0), jnp.where(both, h, jnp.eye(k))
+def _pinned(u, g):
+    """``(k,)`` bool: parameters held on a face of the unit box by an outward gradient."""
+    return ((u <= _U_EPS) & (g > 0)) | ((u >= 1 - _U_EPS) & (g < 0))
 
-    def direction(g_f, h_f):
-        # Newton direction where H is positive definite, else steepest descent scaled by
-        # the diagonal (the Levenberg limit).
-        chol = jnp.linalg.cholesky(h_f)
-        ok = jnp.all(jnp.isfinite(chol))
-        d_newton = -cho_solve((jnp.where(ok, chol, jnp.eye(k)), True), g_f)
-        diag = jnp.maximum(jnp.abs(jnp.diag(h_f)), 1e-12)
-        d = jnp.where(ok, d_newton, -g_f / diag)
-        dec = jnp.where(ok, -0.5 * g_f @ d_newton, jnp.inf)
-        return jnp.where(jnp.isfinite(d), d, 0.0), dec
 
-    def newton(u0):
-        # At most n_newton steps, then a last pass that only evaluates gradient and
-        # Hessian at the end point (one compiled copy of the Hessian serves the steps and
-        # the Laplace approximation). Once a step starts where the Newton decrement is
-        # far below tol, or finds nothing lower, the next pass is that last one.
-        def body(carry):
-            i, n_pass, u, f0, gain, _, _, _ = carry
-            g, h = grad_hess(u)
-            d, dec = direction(*free_system(u, g, h))
-            cand = jnp.clip(u[None, :] + trials[:, None] * d[None, :], 0.0, 1.0)
-            fc = jax.vmap(lambda c: safe(f_u(c)))(cand)
-            j = jnp.argmin(fc)
-            step = i < cfg.n_newton
-            better = (fc[j] < f0) & step
-            gain = jnp.where(step, jnp.where(better, f0 - fc[j], 0.0), gain)
-            u_new = jnp.where(better, cand[j], u)
-            done = step & ((dec < 1e-2 * cfg.tol) | ~better)
-            i_next = jnp.where(done, cfg.n_newton, i + 1)
-            return (i_next, n_pass + 1, u_new, jnp.where(better, fc[j], f0), gain, dec, h, g)
+def _free_system(u, g, h):
+    """Gradient and Hessian restricted to the free (not pinned) parameters: pinned rows
+    of g are 0, pinned rows and columns of H those of the identity."""
+    free = ~_pinned(u, g)
+    both = free[:, None] & free[None, :]
+    return jnp.where(free, g, 0.0), jnp.where(both, h, jnp.eye(u.shape[-1]))
 
-        f0 = safe(f_u(u0))
-        init = (jnp.asarray(0), jnp.asarray(0), u0, f0, jnp.inf, jnp.inf,
-                jnp.zeros((k, k)), jnp.zeros(k))
-        return jax.lax.while_loop(lambda c: c[0] <= cfg.n_newton, body, init)[1:]
 
-    n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.vmap(newton)(u_adam)
-    n_eval = n_eval + cfg.n_starts + jnp.sum(n_pass) * (2 + trials.size)
-    best = jnp.argmin(f_end)
-    u, f, gain, dec, h, g = (a[best] for a in (u_end, f_end, gain, dec, h_end, g_end))
+def _newton_direction(g_f, h_f):
+    """``(direction, decrement)``: the Newton direction −H⁻¹g where H is positive
+    definite (decrement ½ gᵀH⁻¹g), else steepest descent scaled by the diagonal (the
+    Levenberg limit; decrement inf)."""
+    k = g_f.shape[-1]
+    chol = jnp.linalg.cholesky(h_f)
+    ok = jnp.all(jnp.isfinite(chol))
+    d_newton = -cho_solve((jnp.where(ok, chol, jnp.eye(k)), True), g_f)
+    diag = jnp.maximum(jnp.abs(jnp.diag(h_f)), 1e-12)
+    d = jnp.where(ok, d_newton, -g_f / diag)
+    dec = jnp.where(ok, -0.5 * g_f @ d_newton, jnp.inf)
+    return jnp.where(jnp.isfinite(d), d, 0.0), dec
 
-    # 4. Laplace. With a profiled noise scale, f = N/2 ln C and its Hessian carries
-    # -N/2 ∇C∇Cᵀ/C², which vanishes at an interior optimum but not on a face of the box
-    # (where it can make H indefinite); the Laplace approximation at the fitted noise
-    # s² = C/N is N/2 ∇²C/C = H + (2/N) g gᵀ, with g the likelihood part of the gradient.
-    if cfg.fit_noise and not cfg.gauss_newton:  # (Gauss–Newton's H is already N/2 ∇²C/C)
+
+def _projected_newton(prob: _Problem, u0):
+    """Step 3: projected Newton with backtracking in u from ``u0`` ``(k,)``.
+
+    At most ``n_newton`` steps, then a last pass that only evaluates gradient and
+    Hessian at the end point (one compiled copy of the Hessian serves the steps and the
+    Laplace approximation). Once a step starts where the Newton decrement is far below
+    ``tol``, or finds nothing lower, the next pass is that last one.
+
+    Returns ``(n_pass, u, f, gain, decrement, h, g)`` at the end point: passes made,
+    position, objective, the last step's decrease, Newton decrement, Hessian and
+    gradient there."""
+    cfg, k = prob.cfg, prob.k
+    grad_hess = _gauss_newton_grad_hess if cfg.gauss_newton else _exact_grad_hess
+    trials = jnp.array(_NEWTON_TRIALS)
+
+    def body(carry):
+        i, n_pass, u, f0, gain, _, _, _ = carry
+        g, h = grad_hess(prob, u)
+        d, dec = _newton_direction(*_free_system(u, g, h))
+        cand = jnp.clip(u[None, :] + trials[:, None] * d[None, :], 0.0, 1.0)
+        fc = jax.vmap(lambda c: _finite_or_inf(_objective_u(prob, c)))(cand)
+        j = jnp.argmin(fc)
+        step = i < cfg.n_newton
+        better = (fc[j] < f0) & step
+        gain = jnp.where(step, jnp.where(better, f0 - fc[j], 0.0), gain)
+        u_new = jnp.where(better, cand[j], u)
+        done = step & ((dec < 1e-2 * cfg.tol) | ~better)
+        i_next = jnp.where(done, cfg.n_newton, i + 1)
+        return (i_next, n_pass + 1, u_new, jnp.where(better, fc[j], f0), gain, dec, h, g)
+
+    f0 = _finite_or_inf(_objective_u(prob, u0))
+    init = (jnp.asarray(0), jnp.asarray(0), u0, f0, jnp.inf, jnp.inf,
+            jnp.zeros((k, k)), jnp.zeros(k))
+    return jax.lax.while_loop(lambda c: c[0] <= cfg.n_newton, body, init)[1:]
+
+
+def _laplace_covariance(prob: _Problem, u, g, h):
+    """Step 4: the Laplace covariance ``(k, k)`` in physical units at the optimum ``u``
+    with gradient ``g`` and Hessian ``h`` of the objective in u; returns ``(cov, pd)``,
+    ``pd`` whether the Hessian is positive definite (else cov is NaN).
+
+    With a profiled noise scale, f = N/2 ln C and its Hessian carries −N/2 ∇C∇Cᵀ/C²,
+    which vanishes at an interior optimum but not on a face of the box (where it can
+    make H indefinite); the Laplace approximation at the fitted noise s² = C/N is
+    N/2 ∇²C/C = H + (2/N) g gᵀ, with g the likelihood part of the gradient
+    (Gauss–Newton's H is already N/2 ∇²C/C). Parameters held on a face of the box by an
+    outward gradient are not free: the covariance is that of the others conditional on
+    them (their own rows are NaN: the posterior there is one-sided), so one pinned
+    parameter (e.g. R at its upper bound) does not void the errors of all."""
+    cfg, k = prob.cfg, prob.k
+    if cfg.fit_noise and not cfg.gauss_newton:
         g_lik = g
         if cfg.priors:
-            g_lik = g_lik - jax.grad(prior_u)(u)
-        h = h + (2.0 / jnp.sum(obs.mask)) * jnp.outer(g_lik, g_lik)
-    # Parameters held on a face of the box by an outward gradient are not free: the
-    # Laplace covariance is that of the others conditional on them (their own errors are
-    # NaN: the posterior there is one-sided), so one pinned parameter (e.g. R at its upper
-    # bound) does not void the errors of all.
-    _, h = free_system(u, g, h)
-    pinned = ((u <= _U_EPS) & (g > 0)) | ((u >= 1 - _U_EPS) & (g < 0))
+            g_lik = g_lik - jax.grad(lambda v: _prior_u(prob, v))(u)
+        h = h + (2.0 / jnp.sum(prob.obs.mask)) * jnp.outer(g_lik, g_lik)
+    _, h = _free_system(u, g, h)
+    pinned = _pinned(u, g)
     chol = jnp.linalg.cholesky(h)
     pd = jnp.all(jnp.isfinite(chol))
     cov_u = jnp.linalg.inv(jnp.where(pd, h, jnp.eye(k)))
-    scale = upper - lower
+    scale = prob.upper - prob.lower
     cov = jnp.where(pd, cov_u * scale[:, None] * scale[None, :], jnp.nan)
     cov = jnp.where(pinned[:, None] | pinned[None, :], jnp.nan, cov)
+    return cov, pd
+
+
+def _prior_std_u(prob: _Problem):
+    """``(k,)`` prior standard deviation in unit coordinates: that of the uniform box
+    (1/√12), or a narrower given prior's."""
+    prior_u = jnp.full((prob.k,), 1.0 / np.sqrt(12.0))
+    for i, d in prob.cfg.priors:
+        try:
+            std_i = jnp.sqrt(d.variance) / (prob.upper[i] - prob.lower[i])
+        except (AttributeError, NotImplementedError):
+            continue
+        prior_u = prior_u.at[i].set(jnp.minimum(prior_u[i], std_i))
+    return prior_u
+
+
+def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Config):
+    """The MAP fit of one spectrum (module docstring, steps 1–4) in the search box
+    ``[lower, upper]`` (the emulator's box is ``[b_lower, b_upper]``): a
+    :class:`MapResult` with its status flags."""
+    prob = _Problem(emulator, obs, lower, upper, cfg)
+    k = prob.k
+    starts = _coarse_search(prob, init, key)
+    u_adam = _adam_logit(prob, starts)
+    n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.vmap(
+        lambda u0: _projected_newton(prob, u0))(u_adam)
+    n_eval = (cfg.n_search + cfg.n_starts * cfg.steps + cfg.n_starts
+              + jnp.sum(n_pass) * (2 + len(_NEWTON_TRIALS)))
+    best = jnp.argmin(f_end)
+    u, f, gain, dec, h, g = (a[best] for a in (u_end, f_end, gain, dec, h_end, g_end))
+    cov, pd = _laplace_covariance(prob, u, g, h)
+    scale = upper - lower
     theta = to_physical(u, lower, upper)
     model = obs.project(emulator(theta))
     n_used = jnp.sum(obs.mask)
-    noise = jnp.where(
-        cfg.fit_noise,
-        jnp.sqrt(chi2(model, obs.flux, obs.sigma, obs.mask) / n_used + NOISE_FLOOR**2),
-        1.0,
-    )
+    c2 = chi2(model, obs.flux, obs.sigma, obs.mask)
+    noise = jnp.where(cfg.fit_noise, jnp.sqrt(c2 / n_used + NOISE_FLOOR**2), 1.0)
     converged = (dec < cfg.tol) | (gain < cfg.tol)
     status = jnp.where(jnp.isfinite(f), 0, int(Status.NONFINITE))
     status |= jnp.where(converged, 0, int(Status.NOT_CONVERGED))
@@ -364,17 +452,10 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     status |= jnp.where(box_edge(u), int(Status.BOX_EDGE), 0)
     # implausible answers (results module docstring)
     nu = n_used - k
-    c2 = chi2(model, obs.flux, obs.sigma, obs.mask)
     judge_chi2 = obs.has_uncertainty and not cfg.fit_noise
-    prior_u = jnp.full((k,), 1.0 / np.sqrt(12.0))
-    for i, d in cfg.priors:
-        try:
-            std_i = jnp.sqrt(d.variance) / (upper[i] - lower[i])
-        except (AttributeError, NotImplementedError):
-            continue
-        prior_u = prior_u.at[i].set(jnp.minimum(prior_u[i], std_i))
     status |= plausibility_flags(u, chi2=c2 if judge_chi2 else None, nu=nu,
-                                 sigma_u=jnp.sqrt(jnp.diag(cov)) / scale, prior_std_u=prior_u)
+                                 sigma_u=jnp.sqrt(jnp.diag(cov)) / scale,
+                                 prior_std_u=_prior_std_u(prob))
     return MapResult(
         params=theta,
         sigma=jnp.sqrt(jnp.diag(cov)),
@@ -405,8 +486,11 @@ def fit_map(
     uncertainty=None,
     *,
     mask=None,
+    guess=None,
+    window: float | None = None,
+    window_param: str = DEFAULT_WINDOW_PARAM,
     teff_guess=None,
-    teff_window: float = 500.0,
+    teff_window: float | None = None,
     init=None,
     priors: dict | None = None,
     fit_noise: bool | None = None,
@@ -432,9 +516,13 @@ def fit_map(
             list of them.
         uncertainty: 1σ for a flux array, or None.
         mask: bool for a flux array (True = use), or None.
-        teff_guess: None, one Teff (K) or one per spectrum: limit Teff to
-            ``teff_guess ± teff_window``.
-        teff_window: K.
+        guess: None, one value or one per spectrum of the parameter ``window_param``
+            (Teff in K by default): limit it to ``guess ± window``.
+        window: half width of that window, in the unit of ``window_param`` (default
+            500 K for Teff, the paper's; required for any other parameter).
+        window_param: the parameter the window applies to (default ``"teff"``).
+        teff_guess, teff_window: aliases of ``guess`` and ``window`` for a Teff window
+            (the names of earlier versions; still accepted).
         init: ``(n_params,)`` or ``(n, n_params)`` physical start (e.g. a
             :class:`~jaxspec.infer.BayesOptResult`'s ``params``), added to the starts.
         priors: ``{name: numpyro distribution}`` replacing the uniform prior of those
@@ -473,7 +561,8 @@ def fit_map(
     sharding = star_sharding(devices)
     obs, batched = as_batch(emulator, flux, uncertainty, mask, resample)
     n = obs.flux.shape[0]
-    lower, upper, b_lower, b_upper = boxes(emulator, n, teff_guess, teff_window)
+    lower, upper, b_lower, b_upper = boxes(
+        emulator, n, *resolve_window(guess, window, window_param, teff_guess, teff_window))
     if fit_noise is None:
         fit_noise = not obs.has_uncertainty
     items = ()

@@ -10,11 +10,11 @@ The probabilistic model is the plain numpyro function :func:`spectrum_model`:
         \quad\text{for every used pixel } i,
 
 with :math:`M` the emulator's flux on the data pixels and the box the emulator's bounds
-(Teff optionally limited to ``teff_guess ± teff_window``). :func:`sample_nuts` runs
-``num_chains`` NUTS chains (one compiled function for all chains), started near
-the MAP (:func:`~jaxspec.infer.fit_map`, jittered by half its Laplace σ), and returns a
-:class:`NutsResult` holding the samples, arviz ``InferenceData``, split R-hat, effective
-sample sizes and divergences.
+(one parameter, Teff by default, optionally limited to ``guess ± window``).
+:func:`sample_nuts` runs ``num_chains`` NUTS chains (one compiled function for all
+chains), started near the MAP (:func:`~jaxspec.infer.fit_map`, jittered by half its
+Laplace σ), and returns a :class:`NutsResult` holding the samples, arviz
+``InferenceData``, split R-hat, effective sample sizes and divergences.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
-from jaxspec.infer._box import EDGE_TOL, search_box
+from jaxspec.infer._box import (
+    DEFAULT_WINDOW_PARAM,
+    EDGE_TOL,
+    resolve_window,
+    search_box,
+)
 from jaxspec.infer._prepare import as_batch, keys_for
 from jaxspec.infer.likelihood import chi2, rms_loss
 from jaxspec.infer.results import (
@@ -43,6 +48,7 @@ from jaxspec.infer.results import (
     is_converged,
     plausibility_flags,
     prior_std,
+    result_row,
     status_message,
 )
 
@@ -123,12 +129,12 @@ class NutsResult:
 
     @property
     def message(self) -> str:
-        return status_message(
-            self.status,
-            f"R-hat max {np.nanmax(self.rhat):.3f}, ESS min {np.nanmin(self.ess):.0f}, "
-            f"{self.n_divergent} divergent"
-            + (f", chi2/nu {self.chi2_nu:.3g}" if np.isfinite(self.chi2_nu) else ""),
-        )
+        return status_message(self.status, self._details())
+
+    def _details(self) -> str:
+        return (f"R-hat max {np.nanmax(self.rhat):.3f}, ESS min {np.nanmin(self.ess):.0f}, "
+                f"{self.n_divergent} divergent"
+                + (f", chi2/nu {self.chi2_nu:.3g}" if np.isfinite(self.chi2_nu) else ""))
 
     def rows(self) -> list[dict]:
         extra = {
@@ -138,11 +144,8 @@ class NutsResult:
         }
         if "noise_scale" in self.samples:
             extra["noise_scale"] = float(np.mean(self.samples["noise_scale"]))
-        return [{
-            "params": self.params, "sigma": self.sigma, "loss": self.loss,
-            "n_evaluations": self.n_evaluations, "converged": self.converged,
-            "message": self.message, "extra": extra,
-        }]
+        return [result_row(self.params, self.sigma, self.loss, self.n_evaluations,
+                           self.status, self._details(), extra)]
 
 
 def _unconstrained(value, d):
@@ -155,8 +158,11 @@ def sample_nuts(
     uncertainty=None,
     *,
     mask=None,
+    guess=None,
+    window: float | None = None,
+    window_param: str = DEFAULT_WINDOW_PARAM,
     teff_guess=None,
-    teff_window: float = 500.0,
+    teff_window: float | None = None,
     priors: dict | None = None,
     fit_noise: bool | None = None,
     init="map",
@@ -183,7 +189,13 @@ def sample_nuts(
             :class:`~jaxspec.infer.Spectrum` / :class:`~jaxspec.infer.Observation`, or a
             list of them.
         uncertainty, mask: for a flux array.
-        teff_guess, teff_window: limit the Teff prior to ``guess ± window`` (K).
+        guess: None, one value or one per spectrum of the parameter ``window_param``
+            (Teff in K by default): limit its prior to ``guess ± window``.
+        window: half width of that window, in the unit of ``window_param`` (default
+            500 K for Teff, the paper's; required for any other parameter).
+        window_param: the parameter the window applies to (default ``"teff"``).
+        teff_guess, teff_window: aliases of ``guess`` and ``window`` for a Teff window
+            (the names of earlier versions; still accepted).
         priors: ``{name: numpyro distribution}`` replacing uniform priors.
         fit_noise: sample a noise scale; default: when there are no uncertainties.
         init: ``"map"`` (default: run :func:`~jaxspec.infer.fit_map` first), None
@@ -220,7 +232,9 @@ def sample_nuts(
     obs_all, batched = as_batch(emulator, flux, uncertainty, None if mask is None else mask,
                                 resample)
     n = obs_all.flux.shape[0]
-    lo, hi, _ = search_box(emulator, teff_guess, teff_window)
+    guess, window, window_param = resolve_window(guess, window, window_param, teff_guess,
+                                                 teff_window)
+    lo, hi, _ = search_box(emulator, guess, window, window_param)
     lo = np.broadcast_to(lo, (n, emulator.n_params))
     hi = np.broadcast_to(hi, (n, emulator.n_params))
     if fit_noise is None:
@@ -240,8 +254,8 @@ def sample_nuts(
             raise ValueError(f"init={init!r}; pass 'map', None or parameter values")
         from jaxspec.infer.map import fit_map
 
-        map_result = fit_map(emulator, obs_all, teff_guess=teff_guess,
-                             teff_window=teff_window, priors=priors or None,
+        map_result = fit_map(emulator, obs_all, guess=guess, window=window,
+                             window_param=window_param, priors=priors or None,
                              fit_noise=fit_noise, key=keys[0])
         init_theta = np.asarray(map_result.params)
         init_sigma = np.asarray(map_result.sigma)

@@ -39,7 +39,7 @@ import enum
 
 import numpy as np
 
-__all__ = ["Status", "plausibility_flags", "results_table", "status_message"]
+__all__ = ["Status", "plausibility_flags", "result_row", "results_table", "status_message"]
 
 
 class Status(enum.IntFlag):
@@ -47,7 +47,7 @@ class Status(enum.IntFlag):
     NONFINITE = 1  # loss or parameters NaN/inf
     NOT_CONVERGED = 2  # optimiser stopped away from a stationary point
     HESSIAN = 4  # Hessian not positive definite: Laplace errors unreliable
-    WINDOW_EDGE = 8  # best Teff on a face of the Teff window: the answer may lie outside
+    WINDOW_EDGE = 8  # best value on a face of a guess ± window: the answer may lie outside
     BOX_EDGE = 16  # a parameter on a face of the emulator's box (information only)
     RHAT = 32  # NUTS: split R-hat above the threshold
     DIVERGENT = 64  # NUTS: more divergent transitions than allowed
@@ -70,8 +70,8 @@ _WORDS = {
     Status.NONFINITE: "loss or parameters are NaN/inf",
     Status.NOT_CONVERGED: "optimiser did not converge",
     Status.HESSIAN: "Hessian not positive definite (Laplace errors unreliable)",
-    Status.WINDOW_EDGE: "best Teff on the edge of the Teff window (widen the window or "
-    "improve the guess)",
+    Status.WINDOW_EDGE: "best value of the windowed parameter on the edge of its window "
+    "(by default: on the edge of the Teff window; widen the window or improve the guess)",
     Status.BOX_EDGE: "a parameter is on the edge of the emulator's range",
     Status.RHAT: "R-hat too large (chains disagree; run longer)",
     Status.DIVERGENT: "divergent transitions",
@@ -160,6 +160,32 @@ def status_message(status: int, details: str = "") -> str:
     words = [w for flag, w in _WORDS.items() if status & int(flag)]
     text = "; ".join(words) if words else "ok"
     return f"{text} ({details})" if details else text
+
+
+def result_row(params, sigma, loss, n_evaluations, status, details: str = "",
+               extra: dict | None = None) -> dict:
+    """One spectrum's row for :func:`results_table` (what every result's ``rows()`` gives).
+
+    Args:
+        params: ``(n_params,)`` estimate, physical units.
+        sigma: ``(n_params,)`` 1σ errors, or None (the method gives none).
+        loss: RMS residual (blase3D eq. 4).
+        n_evaluations: objective evaluations.
+        status: :class:`Status` flags (int).
+        details: appended to the status words in the message.
+        extra: method-specific columns (e.g. ``noise_scale``), or None.
+    """
+    row = {
+        "params": params,
+        "sigma": sigma,
+        "loss": loss,
+        "n_evaluations": n_evaluations,
+        "converged": bool(is_converged(status)),
+        "message": status_message(status, details),
+    }
+    if extra is not None:
+        row["extra"] = extra
+    return row
 
 
 def results_table(results, param_names, *, files=None, method: str = "", seconds=None):
