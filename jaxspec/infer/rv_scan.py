@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspec._checks import check_uncertainty
 from jaxspec.observed_emulator import ObservedEmulator
 
 __all__ = ["InitialGuess", "initial_guess"]
@@ -86,13 +87,8 @@ def initial_guess(emulator: ObservedEmulator, flux, uncertainty=None, mask=None,
         if sig.shape != (m,):
             raise ValueError(f"uncertainty has shape {sig.shape}; pass ({m},) 1σ values")
         use &= np.isfinite(sig)
-        bad = use & (sig <= 0)
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"uncertainty is zero or negative at {int(bad.sum())} used pixel(s) (first "
-                f"{sig[j]:g} at {emulator.wavelength[j]:.3f} Å); uncertainties are 1σ and "
-                "must be > 0: fix them, mask those pixels, or pass None")
+        check_uncertainty(sig, np.asarray(emulator.wavelength), use, pixels="used pixel(s)",
+                          fix="pass None")
     use &= np.isfinite(d)
     if use.sum() < 2:
         raise ValueError("fewer than 2 usable pixels; check the mask and the flux")
