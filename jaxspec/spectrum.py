@@ -75,7 +75,7 @@ class Spectrum:
             ``wavelength`` (:mod:`jaxspec.medium`; :meth:`to_medium` converts).
         segment: ``(n,)`` int, the echelle order (or any segment label) of each pixel, or
             None (one segment). Segments are continuum-normalised separately
-            (:func:`normalize_continuum`); pixels of overlapping orders are interleaved
+            (:func:`jaxspec.infer.spectrum.normalize_continuum`); pixels of overlapping orders are interleaved
             in wavelength order.
 
     Raises:
@@ -139,6 +139,7 @@ class Spectrum:
 
     @property
     def n_pix(self) -> int:
+        """Number of pixels (used or not)."""
         return int(self.wavelength.size)
 
     def replace(self, **changes) -> Spectrum:
