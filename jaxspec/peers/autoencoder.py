@@ -34,8 +34,6 @@ layer afterwards. Glorot initialisation. Weights are float32, as trained.
 from __future__ import annotations
 
 import json
-from os import PathLike
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -46,7 +44,7 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
-from jaxspec.peers import _dense, _store
+from jaxspec.peers import _dense
 from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
@@ -76,12 +74,9 @@ class AutoencoderEmulator(PeerEmulator):
     label_min, label_max
         ``(k,)`` label scaling of the dense network (training minimum and maximum; also
         the bounds).
-    wavelength_
-        ``(n_pix,)`` float64, Å.
-    names
-        parameter names (static).
-    provenance
-        JSON string of training information (static; see :attr:`info`).
+    wavelength_, names, provenance
+        as in :class:`~jaxspec.peers._base.PeerEmulator` (which also gives ``save`` /
+        ``load``).
 
     ``emulator(params)``: params ``(..., k)`` → flux ``(..., n_pix)`` float32; jit-,
     vmap- and grad-safe. :meth:`encode`, :meth:`decode` and :meth:`reconstruct` expose the
@@ -96,6 +91,9 @@ class AutoencoderEmulator(PeerEmulator):
     wavelength_: np.ndarray
     names: tuple[str, ...] = eqx.field(static=True)
     provenance: str = eqx.field(static=True, default="{}")
+
+    file_arrays = ("label_min", "label_max")
+    file_networks = ("encoder", "decoder", "dense")
 
     def __check_init__(self):
         k, n_pix = len(self.names), int(np.shape(self.wavelength_)[0])
@@ -141,25 +139,6 @@ class AutoencoderEmulator(PeerEmulator):
         """Flux ``D(N(x(ℓ)))`` at params ``(..., k)`` → ``(..., n_pix)``."""
         return self.decode(self.latent(params))
 
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write to HDF5 (``kind="autoencoder"``; layout of :mod:`jaxspec.peers._store`
-        with datasets ``label_min``, ``label_max`` and groups ``encoder``, ``decoder``,
-        ``dense``). Returns the path."""
-        return _store.write(
-            path, self.kind, self.names, self.wavelength_, self.bounds, self.provenance,
-            {"label_min": self.label_min, "label_max": self.label_max},
-            {"encoder": self.encoder, "decoder": self.decoder, "dense": self.dense},
-            overwrite,
-        )
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> AutoencoderEmulator:
-        """Read a file written by :meth:`save`."""
-        d = _store.read(path, "autoencoder", cls.__name__, ("label_min", "label_max"),
-                        ("encoder", "decoder", "dense"))
-        return cls(encoder=d["encoder"], decoder=d["decoder"], dense=d["dense"],
-                   label_min=d["label_min"], label_max=d["label_max"],
-                   wavelength_=d["wavelength"], names=d["names"], provenance=d["info"])
 
 
 def train_autoencoder(

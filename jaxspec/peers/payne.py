@@ -21,8 +21,6 @@ Weights are float32, as trained.
 from __future__ import annotations
 
 import json
-from os import PathLike
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -33,7 +31,7 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
-from jaxspec.peers import _dense, _store
+from jaxspec.peers import _dense
 from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
@@ -57,12 +55,9 @@ class PayneEmulator(PeerEmulator):
         ``n_L = n_pix``.
     label_min, label_max
         ``(k,)`` the label scaling (training minimum and maximum; also the bounds).
-    wavelength_
-        ``(n_pix,)`` float64, Å.
-    names
-        parameter names (static).
-    provenance
-        JSON string of training information (static; see :attr:`info`).
+    wavelength_, names, provenance
+        as in :class:`~jaxspec.peers._base.PeerEmulator` (which also gives ``save`` /
+        ``load``).
 
     ``emulator(params)``: params ``(..., k)`` → flux ``(..., n_pix)`` float32; jit-,
     vmap- and grad-safe. Train with :func:`train_payne`.
@@ -74,6 +69,9 @@ class PayneEmulator(PeerEmulator):
     wavelength_: np.ndarray
     names: tuple[str, ...] = eqx.field(static=True)
     provenance: str = eqx.field(static=True, default="{}")
+
+    file_arrays = ("label_min", "label_max")
+    file_networks = ("layers",)
 
     def __check_init__(self):
         k, n_pix = len(self.names), int(np.shape(self.wavelength_)[0])
@@ -96,21 +94,6 @@ class PayneEmulator(PeerEmulator):
         acts = ("leaky_relu",) * (len(self.layers) - 1) + ("linear",)
         return _dense.apply(self.layers, x, acts)
 
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write to HDF5 (``kind="payne"``; layout of :mod:`jaxspec.peers._store` with
-        datasets ``label_min``, ``label_max`` and the group ``layers``). Returns the path."""
-        return _store.write(
-            path, self.kind, self.names, self.wavelength_, self.bounds, self.provenance,
-            {"label_min": self.label_min, "label_max": self.label_max},
-            {"layers": self.layers}, overwrite,
-        )
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> PayneEmulator:
-        """Read a file written by :meth:`save`."""
-        d = _store.read(path, "payne", cls.__name__, ("label_min", "label_max"), ("layers",))
-        return cls(layers=d["layers"], label_min=d["label_min"], label_max=d["label_max"],
-                   wavelength_=d["wavelength"], names=d["names"], provenance=d["info"])
 
 
 def train_payne(
