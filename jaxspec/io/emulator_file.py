@@ -175,7 +175,11 @@ def write(path: str | PathLike, contents: Contents, *, overwrite: bool = False) 
 
 
 def save(model, path: str | PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``model.to_contents()`` to ``path`` (:func:`write`); returns the path."""
+    """Write ``model.to_contents()`` to ``path`` (:func:`write`); returns the path.
+    FileExistsError before any work if ``path`` exists and ``overwrite`` is False."""
+    from jaxspec.io.atomic import check_overwrite
+
+    check_overwrite(path, overwrite)
     return write(path, model.to_contents(), overwrite=overwrite)
 
 
