@@ -514,37 +514,16 @@ class LineEmulator(Emulator):
                    provenance=provenance, synthesis_plan=plan, wing_cut=wing_cut)
 
 
-def write_emulator_file(
-    path: str | PathLike,
-    *,
-    wavelength: np.ndarray,
-    axes: dict[str, np.ndarray],
-    center: np.ndarray,
-    observed: np.ndarray,
-    present: np.ndarray,
-    values: np.ndarray,
-    tolerance: float = 1e-6,
-    wing_cut: int | None = None,
-    out_of_bounds: str = "error",
-    provenance: str = "{}",
-    overwrite: bool = False,
-    compression: str | None = "gzip",
-    interpolation: str = "linear",
-) -> Path:
-    """Write the sparse line-emulator layout of :meth:`LineEmulator.save` from arrays.
+def write_emulator_file(path: str | PathLike, *, overwrite: bool = False, **fields) -> Path:
+    """Write the sparse line-emulator layout of :meth:`LineEmulator.save` from arrays
+    (``fields``: the keywords of :func:`line_contents`).
 
-    ``present`` is ``(n_lines, n_nodes)`` bool (nodes in C order) and ``values``
-    ``(n_present, 4)`` the detections in line-major order. Lets big manifolds be written
-    without holding the dense ``(n_lines, *grid, 4)`` array. Atomic; FileExistsError
-    if ``path`` exists and ``overwrite`` is False.
+    Lets big manifolds be written without holding the dense ``(n_lines, *grid, 4)``
+    array. Atomic; FileExistsError (before any work) if ``path`` exists and ``overwrite``
+    is False.
     """
     path = check_overwrite(path, overwrite)
-    contents = line_contents(
-        wavelength=wavelength, axes=axes, center=center, observed=observed,
-        present=present, values=values, tolerance=tolerance, wing_cut=wing_cut,
-        out_of_bounds=out_of_bounds, provenance=provenance, compression=compression,
-        interpolation=interpolation)
-    return emulator_file.write(path, contents, overwrite=overwrite)
+    return emulator_file.write(path, line_contents(**fields), overwrite=overwrite)
 
 
 def line_contents(
@@ -562,8 +541,20 @@ def line_contents(
     compression: str | None = "gzip",
     interpolation: str = "linear",
 ) -> Contents:
-    """The file contents of :meth:`LineEmulator.save` (arguments of
-    :func:`write_emulator_file`)."""
+    """The file contents of :meth:`LineEmulator.save`.
+
+    Args:
+        wavelength: ``(n_pix,)`` Å.
+        axes: ``{name: (n_i,)}`` grid axes, in parameter order.
+        center: ``(n_lines,)`` μ, Å.
+        observed: ``(*grid_shape)`` bool, nodes that had a clone.
+        present: ``(n_lines, n_nodes)`` bool detection mask (nodes in C order).
+        values: ``(n_present, 4)`` the detections (μ' − μ, ln a, ln σ, ln γ) in
+            line-major order.
+        tolerance, wing_cut, out_of_bounds, provenance, interpolation: the emulator's
+            settings (attributes of the file).
+        compression: h5py compression of the large datasets (None to switch off).
+    """
     present = np.asarray(present, dtype=bool)
     if values.shape != (int(present.sum()), 4):
         raise ValueError(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from jaxspec.amortised import _io
 from jaxspec.amortised._inputs import prepare
 from jaxspec.amortised.calibration import Recalibration
-from jaxspec.amortised.simulate import Simulator, _Labelled, as_key
+from jaxspec.amortised.simulate import Simulator, Standardizer, _Labelled, as_key
 from jaxspec.io import emulator_file
 from jaxspec.io.emulator_file import AMORTISED_FORMAT, Contents
 
@@ -33,10 +34,25 @@ def register_amortised(kind: str):
 class AmortisedModel(_Labelled):
     """Base of the amortised models (not registered itself).
 
-    A model has the fields ``standardizer``, ``wavelength``, ``edges``, ``box``,
-    ``names``, ``snr_range``, ``config``, ``history`` and ``calibration``, plus its
+    Fields every model has (keyword-only, so that a model declares its networks after
+    them): ``standardizer`` (:class:`~jaxspec.amortised.simulate.Standardizer`),
+    ``wavelength`` ``(m,)`` and ``edges`` ``(m + 1,)`` (float64 Å, the pixels it reads),
+    ``box`` (prior bounds ``((lo, hi), ...)``), ``names`` (parameter names),
+    ``snr_range`` (training S/N), ``config`` (architecture, JSON), ``history`` (training
+    log, JSON) and ``calibration``
+    (:class:`~jaxspec.amortised.calibration.Recalibration`, or None). A model adds its
     networks, named in :attr:`networks` and rebuilt on load by :meth:`skeleton`.
     """
+
+    standardizer: Standardizer = eqx.field(kw_only=True)
+    wavelength: np.ndarray = eqx.field(kw_only=True)
+    edges: np.ndarray = eqx.field(kw_only=True)
+    box: tuple[tuple[float, float], ...] = eqx.field(static=True, kw_only=True)
+    names: tuple[str, ...] = eqx.field(static=True, kw_only=True)
+    snr_range: tuple[float, float] = eqx.field(static=True, kw_only=True)
+    config: str = eqx.field(static=True, kw_only=True)
+    history: str = eqx.field(static=True, default="{}", kw_only=True)
+    calibration: Recalibration | None = eqx.field(default=None, kw_only=True)
 
     #: the fields holding the networks, in the order :meth:`skeleton` returns them
     networks = ()

@@ -75,7 +75,6 @@ from jaxspec.amortised.calibration import Recalibration, coverage_deviation
 from jaxspec.amortised.result import AmortisedResult, status_of
 from jaxspec.amortised.simulate import (
     Simulator,
-    Standardizer,
     as_key,
     fit_standardizer,
 )
@@ -193,15 +192,6 @@ class FlowPosterior(AmortisedModel):
 
     embedding: _Embedding
     flow: eqx.Module
-    standardizer: Standardizer
-    wavelength: np.ndarray
-    edges: np.ndarray
-    box: tuple[tuple[float, float], ...] = eqx.field(static=True)
-    names: tuple[str, ...] = eqx.field(static=True)
-    snr_range: tuple[float, float] = eqx.field(static=True)
-    config: str = eqx.field(static=True)
-    history: str = eqx.field(static=True, default="{}")
-    calibration: Recalibration | None = None
 
     kind = "flow"
     networks = ("embedding", "flow")

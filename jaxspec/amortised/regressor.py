@@ -74,7 +74,6 @@ from jaxspec.amortised.calibration import Recalibration, coverage_curve, gaussia
 from jaxspec.amortised.result import AmortisedResult, status_of
 from jaxspec.amortised.simulate import (
     Simulator,
-    Standardizer,
     as_key,
     fit_standardizer,
 )
@@ -202,15 +201,6 @@ class CNNRegressor(AmortisedModel):
 
     network: _ResNet1d
     state: eqx.nn.State
-    standardizer: Standardizer
-    wavelength: np.ndarray
-    edges: np.ndarray
-    box: tuple[tuple[float, float], ...] = eqx.field(static=True)
-    names: tuple[str, ...] = eqx.field(static=True)
-    snr_range: tuple[float, float] = eqx.field(static=True)
-    config: str = eqx.field(static=True)
-    history: str = eqx.field(static=True, default="{}")
-    calibration: Recalibration | None = None
 
     kind = "regressor"
     networks = ("network", "state")
