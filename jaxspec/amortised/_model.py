@@ -90,6 +90,17 @@ class AmortisedModel(_Labelled):
 
     # ------------------------------------------------------------------ predict
 
+    def _network_flux(self, flux):
+        """``flux`` as a JAX array; ValueError unless its last axis is the network's
+        pixels."""
+        flux = jnp.asarray(flux)
+        if flux.shape[-1:] != (self.n_pix,):
+            raise ValueError(
+                f"flux has shape {flux.shape}; the last axis must be the network's "
+                f"{self.n_pix} pixels"
+            )
+        return flux
+
     def _inputs(self, data, uncertainty, snr, key, batch_size: int, count_name: str,
                 count: int):
         """The start of ``predict``: ``(flux (n, m), sigma (n, m) or None, snr (n,),
@@ -132,6 +143,20 @@ def finish_training(cls, networks: tuple, std, simulator, config: dict, history:
         model = calibrate(model, simulator, n=n_calibrate,
                           key=jax.random.fold_in(key, 17), progress=progress)
     return model
+
+
+def held_out(model, simulator, n, key) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(theta (n, k), snr (n,), flux (n, m))`` drawn from ``simulator`` for a
+    recalibration; ValueError for fewer than 100 spectra or a simulator on other pixels
+    than the model's."""
+    if not isinstance(n, (int, np.integer)) or n < 100:
+        raise ValueError(f"n={n!r}; pass at least 100 held-out spectra to recalibrate")
+    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
+        raise ValueError(
+            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
+            "pass the simulator the model was trained with"
+        )
+    return tuple(np.asarray(a) for a in simulator.draw(key, int(n)))
 
 
 def residual_loss(emulator, model, params, flux) -> np.ndarray:

@@ -67,6 +67,7 @@ from jaxspec.amortised._model import (
     AmortisedModel,
     check_training,
     finish_training,
+    held_out,
     register_amortised,
     residual_loss,
 )
@@ -204,12 +205,7 @@ class FlowPosterior(AmortisedModel):
         return _build(config, n_pix, n_params, jax.random.key(0))
 
     def _features(self, flux, snr):
-        flux = jnp.asarray(flux)
-        if flux.shape[-1:] != (self.n_pix,):
-            raise ValueError(
-                f"flux has shape {flux.shape}; the last axis must be the network's "
-                f"{self.n_pix} pixels"
-            )
+        flux = self._network_flux(flux)
         std = self.standardizer
         snr = jnp.broadcast_to(jnp.asarray(snr, dtype=jnp.float64), flux.shape[:-1])
         return _condition(self.embedding, std.flux(flux), std.snr(snr))
@@ -465,14 +461,7 @@ def calibrate_flow(
     """
     from scipy.optimize import minimize_scalar
 
-    if not isinstance(n, (int, np.integer)) or n < 100:
-        raise ValueError(f"n={n!r}; pass at least 100 held-out spectra to recalibrate")
-    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
-        raise ValueError(
-            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
-            "pass the simulator the model was trained with"
-        )
-    theta, snr, flux = (np.asarray(a) for a in simulator.draw(key, int(n)))
+    theta, snr, flux = held_out(model, simulator, n, key)
     raw = model.predict(flux, snr=snr, key=as_key(key), n_samples=n_samples,
                         batch_size=batch_size, return_samples=True, progress=progress,
                         calibrated=False)

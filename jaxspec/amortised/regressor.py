@@ -66,6 +66,7 @@ from jaxspec.amortised._model import (
     AmortisedModel,
     check_training,
     finish_training,
+    held_out,
     register_amortised,
     residual_loss,
 )
@@ -213,12 +214,7 @@ class CNNRegressor(AmortisedModel):
     def __call__(self, flux):
         """Labels ``(..., k)`` (physical units) of noise-scattered-free spectra ``(..., m)``
         on the network's pixels (jit- and grad-safe; batch norm on running statistics)."""
-        flux = jnp.asarray(flux)
-        if flux.shape[-1:] != (self.n_pix,):
-            raise ValueError(
-                f"flux has shape {flux.shape}; the last axis must be the network's "
-                f"{self.n_pix} pixels"
-            )
+        flux = self._network_flux(flux)
         net = eqx.nn.inference_mode(self.network)
         x = self.standardizer.flux(flux).reshape(-1, self.n_pix)
         z = jax.vmap(lambda v: net(v, self.state)[0])(x)
@@ -468,14 +464,7 @@ def calibrate_regressor(
 
     from jaxspec.infer import gaussian_coverage
 
-    if not isinstance(n, (int, np.integer)) or n < 100:
-        raise ValueError(f"n={n!r}; pass at least 100 held-out spectra to recalibrate")
-    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
-        raise ValueError(
-            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
-            "pass the simulator the model was trained with"
-        )
-    theta, snr, flux = (np.asarray(a) for a in simulator.draw(key, int(n)))
+    theta, snr, flux = held_out(model, simulator, n, key)
     raw = model.predict(flux, snr=snr, key=as_key(key), n_draws=n_draws,
                         batch_size=batch_size, progress=progress, calibrated=False)
     point, sig = np.asarray(raw.params), np.asarray(raw.sigma)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import equinox as eqx
 import numpy as np
 
 from jaxspec.emulator import Emulator
@@ -14,7 +15,7 @@ from jaxspec.peers import _store
 class PeerEmulator(Emulator):
     """Base of the Cannon, Payne and autoencoder emulators (not registered itself).
 
-    Fields every peer has:
+    Fields every peer has (keyword-only, so that a peer declares its own before them):
 
     wavelength_
         ``(n_pix,)`` float64, Å.
@@ -27,6 +28,10 @@ class PeerEmulator(Emulator):
     (:attr:`file_arrays`) and layer chains (:attr:`file_networks`) as datasets and groups
     of the same names; ``save`` / ``load`` come from :class:`~jaxspec.emulator.Emulator`.
     """
+
+    wavelength_: np.ndarray = eqx.field(kw_only=True)
+    names: tuple[str, ...] = eqx.field(static=True, kw_only=True)
+    provenance: str = eqx.field(static=True, default="{}", kw_only=True)
 
     #: the fields stored as datasets of the same name
     file_arrays = ()
@@ -46,6 +51,12 @@ class PeerEmulator(Emulator):
     @property
     def wavelength(self) -> np.ndarray:
         return np.asarray(self.wavelength_, dtype=np.float64)
+
+    def _unit_labels(self, params):
+        """Params ``(..., k)`` after the out-of-box check, scaled by the training
+        minimum and maximum to [-0.5, 0.5] (the networks' input)."""
+        params = self._check_params(params)
+        return (params - self.label_min) / (self.label_max - self.label_min) - 0.5
 
     @property
     def info(self) -> dict:

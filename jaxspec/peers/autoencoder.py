@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,8 +48,7 @@ from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
     check_widths,
-    min_max,
-    split,
+    scaled_set,
     training_set,
 )
 
@@ -88,9 +86,6 @@ class AutoencoderEmulator(PeerEmulator):
     dense: tuple[_LAYER, ...]
     label_min: Float[Array, " k"]
     label_max: Float[Array, " k"]
-    wavelength_: np.ndarray
-    names: tuple[str, ...] = eqx.field(static=True)
-    provenance: str = eqx.field(static=True, default="{}")
 
     file_arrays = ("label_min", "label_max")
     file_networks = ("encoder", "decoder", "dense")
@@ -130,8 +125,7 @@ class AutoencoderEmulator(PeerEmulator):
 
     def latent(self, params) -> Float[Array, "... n_latent"]:
         """The dense network's latent vector ``N(x(ℓ))`` for params ``(..., k)``."""
-        params = self._check_params(params)
-        x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
+        x = self._unit_labels(params)
         acts = ("relu",) * (len(self.dense) - 1) + ("linear",)
         return _dense.apply(self.dense, x, acts)
 
@@ -220,12 +214,9 @@ def train_autoencoder(
     labels, flux = training_set(grid, holdout)
     names = grid.param_names
     n_pix = grid.n_pix
-    lo, hi = min_max(labels, names)
-    x = ((labels - lo) / (hi - lo) - 0.5).astype(np.float32)
-    mean = flux.mean(axis=0, dtype=np.float64)
-    std = float(np.std(flux - mean)) or 1.0
-    y = ((flux - mean) / std).astype(np.float32)
-    tr, va = split(len(x), val_fraction, seed)
+    scaled = scaled_set(labels, flux, names, val_fraction, seed)
+    lo, hi, x, y, mean, std = (scaled[k] for k in ("lo", "hi", "x", "y", "mean", "std"))
+    tr, va = scaled["train"], scaled["val"]
     k_enc, k_dec, k_dense = jax.random.split(jax.random.PRNGKey(seed), 3)
 
     # 1. the autoencoder, on standardised spectra

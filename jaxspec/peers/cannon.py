@@ -52,7 +52,6 @@ import json
 import time
 import warnings
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,9 +109,6 @@ class CannonEmulator(PeerEmulator):
     pivot: Float[Array, " k"]
     scale: Float[Array, " k"]
     bounds_: np.ndarray
-    wavelength_: np.ndarray
-    names: tuple[str, ...] = eqx.field(static=True)
-    provenance: str = eqx.field(static=True, default="{}")
 
     file_arrays = ("coefficients", "scatter", "pivot", "scale")
     file_networks = ()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,8 +35,7 @@ from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
     check_widths,
-    min_max,
-    split,
+    scaled_set,
     training_set,
 )
 
@@ -66,9 +64,6 @@ class PayneEmulator(PeerEmulator):
     layers: tuple[tuple[Float[Array, "n_in n_out"], Float[Array, " n_out"]], ...]
     label_min: Float[Array, " k"]
     label_max: Float[Array, " k"]
-    wavelength_: np.ndarray
-    names: tuple[str, ...] = eqx.field(static=True)
-    provenance: str = eqx.field(static=True, default="{}")
 
     file_arrays = ("label_min", "label_max")
     file_networks = ("layers",)
@@ -89,8 +84,7 @@ class PayneEmulator(PeerEmulator):
 
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         """Flux at params ``(..., k)`` (order of ``param_names``) → ``(..., n_pix)``."""
-        params = self._check_params(params)
-        x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
+        x = self._unit_labels(params)
         acts = ("leaky_relu",) * (len(self.layers) - 1) + ("linear",)
         return _dense.apply(self.layers, x, acts)
 
@@ -143,12 +137,9 @@ def train_payne(
         raise ValueError(f"learning_rate={learning_rate}; pass a positive step size")
     labels, flux = training_set(grid, holdout)
     names = grid.param_names
-    lo, hi = min_max(labels, names)
-    x = ((labels - lo) / (hi - lo) - 0.5).astype(np.float32)
-    mean = flux.mean(axis=0, dtype=np.float64)
-    std = float(np.std(flux - mean)) or 1.0
-    y = ((flux - mean) / std).astype(np.float32)
-    tr, va = split(len(x), val_fraction, seed)
+    scaled = scaled_set(labels, flux, names, val_fraction, seed)
+    lo, hi, x, y, mean, std = (scaled[k] for k in ("lo", "hi", "x", "y", "mean", "std"))
+    tr, va = scaled["train"], scaled["val"]
 
     acts = ("leaky_relu",) * len(hidden) + ("linear",)
     net = _dense.init_layers(jax.random.PRNGKey(seed), (len(names), *hidden, grid.n_pix))
