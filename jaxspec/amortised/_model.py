@@ -145,20 +145,6 @@ def finish_training(cls, networks: tuple, std, simulator, config: dict, history:
     return model
 
 
-def held_out(model, simulator, n, key) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(theta (n, k), snr (n,), flux (n, m))`` drawn from ``simulator`` for a
-    recalibration; ValueError for fewer than 100 spectra or a simulator on other pixels
-    than the model's."""
-    if not isinstance(n, (int, np.integer)) or n < 100:
-        raise ValueError(f"n={n!r}; pass at least 100 held-out spectra to recalibrate")
-    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
-        raise ValueError(
-            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
-            "pass the simulator the model was trained with"
-        )
-    return tuple(np.asarray(a) for a in simulator.draw(key, int(n)))
-
-
 def residual_loss(emulator, model, params, flux) -> np.ndarray:
     """RMS residual (blase3D eq. 4) ``(n,)`` between ``flux`` ``(n, m)`` on the model's
     pixels and the emulator at ``params`` ``(n, k)`` (clipped into its box), rebinned

@@ -67,12 +67,11 @@ from jaxspec.amortised._model import (
     AmortisedModel,
     check_training,
     finish_training,
-    held_out,
     register_amortised,
     residual_loss,
 )
 from jaxspec.amortised._train import fit, run_fingerprint
-from jaxspec.amortised.calibration import Recalibration, coverage_deviation
+from jaxspec.amortised.calibration import Recalibration, coverage_deviation, held_out
 from jaxspec.amortised.result import AmortisedResult, status_of
 from jaxspec.amortised.simulate import (
     Simulator,
@@ -461,7 +460,8 @@ def calibrate_flow(
     """
     from scipy.optimize import minimize_scalar
 
-    theta, snr, flux = held_out(model, simulator, n, key)
+    theta, snr, flux = held_out(model, simulator, n, key, minimum=100,
+                                purpose=" to recalibrate")
     raw = model.predict(flux, snr=snr, key=as_key(key), n_samples=n_samples,
                         batch_size=batch_size, return_samples=True, progress=progress,
                         calibrated=False)

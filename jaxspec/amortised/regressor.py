@@ -66,12 +66,16 @@ from jaxspec.amortised._model import (
     AmortisedModel,
     check_training,
     finish_training,
-    held_out,
     register_amortised,
     residual_loss,
 )
 from jaxspec.amortised._train import fit, run_fingerprint
-from jaxspec.amortised.calibration import Recalibration, coverage_curve, gaussian_ranks
+from jaxspec.amortised.calibration import (
+    Recalibration,
+    coverage_curve,
+    gaussian_ranks,
+    held_out,
+)
 from jaxspec.amortised.result import AmortisedResult, status_of
 from jaxspec.amortised.simulate import (
     Simulator,
@@ -464,7 +468,8 @@ def calibrate_regressor(
 
     from jaxspec.infer import gaussian_coverage
 
-    theta, snr, flux = held_out(model, simulator, n, key)
+    theta, snr, flux = held_out(model, simulator, n, key, minimum=100,
+                                purpose=" to recalibrate")
     raw = model.predict(flux, snr=snr, key=as_key(key), n_draws=n_draws,
                         batch_size=batch_size, progress=progress, calibrated=False)
     point, sig = np.asarray(raw.params), np.asarray(raw.sigma)
