@@ -14,11 +14,12 @@ from jaxspec.amortised import CNNRegressor, FlowPosterior, Standardizer, load_am
 from jaxspec.amortised.flow import _build
 from jaxspec.amortised.regressor import _network
 from jaxspec.emulator import load_emulator
-from jaxspec.extrinsic import ObservedEmulator, Template
 from jaxspec.line_emulator import LineEmulator
 from jaxspec.manifold import LineManifold
+from jaxspec.observed_emulator import ObservedEmulator
 from jaxspec.peers import AutoencoderEmulator, CannonEmulator, PayneEmulator
 from jaxspec.pixel_emulator import PixelEmulator
+from jaxspec.template import Template
 
 NAMES = ("teff", "logg")
 AXES = {"teff": np.array([5000.0, 5500.0, 6000.0]), "logg": np.array([4.0, 4.5])}
