@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["AMORTISED_FORMAT", "CHECKPOINT_FORMAT", "FORMAT", "Contents", "check_kind",
-           "known_kinds", "load", "read", "read_header", "register", "save", "write"]
+           "check_version", "from_nested", "known_kinds", "load", "read", "read_header",
+           "register", "save", "write"]
 
 #: ``format`` of emulator files.
 FORMAT = "jaxspec-emulator"
@@ -62,7 +63,7 @@ _FAMILIES = {
     AMORTISED_FORMAT: _Family("model file", "train a model with `jaxspec train "
                               "regressor|flow`", "jaxspec.amortised.load_amortised"),
     CHECKPOINT_FORMAT: _Family("checkpoint", "delete it and train without --resume",
-                               "jaxspec.amortised read_checkpoint"),
+                               "jaxspec.amortised._io.read_checkpoint"),
 }
 
 
