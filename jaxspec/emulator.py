@@ -9,9 +9,11 @@ Every emulator in jaxspec is an :class:`Emulator`, an equinox Module with
 * ``bounds``: ``(n_params, 2)`` float64 array of ``[low, high]`` per parameter, the box
   the emulator was built on (inference stays inside it);
 * ``wavelength``: ``(n_pix,)`` float64, Å;
-* ``save(path)`` and ``Emulator.load(path)`` (HDF5, root attributes
+* ``save(path, overwrite=False)`` and ``Emulator.load(path)`` (HDF5, root attributes
   ``format = "jaxspec-emulator"`` and ``kind``), with :func:`load_emulator` reading any
-  kind;
+  kind. Files are written and read by :mod:`jaxspec.io.emulator_file`; a kind supplies
+  only its arrays and attributes (``to_contents`` and the classmethod
+  ``from_contents``) and registers with :func:`register_emulator`;
 * optionally ``model_variance``: ``(n_pix,)`` variance of the emulator's own error per
   pixel (e.g. The Cannon's intrinsic scatter squared), added to the data variance by
   :func:`jaxspec.infer.observe`; None (the default) when the emulator claims none.
@@ -48,23 +50,19 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
+from jaxspec.io import emulator_file
+from jaxspec.io.emulator_file import FORMAT
+
 __all__ = ["ClampedEmulator", "Emulator", "box_text", "load_emulator", "register_emulator"]
 
-FORMAT = "jaxspec-emulator"
 #: The out-of-box policies (module docstring).
 OUT_OF_BOX = ("error", "clamp")
-_KINDS: dict[str, type] = {}
 
 
 def register_emulator(kind: str):
-    """Class decorator: record ``cls`` as the loader of emulator files of ``kind``."""
-
-    def decorate(cls):
-        _KINDS[kind] = cls
-        cls.kind = kind
-        return cls
-
-    return decorate
+    """Class decorator: record ``cls`` as the loader of emulator files of ``kind``
+    (:func:`jaxspec.io.emulator_file.register`)."""
+    return emulator_file.register(kind, format=FORMAT)
 
 
 class Emulator(eqx.Module):
@@ -91,13 +89,31 @@ class Emulator(eqx.Module):
     def wavelength(self) -> np.ndarray:
         """(n_pix,) float64 wavelengths, Å."""
 
-    @abc.abstractmethod
-    def save(self, path: str | PathLike) -> Path:
-        """Write the emulator to an HDF5 file; returns the path."""
+    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
+        """Write the emulator to an HDF5 file (:func:`jaxspec.io.emulator_file.save`:
+        atomic; an existing file is replaced only with ``overwrite=True``,
+        FileExistsError otherwise); returns the path."""
+        return emulator_file.save(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | PathLike) -> Emulator:
-        """Read an emulator file written by ``save`` (of this class)."""
+        """Read an emulator file written by ``save`` (of this class).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not an emulator file, another kind, or an incomplete file (the
+                message names the file and what it lacks).
+        """
+        return emulator_file.load(path, format=FORMAT, cls=cls)
+
+    def to_contents(self) -> emulator_file.Contents:
+        """The arrays and attributes of the emulator's file (a kind overrides it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    @classmethod
+    def from_contents(cls, contents: emulator_file.Contents, path) -> Emulator:
+        """The emulator from its file's contents (a kind overrides it); ``path`` for
+        messages."""
         raise NotImplementedError(f"{cls.__name__} has no loader")
 
     @property
@@ -225,6 +241,10 @@ class ClampedEmulator(Emulator):
         """The base emulator's file (the policy is a choice at load time, not stored)."""
         return self.base.save(path, **kwargs)
 
+    def to_contents(self) -> emulator_file.Contents:
+        """The base emulator's contents (the policy is not stored)."""
+        return self.base.to_contents()
+
 
 def load_emulator(path: str | PathLike, *, out_of_box: str = "error") -> Emulator:
     """Load any jaxspec emulator file, dispatching on its ``kind`` attribute.
@@ -241,31 +261,10 @@ def load_emulator(path: str | PathLike, *, out_of_box: str = "error") -> Emulato
         FileNotFoundError: no such file.
         ValueError: not a jaxspec emulator file, or a kind this version does not know.
     """
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such emulator file")
-    try:
-        with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
-            kind = f.attrs.get("kind")
-    except OSError as err:
-        raise ValueError(f"{path}: not an HDF5 file ({err}); pass an emulator .h5 file") from None
-    if fmt != FORMAT:
-        raise ValueError(
-            f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}; build an "
-            "emulator with `jaxspec build` or `jaxspec train`"
-        )
-    _import_all_kinds()
-    if kind not in _KINDS:
-        raise ValueError(
-            f"{path}: emulator kind {kind!r} is unknown to this jaxspec "
-            f"(known: {', '.join(sorted(_KINDS))}); upgrade jaxspec or rebuild the file"
-        )
     if out_of_box not in OUT_OF_BOX:
         raise ValueError(f"out_of_box={out_of_box!r}; pass one of {OUT_OF_BOX}")
-    emulator = _KINDS[kind].load(path)
+    _import_all_kinds()
+    emulator = emulator_file.load(path, format=FORMAT)
     return emulator.clamped() if out_of_box == "clamp" else emulator
 
 

@@ -44,8 +44,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from jaxspec._checks import check_wavelength
-from jaxspec.emulator import FORMAT, Emulator, register_emulator
+from jaxspec.emulator import Emulator, register_emulator
 from jaxspec.identify import Identification, complete_values
+from jaxspec.io import emulator_file
+from jaxspec.io.atomic import check_overwrite
+from jaxspec.io.emulator_file import Contents
 from jaxspec.lines import LineList, LineTable
 from jaxspec.manifold import LineManifold
 from jaxspec.synthesis import SynthesisPlan, plan_synthesis
@@ -430,11 +433,16 @@ class LineEmulator(Emulator):
         Returns:
             the path.
         """
+        check_overwrite(path, overwrite)
+        return emulator_file.write(path, self.to_contents(compression=compression),
+                                   overwrite=overwrite)
+
+    def to_contents(self, compression: str | None = "gzip") -> Contents:
+        """The file's contents (layout in :meth:`save`)."""
         table = np.asarray(self.manifold.table)
         present = self.present()
         values = np.moveaxis(table, -2, 0)[present].astype(np.float32)  # (n_present, 4)
-        return write_emulator_file(
-            path,
+        return line_contents(
             wavelength=self.wavelength,
             axes=self.axes,
             center=np.asarray(self.center),
@@ -446,65 +454,51 @@ class LineEmulator(Emulator):
             out_of_bounds=self.manifold.out_of_bounds,
             interpolation=self.manifold.method,
             provenance=self.provenance,
-            overwrite=overwrite,
             compression=compression,
         )
 
     @classmethod
-    def load(cls, path: str | PathLike) -> LineEmulator:
-        """Read a file written by :meth:`save` (validating it; errors name the file)."""
-        import h5py
-
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such emulator file")
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT or f.attrs.get("kind") != KIND:
-                raise ValueError(
-                    f"{path}: format {f.attrs.get('format')!r} kind {f.attrs.get('kind')!r} "
-                    f"is not a line emulator ({FORMAT!r}, {KIND!r}); use "
-                    "jaxspec.emulator.load_emulator for other kinds"
-                )
-            version = int(f.attrs.get("version", -1))
-            if version != VERSION:
-                raise ValueError(
-                    f"{path}: line emulator layout version {version}; this jaxspec reads "
-                    f"version {VERSION}; rebuild the file with `jaxspec build`"
-                )
-            for name in ("wavelength", "axes", "observed", "lines/center", "lines/present",
-                         "lines/values"):
-                if name not in f:
-                    raise ValueError(f"{path}: missing /{name}; the file is incomplete")
-            names = [str(n) for n in f.attrs["param_names"]]
-            axes = {n: f["axes"][n][()] for n in names}
-            wl = f["wavelength"][()]
-            observed = f["observed"][()].astype(bool)
-            center = f["lines/center"][()]
-            shape = tuple(a.size for a in axes.values())
-            n_nodes = math.prod(shape)
-            bits = f["lines/present"][()]
-            present = np.unpackbits(bits, axis=1, count=n_nodes).astype(bool)
-            stored = f["lines/values"]
-            if stored.shape != (int(present.sum()), 4):
-                raise ValueError(
-                    f"{path}: /lines/values has shape {stored.shape} but /lines/present marks "
-                    f"{int(present.sum())} detections; the file is corrupt"
-                )
-            values = np.zeros((center.size, n_nodes, 4), dtype=np.float32)
-            # Fill detections block by block (bounded memory for 10^5 lines).
-            offset = 0
-            for start in range(0, center.size, 8192):
-                p = present[start:start + 8192]
-                n = int(p.sum())
-                block = values[start:start + 8192]
-                block[p] = stored[offset:offset + n]
-                offset += n
-            tolerance = float(f.attrs.get("tolerance", 1e-6))
-            wing_cut = int(f.attrs.get("wing_cut", -1))
-            wing_cut = None if wing_cut < 0 else wing_cut
-            out_of_bounds = str(f.attrs.get("out_of_bounds", "error"))
-            interpolation = str(f.attrs.get("interpolation", "linear"))
-            provenance = str(f.attrs.get("provenance", "{}"))
+    def from_contents(cls, contents: Contents, path) -> LineEmulator:
+        """The emulator from the contents of a file written by :meth:`save` (validating
+        them; errors name the file). Read with :meth:`load` or
+        :func:`~jaxspec.emulator.load_emulator`."""
+        version = -1 if contents.version is None else contents.version
+        if version != VERSION:
+            raise ValueError(
+                f"{path}: line emulator layout version {version}; this jaxspec reads "
+                f"version {VERSION}; rebuild the file with `jaxspec build`"
+            )
+        f = contents.arrays
+        for name in ("wavelength", "observed", "lines/center", "lines/present",
+                     "lines/values"):
+            if name not in f:
+                raise ValueError(f"{path}: missing /{name}; the file is incomplete")
+        names = [str(n) for n in contents.attrs["param_names"]]
+        axes = contents.group("axes")
+        if not names or any(n not in axes for n in names):
+            raise ValueError(f"{path}: missing /axes; the file is incomplete")
+        axes = {n: axes[n] for n in names}
+        wl = f["wavelength"]
+        observed = f["observed"].astype(bool)
+        center = f["lines/center"]
+        shape = tuple(a.size for a in axes.values())
+        n_nodes = math.prod(shape)
+        present = np.unpackbits(f["lines/present"], axis=1, count=n_nodes).astype(bool)
+        stored = f["lines/values"]
+        if stored.shape != (int(present.sum()), 4):
+            raise ValueError(
+                f"{path}: /lines/values has shape {stored.shape} but /lines/present marks "
+                f"{int(present.sum())} detections; the file is corrupt"
+            )
+        values = np.zeros((center.size, n_nodes, 4), dtype=np.float32)
+        values[present] = stored  # detections in line-major, node C order
+        a = contents.attrs
+        tolerance = float(a.get("tolerance", 1e-6))
+        wing_cut = int(a.get("wing_cut", -1))
+        wing_cut = None if wing_cut < 0 else wing_cut
+        out_of_bounds = str(a.get("out_of_bounds", "error"))
+        interpolation = str(a.get("interpolation", "linear"))
+        provenance = str(a.get("provenance", "{}"))
         values = values.reshape(center.size, *shape, 4)
         present = present.reshape(center.size, *shape)
         complete_values(values, present, observed, axes)
@@ -516,8 +510,19 @@ class LineEmulator(Emulator):
                    provenance=provenance, synthesis_plan=plan, wing_cut=wing_cut)
 
 
-def write_emulator_file(
-    path: str | PathLike,
+def write_emulator_file(path: str | PathLike, *, overwrite: bool = False, **fields) -> Path:
+    """Write the sparse line-emulator layout of :meth:`LineEmulator.save` from arrays
+    (``fields``: the keywords of :func:`line_contents`).
+
+    Lets big manifolds be written without holding the dense ``(n_lines, *grid, 4)``
+    array. Atomic; FileExistsError (before any work) if ``path`` exists and ``overwrite``
+    is False.
+    """
+    path = check_overwrite(path, overwrite)
+    return emulator_file.write(path, line_contents(**fields), overwrite=overwrite)
+
+
+def line_contents(
     *,
     wavelength: np.ndarray,
     axes: dict[str, np.ndarray],
@@ -529,57 +534,57 @@ def write_emulator_file(
     wing_cut: int | None = None,
     out_of_bounds: str = "error",
     provenance: str = "{}",
-    overwrite: bool = False,
     compression: str | None = "gzip",
     interpolation: str = "linear",
-) -> Path:
-    """Write the sparse line-emulator layout of :meth:`LineEmulator.save` from arrays.
+) -> Contents:
+    """The file contents of :meth:`LineEmulator.save`.
 
-    ``present`` is ``(n_lines, n_nodes)`` bool (nodes in C order) and ``values``
-    ``(n_present, 4)`` the detections in line-major order. Lets big manifolds be written
-    without holding the dense ``(n_lines, *grid, 4)`` array.
+    Args:
+        wavelength: ``(n_pix,)`` Å.
+        axes: ``{name: (n_i,)}`` grid axes, in parameter order.
+        center: ``(n_lines,)`` μ, Å.
+        observed: ``(*grid_shape)`` bool, nodes that had a clone.
+        present: ``(n_lines, n_nodes)`` bool detection mask (nodes in C order).
+        values: ``(n_present, 4)`` the detections (μ' − μ, ln a, ln σ, ln γ) in
+            line-major order.
+        tolerance, wing_cut, out_of_bounds, provenance, interpolation: the emulator's
+            settings (attributes of the file).
+        compression: h5py compression of the large datasets (None to switch off).
     """
-    import h5py
-
-    from jaxspec.io.atomic import atomic_path, check_overwrite
-
-    path = check_overwrite(path, overwrite)
     present = np.asarray(present, dtype=bool)
     if values.shape != (int(present.sum()), 4):
         raise ValueError(
             f"values has shape {values.shape} but present marks {int(present.sum())} entries"
         )
     opts = {} if compression is None else {"compression": compression, "shuffle": True}
-    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["kind"] = KIND
-        f.attrs["version"] = VERSION
-        f.attrs["param_names"] = list(axes)
-        f.attrs["tolerance"] = float(tolerance)
-        f.attrs["wing_cut"] = -1 if wing_cut is None else int(wing_cut)
-        f.attrs["out_of_bounds"] = out_of_bounds
-        f.attrs["interpolation"] = interpolation
-        f.attrs["n_lines"] = int(center.size)
-        f.attrs["provenance"] = provenance
-        f.create_dataset("wavelength", data=np.asarray(wavelength, dtype=np.float64))
-        g = f.create_group("axes")
-        for name, a in axes.items():
-            g.create_dataset(name, data=np.asarray(a, dtype=np.float64))
-        f.create_dataset("observed", data=np.asarray(observed, dtype=bool))
-        lines = f.create_group("lines")
-        lines.create_dataset("center", data=np.asarray(center, dtype=np.float64))
-        bits = np.packbits(present, axis=1)
-        lines.create_dataset(
-            "present", data=bits,
-            chunks=(min(bits.shape[0], 4096) or 1, max(bits.shape[1], 1)) if bits.size else None,
-            **(opts if bits.size else {}),
-        )
-        n = values.shape[0]
-        lines.create_dataset(
-            "values", data=np.asarray(values, dtype=np.float32),
-            chunks=(min(n, 1 << 16), 4) if n else None, **(opts if n else {}),
-        )
-    return path
+    bits = np.packbits(present, axis=1)
+    n = values.shape[0]
+    arrays = {"wavelength": np.asarray(wavelength, dtype=np.float64)}
+    arrays.update({f"axes/{name}": np.asarray(a, dtype=np.float64)
+                   for name, a in axes.items()})
+    arrays.update({
+        "observed": np.asarray(observed, dtype=bool),
+        "lines/center": np.asarray(center, dtype=np.float64),
+        "lines/present": bits,
+        "lines/values": np.asarray(values, dtype=np.float32),
+    })
+    options = {}
+    if bits.size:
+        options["lines/present"] = {
+            "chunks": (min(bits.shape[0], 4096) or 1, max(bits.shape[1], 1)), **opts}
+    if n:
+        options["lines/values"] = {"chunks": (min(n, 1 << 16), 4), **opts}
+    attrs = {
+        "param_names": list(axes),
+        "tolerance": float(tolerance),
+        "wing_cut": -1 if wing_cut is None else int(wing_cut),
+        "out_of_bounds": out_of_bounds,
+        "interpolation": interpolation,
+        "n_lines": int(center.size),
+        "provenance": provenance,
+    }
+    return Contents(kind=KIND, version=VERSION, attrs=attrs, arrays=arrays,
+                    options=options)
 
 
 def _json_default(obj):

@@ -12,8 +12,8 @@ boxes, so that :func:`jaxspec.infer.bayes_opt`, :func:`~jaxspec.infer.fit_map` a
 
 from __future__ import annotations
 
-from os import PathLike
-from pathlib import Path
+import dataclasses
+import json
 
 import equinox as eqx
 import jax
@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from jaxspec.emulator import Emulator
+from jaxspec.emulator import Emulator, register_emulator
 from jaxspec.extrinsic.effects import ExtrinsicModel
 from jaxspec.extrinsic.kernels import _check_resolution, _check_rv_range, _check_vsini
+from jaxspec.io.emulator_file import Contents, check_version, from_nested
 
 __all__ = ["EXTRINSIC_PARAMS", "ObservedEmulator", "parse_fit"]
 
@@ -83,6 +84,7 @@ def _check_box(name, rng, *, low=None, positive=False) -> tuple[float, float]:
     return lo, hi
 
 
+@register_emulator("observed")
 class ObservedEmulator(Emulator):
     r"""An emulator observed through the extrinsic chain: itself an Emulator.
 
@@ -231,12 +233,55 @@ class ObservedEmulator(Emulator):
     def continuum_degree(self) -> int | None:
         return self.model.continuum_degree
 
-    def save(self, path: str | PathLike) -> Path:
-        """Not supported: an ObservedEmulator is tied to one spectrum's pixels. Save the
-        base emulator (``obs.base.save(path)``) and rebuild with :meth:`build`."""
-        raise TypeError(
-            "an ObservedEmulator is tied to one spectrum's pixels and is not saved; save "
-            "its base emulator (obs.base.save(path)) and rebuild with ObservedEmulator.build")
+    def to_contents(self):
+        """File contents (``save`` / ``load`` and :func:`~jaxspec.emulator.load_emulator`
+        through :mod:`jaxspec.io.emulator_file`): the base emulator's file as the group
+        ``base``; the extrinsic layout, every field of :class:`ExtrinsicModel` (arrays as
+        datasets ``model/<field>``, the others as the JSON attribute ``model_settings``);
+        ``extrinsic_bounds`` ``(n_extrinsic, 2)``; attributes ``extrinsic_names`` (JSON),
+        ``rv``, ``vsini`` and ``resolution`` (JSON; null: none). The observed pixels are
+        the model's ``wavelength``."""
+        arrays = {"base": self.base.to_contents(),
+                  "extrinsic_bounds": np.asarray(self.extrinsic_bounds, dtype=np.float64)}
+        settings, host = {}, []
+        for field in dataclasses.fields(self.model):
+            value = getattr(self.model, field.name)
+            if isinstance(value, (np.ndarray, jax.Array)):
+                arrays[f"model/{field.name}"] = np.asarray(value)
+                if isinstance(value, np.ndarray):
+                    host.append(field.name)
+            else:
+                settings[field.name] = value
+        attrs = {"extrinsic_names": json.dumps(list(self.extrinsic_names)),
+                 "rv": float(self.rv), "vsini": float(self.vsini),
+                 "resolution": json.dumps(self.resolution),
+                 "model_settings": json.dumps(settings, default=lambda v: v.item()),
+                 "model_host_arrays": json.dumps(host)}
+        return Contents(kind="observed", version=1, attrs=attrs, arrays=arrays)
+
+    @classmethod
+    def from_contents(cls, contents, path) -> ObservedEmulator:
+        """The emulator from the contents of its file (:meth:`to_contents`)."""
+        check_version(path, contents, 1)
+        contents.require(path, "base", "extrinsic_bounds", "@extrinsic_names",
+                         "@model_settings", fix="rebuild it with ObservedEmulator.build "
+                         "and save it again")
+        a = contents.attrs
+        host = set(json.loads(a.get("model_host_arrays", "[]")))
+        fields = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in json.loads(a["model_settings"]).items()}
+        for name, value in contents.group("model").items():
+            fields[name] = np.asarray(value) if name in host else jnp.asarray(value)
+        return cls(
+            base=from_nested(contents.arrays["base"], path),
+            model=ExtrinsicModel(**fields),
+            extrinsic_bounds=np.asarray(contents.arrays["extrinsic_bounds"],
+                                        dtype=np.float64).reshape(-1, 2),
+            extrinsic_names=tuple(json.loads(a["extrinsic_names"])),
+            rv=float(a.get("rv", 0.0)),
+            vsini=float(a.get("vsini", 0.0)),
+            resolution=json.loads(a.get("resolution", "null")),
+        )
 
     def with_bounds(self, **boxes) -> ObservedEmulator:
         """A copy with some extrinsic boxes narrowed, e.g. ``with_bounds(rv=(5, 25))``.

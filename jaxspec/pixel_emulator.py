@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from os import PathLike
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -40,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from jaxspec.emulator import FORMAT, Emulator, register_emulator
+from jaxspec.emulator import Emulator, register_emulator
 from jaxspec.grid import SpectralGrid
+from jaxspec.io.emulator_file import Contents, check_version
 from jaxspec.manifold import METHODS, axis_stencil
 
 __all__ = ["PixelEmulator"]
@@ -185,58 +184,32 @@ class PixelEmulator(Emulator):
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write the emulator to HDF5: root attributes ``format``, ``kind="pixel"``,
-        ``version``, ``param_names`` (JSON); datasets ``wavelength`` (Å), ``axes/<name>``,
-        ``flux`` and ``filled``. Returns the path.
-
-        Written atomically (:func:`jaxspec.io.atomic.atomic_path`): an existing file is
-        replaced only once the new one is complete (and only with ``overwrite=True``)."""
-        import h5py
-
-        from jaxspec.io.atomic import atomic_path
-
-        path = Path(path)
-        with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["kind"] = self.kind
-            f.attrs["version"] = _VERSION
-            f.attrs["param_names"] = json.dumps(list(self.names))
-            f.attrs["method"] = self.method
-            f.create_dataset("wavelength", data=self.wavelength)
-            g = f.create_group("axes")
-            for name, axis in zip(self.names, self.axes):
-                g.create_dataset(name, data=np.asarray(axis))
-            f.create_dataset("flux", data=np.asarray(self.flux))
-            f.create_dataset("filled", data=np.asarray(self.filled))
-        return path
+    def to_contents(self) -> Contents:
+        """The file (written by ``save``): root attributes ``format``, ``kind="pixel"``,
+        ``version``, ``param_names`` (JSON), ``method``; datasets ``wavelength`` (Å),
+        ``axes/<name>``, ``flux`` and ``filled``."""
+        arrays = {"wavelength": self.wavelength}
+        arrays.update({f"axes/{name}": np.asarray(axis)
+                       for name, axis in zip(self.names, self.axes)})
+        arrays.update(flux=np.asarray(self.flux), filled=np.asarray(self.filled))
+        return Contents(kind=self.kind, version=_VERSION, arrays=arrays,
+                        attrs={"param_names": json.dumps(list(self.names)),
+                               "method": self.method})
 
     @classmethod
-    def load(cls, path: str | PathLike) -> PixelEmulator:
-        """Read a file written by :meth:`save`."""
-        import h5py
-
-        path = Path(path)
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("kind") != "pixel":
-                raise ValueError(
-                    f"{path}: emulator kind is {f.attrs.get('kind')!r}, not 'pixel'; load it "
-                    "with jaxspec.emulator.load_emulator"
-                )
-            try:
-                names = tuple(json.loads(f.attrs["param_names"]))
-                axes = tuple(jnp.asarray(f["axes"][n][()], dtype=jnp.float64) for n in names)
-                flux = jnp.asarray(f["flux"][()])
-                wavelength = np.asarray(f["wavelength"][()], dtype=np.float64)
-                filled = np.asarray(f["filled"][()], dtype=bool)
-                method = str(f.attrs.get("method", "linear"))
-            except KeyError as err:
-                raise ValueError(
-                    f"{path}: pixel-emulator file lacks {err}; rewrite it with "
-                    "PixelEmulator.save"
-                ) from None
-        return cls(axes=axes, flux=flux, wavelength_=wavelength, filled=filled, names=names,
-                   method=method)
+    def from_contents(cls, contents: Contents, path) -> PixelEmulator:
+        """The emulator from the contents of a file written by ``save``."""
+        check_version(path, contents, _VERSION)
+        contents.require(path, "@param_names", fix="rewrite it with PixelEmulator.save")
+        names = tuple(json.loads(contents.attrs["param_names"]))
+        contents.require(path, "flux", "wavelength", "filled", *(f"axes/{n}" for n in names),
+                         fix="rewrite it with PixelEmulator.save")
+        a = contents.arrays
+        return cls(axes=tuple(jnp.asarray(a[f"axes/{n}"], dtype=jnp.float64) for n in names),
+                   flux=jnp.asarray(a["flux"]),
+                   wavelength_=np.asarray(a["wavelength"], dtype=np.float64),
+                   filled=np.asarray(a["filled"], dtype=bool), names=names,
+                   method=str(contents.attrs.get("method", "linear")))
 
 
 @partial(jax.jit, static_argnames="method")

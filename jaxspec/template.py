@@ -8,8 +8,6 @@ continuum are fitted. Build it from arrays or synthesise it from a line list.
 from __future__ import annotations
 
 import math
-from os import PathLike
-from pathlib import Path
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -17,8 +15,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from jaxspec._checks import check_wavelength
-from jaxspec.emulator import FORMAT, Emulator, register_emulator
+from jaxspec.emulator import Emulator, register_emulator
 from jaxspec.extrinsic.kernels import C_KMS
+from jaxspec.io.emulator_file import Contents, check_version
 
 __all__ = ["Template"]
 
@@ -101,28 +100,18 @@ class Template(Emulator):
                              "(pass shape (..., 0))")
         return jnp.broadcast_to(self.flux, params.shape[:-1] + self.flux.shape)
 
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """HDF5: root attributes ``format``, ``kind = "template"``, ``version = 1``,
-        ``label``; datasets ``wavelength`` (Å, float64) and ``flux``. Atomic; an existing
-        file is replaced only with ``overwrite=True`` (FileExistsError otherwise)."""
-        import h5py
-
-        from jaxspec.io.atomic import atomic_path
-
-        path = Path(path)
-        with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": FORMAT, "kind": "template", "version": 1,
-                            "label": self.label})
-            f.create_dataset("wavelength", data=self.wavelength)
-            f.create_dataset("flux", data=np.asarray(self.flux))
-        return path
+    def to_contents(self):
+        """File contents (``save`` / ``load`` through :mod:`jaxspec.io.emulator_file`):
+        root attributes ``format``, ``kind = "template"``, ``version = 1``, ``label``;
+        datasets ``wavelength`` (Å, float64) and ``flux``."""
+        return Contents(kind="template", version=1, attrs={"label": self.label},
+                        arrays={"wavelength": self.wavelength,
+                                "flux": np.asarray(self.flux)})
 
     @classmethod
-    def load(cls, path: str | PathLike) -> Template:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("kind") != "template":
-                raise ValueError(f"{path}: kind is {f.attrs.get('kind')!r}, not 'template'")
-            return cls.from_arrays(f["wavelength"][...], f["flux"][...],
-                                   str(f.attrs.get("label", "template")))
+    def from_contents(cls, contents, path) -> Template:
+        """The template from the contents of its file (:meth:`to_contents`)."""
+        check_version(path, contents, 1)
+        contents.require(path, "wavelength", "flux", fix="write it with Template.save")
+        return cls.from_arrays(contents.arrays["wavelength"], contents.arrays["flux"],
+                               str(contents.attrs.get("label", "template")))

@@ -261,8 +261,12 @@ def test_template_and_observed_emulator_interface(tmp_path):
     assert narrow.bounds[0].tolist() == [0, 10] and oe.bounds[0].tolist() == [-30, 30]
     with pytest.raises(ValueError, match="leaves the range"):
         oe.with_bounds(rv=(-40, 0))
-    with pytest.raises(TypeError, match="save its base emulator"):
-        oe.save(tmp_path / "o.h5")
+    # saved with its base emulator inside the file, loaded by load_emulator
+    saved = load_emulator(oe.save(tmp_path / "o.h5"))
+    assert isinstance(saved, ObservedEmulator) and isinstance(saved.base, Template)
+    assert saved.param_names == oe.param_names
+    np.testing.assert_array_equal(saved.bounds, oe.bounds)
+    np.testing.assert_array_equal(saved(p), oe(p))
 
 
 # ---------------------------------------------------------------- inference

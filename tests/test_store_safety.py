@@ -267,13 +267,15 @@ def test_store_without_checksum_opens_and_warns(store, tmp_path):
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
+    from jaxspec.io import emulator_file
     from jaxspec.peers import _store
 
     path = tmp_path / "emu.h5"
     path.write_bytes(b"the old emulator")
     with pytest.raises(TypeError):  # h5py cannot store an object: fails midway
-        _store.write(path, "cannon", ["teff"], WL, [[4000, 5000]], "{}",
-                     {"coefficients": np.ones(3), "bad": object()}, {}, overwrite=True)
+        emulator_file.write(path, _store.contents(
+            "cannon", ["teff"], WL, [[4000, 5000]], "{}",
+            {"coefficients": np.ones(3), "bad": object()}, {}), overwrite=True)
     assert path.read_bytes() == b"the old emulator"
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(RuntimeError), atomic_path(path, overwrite=True) as tmp:

@@ -28,7 +28,7 @@ Results are :class:`AmortisedResult` objects, which :func:`jaxspec.infer.results
 turns into the table of ``jaxspec infer``.
 """
 
-from jaxspec.amortised._io import load_amortised
+from jaxspec.amortised._load import load_amortised
 from jaxspec.amortised.calibration import (
     Recalibration,
     coverage_curve,

@@ -1,7 +1,9 @@
-"""HDF5 files of amortised models.
+"""File contents of amortised models and training checkpoints (written and read by
+:mod:`jaxspec.io.emulator_file`). A leaf: it imports no model module.
 
-Layout (root attributes ``format = "jaxspec-amortised"``, ``kind`` = ``"regressor"`` or
-``"flow"``, ``version``, ``param_names`` and ``config`` as JSON, ``history`` as JSON):
+Model layout (root attributes ``format = "jaxspec-amortised"``, ``kind`` =
+``"regressor"`` or ``"flow"``, ``version``, ``param_names`` and ``config`` as JSON,
+``history`` as JSON):
 
 * ``bounds`` ``(k, 2)``, ``wavelength`` ``(m,)`` Å and ``edges`` ``(m + 1,)`` Å (the
   network's pixels), ``snr_range`` ``(2,)``;
@@ -12,20 +14,18 @@ Layout (root attributes ``format = "jaxspec-amortised"``, ``kind`` = ``"regresso
   dataset's ``description`` attribute and the held-out coverage in ``report`` (JSON);
 * ``weights/leaf_NNNN``: the array leaves of the network (equinox tree leaves, in
   ``jax.tree.leaves`` order of ``eqx.filter(tree, eqx.is_array)``), rebuilt on load into
-  a skeleton made from ``config``.
+  a skeleton made from ``config``; the group's attribute ``n_leaves`` counts them.
 
-Every file is written atomically (:func:`atomic_hdf5`, through :mod:`jaxspec.io.atomic`):
-into a partial file beside it, flushed to disk, then renamed over ``path``, so an
-existing file stays intact until the new one is complete.
+Every file is written atomically (:func:`jaxspec.io.emulator_file.write`, through
+:mod:`jaxspec.io.atomic`): into a partial file beside it, flushed to disk, then renamed
+over ``path``, so an existing file stays intact until the new one is complete.
 Training checkpoints (:func:`write_checkpoint`, :func:`read_checkpoint`) use the same
 writer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from os import PathLike
 from pathlib import Path
 
 import equinox as eqx
@@ -33,74 +33,84 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FORMAT = "jaxspec-amortised"
+from jaxspec.io import emulator_file
+from jaxspec.io.emulator_file import AMORTISED_FORMAT, CHECKPOINT_FORMAT, Contents
+
+FORMAT = AMORTISED_FORMAT
 VERSION = 2
-CHECKPOINT_FORMAT = "jaxspec-amortised-checkpoint"
+_STANDARDIZER = ("label_mean", "label_scale", "flux_mean", "flux_scale", "snr_mean",
+                 "snr_scale")
 
 
-@contextlib.contextmanager
-def atomic_hdf5(path, *, overwrite: bool):
-    """Context manager yielding an open, writable ``h5py.File`` whose contents replace
-    ``path`` atomically when the block ends without an exception
-    (:func:`jaxspec.io.atomic.atomic_path`: a partial file beside ``path``, fsync, rename;
-    on an exception the partial file is removed and ``path`` is left as it was).
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False (checked before
-            anything is written).
-    """
-    import h5py
-
-    from jaxspec.io.atomic import atomic_path
-
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            yield f
-            f.flush()
-
-
-def write(path, model, tree, *, overwrite: bool) -> Path:
-    """Write ``model`` (a flow or regressor: its ``kind``, names, box, pixels, S/N range,
-    standardisation, config, history and calibration) with the array leaves of ``tree``,
-    atomically (:func:`atomic_hdf5`).
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-    """
-
-    kind, names, bounds = model.kind, model.names, model.bounds
-    wavelength, edges, snr_range = model.wavelength, model.edges, model.snr_range
-    standardizer = model.standardizer
-    config, history = json.loads(model.config), json.loads(model.history)
-
-    path = Path(path)
+def _weights(tree) -> tuple[dict, dict]:
+    """``(arrays, attrs)`` of the ``weights`` group: the array leaves of ``tree``."""
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+    arrays = {f"weights/leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    return arrays, {"weights@n_leaves": len(leaves)}
+
+
+def _leaves(found: Contents) -> list:
+    """The array leaves of the ``weights`` group (KeyError if missing)."""
+    n = int(found.attrs["weights@n_leaves"])
+    return [found.arrays[f"weights/leaf_{i:04d}"] for i in range(n)]
+
+
+def contents(model, tree) -> Contents:
+    """The file contents of ``model`` (a flow or regressor: its ``kind``, names, box,
+    pixels, S/N range, standardisation, config, history and calibration) with the array
+    leaves of ``tree`` (layout in the module docstring)."""
+    arrays = {
+        "bounds": np.asarray(model.bounds, dtype=np.float64),
+        "wavelength": np.asarray(model.wavelength, dtype=np.float64),
+        "edges": np.asarray(model.edges, dtype=np.float64),
+        "snr_range": np.asarray(model.snr_range, dtype=np.float64),
+    }
+    arrays.update({f"standardizer/{field}": np.asarray(getattr(model.standardizer, field))
+                   for field in _STANDARDIZER})
+    weights, weight_attrs = _weights(tree)
+    arrays.update(weights)
+    attrs = {"param_names": json.dumps(list(model.names)),
+             "config": json.dumps(json.loads(model.config)),
+             "history": json.dumps(json.loads(model.history) or {}), **weight_attrs}
     calibration = getattr(model, "calibration", None)
-    with atomic_hdf5(path, overwrite=overwrite) as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["kind"] = kind
-        f.attrs["version"] = VERSION
-        f.attrs["param_names"] = json.dumps(list(names))
-        f.attrs["config"] = json.dumps(config)
-        f.attrs["history"] = json.dumps(history or {})
-        f.create_dataset("bounds", data=np.asarray(bounds, dtype=np.float64))
-        f.create_dataset("wavelength", data=np.asarray(wavelength, dtype=np.float64))
-        f.create_dataset("edges", data=np.asarray(edges, dtype=np.float64))
-        f.create_dataset("snr_range", data=np.asarray(snr_range, dtype=np.float64))
-        g = f.create_group("standardizer")
-        for field in ("label_mean", "label_scale", "flux_mean", "flux_scale", "snr_mean",
-                      "snr_scale"):
-            g.create_dataset(field, data=np.asarray(getattr(standardizer, field)))
-        w = f.create_group("weights")
-        w.attrs["n_leaves"] = len(leaves)
-        for i, leaf in enumerate(leaves):
-            w.create_dataset(f"leaf_{i:04d}", data=np.asarray(leaf))
-        if calibration is not None:
-            c = f.create_dataset("calibration",
-                                 data=np.asarray(calibration.values, dtype=np.float64))
-            c.attrs["description"] = calibration.description
-            c.attrs["report"] = calibration.report
-    return path
+    if calibration is not None:
+        arrays["calibration"] = np.asarray(calibration.values, dtype=np.float64)
+        attrs["calibration@description"] = calibration.description
+        attrs["calibration@report"] = calibration.report
+    return Contents(kind=model.kind, version=VERSION, attrs=attrs, arrays=arrays,
+                    format=FORMAT)
+
+
+def read(found: Contents, path) -> dict:
+    """Everything but the network, from a model file's contents: a dict with ``names``,
+    ``bounds``, ``wavelength``, ``edges``, ``snr_range``, ``standardizer`` (dict of
+    arrays), ``config``, ``history``, ``leaves`` (list of arrays) and ``calibration``
+    (``(values, description, report)`` or None).
+
+    Raises:
+        ValueError: a dataset or attribute is missing (named).
+    """
+    a = found.arrays
+    try:
+        out = {
+            "names": tuple(json.loads(found.attrs["param_names"])),
+            "config": json.loads(found.attrs["config"]),
+            "history": json.loads(found.attrs.get("history", "{}")),
+            "bounds": a["bounds"],
+            "wavelength": a["wavelength"],
+            "edges": a["edges"],
+            "snr_range": tuple(float(v) for v in a["snr_range"]),
+            "standardizer": found.group("standardizer"),
+            "leaves": _leaves(found),
+            "calibration": None,
+        }
+    except KeyError as err:
+        raise ValueError(f"{path}: model file lacks {err}; rewrite it with .save") from None
+    if "calibration" in a:
+        out["calibration"] = (a["calibration"],
+                              str(found.attrs.get("calibration@description", "")),
+                              str(found.attrs.get("calibration@report", "{}")))
+    return out
 
 
 def model_fields(d: dict) -> dict:
@@ -124,55 +134,6 @@ def calibration_of(d: dict, cls):
         return None
     values, description, report = d["calibration"]
     return cls(values=jnp.asarray(values), description=description, report=report)
-
-
-def read(path, kind: str) -> dict:
-    """Everything but the network: a dict with ``names``, ``bounds``, ``wavelength``,
-    ``edges``, ``snr_range``, ``standardizer`` (dict of arrays), ``config``, ``history``,
-    ``leaves`` (list of arrays) and ``calibration`` (``(values, description, report)`` or
-    None)."""
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path}: not an HDF5 file ({err}); pass a model written by "
-                         "`jaxspec train regressor|flow`") from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise ValueError(
-                f"{path}: root attribute format is {f.attrs.get('format')!r}, expected "
-                f"{FORMAT!r}; train a model with `jaxspec train regressor|flow`"
-            )
-        if f.attrs.get("kind") != kind:
-            raise ValueError(
-                f"{path}: model kind is {f.attrs.get('kind')!r}, not {kind!r}; load it with "
-                "jaxspec.amortised.load_amortised"
-            )
-        try:
-            out = {
-                "names": tuple(json.loads(f.attrs["param_names"])),
-                "config": json.loads(f.attrs["config"]),
-                "history": json.loads(f.attrs.get("history", "{}")),
-                "bounds": f["bounds"][()],
-                "wavelength": f["wavelength"][()],
-                "edges": f["edges"][()],
-                "snr_range": tuple(float(v) for v in f["snr_range"][()]),
-                "standardizer": {k: f["standardizer"][k][()] for k in f["standardizer"]},
-                "leaves": [f["weights"][f"leaf_{i:04d}"][()]
-                           for i in range(int(f["weights"].attrs["n_leaves"]))],
-                "calibration": None,
-            }
-            if "calibration" in f:
-                c = f["calibration"]
-                out["calibration"] = (c[()], str(c.attrs.get("description", "")),
-                                      str(c.attrs.get("report", "{}")))
-        except KeyError as err:
-            raise ValueError(f"{path}: model file lacks {err}; rewrite it with .save") from None
-    return out
 
 
 def restore(skeleton, leaves, path):
@@ -202,15 +163,10 @@ def write_checkpoint(path, tree, meta: dict) -> Path:
     of ``tree`` (``weights/leaf_NNNN``, ``jax.tree.leaves`` order of ``eqx.filter(tree,
     eqx.is_array)``) and ``meta`` (JSON-serialisable dict) as the root attribute ``meta``,
     with ``format = "jaxspec-amortised-checkpoint"``."""
-    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
-    with atomic_hdf5(path, overwrite=True) as f:
-        f.attrs["format"] = CHECKPOINT_FORMAT
-        f.attrs["meta"] = json.dumps(meta)
-        w = f.create_group("weights")
-        w.attrs["n_leaves"] = len(leaves)
-        for i, leaf in enumerate(leaves):
-            w.create_dataset(f"leaf_{i:04d}", data=np.asarray(leaf))
-    return Path(path)
+    arrays, attrs = _weights(tree)
+    found = Contents(kind=None, version=None, attrs={"meta": json.dumps(meta), **attrs},
+                     arrays=arrays, format=CHECKPOINT_FORMAT)
+    return emulator_file.write(path, found, overwrite=True)
 
 
 def read_checkpoint(path, skeleton) -> tuple[object, dict]:
@@ -221,60 +177,16 @@ def read_checkpoint(path, skeleton) -> tuple[object, dict]:
     Raises:
         ValueError: not a checkpoint, damaged, or made for a different network.
     """
-    import h5py
-
     path = Path(path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as err:
+        found = emulator_file.read(path, format=CHECKPOINT_FORMAT)
+    except (OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable checkpoint ({err}); delete it and train "
                          "without --resume") from None
-    with f:
-        if f.attrs.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: root attribute format is {f.attrs.get('format')!r}, "
-                             f"not {CHECKPOINT_FORMAT!r}; pass a checkpoint written by "
-                             "`jaxspec train regressor|flow` or delete it")
-        try:
-            meta = json.loads(f.attrs["meta"])
-            leaves = [f["weights"][f"leaf_{i:04d}"][()]
-                      for i in range(int(f["weights"].attrs["n_leaves"]))]
-        except KeyError as err:
-            raise ValueError(f"{path}: checkpoint lacks {err}; delete it and train without "
-                             "--resume") from None
-    return restore(skeleton, leaves, path), meta
-
-
-def load_amortised(path: str | PathLike):
-    """Load a model file of any kind (:class:`~jaxspec.amortised.CNNRegressor` or
-    :class:`~jaxspec.amortised.FlowPosterior`), dispatching on its ``kind`` attribute.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a jaxspec amortised-model file, or an unknown kind.
-    """
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
     try:
-        with h5py.File(path, "r") as f:
-            fmt, kind = f.attrs.get("format"), f.attrs.get("kind")
-    except OSError as err:
-        raise ValueError(f"{path}: not an HDF5 file ({err}); pass a model written by "
-                         "`jaxspec train regressor|flow`") from None
-    if fmt != FORMAT:
-        raise ValueError(
-            f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}; pass a model "
-            "written by `jaxspec train regressor|flow` (emulators go to `jaxspec infer "
-            "--method map|bo|nuts`)"
-        )
-    if kind == "regressor":
-        from jaxspec.amortised.regressor import CNNRegressor
-
-        return CNNRegressor.load(path)
-    if kind == "flow":
-        from jaxspec.amortised.flow import FlowPosterior
-
-        return FlowPosterior.load(path)
-    raise ValueError(f"{path}: model kind {kind!r} is unknown (known: regressor, flow)")
+        meta = json.loads(found.attrs["meta"])
+        leaves = _leaves(found)
+    except KeyError as err:
+        raise ValueError(f"{path}: checkpoint lacks {err}; delete it and train without "
+                         "--resume") from None
+    return restore(skeleton, leaves, path), meta

@@ -166,6 +166,22 @@ def plot_rank_histograms(ranks, names, path: str | PathLike, *, bins: int = 20,
     return out
 
 
+def held_out(model, simulator, n, key, snr=None, *, minimum: int = 2,
+             purpose: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(theta (n, k), snr (n,), flux (n, m))`` drawn from ``simulator`` (S/N ``snr``
+    or drawn) to test or recalibrate ``model``; ValueError for fewer than ``minimum``
+    spectra (the message ends with ``purpose``) or a simulator on other pixels than the
+    model's."""
+    if not isinstance(n, (int, np.integer)) or n < minimum:
+        raise ValueError(f"n={n!r}; pass at least {minimum} held-out spectra{purpose}")
+    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
+        raise ValueError(
+            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
+            "pass the simulator the model was trained with"
+        )
+    return tuple(np.asarray(a) for a in simulator.draw(key, int(n), snr))
+
+
 def simulation_based_calibration(
     model,
     simulator: Simulator,
@@ -199,15 +215,7 @@ def simulation_based_calibration(
     """
     from jaxspec.infer import gaussian_coverage, sample_coverage
 
-    if not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n={n!r}; pass an integer >= 2 held-out spectra")
-    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
-        raise ValueError(
-            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
-            "pass the simulator the model was trained with"
-        )
-    theta, snr_drawn, flux = simulator.draw(key, n, snr)
-    theta, snr_drawn, flux = (np.asarray(a) for a in (theta, snr_drawn, flux))
+    theta, snr_drawn, flux = held_out(model, simulator, n, key, snr)
     kw = {"n_samples": n_samples} if model.kind == "flow" else {}
     result = model.predict(flux, snr=snr_drawn, key=as_key(key), batch_size=batch_size,
                            return_samples=True, **kw)

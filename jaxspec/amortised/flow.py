@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import math
 from os import PathLike
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -64,16 +63,18 @@ from flowjax.bijections import Affine, Chain, Coupling, Flip, Invert, Permute, S
 from flowjax.distributions import Normal, Transformed
 from paramax.utils import inv_softplus
 
-from jaxspec.amortised import _io
-from jaxspec.amortised._inputs import prepare
+from jaxspec.amortised._model import (
+    AmortisedModel,
+    check_training,
+    finish_training,
+    register_amortised,
+    residual_loss,
+)
 from jaxspec.amortised._train import fit, run_fingerprint
-from jaxspec.amortised.calibration import Recalibration, coverage_deviation
-from jaxspec.amortised.regressor import _loss
+from jaxspec.amortised.calibration import Recalibration, coverage_deviation, held_out
 from jaxspec.amortised.result import AmortisedResult, status_of
 from jaxspec.amortised.simulate import (
     Simulator,
-    Standardizer,
-    _Labelled,
     as_key,
     fit_standardizer,
 )
@@ -176,7 +177,8 @@ def _nll(model, state, z, x, s, training):
     return -jnp.mean(flow.log_prob(z, _condition(embedding, x, s))), state
 
 
-class FlowPosterior(_Labelled):
+@register_amortised("flow")
+class FlowPosterior(AmortisedModel):
     """A trained conditional flow :math:`p(\\theta \\mid x)` (module docstring).
 
     Fields: ``embedding`` and ``flow`` (the networks), ``standardizer``, ``wavelength``
@@ -190,25 +192,19 @@ class FlowPosterior(_Labelled):
 
     embedding: _Embedding
     flow: eqx.Module
-    standardizer: Standardizer
-    wavelength: np.ndarray
-    edges: np.ndarray
-    box: tuple[tuple[float, float], ...] = eqx.field(static=True)
-    names: tuple[str, ...] = eqx.field(static=True)
-    snr_range: tuple[float, float] = eqx.field(static=True)
-    config: str = eqx.field(static=True)
-    history: str = eqx.field(static=True, default="{}")
-    calibration: Recalibration | None = None
 
     kind = "flow"
+    networks = ("embedding", "flow")
+
+    @classmethod
+    def skeleton(cls, config: dict, n_pix: int, n_params: int):
+        """``(embedding, flow)`` of ``config``, built for real, not with
+        ``eqx.filter_eval_shape``: flowjax's Coupling keeps a closure over its
+        transformer's initial parameters, which would leak a tracer."""
+        return _build(config, n_pix, n_params, jax.random.key(0))
 
     def _features(self, flux, snr):
-        flux = jnp.asarray(flux)
-        if flux.shape[-1:] != (self.n_pix,):
-            raise ValueError(
-                f"flux has shape {flux.shape}; the last axis must be the network's "
-                f"{self.n_pix} pixels"
-            )
+        flux = self._network_flux(flux)
         std = self.standardizer
         snr = jnp.broadcast_to(jnp.asarray(snr, dtype=jnp.float64), flux.shape[:-1])
         return _condition(self.embedding, std.flux(flux), std.snr(snr))
@@ -267,12 +263,8 @@ class FlowPosterior(_Labelled):
             MAP, ``sigma`` half the 16–84 % range, ``median``, ``q16``, ``q84``,
             ``rejected_fraction``.
         """
-        if not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
-            raise ValueError(f"n_samples={n_samples!r}; pass an integer >= 2")
-        flux, _, snr_used, _, _ = prepare(self, data, uncertainty, snr)
-        key = as_key(key)
-        n = flux.shape[0]
-        b = max(1, min(int(batch_size), n))
+        flux, _, snr_used, key, n, b = self._inputs(data, uncertainty, snr, key,
+                                                    batch_size, "n_samples", n_samples)
 
         def batch(f, s, ids):  # ids: spectrum numbers; ids[0] // b is the batch number
             out = _posterior_batch(self, f, s, jax.random.fold_in(key, int(ids[0]) // b),
@@ -288,31 +280,11 @@ class FlowPosterior(_Labelled):
         return AmortisedResult(
             params=cat["map"], sigma=0.5 * (hi - lo), median=cat["median"], q16=lo, q84=hi,
             rejected_fraction=cat["rejected"], snr=snr_used,
-            loss=_loss(emulator, self, cat["map"], flux),
+            loss=residual_loss(emulator, self, cat["map"], flux),
             status=status_of(cat["map"], self.bounds, cat["rejected"]),
             n_evaluations=int(n_samples), samples=cat.get("samples"), method="flow",
             names=self.names,
         )
-
-    # ------------------------------------------------------------------ files
-
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write the model to HDF5 (layout in :mod:`jaxspec.amortised._io`, ``kind =
-        "flow"``), atomically: an existing file is replaced only once the new one is
-        complete, and only with ``overwrite=True``; returns the path."""
-        return _io.write(path, self, (self.embedding, self.flow), overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> FlowPosterior:
-        """Read a file written by :meth:`save`."""
-        d = _io.read(path, "flow")
-        # built for real, not with eqx.filter_eval_shape: flowjax's Coupling keeps a
-        # closure over its transformer's initial parameters, which would leak a tracer
-        skeleton = _build(d["config"], len(d["wavelength"]), len(d["names"]),
-                          jax.random.key(0))
-        embedding, flow = _io.restore(skeleton, d["leaves"], path)
-        return cls(embedding=embedding, flow=flow, **_io.model_fields(d),
-                   calibration=_io.calibration_of(d, Recalibration))
 
 
 @eqx.filter_jit
@@ -412,19 +384,12 @@ def train_flow(
     Returns:
         The trained model; ``json.loads(model.history)`` holds per-epoch losses and times.
     """
-    if not isinstance(simulator, Simulator):
-        raise TypeError(
-            f"simulator is a {type(simulator).__name__}; pass "
-            "jaxspec.amortised.Simulator.from_emulator(emulator, ...)"
-        )
+    check_training(simulator, n_calibrate)
     if not lr > 0 or not 0 < lr_decay <= 1 or weight_decay < 0:
         raise ValueError(
             f"lr={lr}, lr_decay={lr_decay}, weight_decay={weight_decay}; pass lr > 0, "
             "0 < lr_decay <= 1 and weight_decay >= 0"
         )
-    if not isinstance(n_calibrate, (int, np.integer)) or n_calibrate < 0:
-        raise ValueError(f"n_calibrate={n_calibrate!r}; pass 0 (no recalibration) or a "
-                         "number of held-out spectra (>= 100)")
     key = as_key(key)
     k_std, k_net, k_fit = jax.random.split(key, 3)
     config = default_flow_architecture(simulator.n_pix)
@@ -450,17 +415,9 @@ def train_flow(
         fingerprint=run_fingerprint("flow", simulator, config, lr=lr, lr_decay=lr_decay,
                                     weight_decay=weight_decay, n_standardize=n_standardize))
     history.update({"optimizer": "adam+l2", "lr": lr, "lr_decay": lr_decay,
-                    "weight_decay": weight_decay, "batch_size": batch_size,
-                    "snr_range": list(simulator.snr_range)})
-    model = FlowPosterior(
-        embedding=embedding, flow=flow, standardizer=std,
-        wavelength=np.asarray(simulator.wavelength), edges=np.asarray(simulator.edges),
-        box=simulator.box, names=simulator.names, snr_range=simulator.snr_range,
-        config=json.dumps(config), history=json.dumps(history))
-    if n_calibrate:
-        model = calibrate_flow(model, simulator, n=n_calibrate,
-                               key=jax.random.fold_in(key, 17), progress=progress)
-    return model
+                    "weight_decay": weight_decay, "batch_size": batch_size})
+    return finish_training(FlowPosterior, (embedding, flow), std, simulator, config,
+                           history, calibrate_flow, n_calibrate, key, progress)
 
 
 def calibrate_flow(
@@ -503,14 +460,8 @@ def calibrate_flow(
     """
     from scipy.optimize import minimize_scalar
 
-    if not isinstance(n, (int, np.integer)) or n < 100:
-        raise ValueError(f"n={n!r}; pass at least 100 held-out spectra to recalibrate")
-    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
-        raise ValueError(
-            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
-            "pass the simulator the model was trained with"
-        )
-    theta, snr, flux = (np.asarray(a) for a in simulator.draw(key, int(n)))
+    theta, snr, flux = held_out(model, simulator, n, key, minimum=100,
+                                purpose=" to recalibrate")
     raw = model.predict(flux, snr=snr, key=as_key(key), n_samples=n_samples,
                         batch_size=batch_size, return_samples=True, progress=progress,
                         calibrated=False)

@@ -55,7 +55,6 @@ from __future__ import annotations
 import json
 import math
 from os import PathLike
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -63,15 +62,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxspec.amortised import _io
-from jaxspec.amortised._inputs import prepare
+from jaxspec.amortised._model import (
+    AmortisedModel,
+    check_training,
+    finish_training,
+    register_amortised,
+    residual_loss,
+)
 from jaxspec.amortised._train import fit, run_fingerprint
-from jaxspec.amortised.calibration import Recalibration, coverage_curve, gaussian_ranks
+from jaxspec.amortised.calibration import (
+    Recalibration,
+    coverage_curve,
+    gaussian_ranks,
+    held_out,
+)
 from jaxspec.amortised.result import AmortisedResult, status_of
 from jaxspec.amortised.simulate import (
     Simulator,
-    Standardizer,
-    _Labelled,
     as_key,
     fit_standardizer,
 )
@@ -183,7 +190,8 @@ def _mse(net, state, z, x, s, training):
     return jnp.mean((pred - z.astype(_F32)) ** 2), state
 
 
-class CNNRegressor(_Labelled):
+@register_amortised("regressor")
+class CNNRegressor(AmortisedModel):
     """A trained BOSS Net-style regressor (module docstring).
 
     Fields: ``network`` and ``state`` (weights and batch-norm statistics),
@@ -198,27 +206,19 @@ class CNNRegressor(_Labelled):
 
     network: _ResNet1d
     state: eqx.nn.State
-    standardizer: Standardizer
-    wavelength: np.ndarray
-    edges: np.ndarray
-    box: tuple[tuple[float, float], ...] = eqx.field(static=True)
-    names: tuple[str, ...] = eqx.field(static=True)
-    snr_range: tuple[float, float] = eqx.field(static=True)
-    config: str = eqx.field(static=True)
-    history: str = eqx.field(static=True, default="{}")
-    calibration: Recalibration | None = None
 
     kind = "regressor"
+    networks = ("network", "state")
+
+    @classmethod
+    def skeleton(cls, config: dict, n_pix: int, n_params: int):
+        """``(network, state)`` of ``config``, shapes only (``eqx.filter_eval_shape``)."""
+        return eqx.filter_eval_shape(_network, config, n_pix, n_params, jax.random.key(0))
 
     def __call__(self, flux):
         """Labels ``(..., k)`` (physical units) of noise-scattered-free spectra ``(..., m)``
         on the network's pixels (jit- and grad-safe; batch norm on running statistics)."""
-        flux = jnp.asarray(flux)
-        if flux.shape[-1:] != (self.n_pix,):
-            raise ValueError(
-                f"flux has shape {flux.shape}; the last axis must be the network's "
-                f"{self.n_pix} pixels"
-            )
+        flux = self._network_flux(flux)
         net = eqx.nn.inference_mode(self.network)
         x = self.standardizer.flux(flux).reshape(-1, self.n_pix)
         z = jax.vmap(lambda v: net(v, self.state)[0])(x)
@@ -263,12 +263,8 @@ class CNNRegressor(_Labelled):
             ``sigma`` the recalibrated 1σ, ``q16``/``q84`` the estimate ∓ that σ (raw:
             the noise-draw standard deviation and quantiles), ``median`` of the draws.
         """
-        if not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
-            raise ValueError(f"n_draws={n_draws!r}; pass an integer >= 2")
-        flux, sigma, snr_used, _, _ = prepare(self, data, uncertainty, snr)
-        key = as_key(key)
-        n = flux.shape[0]
-        b = max(1, min(int(batch_size), n))
+        flux, sigma, snr_used, key, n, b = self._inputs(data, uncertainty, snr, key,
+                                                        batch_size, "n_draws", n_draws)
 
         def batch(f, s, ids):  # ids: spectrum numbers; ids[0] // b is the batch number
             return _predict_batch(self, f, s, jax.random.fold_in(key, int(ids[0]) // b),
@@ -284,7 +280,7 @@ class CNNRegressor(_Labelled):
             shift = self.bias(snr_used)
             point, med = point - shift, med - shift
             q16, q84 = point - sigma, point + sigma
-        loss = _loss(emulator, self, point, flux)
+        loss = residual_loss(emulator, self, point, flux)
         return AmortisedResult(
             params=point, sigma=sigma, median=med, q16=q16, q84=q84,
             rejected_fraction=np.zeros(n), snr=snr_used, loss=loss,
@@ -317,24 +313,6 @@ class CNNRegressor(_Labelled):
         return _total_sigma(c, sigma_noise, t, _features(self, estimate),
                             np.asarray(self.standardizer.label_scale))
 
-    # ------------------------------------------------------------------ files
-
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write the model to HDF5 (layout in :mod:`jaxspec.amortised._io`, ``kind =
-        "regressor"``), atomically: an existing file is replaced only once the new one
-        is complete, and only with ``overwrite=True``; returns the path."""
-        return _io.write(path, self, (self.network, self.state), overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> CNNRegressor:
-        """Read a file written by :meth:`save`."""
-        d = _io.read(path, "regressor")
-        skeleton = eqx.filter_eval_shape(_network, d["config"], len(d["wavelength"]),
-                                         len(d["names"]), jax.random.key(0))
-        network, state = _io.restore(skeleton, d["leaves"], path)
-        return cls(network=network, state=state, **_io.model_fields(d),
-                   calibration=_io.calibration_of(d, Recalibration))
-
 
 @eqx.filter_jit
 def _predict_batch(model: CNNRegressor, flux, sigma, key, n_draws: int):
@@ -357,21 +335,6 @@ def _total_sigma(c, sigma_noise, t, feats, scale) -> np.ndarray:
     log_floor = c[:, 4] + c[:, 5] * t + feats @ c[:, 6:].T
     return np.sqrt((np.exp(c[:, 3]) * np.asarray(sigma_noise)) ** 2
                    + (scale * np.exp(log_floor)) ** 2)
-
-
-def _loss(emulator, model, params, flux) -> np.ndarray:
-    """RMS residual (blase3D eq. 4) between ``flux`` and the rebinned emulator."""
-    n = flux.shape[0]
-    if emulator is None:
-        return np.full(n, np.nan)
-    from jaxspec.amortised.simulate import Rebin
-
-    rebin = Rebin.between(emulator.wavelength, model.edges, label="the emulator")
-    b = np.asarray(emulator.bounds)
-    p = np.clip(np.nan_to_num(np.asarray(params), nan=0.0), b[:, 0], b[:, 1])
-    model_flux = np.asarray(rebin(emulator(jnp.asarray(p))))
-    loss = np.sqrt(np.mean((model_flux - flux) ** 2, axis=-1))
-    return np.where(np.all(np.isfinite(params), axis=-1), loss, np.nan)
 
 
 #: Defaults of :func:`train_regressor`, sized to train on the tiny grid's pixel emulator
@@ -434,16 +397,9 @@ def train_regressor(
     Returns:
         The trained model; ``json.loads(model.history)`` holds per-epoch losses and times.
     """
-    if not isinstance(simulator, Simulator):
-        raise TypeError(
-            f"simulator is a {type(simulator).__name__}; pass "
-            "jaxspec.amortised.Simulator.from_emulator(emulator, ...)"
-        )
+    check_training(simulator, n_calibrate)
     if not lr > 0:
         raise ValueError(f"lr={lr}; pass a positive learning rate")
-    if not isinstance(n_calibrate, (int, np.integer)) or n_calibrate < 0:
-        raise ValueError(f"n_calibrate={n_calibrate!r}; pass 0 (no recalibration) or a "
-                         "number of held-out spectra (>= 100)")
     key = as_key(key)
     k_std, k_net, k_fit = jax.random.split(key, 3)
     config = default_architecture(simulator.n_pix)
@@ -462,17 +418,9 @@ def train_regressor(
         checkpoint=checkpoint, resume=resume,
         fingerprint=run_fingerprint("regressor", simulator, config, lr=lr,
                                     n_standardize=n_standardize))
-    history.update({"optimizer": "adamax", "lr": lr, "batch_size": batch_size,
-                    "snr_range": list(simulator.snr_range)})
-    model = CNNRegressor(
-        network=network, state=state, standardizer=std,
-        wavelength=np.asarray(simulator.wavelength), edges=np.asarray(simulator.edges),
-        box=simulator.box, names=simulator.names, snr_range=simulator.snr_range,
-        config=json.dumps(config), history=json.dumps(history))
-    if n_calibrate:
-        model = calibrate_regressor(model, simulator, n=n_calibrate,
-                                    key=jax.random.fold_in(key, 17), progress=progress)
-    return model
+    history.update({"optimizer": "adamax", "lr": lr, "batch_size": batch_size})
+    return finish_training(CNNRegressor, (network, state), std, simulator, config, history,
+                           calibrate_regressor, n_calibrate, key, progress)
 
 
 def calibrate_regressor(
@@ -520,14 +468,8 @@ def calibrate_regressor(
 
     from jaxspec.infer import gaussian_coverage
 
-    if not isinstance(n, (int, np.integer)) or n < 100:
-        raise ValueError(f"n={n!r}; pass at least 100 held-out spectra to recalibrate")
-    if simulator.n_pix != model.n_pix or not np.allclose(simulator.wavelength, model.wavelength):
-        raise ValueError(
-            f"the simulator has {simulator.n_pix} pixels but the model reads {model.n_pix}; "
-            "pass the simulator the model was trained with"
-        )
-    theta, snr, flux = (np.asarray(a) for a in simulator.draw(key, int(n)))
+    theta, snr, flux = held_out(model, simulator, n, key, minimum=100,
+                                purpose=" to recalibrate")
     raw = model.predict(flux, snr=snr, key=as_key(key), n_draws=n_draws,
                         batch_size=batch_size, progress=progress, calibrated=False)
     point, sig = np.asarray(raw.params), np.asarray(raw.sigma)

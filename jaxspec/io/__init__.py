@@ -5,6 +5,9 @@
   :mod:`jaxspec.grid`) reads a file into a ``SpectralGrid``.
 - :mod:`jaxspec.io.phoenix`: PHOENIX-ACES-AGSS-COND-2011 HiRes FITS import
   (``read_phoenix_grid``, ``read_phoenix_spectrum``).
+- :mod:`jaxspec.io.emulator_file`: emulator and amortised-model files (every kind: one
+  atomic HDF5 writer, one reader, one kind registry; a kind supplies only its arrays and
+  attributes as a ``Contents``).
 - :mod:`jaxspec.io.atomic`: atomic writes (partial file, fsync, rename) used by every
   writer (``atomic_path``, ``write_table``, ``save_figure``).
 - :mod:`jaxspec.io.locking`: one writer per file (``WriterLock``, the ``<name>.lock``

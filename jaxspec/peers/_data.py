@@ -134,3 +134,23 @@ def check_widths(name: str, widths) -> tuple[int, ...]:
     for w in out:
         check_positive_int(f"{name} entry", w)
     return tuple(int(w) for w in out)
+
+
+def scaled_set(labels: np.ndarray, flux: np.ndarray, names, val_fraction: float,
+               seed: int) -> dict:
+    """The networks' training arrays: labels scaled to [-0.5, 0.5] by their training
+    minimum and maximum, flux centred on the mean spectrum and divided by one scale.
+
+    Returns:
+        ``{"lo", "hi"}`` ``(k,)`` label minimum and maximum, ``"x"`` ``(n, k)`` and ``"y"``
+        ``(n, n_pix)`` float32 scaled labels and flux, ``"mean"`` ``(n_pix,)`` and
+        ``"std"`` (float) of the flux scaling, ``"train"`` and ``"val"`` the index split
+        (:func:`split`).
+    """
+    lo, hi = min_max(labels, names)
+    mean = flux.mean(axis=0, dtype=np.float64)
+    std = float(np.std(flux - mean)) or 1.0
+    train, val = split(len(labels), val_fraction, seed)
+    return {"lo": lo, "hi": hi, "x": ((labels - lo) / (hi - lo) - 0.5).astype(np.float32),
+            "y": ((flux - mean) / std).astype(np.float32), "mean": mean, "std": std,
+            "train": train, "val": val}

@@ -34,10 +34,7 @@ layer afterwards. Glorot initialisation. Weights are float32, as trained.
 from __future__ import annotations
 
 import json
-from os import PathLike
-from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,13 +43,12 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
-from jaxspec.peers import _dense, _store
+from jaxspec.peers import _dense
 from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
     check_widths,
-    min_max,
-    split,
+    scaled_set,
     training_set,
 )
 
@@ -76,12 +72,9 @@ class AutoencoderEmulator(PeerEmulator):
     label_min, label_max
         ``(k,)`` label scaling of the dense network (training minimum and maximum; also
         the bounds).
-    wavelength_
-        ``(n_pix,)`` float64, Å.
-    names
-        parameter names (static).
-    provenance
-        JSON string of training information (static; see :attr:`info`).
+    wavelength_, names, provenance
+        as in :class:`~jaxspec.peers._base.PeerEmulator` (which also gives ``save`` /
+        ``load``).
 
     ``emulator(params)``: params ``(..., k)`` → flux ``(..., n_pix)`` float32; jit-,
     vmap- and grad-safe. :meth:`encode`, :meth:`decode` and :meth:`reconstruct` expose the
@@ -93,9 +86,9 @@ class AutoencoderEmulator(PeerEmulator):
     dense: tuple[_LAYER, ...]
     label_min: Float[Array, " k"]
     label_max: Float[Array, " k"]
-    wavelength_: np.ndarray
-    names: tuple[str, ...] = eqx.field(static=True)
-    provenance: str = eqx.field(static=True, default="{}")
+
+    file_arrays = ("label_min", "label_max")
+    file_networks = ("encoder", "decoder", "dense")
 
     def __check_init__(self):
         k, n_pix = len(self.names), int(np.shape(self.wavelength_)[0])
@@ -132,8 +125,7 @@ class AutoencoderEmulator(PeerEmulator):
 
     def latent(self, params) -> Float[Array, "... n_latent"]:
         """The dense network's latent vector ``N(x(ℓ))`` for params ``(..., k)``."""
-        params = self._check_params(params)
-        x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
+        x = self._unit_labels(params)
         acts = ("relu",) * (len(self.dense) - 1) + ("linear",)
         return _dense.apply(self.dense, x, acts)
 
@@ -141,25 +133,6 @@ class AutoencoderEmulator(PeerEmulator):
         """Flux ``D(N(x(ℓ)))`` at params ``(..., k)`` → ``(..., n_pix)``."""
         return self.decode(self.latent(params))
 
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write to HDF5 (``kind="autoencoder"``; layout of :mod:`jaxspec.peers._store`
-        with datasets ``label_min``, ``label_max`` and groups ``encoder``, ``decoder``,
-        ``dense``). Returns the path."""
-        return _store.write(
-            path, self.kind, self.names, self.wavelength_, self.bounds, self.provenance,
-            {"label_min": self.label_min, "label_max": self.label_max},
-            {"encoder": self.encoder, "decoder": self.decoder, "dense": self.dense},
-            overwrite,
-        )
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> AutoencoderEmulator:
-        """Read a file written by :meth:`save`."""
-        d = _store.read(path, "autoencoder", cls.__name__, ("label_min", "label_max"),
-                        ("encoder", "decoder", "dense"))
-        return cls(encoder=d["encoder"], decoder=d["decoder"], dense=d["dense"],
-                   label_min=d["label_min"], label_max=d["label_max"],
-                   wavelength_=d["wavelength"], names=d["names"], provenance=d["info"])
 
 
 def train_autoencoder(
@@ -241,12 +214,9 @@ def train_autoencoder(
     labels, flux = training_set(grid, holdout)
     names = grid.param_names
     n_pix = grid.n_pix
-    lo, hi = min_max(labels, names)
-    x = ((labels - lo) / (hi - lo) - 0.5).astype(np.float32)
-    mean = flux.mean(axis=0, dtype=np.float64)
-    std = float(np.std(flux - mean)) or 1.0
-    y = ((flux - mean) / std).astype(np.float32)
-    tr, va = split(len(x), val_fraction, seed)
+    scaled = scaled_set(labels, flux, names, val_fraction, seed)
+    lo, hi, x, y, mean, std = (scaled[k] for k in ("lo", "hi", "x", "y", "mean", "std"))
+    tr, va = scaled["train"], scaled["val"]
     k_enc, k_dec, k_dense = jax.random.split(jax.random.PRNGKey(seed), 3)
 
     # 1. the autoencoder, on standardised spectra

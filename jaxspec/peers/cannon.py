@@ -51,10 +51,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from os import PathLike
-from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +59,6 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
-from jaxspec.peers import _store
 from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import check_positive_int, min_max, training_set
 
@@ -100,12 +96,9 @@ class CannonEmulator(PeerEmulator):
         ``(k,)`` label offsets and divisors, :math:`x = (\text{label} - p)/c`.
     bounds_
         ``(k, 2)`` training label box.
-    wavelength_
-        ``(n_pix,)`` float64, Å.
-    names
-        parameter names (static).
-    provenance
-        JSON string of training information (static; see :attr:`info`).
+    wavelength_, names, provenance
+        as in :class:`~jaxspec.peers._base.PeerEmulator` (which also gives ``save`` /
+        ``load``).
 
     ``emulator(params)``: params ``(..., k)`` → flux ``(..., n_pix)`` float64; jit-,
     vmap- and grad-safe. Train with :func:`train_cannon`.
@@ -116,9 +109,9 @@ class CannonEmulator(PeerEmulator):
     pivot: Float[Array, " k"]
     scale: Float[Array, " k"]
     bounds_: np.ndarray
-    wavelength_: np.ndarray
-    names: tuple[str, ...] = eqx.field(static=True)
-    provenance: str = eqx.field(static=True, default="{}")
+
+    file_arrays = ("coefficients", "scatter", "pivot", "scale")
+    file_networks = ()
 
     def __check_init__(self):
         k = len(self.names)
@@ -155,26 +148,6 @@ class CannonEmulator(PeerEmulator):
         x = (params - self.pivot) / self.scale
         return label_vector(x) @ self.coefficients
 
-    # ------------------------------------------------------------------ files
-
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write to HDF5 (``kind="cannon"``; layout of :mod:`jaxspec.peers._store` with
-        datasets ``coefficients``, ``scatter``, ``pivot``, ``scale``). Returns the path."""
-        return _store.write(
-            path, self.kind, self.names, self.wavelength_, self.bounds_, self.provenance,
-            {"coefficients": self.coefficients, "scatter": self.scatter,
-             "pivot": self.pivot, "scale": self.scale},
-            {}, overwrite,
-        )
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> CannonEmulator:
-        """Read a file written by :meth:`save`."""
-        d = _store.read(path, "cannon", cls.__name__,
-                        ("coefficients", "scatter", "pivot", "scale"), ())
-        return cls(coefficients=d["coefficients"], scatter=d["scatter"], pivot=d["pivot"],
-                   scale=d["scale"], bounds_=d["bounds"], wavelength_=d["wavelength"],
-                   names=d["names"], provenance=d["info"])
 
 
 def train_cannon(

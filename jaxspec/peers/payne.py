@@ -21,10 +21,7 @@ Weights are float32, as trained.
 from __future__ import annotations
 
 import json
-from os import PathLike
-from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,13 +30,12 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import register_emulator
 from jaxspec.grid import SpectralGrid
-from jaxspec.peers import _dense, _store
+from jaxspec.peers import _dense
 from jaxspec.peers._base import PeerEmulator
 from jaxspec.peers._data import (
     check_positive_int,
     check_widths,
-    min_max,
-    split,
+    scaled_set,
     training_set,
 )
 
@@ -57,12 +53,9 @@ class PayneEmulator(PeerEmulator):
         ``n_L = n_pix``.
     label_min, label_max
         ``(k,)`` the label scaling (training minimum and maximum; also the bounds).
-    wavelength_
-        ``(n_pix,)`` float64, Å.
-    names
-        parameter names (static).
-    provenance
-        JSON string of training information (static; see :attr:`info`).
+    wavelength_, names, provenance
+        as in :class:`~jaxspec.peers._base.PeerEmulator` (which also gives ``save`` /
+        ``load``).
 
     ``emulator(params)``: params ``(..., k)`` → flux ``(..., n_pix)`` float32; jit-,
     vmap- and grad-safe. Train with :func:`train_payne`.
@@ -71,9 +64,9 @@ class PayneEmulator(PeerEmulator):
     layers: tuple[tuple[Float[Array, "n_in n_out"], Float[Array, " n_out"]], ...]
     label_min: Float[Array, " k"]
     label_max: Float[Array, " k"]
-    wavelength_: np.ndarray
-    names: tuple[str, ...] = eqx.field(static=True)
-    provenance: str = eqx.field(static=True, default="{}")
+
+    file_arrays = ("label_min", "label_max")
+    file_networks = ("layers",)
 
     def __check_init__(self):
         k, n_pix = len(self.names), int(np.shape(self.wavelength_)[0])
@@ -91,26 +84,10 @@ class PayneEmulator(PeerEmulator):
 
     def __call__(self, params) -> Float[Array, "... n_pix"]:
         """Flux at params ``(..., k)`` (order of ``param_names``) → ``(..., n_pix)``."""
-        params = self._check_params(params)
-        x = (params - self.label_min) / (self.label_max - self.label_min) - 0.5
+        x = self._unit_labels(params)
         acts = ("leaky_relu",) * (len(self.layers) - 1) + ("linear",)
         return _dense.apply(self.layers, x, acts)
 
-    def save(self, path: str | PathLike, *, overwrite: bool = False) -> Path:
-        """Write to HDF5 (``kind="payne"``; layout of :mod:`jaxspec.peers._store` with
-        datasets ``label_min``, ``label_max`` and the group ``layers``). Returns the path."""
-        return _store.write(
-            path, self.kind, self.names, self.wavelength_, self.bounds, self.provenance,
-            {"label_min": self.label_min, "label_max": self.label_max},
-            {"layers": self.layers}, overwrite,
-        )
-
-    @classmethod
-    def load(cls, path: str | PathLike) -> PayneEmulator:
-        """Read a file written by :meth:`save`."""
-        d = _store.read(path, "payne", cls.__name__, ("label_min", "label_max"), ("layers",))
-        return cls(layers=d["layers"], label_min=d["label_min"], label_max=d["label_max"],
-                   wavelength_=d["wavelength"], names=d["names"], provenance=d["info"])
 
 
 def train_payne(
@@ -160,12 +137,9 @@ def train_payne(
         raise ValueError(f"learning_rate={learning_rate}; pass a positive step size")
     labels, flux = training_set(grid, holdout)
     names = grid.param_names
-    lo, hi = min_max(labels, names)
-    x = ((labels - lo) / (hi - lo) - 0.5).astype(np.float32)
-    mean = flux.mean(axis=0, dtype=np.float64)
-    std = float(np.std(flux - mean)) or 1.0
-    y = ((flux - mean) / std).astype(np.float32)
-    tr, va = split(len(x), val_fraction, seed)
+    scaled = scaled_set(labels, flux, names, val_fraction, seed)
+    lo, hi, x, y, mean, std = (scaled[k] for k in ("lo", "hi", "x", "y", "mean", "std"))
+    tr, va = scaled["train"], scaled["val"]
 
     acts = ("leaky_relu",) * len(hidden) + ("linear",)
     net = _dense.init_layers(jax.random.PRNGKey(seed), (len(names), *hidden, grid.n_pix))
