@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from jaxspec._checks import check_wavelength
+from jaxspec._checks import check_range, check_wavelength
 from jaxspec.emulator import Emulator, register_emulator
 from jaxspec.identify import Identification, complete_values
 from jaxspec.io import emulator_file
@@ -313,13 +313,9 @@ class LineEmulator(Emulator):
             ValueError: the range is malformed or holds no pixel of this emulator.
         """
         try:
-            lo, hi = (float(v) for v in wavelength)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"restrict: wavelength={wavelength!r} is not a (lo, hi) pair of numbers in Å"
-            ) from None
-        if not lo <= hi:
-            raise ValueError(f"restrict: ({lo:g}, {hi:g}) has lo > hi; pass (low, high) in Å")
+            lo, hi = check_range("wavelength", wavelength)
+        except ValueError as e:
+            raise ValueError(f"restrict: {e} (Å)") from None
         wl = self.wavelength
         keep = (wl >= lo) & (wl <= hi)
         if np.count_nonzero(keep) < 2:
