@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 
 from jaxspec.emulator import Emulator, register_emulator
 from jaxspec.extrinsic.effects import ExtrinsicModel
-from jaxspec.extrinsic.kernels import _check_resolution, _check_rv_range, _check_vsini
+from jaxspec.extrinsic.kernels import check_resolution, check_rv_range, check_vsini
 from jaxspec.io.emulator_file import Contents, check_version, from_nested
 
 __all__ = ["EXTRINSIC_PARAMS", "ObservedEmulator", "parse_fit"]
@@ -171,18 +171,18 @@ class ObservedEmulator(Emulator):
         boxes = []
         if "rv" in names:
             rv_box = _check_box("rv_range", rv_range)
-            _check_rv_range(rv_box)
+            check_rv_range(rv_box)
             boxes.append(rv_box)
         else:
             rv = float(rv)
-            _check_rv_range((rv, rv))
+            check_rv_range((rv, rv))
             rv_box = (rv, rv)
         if "vsini" in names:
             vs_box = _check_box("vsini_range", vsini_range, low=0.0)
             boxes.append(vs_box)
             vsini_max = vs_box[1]
         else:
-            vsini = _check_vsini(vsini)
+            vsini = check_vsini(vsini)
             vsini_max = vsini
         if "resolution" in names:
             if lsf is not None:
@@ -193,7 +193,7 @@ class ObservedEmulator(Emulator):
             r_min = r_box[0]
         else:
             if resolution is not None:
-                resolution = _check_resolution(resolution)
+                resolution = check_resolution(resolution)
             r_min = resolution
         ext_names = list(names)
         if degree is not None:

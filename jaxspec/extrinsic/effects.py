@@ -24,10 +24,10 @@ from jaxspec._checks import check_wavelength
 from jaxspec.extrinsic.kernels import (
     _OMEGA_STEP,
     C_KMS,
-    _check_epsilon,
-    _check_resolution,
-    _check_rv_range,
-    _check_vsini,
+    check_epsilon,
+    check_resolution,
+    check_rv_range,
+    check_vsini,
     _gaussian_half_taps,
     _rotation_half_taps,
     gaussian_transfer,
@@ -158,11 +158,11 @@ class ExtrinsicModel(eqx.Module):
         owl = check_wavelength(wavelength, label="observed wavelength")
         if mwl.size < 2:
             raise ValueError("model wavelength has 1 pixel; the model needs >= 2 pixels")
-        rv_lo, rv_hi = _check_rv_range(rv_range)
-        vsini_max = _check_vsini(vsini_max, "vsini_max")
-        epsilon = _check_epsilon(epsilon)
+        rv_lo, rv_hi = check_rv_range(rv_range)
+        vsini_max = check_vsini(vsini_max, "vsini_max")
+        epsilon = check_epsilon(epsilon)
         if resolution_min is not None:
-            resolution_min = _check_resolution(resolution_min, "resolution_min")
+            resolution_min = check_resolution(resolution_min, "resolution_min")
             if lsf is not None:
                 raise ValueError("both a resolution and a tabulated lsf were given; pass one "
                                  "(resolution: Gaussian LSF of FWHM λ/R; lsf: your kernel)")
@@ -493,9 +493,9 @@ def broaden(wavelength, flux, vsini: float = 0.0, resolution: float | None = Non
     if _is_traced(vsini) or _is_traced(resolution):
         raise ValueError("broaden needs concrete vsini and resolution (they size the kernel); "
                          "inside jit/grad use ExtrinsicModel.build(...)(flux, ...)")
-    vsini = _check_vsini(vsini)
+    vsini = check_vsini(vsini)
     if resolution is not None:
-        resolution = _check_resolution(resolution)
+        resolution = check_resolution(resolution)
     wl = check_wavelength(wavelength, label="wavelength")
     em = ExtrinsicModel.build(wl, wl, vsini_max=vsini, resolution_min=resolution, lsf=lsf,
                               epsilon=epsilon, velocity_step=velocity_step, pad="continuum")
@@ -557,8 +557,8 @@ def apply_effects(emulator, params, *, rv=0.0, vsini=0.0, resolution=None, conti
         return check(value) if value is not None else None
 
     rv_lim = limit(rv, rv_range, "rv_range", lambda v: (float(v), float(v)))
-    vs_lim = limit(vsini, vsini_max, "vsini_max", _check_vsini)
-    r_lim = limit(resolution, resolution_min, "resolution_min", _check_resolution)
+    vs_lim = limit(vsini, vsini_max, "vsini_max", check_vsini)
+    r_lim = limit(resolution, resolution_min, "resolution_min", check_resolution)
     if continuum is not None:
         degree = int(np.shape(continuum)[0]) - 1
     else:
@@ -576,10 +576,10 @@ def apply_effects(emulator, params, *, rv=0.0, vsini=0.0, resolution=None, conti
     # concrete values beyond the layout fail here (inside jit they fail at run time)
     if not _is_traced(rv) and not em.rv_range[0] - 1e-9 <= float(rv) <= em.rv_range[1] + 1e-9:
         raise ValueError(f"rv={float(rv):g} km/s is outside rv_range={em.rv_range}")
-    if em.rotation and not _is_traced(vsini) and _check_vsini(vsini) > em.vsini_max * (1 + 1e-9):
+    if em.rotation and not _is_traced(vsini) and check_vsini(vsini) > em.vsini_max * (1 + 1e-9):
         raise ValueError(f"vsini={float(vsini):g} km/s is above vsini_max={em.vsini_max:g}")
     if (em.gaussian_lsf and not _is_traced(resolution)
-            and _check_resolution(resolution) < em.resolution_min * (1 - 1e-9)):
+            and check_resolution(resolution) < em.resolution_min * (1 - 1e-9)):
         raise ValueError(f"resolution={float(resolution):g} is below resolution_min="
                          f"{em.resolution_min:g}")
     lead = flux.shape[:-1]

@@ -22,6 +22,10 @@ from jaxspec.profiles import FWHM_PER_SIGMA
 __all__ = [
     "C_KMS",
     "LSF_SIGMAS",
+    "check_epsilon",
+    "check_resolution",
+    "check_rv_range",
+    "check_vsini",
     "doppler_factor",
     "doppler_shift",
     "gaussian_transfer",
@@ -100,7 +104,7 @@ def rotation_transfer(omega, epsilon: float = 0.6):
     """
     from scipy.special import jv, spherical_jn
 
-    epsilon = _check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     w = np.asarray(omega, dtype=np.float64)
     small = w < 0.1
     ws = np.where(small, 1.0, w)
@@ -192,7 +196,8 @@ def _rotation_half_taps(vsini_max: float, velocity_step: float) -> int:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_rv_range(rv_range) -> tuple[float, float]:
+def check_rv_range(rv_range) -> tuple[float, float]:
+    """``(low, high)`` km/s as floats; ValueError unless finite, low <= high and |rv| < c."""
     try:
         lo, hi = (float(v) for v in rv_range)
     except (TypeError, ValueError):
@@ -205,7 +210,8 @@ def _check_rv_range(rv_range) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_vsini(vsini, label: str = "vsini") -> float:
+def check_vsini(vsini, label: str = "vsini") -> float:
+    """v sin i (km/s) as a float; ValueError (naming ``label``) unless finite and >= 0."""
     v = float(vsini)
     if not np.isfinite(v) or v < 0:
         raise ValueError(f"{label}={v:g} km/s; v sin i is a speed: pass a finite value >= 0 "
@@ -213,7 +219,8 @@ def _check_vsini(vsini, label: str = "vsini") -> float:
     return v
 
 
-def _check_resolution(resolution, label: str = "resolution") -> float:
+def check_resolution(resolution, label: str = "resolution") -> float:
+    """Resolving power R = λ/Δλ as a float; ValueError (naming ``label``) unless finite, > 0."""
     r = float(resolution)
     if not np.isfinite(r) or r <= 0:
         raise ValueError(f"{label}={r:g}; the resolving power R = λ/Δλ must be > 0 (e.g. "
@@ -221,7 +228,8 @@ def _check_resolution(resolution, label: str = "resolution") -> float:
     return r
 
 
-def _check_epsilon(epsilon) -> float:
+def check_epsilon(epsilon) -> float:
+    """Linear limb-darkening coefficient as a float; ValueError unless in [0, 1]."""
     e = float(epsilon)
     if not 0.0 <= e <= 1.0:
         raise ValueError(f"epsilon={e:g}; the linear limb-darkening coefficient must be in "

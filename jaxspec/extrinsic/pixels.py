@@ -18,7 +18,7 @@ import numpy as np
 from jaxspec._checks import check_wavelength
 from jaxspec.extrinsic.kernels import (
     C_KMS,
-    _check_rv_range,
+    check_rv_range,
     _gaussian_half_taps,
     _rotation_half_taps,
 )
@@ -108,7 +108,7 @@ def required_model_range(wavelength, *, rv_range=(0.0, 0.0), vsini_max: float = 
         ``(low, high)`` Å.
     """
     lo_e, hi_e = pixel_edges(wavelength)
-    rv_lo, rv_hi = _check_rv_range(rv_range)
+    rv_lo, rv_hi = check_rv_range(rv_range)
     half = _rotation_half_taps(vsini_max, velocity_step) if vsini_max > 0 else 0
     if resolution_min is not None:
         half += _gaussian_half_taps(resolution_min, velocity_step)

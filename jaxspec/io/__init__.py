@@ -23,17 +23,40 @@
   (``PosteriorWriter``, ``read_posterior``).
 """
 
-from jaxspec.grid import read_grid_hdf5
-from jaxspec.io.grid_hdf5 import GridWriter, write_grid_hdf5
-from jaxspec.io.phoenix import (
-    PhoenixSpectrum,
-    phoenix_filename,
-    read_phoenix_grid,
-    read_phoenix_spectrum,
-    read_phoenix_wavelength,
-)
-from jaxspec.io.posterior import PosteriorWriter, read_posterior
-from jaxspec.io.spectrum import read_spectrum, write_spectrum
+import importlib
+
+#: Where each public name lives. The modules are imported on first use (PEP 562), so that
+#: importing one file format (e.g. :mod:`jaxspec.io.atomic` from the grid writer) does not
+#: load every other one: the readers here belong to different stages of the data flow
+#: (docs/architecture.md), and the package must not pull later stages into earlier ones.
+_HOMES = {
+    "GridWriter": "jaxspec.io.grid_hdf5",
+    "write_grid_hdf5": "jaxspec.io.grid_hdf5",
+    "read_grid_hdf5": "jaxspec.grid",
+    "PhoenixSpectrum": "jaxspec.io.phoenix",
+    "phoenix_filename": "jaxspec.io.phoenix",
+    "read_phoenix_grid": "jaxspec.io.phoenix",
+    "read_phoenix_spectrum": "jaxspec.io.phoenix",
+    "read_phoenix_wavelength": "jaxspec.io.phoenix",
+    "PosteriorWriter": "jaxspec.io.posterior",
+    "read_posterior": "jaxspec.io.posterior",
+    "read_spectrum": "jaxspec.io.spectrum",
+    "write_spectrum": "jaxspec.io.spectrum",
+}
+
+
+def __getattr__(name: str):
+    """``jaxspec.io.<name>`` for the names in ``__all__``, imported from their module."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxspec.io' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_HOMES))
+
 
 __all__ = [
     "GridWriter",
