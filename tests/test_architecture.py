@@ -68,7 +68,7 @@ STAGE_OF = {
     # 6 inference
     "infer": "inference",
     "amortised": "inference",
-    "io": "inference",  # jaxspec/io/__init__ re-exports the readers below
+    "io": "core",  # jaxspec/io/__init__ names the readers; it imports them on first use
     "io.spectrum": "inference",
     "io.fits_spectrum": "inference",
     "io.posterior": "inference",
