@@ -31,6 +31,7 @@ STAGE_OF = {
     "_axes": "core",
     "_atomic_data": "core",
     "_dask": "core",
+    "_batching": "core",
     "_faddeeva": "core",
     "medium": "core",
     "profiles": "core",

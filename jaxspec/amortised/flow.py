@@ -63,6 +63,7 @@ from flowjax.bijections import Affine, Chain, Coupling, Flip, Invert, Permute, S
 from flowjax.distributions import Normal, Transformed
 from paramax.utils import inv_softplus
 
+from jaxspec._batching import map_batches
 from jaxspec.amortised._model import (
     AmortisedModel,
     check_training,
@@ -78,7 +79,6 @@ from jaxspec.amortised.simulate import (
     as_key,
     fit_standardizer,
 )
-from jaxspec.infer._prepare import map_batches
 
 __all__ = ["FlowPosterior", "calibrate_flow", "default_flow_architecture", "train_flow"]
 

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxspec._batching import map_batches
 from jaxspec.amortised._model import (
     AmortisedModel,
     check_training,
@@ -82,7 +83,6 @@ from jaxspec.amortised.simulate import (
     as_key,
     fit_standardizer,
 )
-from jaxspec.infer._prepare import map_batches
 
 __all__ = ["CNNRegressor", "calibrate_regressor", "default_architecture", "train_regressor"]
 

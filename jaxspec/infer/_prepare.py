@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
+from jaxspec._batching import map_batches  # noqa: F401  (re-exported for the fitters)
 from jaxspec.infer._box import search_box
 from jaxspec.infer.spectrum import (
     Observation,
@@ -125,35 +125,6 @@ def star_sharding(devices):
         return None
     mesh = jax.sharding.Mesh(np.array(chosen), ("star",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("star"))
-
-
-def map_batches(fn, args, n: int, batch_size: int, progress: bool = False, desc: str = "",
-                sharding=None):
-    """Apply ``fn`` to slices of the pytree ``args`` along axis 0, ``batch_size`` at a time.
-
-    The last slice is padded by repeating its last element so that every call has one
-    shape (one compilation); outputs are concatenated and trimmed to ``n``.
-
-    With ``sharding`` (:func:`star_sharding`), each slice is placed split along axis 0
-    over that sharding's devices before ``fn`` (jit-compiled) runs on it: XLA partitions
-    the vmapped fit, each device fitting ``batch_size / n_devices`` stars.
-    ``batch_size`` is then rounded up to a multiple of the device count.
-    """
-    batch_size = max(1, min(int(batch_size), n))
-    if sharding is not None:
-        d = len(sharding.device_set)
-        batch_size = -(-batch_size // d) * d
-    outs = []
-    starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-        chunk = jax.tree.map(lambda a: a[idx], args)
-        if sharding is not None:
-            chunk = jax.device_put(chunk, sharding)
-        out = fn(*chunk)
-        m = min(batch_size, n - start)
-        outs.append(jax.tree.map(lambda a: a[:m], out))
-    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *outs)
 
 
 def unbatch(result, batched: bool):
