@@ -155,6 +155,18 @@ def test_cubic_is_exact_at_nodes_and_for_quadratics_inside():
     assert np.abs(linear[:, 0, 0] - want).max() > 1e-2  # linear is not exact there
 
 
+def test_cubic_is_exact_for_quadratics_on_a_non_uniform_axis():
+    """Three-point slopes are exact for a parabola on any spacing, end cells included
+    (PHOENIX's 100 -> 200 K step, a grid with a column left out): the cubic Hermite then
+    reproduces it everywhere. Catmull-Rom slopes were off by O(h_+ - h_-) there."""
+    x = np.array([3000.0, 3100.0, 3200.0, 3400.0, 3500.0, 3700.0, 4100.0])
+    quad = ((x - 2900.0) / 100.0) ** 2  # increasing: the no-overshoot clip is inactive
+    m = LineManifold({"teff": x}, quad[None, :, None], method="cubic")
+    inside = np.linspace(3000.0, 4100.0, 111)[:, None]
+    got = np.asarray(evaluate(m, inside))[:, 0, 0]
+    np.testing.assert_allclose(got, ((inside[:, 0] - 2900.0) / 100.0) ** 2, rtol=1e-10)
+
+
 def test_cubic_guards_absent_lines_and_overshoot():
     rng = np.random.default_rng(5)
     x = np.sort(rng.uniform(0, 10, 8))
