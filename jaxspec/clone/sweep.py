@@ -620,26 +620,11 @@ def _apply_lines(wl, model, x: _Lines, max_shift, remove=False) -> np.ndarray:
 
 
 def _profile_product(wl, x: _Lines, max_shift) -> np.ndarray:
-    """Π_j (1 − a_j V_j(λ)) of lines ``x`` on ``wl``, through the synthesis engine.
-
-    The list is padded with absent lines to a multiple of 256 and planned with the
-    compile-size ladder (``plan_synthesis(reuse=True)``), so that the nodes of a grid
-    share compiled programs: compiled once per node (each node has its own line count),
-    a resumed 1,000-node sweep ran out of memory maps (``vm.max_map_count``) in its
-    back-fill."""
+    """Π_j (1 − a_j V_j(λ)) of lines ``x`` on ``wl``, through the synthesis engine."""
     from jaxspec.lines import LineList
-    from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, plan_synthesis
 
     if x.n == 0:
         return np.ones_like(wl)
-    pad = -x.n % 256
-
-    def padded(v, fill):
-        return np.concatenate([np.asarray(v, dtype=np.float64), np.full(pad, fill)])
-
-    center = padded(_centers(x, max_shift), 0.5 * (wl[0] + wl[-1]))
-    ln_a = padded(x.ln_a, ABSENT_LN_AMPLITUDE)
-    ln_s, ln_g = padded(x.ln_s, 0.0), padded(x.ln_g, 0.0)
-    plan = plan_synthesis(wl, ln_a, ln_s, ln_g, center, reuse=True)
-    lines = LineList(center, ln_a, ln_s, ln_g)
-    return np.asarray(lines.flux(wl, plan=plan), dtype=np.float64)
+    center = _centers(x, max_shift)
+    lines = LineList(center, x.ln_a, x.ln_s, x.ln_g)
+    return np.asarray(lines.flux(wl), dtype=np.float64)
