@@ -22,7 +22,7 @@ def map_batches(fn, args, n: int, batch_size: int, progress: bool = False, desc:
     The last slice is padded by repeating its last element so that every call has one
     shape (one compilation); outputs are concatenated and trimmed to ``n``.
 
-    With ``sharding`` (:func:`star_sharding`), each slice is placed split along axis 0
+    With ``sharding`` (:func:`jaxspec.infer._prepare.star_sharding`), each slice is placed split along axis 0
     over that sharding's devices before ``fn`` (jit-compiled) runs on it: XLA partitions
     the vmapped fit, each device fitting ``batch_size / n_devices`` stars.
     ``batch_size`` is then rounded up to a multiple of the device count.
