@@ -203,7 +203,7 @@ def test_clone_grid_writes_every_existing_node(grid, full_store):
     store = full_store
     assert store.mask.tolist() == grid.mask.tolist()
     assert store.settings["epochs"] == 60 and store.settings["passes"] == 1
-    assert store.settings["prominence"] == 0.005 and store.settings["wing_cut"] == 6000
+    assert store.settings["prominence"] == 0.005 and store.settings["wing_cut"] == 30000
     for node in store.iter_nodes():
         assert node.n_lines >= N_TRUE - 2
         assert node.residual_rms < 3e-3

@@ -36,8 +36,9 @@ a running clone. Resuming checks the store's record of its grid's spectra (SHA-2
 refuses a different grid.
 
 The first positional is an action when it is "info" or "plot", otherwise the grid file.
-Defaults are the blase3D paper's: prominence 0.005, wing cut 6000 px, 100 epochs, Adam
-learning rate 0.05.
+Defaults are the blase3D paper's (prominence 0.005, 100 epochs, Adam learning rate 0.05)
+except the wing cut: 30000 px (the paper's 6000 px cut the Paschen wings at ±30 Å on the
+default grid, and the emulator could not reproduce the steps the cut leaves).
 """
 
 
@@ -56,8 +57,9 @@ def register(sub) -> None:
     g.add_argument("--out", help="clone store to write (GRID), or figure file (plot)")
     g.add_argument("--prominence", type=float, default=0.005,
                    help="minimum line depth (prominence) in normalised flux (0.005)")
-    g.add_argument("--wing-cut", type=int, default=6000,
-                   help="longest window, in pixels, a line is evaluated over (6000)")
+    g.add_argument("--wing-cut", type=int, default=CloneSettings.wing_cut,
+                   help="longest window, in pixels, a line is evaluated over "
+                   f"({CloneSettings.wing_cut}; the blase3D paper's: 6000)")
     g.add_argument("--epochs", type=int, default=100, help="Adam steps per pass (100)")
     g.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (0.05)")
     g.add_argument("--passes", type=int, choices=(1, 2), default=2,

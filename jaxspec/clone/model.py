@@ -256,15 +256,17 @@ def _window_needs(wl, mu0, hi_a, hi_f, settings: CloneSettings):
     )
     x_fine = np.maximum.reduce([x_gauss, x_interp, _CORE_HALVES * half]) + settings.max_shift
     x_coarse = np.sqrt(a * half / (math.pi * t * _COARSE_FACTOR)) + settings.max_shift
-    cap = _cap(settings)
+    cap = _cap(settings, wl.size)
     m = np.clip(2 * np.ceil(x_fine / spacing).astype(np.int64) + 2, 2, cap - 9)
     k = np.minimum(2 * np.ceil(x_coarse / spacing).astype(np.int64) + 4, cap)
     return m, k
 
 
-def _cap(settings: CloneSettings) -> int:
-    """Largest window, in nodes (cells), that the wing cut allows."""
-    return settings.wing_cut // _H
+def _cap(settings: CloneSettings, n_pix: int) -> int:
+    """Largest window, in nodes (cells), that the wing cut allows: never more than twice
+    the spectrum (plus 64 cells), which covers all of it from a line at either end, so a
+    wing cut beyond the band pads short spectra no further."""
+    return min(settings.wing_cut, 2 * n_pix + 64 * _H) // _H
 
 
 def _plan(wl, batch: list[_Lines], settings: CloneSettings, *, headroom: float = 0.0,
@@ -289,7 +291,7 @@ def _plan(wl, batch: list[_Lines], settings: CloneSettings, *, headroom: float =
     dummy = n_lines
     slots = (np.r_[spec, np.zeros(n_slots - n_lines, np.int64)],
              np.r_[line, np.full(n_slots - n_lines, -1, np.int64)])
-    cap = _cap(settings)
+    cap = _cap(settings, n_pix)
     m0, k0 = _FINE_CHUNK, min(_COARSE_CHUNK, cap)
     pad = (cap // 2 + k0 + 4) * _H  # no window crosses the padding
     n_cells = -(-(n_pix + 2 * pad) // _H)
