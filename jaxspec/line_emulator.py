@@ -97,7 +97,7 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
 
 
 def _plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
-                     wing_cut=None) -> SynthesisPlan:
+                     wing_cut=None, reuse=False) -> SynthesisPlan:
     """The synthesis windows that serve every point of the grid: planned from each line's
     maxima over the nodes (:func:`_line_maxima`; interpolation never exceeds the node
     extremes), for ``wavelength`` (Å) at ``tolerance`` (ln flux per line)."""
@@ -105,6 +105,7 @@ def _plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_fir
     return plan_synthesis(
         np.asarray(wavelength, dtype=np.float64), ln_a, ln_s, ln_g,
         0.5 * (lo + hi), center_span=(lo, hi), tolerance=tolerance, wing_cut=wing_cut,
+        reuse=reuse,
     )
 
 

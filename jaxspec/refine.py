@@ -1,19 +1,28 @@
-r"""End-to-end refinement of a line emulator against the grid it emulates.
+r"""The joint smooth fit: all node values of a line emulator fitted together on its grid.
 
 blase3D builds its generator in two disconnected steps: clone every node independently,
 then interpolate the identified lines (Sect. 5.2 notes that the manifold step is not
-differentiable). Here the emulator is differentiable in its node values, so after
-identification all node values are optimised *jointly through the emulator* on the
-reconstruction loss
+differentiable, and wishes for an "ideally monolithic" system whose manifolds generalise
+rather than memorise). Here the emulator is differentiable in its node values, so after
+identification all node values are optimised *jointly through the emulator* on
 
 .. math::
-    \mathcal{L} = \frac{1}{|B|\,n_{pix}} \sum_{n \in B} \sum_i
-        \left[E(\lambda_i; \theta_n) - S_n(\lambda_i)\right]^2,
+    \mathcal{L} = \frac{1}{N}\Big[\sum_{n} \frac{1}{n_{pix}} \sum_i
+        \left[E(\lambda_i; \theta_n) - S_n(\lambda_i)\right]^2 + \lambda_s P\Big],
 
-over minibatches :math:`B` of grid nodes :math:`\theta_n` with spectra :math:`S_n`
-(Adam; its moments advance only at the nodes a batch touches, see :class:`LazyAdam`). The synthesis seen in training is exactly the emulator's (same windows,
-same dead-line rule, identification already applied), so clone-to-clone inconsistencies,
-duplicate identifiers dropped by the id rule and truncation effects are corrected.
+the reconstruction misfit (blase3D eq. 4) at the N trained grid nodes :math:`\theta_n`
+with spectra :math:`S_n`, plus ``smoothness`` :math:`\lambda_s` times a strength-weighted
+curvature penalty :math:`P` of every line's parameters along every grid axis
+(:class:`CurvaturePenalty`). The synthesis seen in training is exactly the emulator's (the
+one engine, :mod:`jaxspec.synthesis`, with the same wing cut and dead-line rule): clones
+fitted with another window rule, clone-to-clone inconsistencies and truncation effects
+are corrected, and the penalty pulls each line onto a smooth track where the spectra
+leave it free, which is what interpolation between nodes needs.
+
+Each epoch is one Adam step of every trained node: the misfit's gradient is gathered over
+batches of nodes (each batch synthesised with windows planned for its own lines, on a
+compile-size ladder), the penalty's over the whole table. A checkpoint after every epoch
+makes a killed fit resumable.
 
 What is trained: the detected entries (ln a > −100) of nodes that had a clone. Absent
 entries stay at ln a = −1000 and unobserved nodes stay the interpolation of their
@@ -25,21 +34,27 @@ unit step) because a line centre must move by mÅ, not by the 0.05 that suits ln
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 from tqdm.auto import tqdm
 
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import complete_values
-from jaxspec.line_emulator import LineEmulator
+from jaxspec.line_emulator import LineEmulator, _plan_over_nodes
 from jaxspec.lines import LineTable
+from jaxspec.profiles import FWHM_PER_SIGMA
 
-__all__ = ["LazyAdam", "RefineHistory", "lazy_adam", "reconstruction_rms", "refine"]
+__all__ = ["CurvaturePenalty", "LazyAdam", "RefineHistory", "axis_triples", "curvature_penalty",
+           "lazy_adam", "reconstruction_rms", "refine"]
 
 
 @dataclass
@@ -204,47 +219,72 @@ def refine(
     batch_size: int = 8,
     learning_rate: float = 0.02,
     center_scale: float = 0.01,
+    smoothness: float = 0.0,
     holdout: float | np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
     plan_margin: float = 0.3,
+    checkpoint: str | PathLike | None = None,
 ) -> tuple[LineEmulator, RefineHistory]:
-    """Optimise all node values of ``emulator`` jointly on the grid's spectra.
+    r"""Fit all node values of ``emulator`` jointly on the grid's spectra (the joint smooth fit).
+
+    The loss, per trained node and in mean squared flux,
+
+    .. math::
+        \mathcal{L} = \frac{1}{N}\Big[\sum_{n} \langle (E(\lambda; v_n) - S_n)^2
+            \rangle_\lambda + \lambda_s P(v)\Big],
+
+    is the reconstruction misfit of blase3D eq. 4 at every trained node n (its values
+    :math:`v_n` synthesised by the emulator's own engine and windows) plus ``smoothness``
+    :math:`\lambda_s` times the strength-weighted curvature :math:`P` of the node values
+    along every grid axis (:class:`CurvaturePenalty`), which couples the nodes: a line's
+    parameters are pulled onto a smooth track where the spectra do not pin them, so the
+    manifold generalises between nodes instead of memorising each clone. Each epoch is
+    one Adam step of every node (the misfit's gradient gathered over batches of
+    ``batch_size`` nodes, the penalty's over the whole table).
 
     Args:
         emulator: built from clones (:meth:`LineEmulator.from_identification`).
         grid: the grid the clones came from (same axes; its pixels include the
             emulator's, so a restricted emulator refines on its own range).
-        epochs: passes over the training nodes (each node's values take one Adam step
-            per epoch).
-        batch_size: nodes per Adam step.
+        epochs: Adam steps (each a pass over every training node).
+        batch_size: nodes per compiled gradient call.
         learning_rate: Adam step size in ln a, ln σ, ln γ (≈ relative change per step).
         center_scale: Å per unit step of μ' − μ (its step is ``learning_rate ×
             center_scale``).
+        smoothness: :math:`\lambda_s` ≥ 0, the weight of the curvature penalty (0: the
+            plain end-to-end refinement; 1: a second difference of δ costs as much as a
+            misfit of δ at one node).
         holdout: nodes kept out of training and turned unobserved (so that they are
             interpolated from their neighbours and measure generalisation): a fraction of
             the observed nodes drawn at random (seeded), a ``(*grid_shape)`` bool mask,
             or None. Nodes already unobserved (never cloned) are always held out.
-        seed: shuffling and hold-out draws.
-        progress: tqdm bar over epochs.
+        seed: hold-out draws.
+        progress: tqdm bar over epochs (loss, ETA).
         plan_margin: extra ln-room in the synthesis windows during training (lines may
             grow); the returned emulator is replanned tightly.
+        checkpoint: a file (HDF5) written atomically after every epoch with the node
+            values and the optimiser state; when it exists, the fit resumes from it (it
+            must come from the same emulator, grid nodes and settings) and loses at most
+            the epoch in progress.
 
     Returns:
         ``(refined_emulator, history)``; the refined emulator has the held-out nodes
         unobserved (refine again with ``holdout=None`` for a final product).
 
     Raises:
-        ValueError: grid and emulator disagree, or no node is left to train on.
+        ValueError: grid and emulator disagree, bad settings, no node left to train on,
+            or a checkpoint made for another fit.
     """
     import time
 
     _check_axes(emulator, grid)
     pix = jnp.asarray(_grid_pixels(emulator, grid))
-    if epochs < 0 or batch_size < 1 or not learning_rate > 0:
+    if epochs < 0 or batch_size < 1 or not learning_rate > 0 or not smoothness >= 0:
         raise ValueError(
-            f"epochs={epochs}, batch_size={batch_size}, learning_rate={learning_rate}: need "
-            "epochs >= 0, batch_size >= 1 and learning_rate > 0"
+            f"epochs={epochs}, batch_size={batch_size}, learning_rate={learning_rate}, "
+            f"smoothness={smoothness}: need epochs >= 0, batch_size >= 1, learning_rate > 0 "
+            "and smoothness >= 0"
         )
     rng = np.random.default_rng(seed)
     shape = emulator.manifold.grid_shape
@@ -284,52 +324,86 @@ def refine(
     table0 = emulator.manifold.table
     n_nodes = math.prod(shape)
     n_lines = emulator.n_lines
-    # At a node the manifold returns that node's values (interpolation weights 0 and 1),
-    # so the loss at node n depends on its own values only: a step gathers the batch's
-    # node slices, differentiates through the emulator's synthesis, and scatters back.
-    mask = jnp.asarray(np.moveaxis(present, 0, -1).reshape(n_nodes, n_lines, 1),
-                       dtype=table0.dtype)
+    flat = table0.reshape(n_nodes, n_lines, LineTable.N_COLUMNS)
+    present_flat = np.moveaxis(present, 0, -1).reshape(n_nodes, n_lines)
+    mask = jnp.asarray(present_flat[..., None], dtype=table0.dtype)
+    penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
+                                emulator.wavelength) if smoothness > 0 else None
     scale = LineTable(shift=center_scale, ln_amplitude=1.0, ln_sigma=1.0,
                       ln_gamma=1.0).to_array().astype(table0.dtype)
     optimiser = lazy_adam(learning_rate, scale)
+    touched = jnp.asarray(train_mask.reshape(n_nodes, 1, 1))
     flux_all = grid.flux.reshape(-1, grid.n_pix)
-
-    def loss_fn(sub, emu, flux, weight):
-        mse = jnp.mean((emu.synthesize(sub) - flux[:, pix]) ** 2, axis=-1)
-        return jnp.sum(weight * mse) / jnp.sum(weight)
+    n_train = float(train.size)
 
     @eqx.filter_jit
-    def step(flat, state, emu, flux, weight, nodes):
-        # Padded batch entries carry weight 0 and node index n_nodes (dropped on write).
-        take = lambda a: a.at[nodes].get(mode="fill", fill_value=0)
-        sub = take(flat)
-        loss, grad = jax.value_and_grad(loss_fn)(sub, emu, flux, weight)
-        sub_state = LazyAdamState(take(state.mu), take(state.nu), take(state.count))
-        touched = (weight > 0)[:, None, None]
-        updates, sub_state = optimiser.update(grad * take(mask), sub_state, touched)
-        put = lambda a, v: a.at[nodes].set(v, mode="drop")
-        state = LazyAdamState(put(state.mu, sub_state.mu), put(state.nu, sub_state.nu),
-                              put(state.count, sub_state.count))
-        return put(flat, sub + updates), state, loss
+    def misfit_grad(flat, grad, emu, flux, weight, nodes):
+        # At a node the manifold returns that node's values (interpolation weights 0 and
+        # 1), so its misfit depends on its own values only: gather the batch's node
+        # slices, differentiate through the emulator's synthesis (its plan swapped for
+        # the batch's), scatter back. Padded entries carry weight 0 and node index
+        # n_nodes (dropped on write).
+        def loss_fn(sub):
+            mse = jnp.mean((emu.synthesize(sub) - flux[:, pix]) ** 2, axis=-1)
+            return jnp.sum(weight * mse)
 
-    flat = table0.reshape(n_nodes, n_lines, LineTable.N_COLUMNS)
+        sub = flat.at[nodes].get(mode="fill", fill_value=0)
+        loss, g = jax.value_and_grad(loss_fn)(sub)
+        return grad.at[nodes].set(g, mode="drop"), loss
+
+    batches = [train[i:i + batch_size] for i in range(0, train.size, batch_size)]
+    center = np.asarray(emulator.center)
+
+    def batch_emulators(flat):
+        """The emulator with synthesis windows planned for each batch's own nodes (the
+        lines alive there, their extremes + ``plan_margin``): a cool node carries ~3,000
+        of the grid's lines, a hot one ~700. Compile-size ladder: a few programs."""
+        values = np.asarray(flat)
+        return [eqx.tree_at(lambda e: e.synthesis_plan, emulator, _plan_over_nodes(
+            values[sel], center, emulator.wavelength, emulator.tolerance,
+            margin=plan_margin, wing_cut=emulator.wing_cut, reuse=True)) for sel in batches]
+
+    @eqx.filter_jit
+    def apply(flat, grad, state, penalty):
+        pen = jnp.zeros((), flat.dtype)
+        if penalty is not None:
+            pen, pgrad = jax.value_and_grad(penalty)(flat)
+            grad = grad + smoothness * pgrad
+        updates, state = optimiser.update(grad * mask / n_train, state, touched)
+        return flat + updates, state, pen
+
     state = optimiser.init(flat)
+    settings = {"epochs_done": 0, "learning_rate": learning_rate, "center_scale": center_scale,
+                "smoothness": smoothness, "n_train": int(train.size),
+                "train_nodes": _fingerprint(train), "start": _fingerprint(np.asarray(flat)),
+                "shape": [n_nodes, n_lines]}
+    replan_every = 5
+    done = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        flat, state, done, losses = _read_refine_checkpoint(checkpoint, settings, flat, state)
+        history.loss = losses
     t0 = time.perf_counter()
-    bar = tqdm(range(epochs), desc="refine", unit="epoch", disable=not progress)
-    for _ in bar:
-        order = rng.permutation(train)
-        losses = []
-        for start in range(0, order.size, batch_size):
-            sel = order[start:start + batch_size]
+    bar = tqdm(range(done, epochs), desc="refine", unit="epoch", disable=not progress,
+               initial=done, total=epochs)
+    for epoch in bar:
+        if (epoch - done) % replan_every == 0:
+            emus = batch_emulators(flat)
+        grad = jnp.zeros_like(flat)
+        total = 0.0
+        for sel, emu in zip(batches, emus):
             weight = np.zeros(batch_size)
             weight[: sel.size] = 1.0
             nodes = np.concatenate([sel, np.full(batch_size - sel.size, n_nodes)])
             spectra = flux_all[np.concatenate([sel, np.full(batch_size - sel.size, sel[0])])]
-            flat, state, loss = step(flat, state, emulator, jnp.asarray(spectra),
+            grad, loss = misfit_grad(flat, grad, emu, jnp.asarray(spectra),
                                      jnp.asarray(weight), jnp.asarray(nodes))
-            losses.append(float(loss) * np.count_nonzero(weight))
-        history.loss.append(sum(losses) / order.size)
-        bar.set_postfix(loss=f"{history.loss[-1]:.3e}")
+            total += float(loss)
+        flat, state, pen = apply(flat, grad, state, penalty)
+        history.loss.append((total + smoothness * float(pen)) / n_train)
+        bar.set_postfix(loss=f"{history.loss[-1]:.3e}", rms=f"{math.sqrt(total / n_train):.2e}")
+        if checkpoint is not None:
+            _write_refine_checkpoint(checkpoint, {**settings, "epochs_done": epoch + 1},
+                                     flat, state, history.loss)
     history.seconds = time.perf_counter() - t0
 
     # Rebuild absent fills and unobserved nodes from the trained detections, replan.
@@ -337,7 +411,7 @@ def refine(
     complete_values(values, present, train_mask, axes)
     info = {"refine": {
         "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-        "center_scale": center_scale, "n_train": int(train.size),
+        "center_scale": center_scale, "smoothness": smoothness, "n_train": int(train.size),
         "n_holdout": int(evaluate.size),
         "rms_train_before": history.rms_train_before,
         "rms_holdout_before": history.rms_holdout_before,
@@ -352,3 +426,163 @@ def refine(
                           loss=history.loss)
     refined = refined.with_provenance(prov)
     return refined, history
+
+
+def _fingerprint(array: np.ndarray) -> str:
+    """A short content hash (checkpoints: the same start, the same nodes)."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def _write_refine_checkpoint(path, settings: dict, flat, state, losses) -> None:
+    from jaxspec.io.emulator_file import REFINE_CHECKPOINT_FORMAT, Contents, write
+
+    contents = Contents(kind=None, version=1, format=REFINE_CHECKPOINT_FORMAT,
+                        attrs={"settings": json.dumps(settings), "loss": json.dumps(losses)},
+                        arrays={"values": np.asarray(flat), "adam/mu": np.asarray(state.mu),
+                                "adam/nu": np.asarray(state.nu),
+                                "adam/count": np.asarray(state.count)})
+    write(path, contents, overwrite=True)
+
+
+def _read_refine_checkpoint(path, settings: dict, flat, state):
+    """``(flat, state, epochs_done, losses)`` from a checkpoint of this very fit."""
+    from jaxspec.io.emulator_file import REFINE_CHECKPOINT_FORMAT, read
+
+    found = read(path, format=REFINE_CHECKPOINT_FORMAT)
+    found.require(path, "values", "adam/mu", "adam/nu", "adam/count", "@settings",
+                  fix="delete it to start the fit afresh")
+    saved = json.loads(found.attrs["settings"])
+    differ = [k for k in settings if k != "epochs_done" and saved.get(k) != settings[k]]
+    if differ:
+        raise ValueError(
+            f"{path}: refine checkpoint of another fit ({', '.join(differ)} differ: "
+            f"{ {k: saved.get(k) for k in differ} } against { {k: settings[k] for k in differ} }); "
+            "pass the settings it was made with, or delete it to start afresh"
+        )
+    values = jnp.asarray(found.arrays["values"], dtype=flat.dtype)
+    state = LazyAdamState(jnp.asarray(found.arrays["adam/mu"], dtype=flat.dtype),
+                          jnp.asarray(found.arrays["adam/nu"], dtype=flat.dtype),
+                          jnp.asarray(found.arrays["adam/count"], dtype=state.count.dtype))
+    return values, state, int(saved["epochs_done"]), json.loads(found.attrs.get("loss", "[]"))
+
+
+# ------------------------------------------------------------------ curvature penalty
+
+
+class CurvaturePenalty(eqx.Module):
+    r"""Strength-weighted curvature of the node values along every grid axis.
+
+    .. math::
+        P = \sum_{t}\sum_{l} w_{tl} \sum_{k} s_{tlk}
+            \Big(\sum_{j=1}^{3} c_{tj}\, v_{i_{tj}, l, k}\Big)^2,
+
+    over *triples* t of consecutive trained nodes :math:`i_{t1} < i_{t2} < i_{t3}` along
+    one axis (nodes left out of training are skipped, so a held-out column is bridged as
+    the interpolation will bridge it), with :math:`c_t` the second divided difference on
+    the non-uniform axis scaled by the squared median step of that axis (1, −2, 1 on a
+    uniform axis). Weights are the data's own sensitivity, so that :math:`\lambda P`
+    (``smoothness`` λ) is in the units of the per-node mean squared flux residual: a
+    line of peak depth d and FWHM f (Å, f_px pixels of n_pix) changes the mean squared
+    flux by about :math:`d^2 f_{px}/n_{pix}` per unit change of ln a, ln σ or ln γ, and
+    by :math:`(2/f)^2` times that per Å of centre, so :math:`w_{tl}` is the smallest
+    :math:`d^2 f_{px}/n_{pix}` of the three nodes and :math:`s = ((2/f)^2, 1, 1, 1)` for
+    (μ' − μ, ln a, ln σ, ln γ). Lines absent at any node of a triple do not enter it.
+
+    Weights are fixed when the penalty is built (from the starting values): the
+    penalty is then a fixed quadratic form, so it cannot reward a line for weakening.
+
+    Attributes:
+        index: ``(n_triples, 3)`` flat node indices (C order).
+        coef: ``(n_triples, 3)`` second-difference coefficients.
+        weight: ``(n_triples, n_lines, 4)`` :math:`w_{tl} s_{tlk}`.
+    """
+
+    index: jax.Array
+    coef: jax.Array
+    weight: jax.Array
+
+    def __call__(self, flat: Float[Array, "n_nodes n_lines 4"]) -> Float[Array, ""]:
+        """P for node values ``flat`` ``(n_nodes, n_lines, 4)``."""
+        d2 = jnp.einsum("tj,tjlk->tlk", self.coef.astype(flat.dtype), flat[self.index])
+        return jnp.sum(self.weight * d2**2)
+
+    @property
+    def n_triples(self) -> int:
+        return int(self.index.shape[0])
+
+
+def axis_triples(axes: dict[str, np.ndarray], trained: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive trained-node triples along every axis and their curvature coefficients.
+
+    Args:
+        axes: the grid axes ``{name: (n_i,)}``.
+        trained: ``(*grid_shape)`` bool, the nodes whose values are fitted.
+
+    Returns:
+        ``(index, coef)``: ``(n_triples, 3)`` int64 flat C-order node indices and float64
+        coefficients :math:`c = 2h^2 \\,(1/(h_-(h_-+h_+)),\\ -1/(h_-h_+),\\ 1/(h_+(h_-+h_+)))`
+        (the second divided difference times :math:`h^2`, h the axis's median step), so
+        ``coef @ v`` is the plain second difference on a uniform axis.
+    """
+    shape = tuple(a.size for a in axes.values())
+    flat_index = np.arange(math.prod(shape)).reshape(shape)
+    index, coef = [], []
+    for d, axis in enumerate(axes.values()):
+        axis = np.asarray(axis, dtype=np.float64)
+        if axis.size < 3:
+            continue
+        h = float(np.median(np.diff(axis)))
+        fibres = np.moveaxis(flat_index, d, -1).reshape(-1, axis.size)
+        keep = np.moveaxis(trained, d, -1).reshape(-1, axis.size)
+        for fibre, ok in zip(fibres, keep):
+            pos = np.flatnonzero(ok)
+            if pos.size < 3:
+                continue
+            x = axis[pos]
+            hm, hp = x[1:-1] - x[:-2], x[2:] - x[1:-1]
+            c = 2.0 * h**2 * np.stack([1.0 / (hm * (hm + hp)), -1.0 / (hm * hp),
+                                       1.0 / (hp * (hm + hp))], axis=-1)
+            index.append(np.stack([fibre[pos[:-2]], fibre[pos[1:-1]], fibre[pos[2:]]], axis=-1))
+            coef.append(c)
+    if not index:
+        return np.zeros((0, 3), dtype=np.int64), np.zeros((0, 3))
+    return np.concatenate(index), np.concatenate(coef)
+
+
+def curvature_penalty(flat: np.ndarray, present: np.ndarray, axes: dict[str, np.ndarray],
+                      trained: np.ndarray, wavelength: np.ndarray) -> CurvaturePenalty:
+    """The :class:`CurvaturePenalty` of node values ``flat`` ``(n_nodes, n_lines, 4)``.
+
+    Args:
+        flat: node values, C-order nodes first (μ' − μ Å, ln a, ln σ, ln γ).
+        present: ``(n_nodes, n_lines)`` bool, the line is fitted at the node.
+        axes: the grid axes.
+        trained: ``(*grid_shape)`` bool, the nodes being fitted.
+        wavelength: ``(n_pix,)`` Å, the emulator's pixels (for f_px and n_pix).
+
+    Returns:
+        the penalty, weights from these values (class docstring).
+    """
+    from jaxspec.profiles import pseudo_voigt_eta, pseudo_voigt_fwhm
+
+    index, coef = axis_triples(axes, trained)
+    v = np.asarray(flat, dtype=np.float64)
+    ln_s = np.clip(v[..., LineTable.LN_SIGMA], -30, 30)
+    ln_g = np.clip(v[..., LineTable.LN_GAMMA], -30, 30)
+    f = np.asarray(pseudo_voigt_fwhm(np.exp(ln_s), np.exp(ln_g)))
+    eta = np.asarray(pseudo_voigt_eta(np.exp(ln_s), np.exp(ln_g)))
+    peak = eta / (np.pi * 0.5 * f) + (1.0 - eta) * FWHM_PER_SIGMA / (f * math.sqrt(2 * math.pi))
+    depth = np.minimum(np.exp(np.clip(v[..., LineTable.LN_AMPLITUDE], -700, 50)) * peak, 1.0)
+    wl = np.asarray(wavelength, dtype=np.float64)
+    n_pix = wl.size
+    step = float(np.median(np.diff(wl))) if n_pix > 1 else 1.0
+    sens = np.where(present, depth**2 * np.clip(f / step, 1.0, n_pix) / n_pix, 0.0)
+    w = np.min(sens[index], axis=1)  # (T, L)
+    col = np.ones(v.shape[-1])
+    scale = np.broadcast_to(col, w.shape + (v.shape[-1],)).copy()
+    scale[..., LineTable.SHIFT] = (2.0 / f[index[:, 1]]) ** 2
+    weight = (w[..., None] * scale).astype(np.float32)
+    return CurvaturePenalty(jnp.asarray(index), jnp.asarray(coef), jnp.asarray(weight))

@@ -148,3 +148,22 @@ def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
         clone_grid(grid, tmp_path / "x.h5", warm_epoch=3)
     with pytest.raises(ValueError, match="method='sideways' is invalid"):
         clone_grid(grid, tmp_path / "x.h5", method="sideways")
+
+
+def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path):
+    from jaxspec.cli import main
+    from jaxspec.emulator import load_emulator
+
+    grid_path = tmp_path / "grid.h5"
+    grid.to_hdf5(grid_path)
+    out = tmp_path / "emulator.h5"
+    assert main(["build", str(store.path), "--grid", str(grid_path), "--out", str(out),
+                 "--refine-epochs", "2", "--smoothness", "0.01", "--quiet"]) == 0
+    info = load_emulator(out).info["refine"]
+    assert info["epochs"] == 2 and info["smoothness"] == 0.01 and info["n_train"] == 6
+    assert info["rms_train_after"] <= info["rms_train_before"] * 1.01
+    assert not (tmp_path / "emulator.h5.refine-checkpoint.h5").exists()  # done: removed
+    # Without --grid nothing is fitted; with it and no --refine-epochs, the default runs.
+    plain = tmp_path / "plain.h5"
+    assert main(["build", str(store.path), "--out", str(plain), "--quiet"]) == 0
+    assert "refine" not in load_emulator(plain).info

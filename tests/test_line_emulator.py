@@ -194,6 +194,64 @@ def test_refine_lowers_the_loss(built):
     assert np.all(np.asarray(refined.manifold.table)[2, :, :, ABSENT, 1] == -1000.0)
 
 
+def test_axis_triples_bridge_untrained_nodes_with_non_uniform_differences():
+    from jaxspec.refine import axis_triples
+
+    axes = {"teff": np.array([3000.0, 3100.0, 3200.0, 3400.0, 3500.0]), "logg": np.array([4.0, 4.5])}
+    trained = np.ones((5, 2), bool)
+    trained[1, 1] = False  # a held-out node: its fibre's triples step over it
+    index, coef = axis_triples(axes, trained)
+    # teff fibres: 3 triples at logg 4.0, 2 at 4.5; the logg axis is too short.
+    assert index.shape == (5, 3) and coef.shape == (5, 3)
+    np.testing.assert_array_equal(index[0], [0, 2, 4])  # flat C order (teff, logg)
+    np.testing.assert_allclose(coef[0], [1.0, -2.0, 1.0])  # uniform steps of the median 100 K
+    # Any quadratic has the same second difference at every triple, spaced or not:
+    # coef · v = h² v'' with h the median step.
+    teff = np.repeat(axes["teff"], 2)
+    v = 3.0 + 0.01 * teff + 2e-5 * teff**2
+    np.testing.assert_allclose(np.sum(coef * v[index], axis=1),
+                               100.0**2 * 4e-5, rtol=1e-9)
+    assert np.all(np.isin(index, np.flatnonzero(trained.reshape(-1))))
+
+
+def test_smooth_refine_lowers_curvature_and_resumes_from_its_checkpoint(built, tmp_path):
+    from jaxspec.refine import curvature_penalty, refine
+
+    _, grid, emulator = built
+    rng = np.random.default_rng(1)
+    table = np.array(emulator.manifold.table)
+    present = np.moveaxis(emulator.present(), 0, -1)
+    for k, s in ((1, 0.1), (2, 0.1), (3, 0.1)):
+        table[..., k] += np.where(present, rng.normal(0.0, s, present.shape), 0.0)
+    noisy = emulator.with_table(table)
+    shape = grid.shape
+    flat_present = present.reshape(-1, emulator.n_lines)
+    penalty = curvature_penalty(table.reshape(-1, emulator.n_lines, 4), flat_present,
+                                emulator.axes, np.ones(shape, bool), emulator.wavelength)
+    assert penalty.n_triples == 4  # 3 Teff nodes: one triple per (logg, feh) fibre
+
+    def curvature(e):
+        return float(penalty(jnp.asarray(np.asarray(e.manifold.table).reshape(-1, emulator.n_lines, 4))))
+
+    kwargs = dict(batch_size=4, learning_rate=0.02, progress=False)
+    plain, _ = refine(noisy, grid, epochs=4, **kwargs)
+    ck = tmp_path / "refine.h5"
+    with pytest.raises(ValueError, match="smoothness"):
+        refine(noisy, grid, epochs=4, smoothness=-1.0, **kwargs)
+    refine(noisy, grid, epochs=2, smoothness=30.0, checkpoint=ck, **kwargs)
+    smooth, history = refine(noisy, grid, epochs=4, smoothness=30.0, checkpoint=ck, **kwargs)
+    straight, h2 = refine(noisy, grid, epochs=4, smoothness=30.0, **kwargs)
+    # Resumed after epoch 2: the same four steps as a fit that never stopped.
+    assert len(history.loss) == 4
+    np.testing.assert_allclose(history.loss, h2.loss, rtol=1e-5)
+    np.testing.assert_allclose(smooth.manifold.table, straight.manifold.table, atol=1e-6)
+    assert curvature(smooth) < 0.7 * curvature(plain) < 0.7 * curvature(noisy)
+    assert history.rms_train_after < history.rms_train_before
+    assert smooth.info["refine"]["smoothness"] == 30.0
+    with pytest.raises(ValueError, match="another fit"):
+        refine(noisy, grid, epochs=4, smoothness=3.0, checkpoint=ck, **kwargs)
+
+
 # ---------------------------------------------------------------------- CLI
 
 

@@ -7,6 +7,11 @@ from pathlib import Path
 
 from jaxspec.cli._common import parse_range
 
+#: Joint-fit epochs of ``jaxspec build --grid`` and its curvature weight (measured on the
+#: default grid; README, "Smooth manifolds").
+DEFAULT_EPOCHS = 20
+DEFAULT_SMOOTHNESS = 1e-3
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -14,8 +19,10 @@ def register(sub) -> None:
         help="build a line-manifold emulator from clone stores",
         description="Group the lines of every clone across the grid (cross-model "
         "identification), interpolate their parameters multilinearly (line manifolds) and "
-        "write a line emulator (HDF5). With --grid and --refine-epochs, the node values are "
-        "then optimised jointly through the emulator on the grid's spectra. Several stores "
+        "write a line emulator (HDF5). With --grid, the node values are then fitted jointly "
+        "through the emulator on the grid's spectra (the joint smooth fit, "
+        "jaxspec.refine.refine; resumable: a killed build rerun with the same command "
+        "continues from its checkpoint beside --out). Several stores "
         "(disjoint node sets of one grid, same clone settings) are combined.",
     )
     p.add_argument("stores", nargs="+", help="clone store(s) (.h5, jaxspec-clones format)")
@@ -34,8 +41,12 @@ def register(sub) -> None:
                    help="Å, LO:HI: keep only this range (and the lines that reach it)")
     p.add_argument("--grid", help="grid HDF5 the clones came from (needed to refine; "
                    "checked against the stores' record of their grid's spectra)")
-    p.add_argument("--refine-epochs", type=int, default=0,
-                   help="epochs of end-to-end refinement on --grid (0: none)")
+    p.add_argument("--refine-epochs", type=int, default=None,
+                   help=f"epochs of the joint fit on --grid (default {DEFAULT_EPOCHS} with "
+                   "--grid; 0: none)")
+    p.add_argument("--smoothness", type=float, default=DEFAULT_SMOOTHNESS,
+                   help="weight of the curvature penalty of the joint fit (default "
+                   f"{DEFAULT_SMOOTHNESS:g}; 0: plain end-to-end refinement)")
     p.add_argument("--batch-size", type=int, default=8, help="nodes per refinement step")
     p.add_argument("--learning-rate", type=float, default=0.02,
                    help="Adam step of refinement (ln units)")
@@ -116,6 +127,8 @@ def _build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.refine_epochs is None:
+        args.refine_epochs = DEFAULT_EPOCHS if args.grid else 0
     if args.refine_epochs and not args.grid:
         raise ValueError("--refine-epochs needs --grid (the grid the clones were made from)")
     expect = _parse_settings(args.expect_settings)
@@ -150,13 +163,18 @@ def _build(args: argparse.Namespace) -> int:
         from jaxspec.refine import refine
 
         grid = SpectralGrid.from_hdf5(args.grid)
+        checkpoint = out.with_name(out.name + ".refine-checkpoint.h5")
+        if checkpoint.exists() and not args.quiet:
+            print(f"resuming the joint fit from {checkpoint}")
         emulator, history = refine(
             emulator, grid, epochs=args.refine_epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, holdout=args.holdout or None,
-            progress=not args.quiet,
+            learning_rate=args.learning_rate, smoothness=args.smoothness,
+            holdout=args.holdout or None, progress=not args.quiet, checkpoint=checkpoint,
         )
         print(history.summary())
     emulator.save(out, overwrite=args.overwrite)
+    if args.refine_epochs:
+        checkpoint.unlink(missing_ok=True)  # the emulator holds everything it held
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MiB): {emulator.n_lines:,} lines, {emulator.n_pix:,} px, "
           + ", ".join(f"{n} {lo:g}..{hi:g}" for n, (lo, hi) in

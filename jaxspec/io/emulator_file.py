@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AMORTISED_FORMAT", "CHECKPOINT_FORMAT", "FORMAT", "Contents", "check_kind",
+__all__ = ["AMORTISED_FORMAT", "CHECKPOINT_FORMAT", "FORMAT", "REFINE_CHECKPOINT_FORMAT",
+           "Contents", "check_kind",
            "check_version", "from_nested", "known_kinds", "load", "read", "read_header",
            "register", "save", "write"]
 
@@ -46,6 +47,8 @@ FORMAT = "jaxspec-emulator"
 AMORTISED_FORMAT = "jaxspec-amortised"
 #: ``format`` of amortised training checkpoints (no kind).
 CHECKPOINT_FORMAT = "jaxspec-amortised-checkpoint"
+#: ``format`` of the checkpoints of :func:`jaxspec.refine.refine` (no kind).
+REFINE_CHECKPOINT_FORMAT = "jaxspec-refine-checkpoint"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,8 @@ _FAMILIES = {
                               "regressor|flow`", "jaxspec.amortised.load_amortised"),
     CHECKPOINT_FORMAT: _Family("checkpoint", "delete it and train without --resume",
                                "jaxspec.amortised._io.read_checkpoint"),
+    REFINE_CHECKPOINT_FORMAT: _Family("refine checkpoint", "delete it to start the fit afresh",
+                                      "jaxspec.refine.refine"),
 }
 
 
