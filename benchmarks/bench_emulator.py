@@ -162,6 +162,7 @@ def oracle_identification(grid: SpectralGrid, held: np.ndarray):
 
 
 CLONE_METHOD = "continuation"  # set by --clone-method
+SMOOTHNESS = 1e-3  # set by --smoothness: the joint fit of the clone-built emulator
 
 
 def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path, report: dict | None = None):
@@ -401,7 +402,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
     if refine_epochs:
         for matcher in matchers[-1:]:
             refined, history = refine(built[matcher], grid, epochs=refine_epochs,
-                                      batch_size=batch_size, progress=False)
+                                      batch_size=8, smoothness=SMOOTHNESS, progress=False)
             log(f"refine ({matcher}): {history.summary()}")
             report[f"refine_{matcher}"] = {
                 "epochs": refine_epochs, "seconds": history.seconds, "loss": history.loss,
@@ -410,7 +411,9 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
                 "rms_heldout_before": history.rms_holdout_before,
                 "rms_heldout_after": history.rms_holdout_after,
             }
+            report[f"refine_{matcher}"]["smoothness"] = SMOOTHNESS
             assess(f"refined_{matcher}", refined)
+            assess_cubic(f"refined_{matcher}_cubic", refined)
             refined.save(out / f"emulator_default_{matcher}_refined.h5", overwrite=True)
         return refined
     return built[matchers[-1]]
@@ -623,9 +626,11 @@ def main():
     parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
     parser.add_argument("--parts", default="oracle,clones,speed,storage")
     parser.add_argument("--refine-epochs", type=int, default=10)
-    parser.add_argument("--clone-refine-epochs", type=int, default=3,
-                        help="epochs of refinement of the clone-built emulator (slow: its "
-                        "broad clone lines make each gradient ~0.5 s)")
+    parser.add_argument("--clone-refine-epochs", type=int, default=20,
+                        help="epochs of the joint smooth fit of the clone-built emulator "
+                        "(jaxspec build --grid's default: 20; ~16 s each on 2 cores)")
+    parser.add_argument("--smoothness", type=float, default=SMOOTHNESS,
+                        help="curvature weight of that joint fit (jaxspec build's 1e-3)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clone-method", default="continuation",
                         choices=("continuation", "independent"),
@@ -638,8 +643,9 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
-    global CLONE_METHOD
+    global CLONE_METHOD, SMOOTHNESS
     CLONE_METHOD = args.clone_method
+    SMOOTHNESS = args.smoothness
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
         f"{os.cpu_count()}; timings on shared CPUs are noisy")
     path = out / "report.json"
