@@ -622,6 +622,7 @@ def blase3d_storage(out: Path, report: dict):
 
 
 def main():
+    global CLONE_METHOD, SMOOTHNESS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
     parser.add_argument("--parts", default="oracle,clones,speed,storage")
@@ -643,7 +644,6 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
-    global CLONE_METHOD, SMOOTHNESS
     CLONE_METHOD = args.clone_method
     SMOOTHNESS = args.smoothness
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
