@@ -51,7 +51,7 @@ from jaxspec.grid import SpectralGrid
 from jaxspec.identify import complete_values
 from jaxspec.line_emulator import LineEmulator, _plan_over_nodes
 from jaxspec.lines import LineTable
-from jaxspec.profiles import FWHM_PER_SIGMA
+from jaxspec.profiles import pseudo_voigt, pseudo_voigt_fwhm
 
 __all__ = ["CurvaturePenalty", "LazyAdam", "RefineHistory", "axis_triples", "curvature_penalty",
            "lazy_adam", "reconstruction_rms", "refine"]
@@ -566,23 +566,19 @@ def curvature_penalty(flat: np.ndarray, present: np.ndarray, axes: dict[str, np.
     Returns:
         the penalty, weights from these values (class docstring).
     """
-    from jaxspec.profiles import pseudo_voigt_eta, pseudo_voigt_fwhm
-
     index, coef = axis_triples(axes, trained)
     v = np.asarray(flat, dtype=np.float64)
     ln_s = np.clip(v[..., LineTable.LN_SIGMA], -30, 30)
     ln_g = np.clip(v[..., LineTable.LN_GAMMA], -30, 30)
     f = np.asarray(pseudo_voigt_fwhm(np.exp(ln_s), np.exp(ln_g)))
-    eta = np.asarray(pseudo_voigt_eta(np.exp(ln_s), np.exp(ln_g)))
-    peak = eta / (np.pi * 0.5 * f) + (1.0 - eta) * FWHM_PER_SIGMA / (f * math.sqrt(2 * math.pi))
+    peak = np.asarray(pseudo_voigt(0.0, np.exp(ln_s), np.exp(ln_g)))  # V(0), 1/Å
     depth = np.minimum(np.exp(np.clip(v[..., LineTable.LN_AMPLITUDE], -700, 50)) * peak, 1.0)
     wl = np.asarray(wavelength, dtype=np.float64)
     n_pix = wl.size
     step = float(np.median(np.diff(wl))) if n_pix > 1 else 1.0
     sens = np.where(present, depth**2 * np.clip(f / step, 1.0, n_pix) / n_pix, 0.0)
     w = np.min(sens[index], axis=1)  # (T, L)
-    col = np.ones(v.shape[-1])
-    scale = np.broadcast_to(col, w.shape + (v.shape[-1],)).copy()
+    scale = np.ones(w.shape + (v.shape[-1],))
     scale[..., LineTable.SHIFT] = (2.0 / f[index[:, 1]]) ** 2
     weight = (w[..., None] * scale).astype(np.float32)
     return CurvaturePenalty(jnp.asarray(index), jnp.asarray(coef), jnp.asarray(weight))
