@@ -53,7 +53,7 @@ from jaxspec.lines import LineList, LineTable
 from jaxspec.manifold import LineManifold
 from jaxspec.synthesis import SynthesisPlan, plan_synthesis
 
-__all__ = ["LineEmulator", "write_emulator_file"]
+__all__ = ["LineEmulator", "plan_over_nodes", "write_emulator_file"]
 
 VERSION = 1
 KIND = "line"
@@ -96,11 +96,35 @@ def _line_maxima(table: np.ndarray, center: np.ndarray, margin: float = 0.0,
     return ln_a, ln_s, ln_g, lo, hi
 
 
-def _plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
-                     wing_cut=None, reuse=False) -> SynthesisPlan:
-    """The synthesis windows that serve every point of the grid: planned from each line's
-    maxima over the nodes (:func:`_line_maxima`; interpolation never exceeds the node
-    extremes), for ``wavelength`` (Å) at ``tolerance`` (ln flux per line)."""
+def plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_first=False,
+                    wing_cut=None, reuse=False) -> SynthesisPlan:
+    r"""The synthesis windows that serve every point of a line manifold's grid (or of any
+    subset of its nodes: pass only their values).
+
+    Interpolation never exceeds the node extremes, so windows planned from each line's
+    maxima over the nodes where it is alive (ln a > −100) serve every interpolated
+    point: :func:`jaxspec.synthesis.plan_synthesis` for the line at its largest ln a,
+    ln σ, ln γ (each + ``margin``) and its centre span, μ + the lowest and highest shift
+    (Ida et al. 2000 profile widths; blase3D eq. 2 for the line model). Used by
+    :class:`LineEmulator` (all nodes) and by :func:`jaxspec.refine.refine` (each batch's
+    nodes, so a hot batch is not synthesised with a cool node's forest).
+
+    Args:
+        table: node values ``(*nodes, n_lines, 4)`` (columns of
+            :class:`~jaxspec.lines.LineTable`: μ' − μ [Å], ln a, ln σ [ln Å], ln γ [ln Å]),
+            or ``(n_lines, *nodes, 4)`` with ``lines_first``.
+        center: ``(n_lines,)`` reference centres μ, Å, float64.
+        wavelength: ``(n_pix,)`` strictly increasing, Å, float64.
+        tolerance: truncation tolerance, ln flux per line.
+        margin: added to the maxima of ln a, ln σ, ln γ (room for a fit to grow lines).
+        lines_first: ``table`` has the lines axis first.
+        wing_cut: the longest window, pixels (None: full wings to ``tolerance``).
+        reuse: round the layout onto the compile-size ladder so that plans of different
+            node subsets share compiled programs.
+
+    Returns:
+        The :class:`~jaxspec.synthesis.SynthesisPlan`.
+    """
     ln_a, ln_s, ln_g, lo, hi = _line_maxima(table, center, margin, lines_first)
     return plan_synthesis(
         np.asarray(wavelength, dtype=np.float64), ln_a, ln_s, ln_g,
@@ -182,7 +206,7 @@ class LineEmulator(Emulator):
         self.manifold = manifold
         self.center = jnp.asarray(center)
         if synthesis_plan is None:
-            synthesis_plan = _plan_over_nodes(np.asarray(manifold.table), center, wl,
+            synthesis_plan = plan_over_nodes(np.asarray(manifold.table), center, wl,
                                               tolerance, plan_margin, wing_cut=wing_cut)
         elif synthesis_plan.n_pix != wl.size:
             raise ValueError(
@@ -326,7 +350,7 @@ class LineEmulator(Emulator):
                 "range that overlaps it by at least 2 pixels"
             )
         table = np.asarray(self.manifold.table)
-        plan = _plan_over_nodes(table, np.asarray(self.center), wl[keep], self.tolerance,
+        plan = plan_over_nodes(table, np.asarray(self.center), wl[keep], self.tolerance,
                                 wing_cut=self.wing_cut)
         lines = plan.planned_lines()
         manifold = self.manifold.take_lines(lines)
@@ -499,7 +523,7 @@ class LineEmulator(Emulator):
         values = values.reshape(center.size, *shape, 4)
         present = present.reshape(center.size, *shape)
         complete_values(values, present, observed, axes)
-        plan = _plan_over_nodes(values, center, wl, tolerance, lines_first=True,
+        plan = plan_over_nodes(values, center, wl, tolerance, lines_first=True,
                                 wing_cut=wing_cut)
         manifold = LineManifold(axes, values, out_of_bounds=out_of_bounds,
                                 method=interpolation)

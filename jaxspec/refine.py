@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import complete_values
-from jaxspec.line_emulator import LineEmulator, _plan_over_nodes
+from jaxspec.line_emulator import LineEmulator, plan_over_nodes
 from jaxspec.lines import LineTable
 from jaxspec.profiles import pseudo_voigt, pseudo_voigt_fwhm
 
@@ -359,7 +359,7 @@ def refine(
         lines alive there, their extremes + ``plan_margin``): a cool node carries ~3,000
         of the grid's lines, a hot one ~700. Compile-size ladder: a few programs."""
         values = np.asarray(flat)
-        return [eqx.tree_at(lambda e: e.synthesis_plan, emulator, _plan_over_nodes(
+        return [eqx.tree_at(lambda e: e.synthesis_plan, emulator, plan_over_nodes(
             values[sel], center, emulator.wavelength, emulator.tolerance,
             margin=plan_margin, wing_cut=emulator.wing_cut, reuse=True)) for sel in batches]
 
