@@ -11,7 +11,7 @@ import pytest
 from jaxspec import LineList
 from jaxspec.clone import clone_grid
 from jaxspec.clone.detection import _peak_value
-from jaxspec.clone.sweep import sweep_parents
+from jaxspec.clone.sweep import _lines, _profile_products, sweep_parents
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_store
 from jaxspec.io.clone_store import CloneStore
@@ -104,6 +104,21 @@ def test_births_are_back_filled_to_cloned_neighbours(store):
             assert depth > 0.05
         ids.append(int(node.identity[k]))
     assert len(set(ids)) == 1
+
+
+def test_models_of_resumed_nodes_match_the_exact_product(store):
+    # the back-fill of a resumed sweep synthesises the nodes read back from the store
+    # through one plan over the store's identities: each must be its exact product
+    nodes = [store.read_node(index) for index in [(0, 0), (1, 1), (2, 1)]]
+    sets = [_lines(n.center, np.zeros(n.center.size), n.ln_amplitude, n.ln_sigma,
+                   n.ln_gamma, n.identity) for n in nodes]
+    models = list(_profile_products(WL, sets, 0.05, store.identities.size))
+    assert len(models) == 3
+    for node, model in zip(nodes, models):
+        exact = np.asarray(LineList(node.center, node.ln_amplitude, node.ln_sigma,
+                                    node.ln_gamma).flux_exact(WL))
+        assert model.shape == WL.shape
+        assert np.max(np.abs(model - exact)) < 1e-4
 
 
 def test_resume_after_interruption_loses_nothing(grid, store, tmp_path):

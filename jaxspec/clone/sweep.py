@@ -51,12 +51,13 @@ from collections.abc import Callable, Mapping
 from os import PathLike
 from pathlib import Path
 
+import equinox as eqx
 import numpy as np
 
 from jaxspec.clone.detection import (
     _MIN_WIDTH,
-    _broad_fwhm,
     _batch_spectra,
+    _broad_fwhm,
     _centers,
     _fwhm_eta,
     _initial,
@@ -67,7 +68,7 @@ from jaxspec.clone.detection import (
 from jaxspec.clone.fit import _clone_batch, _fit, _report, _results
 from jaxspec.clone.settings import CloneSettings, resolve_settings
 from jaxspec.profiles import FWHM_PER_SIGMA
-from jaxspec.synthesis import ABSENT_LN_AMPLITUDE
+from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, plan_synthesis
 
 __all__ = ["clone_grid", "sweep_parents"]
 
@@ -497,10 +498,15 @@ class _Sweep:
 
     def _model(self, idx) -> np.ndarray:
         """Model flux of a cloned node: kept from its fit (float32), or synthesised for
-        nodes read back from the store on resume."""
-        if idx in self.models:
-            return self.models[idx].astype(np.float64)
-        return _profile_product(self.wl, self.state[idx], self.settings.max_shift)
+        nodes read back from the store on resume (all of them at once, through one
+        synthesis plan: :func:`_profile_products`)."""
+        if idx not in self.models:
+            missing = [n for n in sorted(self.state) if n not in self.models]
+            for n, model in zip(missing, _profile_products(
+                    self.wl, [self.state[n] for n in missing], self.settings.max_shift,
+                    len(self.catalogue))):
+                self.models[n] = model.astype(np.float32)
+        return self.models[idx].astype(np.float64)
 
     def _backfill(self):
         """Add to every node the lines its grid neighbours carry and it lacks, at the
@@ -619,12 +625,48 @@ def _apply_lines(wl, model, x: _Lines, max_shift, remove=False) -> np.ndarray:
     return out
 
 
-def _profile_product(wl, x: _Lines, max_shift) -> np.ndarray:
-    """Π_j (1 − a_j V_j(λ)) of lines ``x`` on ``wl``, through the synthesis engine."""
-    from jaxspec.lines import LineList
+def _profile_products(wl, lines: list[_Lines], max_shift, n_identities: int):
+    """Π_j (1 − a_j V_j(λ)) on ``wl`` of every line set in ``lines`` (the nodes of a
+    resumed sweep), yielded in order as ``(n_pix,)`` float64 arrays.
 
-    if x.n == 0:
-        return np.ones_like(wl)
-    center = _centers(x, max_shift)
-    lines = LineList(center, x.ln_a, x.ln_s, x.ln_g)
-    return np.asarray(lines.flux(wl), dtype=np.float64)
+    Every set is laid out over the store's ``n_identities`` identities (absent ones at
+    ln a = −1000) and synthesised through one plan made for the per-identity maxima over
+    all sets (:func:`jaxspec.synthesis.plan_synthesis`), so one program is compiled for
+    all of them: planned per node, the back-fill of a resumed 990-node sweep compiled
+    once per node and took 82 minutes."""
+    n = max(int(n_identities), 1)
+    ln_a = np.full(n, -np.inf)
+    ln_s = np.full(n, -np.inf)
+    ln_g = np.full(n, -np.inf)
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    for x in lines:
+        c = _centers(x, max_shift)
+        np.maximum.at(ln_a, x.ident, x.ln_a)
+        np.maximum.at(ln_s, x.ident, x.ln_s)
+        np.maximum.at(ln_g, x.ident, x.ln_g)
+        np.minimum.at(lo, x.ident, c)
+        np.maximum.at(hi, x.ident, c)
+    unused = ~np.isfinite(ln_a)
+    mid = float(np.mean(wl))
+    lo, hi = np.where(unused, mid, lo), np.where(unused, mid, hi)
+    ln_s, ln_g = np.where(unused, 0.0, ln_s), np.where(unused, 0.0, ln_g)
+    plan = plan_synthesis(np.asarray(wl, dtype=np.float64), ln_a, ln_s, ln_g, 0.5 * (lo + hi),
+                          center_span=(lo, hi), tolerance=1e-6)
+    for x in lines:
+        a = np.full(n, ABSENT_LN_AMPLITUDE)
+        s_, g = np.zeros(n), np.zeros(n)
+        c = 0.5 * (lo + hi)
+        # a node carries an identity at most once; should one repeat, add its terms
+        first = np.unique(x.ident, return_index=True)[1]
+        rest = np.setdiff1d(np.arange(x.n), first)
+        a[x.ident[first]], s_[x.ident[first]] = x.ln_a[first], x.ln_s[first]
+        g[x.ident[first]], c[x.ident[first]] = x.ln_g[first], _centers(x, max_shift)[first]
+        out = np.asarray(_evaluate_plan(plan, c, a, s_, g), dtype=np.float64)
+        if rest.size:
+            out = _apply_lines(wl, out, x.select(rest), max_shift)
+        yield out
+
+
+@eqx.filter_jit
+def _evaluate_plan(plan, center, ln_a, ln_s, ln_g):
+    return plan(center, ln_a, ln_s, ln_g)
