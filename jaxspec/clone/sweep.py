@@ -51,7 +51,6 @@ from collections.abc import Callable, Mapping
 from os import PathLike
 from pathlib import Path
 
-import equinox as eqx
 import numpy as np
 
 from jaxspec.clone.detection import (
@@ -67,6 +66,7 @@ from jaxspec.clone.detection import (
 )
 from jaxspec.clone.fit import _clone_batch, _fit, _report, _results
 from jaxspec.clone.settings import CloneSettings, resolve_settings
+from jaxspec.lines import LineList
 from jaxspec.profiles import FWHM_PER_SIGMA
 from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, plan_synthesis
 
@@ -661,12 +661,7 @@ def _profile_products(wl, lines: list[_Lines], max_shift, n_identities: int):
         rest = np.setdiff1d(np.arange(x.n), first)
         a[x.ident[first]], s_[x.ident[first]] = x.ln_a[first], x.ln_s[first]
         g[x.ident[first]], c[x.ident[first]] = x.ln_g[first], _centers(x, max_shift)[first]
-        out = np.asarray(_evaluate_plan(plan, c, a, s_, g), dtype=np.float64)
+        out = np.asarray(LineList(c, a, s_, g).flux(wl, plan=plan), dtype=np.float64)
         if rest.size:
             out = _apply_lines(wl, out, x.select(rest), max_shift)
         yield out
-
-
-@eqx.filter_jit
-def _evaluate_plan(plan, center, ln_a, ln_s, ln_g):
-    return plan(center, ln_a, ln_s, ln_g)
