@@ -751,6 +751,8 @@ def plan_synthesis(
     max_buckets: int = 4,
     wing_cut: int | None = None,
     reuse: bool = False,
+    headroom: float = 0.0,
+    core_halves: float = 4.0,
     dtype: str = "float32",
 ) -> SynthesisPlan:
     """Choose every line's windows on every level from concrete line parameters.
@@ -777,6 +779,9 @@ def plan_synthesis(
         reuse: round bucket line counts up a ladder and take the layout of an earlier
             plan on this grid when this one fits it at ≤ 40 % extra work, so compiled
             programs are reused (cloning a grid); the planned windows never shrink.
+        headroom: with ``reuse``, bucket line counts are first enlarged by this fraction,
+            so that later plans with a few more lines fit this layout (a clone's
+            refinement pass adds lines to the first pass's).
         dtype: float dtype of the profile arithmetic.
 
     Returns:
@@ -789,6 +794,8 @@ def plan_synthesis(
         raise ValueError(f"cell: node spacing must be >= 2 samples, got {cell}")
     if wing_cut is not None and int(wing_cut) < 16:
         raise ValueError(f"wing_cut={wing_cut!r} pixels; pass >= 16 or None")
+    if not headroom >= 0.0:
+        raise ValueError(f"headroom={headroom!r}; pass a fraction >= 0, e.g. 0.1")
     if levels is None:
         levels = 2 if n_pix >= 64 * h * h else 1
     a, f, eta = line_shape(ln_amplitude, ln_sigma, ln_gamma)
@@ -810,7 +817,7 @@ def plan_synthesis(
         return np.maximum(reach, 2.0 * spacing)
 
     x_gauss = gsig * np.sqrt(2.0 * np.log(np.maximum(gau_peak / t, 1.0)))
-    x0 = np.maximum.reduce([x_gauss, interp_reach(h * dl), 4.0 * half])
+    x0 = np.maximum.reduce([x_gauss, interp_reach(h * dl), core_halves * half])
     reach = np.maximum(x_coarse, x0)
     keep = (a > 0) & (hi_c + reach >= wl[0]) & (lo_c - reach <= wl[-1])
     keep &= np.maximum(gau_peak, lor_area / (math.pi * half)) > t * coarse_factor
@@ -893,8 +900,9 @@ def plan_synthesis(
             if layout is None:
                 groups = [(int(s), index[chosen[index] == s]) for s in np.unique(chosen[index])]
                 if reuse:
-                    groups = [(s, np.r_[g, np.full(int(_round_up(g.size, _COUNTS)) - g.size,
-                                                   n_lines)]) for s, g in groups]
+                    groups = [(s, np.r_[g, np.full(int(_round_up(
+                        math.ceil((1.0 + headroom) * g.size), _COUNTS)) - g.size, n_lines)])
+                        for s, g in groups]
             else:
                 groups = []
                 for s, count in layout_sizes:

@@ -122,20 +122,16 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
     return p, history, jnp.exp(_log_flux(problem, p, max_shift))
 
 
-def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_least=(0, 0, 0),
+def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_least=0,
          epochs=None, learning_rate=None):
     """One optimisation pass over ``batch`` (lines updated in place); ``epochs`` and
     ``learning_rate`` default to the settings' (cold) values.
 
-    Returns (history (B, epochs), model (B, n_pix), problem shapes for ``at_least``)."""
+    Returns (history (B, epochs), model (B, n_pix), the slot count, for ``at_least`` of
+    a later pass that should reuse this one's compiled program)."""
     n_spec, n_pix = flux.shape
     max_shift = jnp.asarray(settings.max_shift)
     problem, slots = _plan(wl, batch, settings, headroom=headroom, at_least=at_least)
-    pad, width = problem.pad, problem.n_cells * problem.h
-    flux_pad = np.ones((n_spec, width), np.float32)
-    weight = np.zeros((n_spec, width), np.float32)
-    flux_pad[:, pad : pad + n_pix] = flux
-    weight[:, pad : pad + n_pix] = good
 
     def slot_values(name, fill):
         return jnp.asarray(_gather_slots(batch, slots, name, fill))
@@ -145,7 +141,7 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
     if deblend:
         spec = slots[0]
         peak = _gather_slots(batch, slots, "peak", 0).astype(np.int64)
-        peak_index = jnp.asarray((spec * width + pad + peak).astype(np.int32))
+        peak_index = jnp.asarray((spec * n_pix + peak).astype(np.int32))
         tau_obs = jnp.asarray(-np.log(np.clip(flux[spec, peak], 1e-3, 1.0)))
         ln_a = _deblend(problem, params, peak_index, tau_obs, max_shift, settings.deblend)
         params = (params[0], ln_a, *params[2:])
@@ -155,15 +151,14 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
     upper = tuple(slot_values(k, v) for k, v in
                   (("hi_a", ABSENT_LN_AMPLITUDE), ("hi_s", -5.0), ("hi_g", -5.0),
                    ("hi_f", 0.0)))
-    params, history, model_pad = _train(
-        problem, params, lower, upper, jnp.asarray(flux_pad), jnp.asarray(weight),
-        max_shift, jnp.asarray(learning_rate or settings.learning_rate),
-        epochs or settings.epochs,
+    params, history, model = _train(
+        problem, params, lower, upper, jnp.asarray(flux, jnp.float32),
+        jnp.asarray(good, jnp.float32), max_shift,
+        jnp.asarray(learning_rate or settings.learning_rate), epochs or settings.epochs,
     )
     for name, value in zip(("u", "ln_a", "ln_s", "ln_g"), params):
         _scatter_slots(batch, slots, name, value)
-    model = np.asarray(model_pad, dtype=np.float64)[:, pad : pad + n_pix]
-    return np.asarray(history).T, model, (slots[0].size, *problem.shapes)
+    return np.asarray(history).T, np.asarray(model, dtype=np.float64), slots[0].size
 
 
 def _clone_batch(wl, flux, good, settings: CloneSettings):
@@ -181,7 +176,7 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
     # With a refinement pass, leave room for its added lines in the first pass's
     # problem, so that both passes run the same compiled program.
     headroom = _REFINE_HEADROOM if settings.passes > 1 else 0.0
-    history, model, shapes = _fit(wl, flux, good, batch, settings,
+    history, model, n_slots = _fit(wl, flux, good, batch, settings,
                                   deblend=settings.deblend > 0, headroom=headroom)
     histories = [history]
     for _ in range(1, settings.passes):
@@ -197,7 +192,7 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
                             settings, taken=x.mu0)
             misfit = _misfits(cand, x, settings.max_shift, min_fwhm=broad)
             batch.append(x.concat(cand.select(~misfit)))
-        history, model, shapes = _fit(wl, flux, good, batch, settings, at_least=shapes)
+        history, model, n_slots = _fit(wl, flux, good, batch, settings, at_least=n_slots)
         histories.append(history)
         # Lines added in this pass may have grown into a family with a fitted line:
         # merge once more and refit (same compiled program). A spectrum keeps the merge
@@ -209,7 +204,7 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
             before = [x.copy() for x in batch]
             model_before, last = model, history[:, -1]
             batch = [x for x, _ in merged]
-            history, model, shapes = _fit(wl, flux, good, batch, settings, at_least=shapes)
+            history, model, n_slots = _fit(wl, flux, good, batch, settings, at_least=n_slots)
             worse = np.sqrt(history[:, -1]) > (1.0 + _MERGE_TOLERANCE) * np.sqrt(last)
             if worse.any():
                 model = np.where(worse[:, None], model_before, model)

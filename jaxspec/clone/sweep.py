@@ -421,13 +421,13 @@ class _Sweep:
         flux, good, _ = _batch_spectra(self.grid, rows)
         batch = [self._warm_start(self.state[self.parents[idx]]) for idx in rows]
         kw = {"epochs": s.warm_epochs, "learning_rate": s.warm_learning_rate}
-        _, model, shapes = _fit(wl, flux, good, batch, s, headroom=0.1, **kw)
+        _, model, n_slots = _fit(wl, flux, good, batch, s, headroom=0.1, **kw)
         born = []
         for b in range(len(chunk)):
             batch[b], new = self._births(batch[b], flux[b], model[b], good[b])
             born.append(new)
         if any(n.any() for n in born):
-            _, model, _ = _fit(wl, flux, good, batch, s, at_least=shapes, **kw)
+            _, model, _ = _fit(wl, flux, good, batch, s, at_least=n_slots, **kw)
         nodes = []
         for b, idx in enumerate(chunk):
             x = batch[b]
