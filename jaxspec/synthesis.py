@@ -45,6 +45,14 @@ Planning (:func:`plan_synthesis`)
   (ratio 2^¼) and a plan whose lines fit into the bucket layout of an earlier plan on the
   same grid (at ≤ 40 % extra work) takes that layout, so the compiled program is reused —
   the clones of a whole grid run a handful of programs.
+* **Fixed windows** (``fixed_windows=True``, ``chunk``): for an optimiser that moves each
+  centre only a little (the clone, within ``±max_shift``), windows are placed once at the
+  planning centres, widened by the centre span, and the offsets λ − μ of their samples
+  precomputed, so evaluation gathers and searches nothing; with ``chunk`` every window
+  is cut into chunks of ``chunk`` cells, one bucket per level (one kernel to compile per
+  level, whatever the lines' widths), and each chunk subtracts the interpolation of its
+  own nodes. ``any_shape`` plans for every Gauss/Lorentz mix of a bounding FWHM (an
+  optimisation box).
 * **Batch layout** (:func:`stack_wavelengths`): spectra that share a wavelength grid are
   laid end to end, separated by filler pixels wider than any window, and synthesised as
   one long spectrum (their lines shifted by the same offsets).
@@ -394,12 +402,22 @@ def _terms(c, wl, gaussian: bool, tangent=None):
     return value, d + 2.0 * x * slope * dmu
 
 
+def _samples(arrays, size, first=0):
+    """The wavelengths of each line's window, (n_b, size): ``arrays`` is either
+    ``(samples, start)`` (windows gathered from a level's samples at traced starts, μ in
+    Å) or ``(offsets,)``, precomputed (n_b, window) offsets λ − μ_plan of fixed windows
+    (μ then the shift from μ_plan); ``first`` skips that many samples of the window."""
+    if len(arrays) == 1:
+        return arrays[0][:, first:first + size]
+    samples, start = arrays
+    return _take_windows(samples, start + first, size)
+
+
 def _window(c, arrays, size, gaussian, tangent=None):
     """T (``gaussian``) or S of each line at ``size`` consecutive samples,
     ``samples[start_b:start_b + size]`` → (n_b, size); with ``tangent`` also its
     tangent."""
-    samples, start = arrays
-    return _terms(c, _take_windows(samples, start, size), gaussian, tangent)
+    return _terms(c, _samples(arrays, size), gaussian, tangent)
 
 
 def _cotangent(c, ct, arrays, size, gaussian):
@@ -412,7 +430,7 @@ def _cotangent(c, ct, arrays, size, gaussian):
     # The barrier keeps XLA from sharing the recomputed profiles with the forward pass
     # (common-subexpression elimination would store them, window-sized, between the
     # passes): each pass stays one fusion that reads only the wavelengths.
-    c, samples, start = jax.lax.optimization_barrier((c, *arrays))
+    c, *arrays = jax.lax.optimization_barrier((c, *arrays))
     dt = ct.dtype
     # The window as p blocks of size/p samples, whose partials are added block to block
     # before the reduction: XLA:CPU runs a variadic reduction as a scalar loop, and p = 4
@@ -423,7 +441,7 @@ def _cotangent(c, ct, arrays, size, gaussian):
     terms = None
     for j in range(p):
         depth, (lor, gau, gau_k), (x, x2, inv, gauss) = _depth(
-            c, _take_windows(samples, start + j * q, q), gaussian)
+            c, _samples(arrays, q, j * q), gaussian)
         w = jnp.where(depth < MAX_DEPTH, -ct[:, j * q:(j + 1) * q] / (1.0 - depth), 0.0)
         wi = w * inv
         wii = wi * inv
@@ -570,6 +588,12 @@ def _bucket_jvp(size, gaussian, primals, tangents):
 class _Bucket(eqx.Module):
     lines: jax.Array  # (n_b,) int indices into the line list (n_lines: the inert line)
     size: int = eqx.field(static=True)  # window length: cells (windowed levels) or nodes (top)
+    # Fixed windows only (plan_synthesis(fixed_windows=True)): first cell (node, on the
+    # top level) of each window, and the float32 offsets λ − μ_plan of its samples and
+    # (windowed levels) of the m + 3 nodes it interpolates from.
+    start: jax.Array | None = None
+    offsets: jax.Array | None = None
+    node_offsets: jax.Array | None = None
 
 
 class _Level(eqx.Module):
@@ -606,6 +630,8 @@ class SynthesisPlan(eqx.Module):
     h: int = eqx.field(static=True)
     n_pix: int = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
+    # Fixed windows: the (n_lines,) float64 centres μ_plan the windows were placed at.
+    center: jax.Array | None = None
 
     @property
     def fine(self):
@@ -654,6 +680,8 @@ class SynthesisPlan(eqx.Module):
             [jnp.asarray(v), jnp.full((1,), fill, jnp.result_type(v, float))])
         consts = _constants(center, pad(ln_amplitude, ABSENT_LN_AMPLITUDE),
                             pad(ln_sigma, 0.0), pad(ln_gamma, 0.0), dt)
+        if self.center is not None:
+            return self._log_flux_fixed(consts[0], (center[:-1] - self.center).astype(dt))
 
         # Level l < top: ``samples`` sums every line's T (l = 0) or S on its window of
         # cells, ``nodes_sum`` its S on the window's m + 3 nodes; - I[S] of all windows is
@@ -693,10 +721,17 @@ class SynthesisPlan(eqx.Module):
             node_sums.append(node_acc)
             edges.append(edge_acc[3:-3])
 
+        return self._combine(samples, node_sums, edges, dt)
+
+    def _combine(self, samples, node_sums, edges, dt):
+        """ln F on the pixels from every level's window sums: from the top level down,
+        each level adds the interpolation of (the level above − its own node sums),
+        corrected at the window edges, to its samples."""
+        top = len(self.levels) - 1
         total = samples[top]
         for depth in range(top - 1, -1, -1):
             nodes = self.levels[depth + 1]
-            n_cells = edges[depth].shape[0]
+            n_cells = self.levels[depth].wavelength.size // self.h
             node_values = total[nodes.offset : nodes.offset + n_cells + 3] - node_sums[depth]
             level = self.levels[depth]
             w = self.weights if level.cell_weights is None else level.cell_weights
@@ -704,6 +739,56 @@ class SynthesisPlan(eqx.Module):
             total = samples[depth] + coarse.reshape(-1)
         start = self.levels[0].offset
         return total[start : start + self.n_pix]
+
+
+    def _log_flux_fixed(self, rows, shift):
+        """:meth:`log_flux` with fixed windows: per-line constants ``rows`` (4, n + 1)
+        and shifts μ − μ_plan (n,); the window geometry is static and the offsets of the
+        samples precomputed, so nothing is gathered or searched."""
+        dt = rows.dtype
+        h = self.h
+        shift = jnp.concatenate([shift, jnp.zeros((1,), dt)])
+        samples, node_sums, edges = [], [], []
+        top = len(self.levels) - 1
+        for depth, level in enumerate(self.levels):
+            if depth == top:
+                acc = jnp.zeros(level.wavelength.shape, dt)
+                for b in level.buckets:
+                    c = (rows[:, b.lines], shift[b.lines])
+                    acc = _add_windows(acc, b.start, _bucket(c, (b.offsets,), b.size, False))
+                samples.append(acc)
+                break
+            n_cells = level.wavelength.size // h
+            acc = jnp.zeros(level.wavelength.shape, dt)
+            if level.cell_weights is None:
+                # Each window subtracts the interpolation of its own nodes' S from its
+                # samples (one scatter per window; nothing to correct at its edges).
+                w = self.weights.astype(dt)
+                for b in level.buckets:
+                    m, c0 = b.size, b.start
+                    c = (rows[:, b.lines], shift[b.lines])
+                    here = _bucket(c, (b.offsets,), m * h, depth == 0)
+                    smooth = _bucket(c, (b.node_offsets,), m + 3, False)
+                    here = here - (_stencils(smooth) @ w.T).reshape(here.shape)
+                    acc = _add_windows(acc, c0 * h, here)
+                samples.append(acc)
+                node_sums.append(jnp.zeros((), dt))
+                edges.append(jnp.zeros((), dt))
+                continue
+            node_acc = jnp.zeros(n_cells + 3, dt)
+            edge_acc = jnp.zeros((n_cells + 6, 4), dt)
+            for b in level.buckets:
+                m, c0 = b.size, b.start
+                c = (rows[:, b.lines], shift[b.lines])
+                acc = _add_windows(acc, c0 * h, _bucket(c, (b.offsets,), m * h, depth == 0))
+                smooth = _bucket(c, (b.node_offsets,), m + 3, False)
+                node_acc = _add_windows(node_acc, c0, smooth)
+                edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
+                                        _edge_stencils(smooth))
+            samples.append(acc)
+            node_sums.append(node_acc)
+            edges.append(edge_acc[3:-3])
+        return self._combine(samples, node_sums, edges, dt)
 
 
 def _extend(wl: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -753,6 +838,9 @@ def plan_synthesis(
     reuse: bool = False,
     headroom: float = 0.0,
     core_halves: float = 4.0,
+    fixed_windows: bool = False,
+    chunk: int = 4,
+    any_shape: bool = False,
     dtype: str = "float32",
 ) -> SynthesisPlan:
     """Choose every line's windows on every level from concrete line parameters.
@@ -782,6 +870,20 @@ def plan_synthesis(
         headroom: with ``reuse``, bucket line counts are first enlarged by this fraction,
             so that later plans with a few more lines fit this layout (a clone's
             refinement pass adds lines to the first pass's).
+        core_halves: windows on the pixels reach at least this many half widths (FWHM/2)
+            beyond the centre (4; the clone's fixed windows use 2 plus their span).
+        fixed_windows: windows stay where ``center`` puts them (they then also reach
+            ``center_span``), the offsets λ − μ_plan of their samples are precomputed in
+            ``dtype`` (evaluation gathers and searches nothing), and every window is cut
+            into chunks of ``chunk`` cells (``4 chunk`` nodes on the top level): one
+            bucket per level whatever the lines' widths, so one kernel per level to
+            compile. For an optimiser that moves each centre a little (the clone, whose
+            passes and batches each plan anew). Call the plan with centres inside
+            ``center_span``.
+        chunk: cells per chunk of fixed windows.
+        any_shape: the (σ, γ) given only bound the FWHM: windows hold a line of that
+            FWHM of any Gauss/Lorentz mix (Lorentz area up to a, Gaussian peak up to
+            a / (σ_G √2π)), for an optimisation box.
         dtype: float dtype of the profile arithmetic.
 
     Returns:
@@ -796,6 +898,8 @@ def plan_synthesis(
         raise ValueError(f"wing_cut={wing_cut!r} pixels; pass >= 16 or None")
     if not headroom >= 0.0:
         raise ValueError(f"headroom={headroom!r}; pass a fraction >= 0, e.g. 0.1")
+    if fixed_windows and not (int(chunk) == chunk and chunk >= 1):
+        raise ValueError(f"chunk={chunk!r}; pass a whole number of cells >= 1, e.g. 4")
     if levels is None:
         levels = 2 if n_pix >= 64 * h * h else 1
     a, f, eta = line_shape(ln_amplitude, ln_sigma, ln_gamma)
@@ -804,27 +908,32 @@ def plan_synthesis(
     lo_c, hi_c = (center, center) if center_span is None else map(np.asarray, center_span)
     dl = np.interp(center, wl, np.gradient(wl))  # local pixel spacing, Å
 
+    if any_shape:
+        eta = np.ones_like(eta)  # bounds the Lorentz area; the Gaussian peak below
     lor_area = a * eta
     half = 0.5 * f
     gsig = f / FWHM_PER_SIGMA
-    gau_peak = a * (1.0 - eta) / (gsig * math.sqrt(2.0 * math.pi))
+    gau_peak = a * ((1.0 - eta) if not any_shape else 1.0) / (gsig * math.sqrt(2.0 * math.pi))
     t = tolerance
-    x_coarse = np.sqrt(lor_area * half / (math.pi * t * coarse_factor))
+    # Fixed windows stay where ``center`` puts them: they reach the centre span too.
+    span = np.maximum(hi_c - center, center - lo_c) if fixed_windows else 0.0
+    x_coarse = np.sqrt(lor_area * half / (math.pi * t * coarse_factor)) + span
 
     def interp_reach(spacing):
         # Interpolation error of the Lorentz part: c h^4 S, S ~ 120 A w / (pi x^6).
         reach = (_CUBIC_ERR * 120.0 / math.pi * lor_area * half * spacing**4 / t) ** (1 / 6)
-        return np.maximum(reach, 2.0 * spacing)
+        return np.maximum(reach, 2.0 * spacing) + span
 
     x_gauss = gsig * np.sqrt(2.0 * np.log(np.maximum(gau_peak / t, 1.0)))
-    x0 = np.maximum.reduce([x_gauss, interp_reach(h * dl), core_halves * half])
+    x0 = np.maximum.reduce([x_gauss + span, interp_reach(h * dl), core_halves * half + span])
     reach = np.maximum(x_coarse, x0)
     keep = (a > 0) & (hi_c + reach >= wl[0]) & (lo_c - reach <= wl[-1])
     keep &= np.maximum(gau_peak, lor_area / (math.pi * half)) > t * coarse_factor
 
     steps = np.diff(wl)
     smooth_grid = bool(np.all(np.abs(np.diff(steps) / steps[:-1]) < 1e-3)) if n_pix > 2 else True
-    key = (n_pix, float(wl[0]), float(wl[-1]), h, levels, smooth_grid, dtype)
+    key = (n_pix, float(wl[0]), float(wl[-1]), h, levels, smooth_grid, dtype,
+           chunk if fixed_windows else None)
     candidates = list(_LAYOUTS.get(key, ())) if reuse else []
 
     def cap(need, depth):
@@ -834,17 +943,19 @@ def plan_synthesis(
         return np.minimum(need, _round_up(max(4, math.ceil(wing_cut / unit))))
 
     def needs_at(depth, below):
-        """Window sizes each line needs at ``depth``, given the sizes below it."""
+        """Window sizes each line needs at ``depth``, given the sizes below it (rounded
+        up the size ladder, except for chunks, which round to whole chunks)."""
+        up = (lambda n: np.maximum(n, 4)) if fixed_windows else _round_up
         if depth == 0:
-            need = _round_up(2 * np.ceil(x0 / (h * dl)).astype(np.int64) + 2)
+            need = up(2 * np.ceil(x0 / (h * dl)).astype(np.int64) + 2)
             return cap(need, 0)
         if depth < levels:
             spacing = h ** (depth + 1) * dl
             need = 2 * np.ceil(interp_reach(spacing) / spacing).astype(np.int64) + 2
             cover = 2 * np.ceil((below // 2 + 4) / h).astype(np.int64) + 2
-            return np.maximum(cap(_round_up(need), depth), _round_up(cover))
+            return np.maximum(cap(up(need), depth), up(cover))
         top_need = 2 * np.ceil(x_coarse / (h**levels * dl)).astype(np.int64) + 4
-        return np.maximum(cap(_round_up(top_need), depth), _round_up(below + 6))
+        return np.maximum(cap(up(top_need), depth), up(below + 6))
 
     def fresh():
         """Sizes per level: merged into at most max_buckets values level by level."""
@@ -916,25 +1027,125 @@ def plan_synthesis(
             first, step, n_real = positions[0] - step * h, step * h, n_samples // h + 3
         levels_out = []
         for depth, (level_wl, buckets, pad, n_real) in enumerate(built):
-            cell_weights = None
-            if not smooth_grid and depth < levels:
-                # Kinks in the pixel spacing: interpolate in wavelength, not pixel index.
-                nxt_wl, _, nxt_pad, _ = built[depth + 1]
-                n_cells = level_wl.size // h
-                node_wl = nxt_wl[nxt_pad : nxt_pad + n_cells + 3]
-                corners = np.stack([node_wl[k : k + n_cells] for k in range(4)], axis=1)
-                cell_weights = jnp.asarray(
-                    _lagrange_weights(level_wl.reshape(n_cells, h), corners), dtype=dtype
-                )
+            cell_weights = cell_weights_at(built, depth)
             levels_out.append(_Level(jnp.asarray(level_wl), buckets, cell_weights, pad,
                                      n_real))
         return SynthesisPlan(levels=tuple(levels_out), weights=jnp.asarray(_cubic_weights(h)),
                              n_lines=n_lines, h=h, n_pix=n_pix, dtype=dtype)
 
+    def cell_weights_at(built, depth):
+        """Kinks in the pixel spacing: interpolate in wavelength, not pixel index."""
+        if smooth_grid or depth == levels:
+            return None
+        level_wl = built[depth][0]
+        nxt_wl, _, nxt_pad, _ = built[depth + 1]
+        n_cells = level_wl.size // h
+        node_wl = nxt_wl[nxt_pad : nxt_pad + n_cells + 3]
+        corners = np.stack([node_wl[k : k + n_cells] for k in range(4)], axis=1)
+        return jnp.asarray(_lagrange_weights(level_wl.reshape(n_cells, h), corners),
+                           dtype=dtype)
+
+    def needs_all():
+        """Per-line window sizes on every level, whole chunks (each level covers the
+        chunked windows of the level below)."""
+        sizes = []
+        for depth in range(levels + 1):
+            unit = int(chunk) if depth < levels else 4 * int(chunk)
+            need = np.maximum(needs_at(depth, sizes[-1] if sizes else None), 1)
+            sizes.append(-(-need // unit) * unit)
+        return sizes
+
+    def build_chunked(sizes, counts=None, pads=None):
+        """Fixed windows cut into chunks of ``chunk`` cells (``4 chunk`` nodes on the
+        top level): one bucket per level, whatever the lines' widths (one kernel per
+        level to compile). ``counts``/``pads``: an earlier layout to fill."""
+        built, first, step, n_real = [], 0.0, 1, n_pix
+        rows = []
+        for depth in range(levels + 1):
+            unit = int(chunk) if depth < levels else 4 * int(chunk)
+            need = -(-np.maximum(sizes[depth], 1) // unit) * unit
+            if depth == levels:
+                pad = 4 if pads is None else pads[depth]
+                n_samples = n_real + 2 * pad
+                chosen = np.minimum(need, n_samples // unit * unit)
+                inside = keep
+            else:
+                widest = int(need[keep].max()) if keep.any() else unit
+                if wing_cut is not None:
+                    widest = max(widest, int(cap(np.array([1 << 40]), depth)[0]))
+                pad_cells = widest + 4 if pads is None else pads[depth] // h
+                n_cells = -(-n_real // h) + 2 * pad_cells
+                pad, n_samples = pad_cells * h, n_cells * h
+                chosen = np.minimum(need, n_cells // unit * unit)
+                margin = (pad_cells - chosen // 2 - 1) * h * step * dl
+                inside = keep & (hi_c >= wl[0] - margin) & (lo_c <= wl[-1] + margin)
+            positions = first + step * (np.arange(n_samples) - pad)
+            index = np.flatnonzero(inside)
+            per = chosen[index] // unit
+            owner = np.repeat(index, per)
+            rank = np.arange(owner.size) - np.repeat(np.cumsum(per) - per, per)
+            total = owner.size + 1
+            if reuse:
+                total = int(_round_up(math.ceil((1.0 + headroom) * total), _COUNTS))
+            if counts is not None:
+                if counts[depth] < owner.size:
+                    return None
+                total = counts[depth]
+            rows.append((owner, rank, chosen, unit, total))
+            built.append([_extend(wl, positions), (), pad, n_real])
+            first, step, n_real = positions[0] - step * h, step * h, n_samples // h + 3
+        levels_out = []
+        for depth, (level_wl, _, pad, n_real) in enumerate(built):
+            owner, rank, chosen, unit, total = rows[depth]
+            n_pad = total - owner.size
+            mu = np.r_[center[owner], np.full(n_pad, level_wl[0])]
+            size = np.r_[chosen[owner], np.full(n_pad, unit)]
+            rank = np.r_[rank, np.zeros(n_pad, np.int64)]
+            pos = np.searchsorted(level_wl, mu)
+            if depth == levels:
+                start = np.clip(pos - size // 2, 0, level_wl.size - size) + rank * unit
+                offsets = level_wl[start[:, None] + np.arange(unit)] - mu[:, None]
+                node_offsets = None
+            else:
+                n_cells = level_wl.size // h
+                start = np.clip(pos // h - size // 2, 0, n_cells - size) + rank * unit
+                offsets = level_wl[start[:, None] * h + np.arange(unit * h)] - mu[:, None]
+                nxt_wl, _, nxt_pad, _ = built[depth + 1]
+                node_offsets = jnp.asarray(
+                    nxt_wl[nxt_pad + start[:, None] + np.arange(unit + 3)] - mu[:, None], dtype)
+            lines = np.r_[owner, np.full(n_pad, n_lines)]
+            bucket = _Bucket(jnp.asarray(lines, jnp.int32), unit, jnp.asarray(start, jnp.int32),
+                             jnp.asarray(offsets, dtype), node_offsets)
+            levels_out.append(_Level(jnp.asarray(level_wl), (bucket,),
+                                     cell_weights_at(built, depth), pad, n_real))
+        return SynthesisPlan(levels=tuple(levels_out), weights=jnp.asarray(_cubic_weights(h)),
+                             n_lines=n_lines, h=h, n_pix=n_pix, dtype=dtype,
+                             center=jnp.asarray(center))
+
+    def build_chunked_reused(sizes):
+        plan = build_chunked(sizes)
+        if not reuse:
+            return plan
+        own = plan.layout()
+        pads = tuple(level.offset for level in plan.levels)
+        fits = []
+        for layout, old_pads in candidates:
+            if old_pads != pads or work(layout) > max(1.4 * work(own), work(own) + 1.5e6):
+                continue
+            fits.append((work(layout), [lv[0][1] for lv in layout]))
+        for _, counts in sorted(fits, key=lambda x: x[0]):
+            reused = build_chunked(sizes, counts, pads)
+            if reused is not None:
+                return reused
+        _LAYOUTS.setdefault(key, []).append((own, pads))
+        return plan
+
     def work(layout):
         return sum(s * c * (h if d < levels else 1)
                    for d, level in enumerate(layout) for s, c in level)
 
+    if fixed_windows:
+        return build_chunked_reused(needs_all())
     plan = build(fresh())
     if not reuse:
         return plan
@@ -958,8 +1169,9 @@ def plan_synthesis(
 def stack_wavelengths(wavelength: np.ndarray, n_spectra: int, gap: int) -> tuple[np.ndarray, float]:
     """Lay ``n_spectra`` copies of one wavelength grid end to end for batched synthesis.
 
-    Copy ``b`` is ``wavelength + b Δ``; between copies, ``gap`` filler pixels continue
-    the last pixel spacing, so the long grid stays smooth wherever the grid is. Lines of
+    Copy ``b`` is ``wavelength + b Δ``; between copies, ``gap`` filler pixels whose
+    spacing changes geometrically from the grid's last step to its first, so a smoothly
+    sampled grid (linear or log-linear) stays smooth across the junctions. Lines of
     spectrum ``b`` are shifted by ``b Δ``; with ``gap`` larger than every window (e.g.
     the wing cut) no line reaches a neighbouring copy.
 
@@ -974,9 +1186,13 @@ def stack_wavelengths(wavelength: np.ndarray, n_spectra: int, gap: int) -> tuple
         ``b (n_pix + gap)``.
     """
     wl = np.asarray(wavelength, dtype=np.float64)
-    step = wl[-1] - wl[-2]
-    delta = wl[-1] - wl[0] + (gap + 1) * step
-    filler = wl[-1] + step * np.arange(1, gap + 1)
+    # The filler's spacing changes geometrically from the last step to the first, so a
+    # smoothly sampled grid (linear or log-linear) stays smooth across the junctions.
+    last, first = wl[-1] - wl[-2], wl[1] - wl[0]
+    steps = last * (first / last) ** (np.arange(1, gap + 2) / (gap + 1))
+    ends = wl[-1] + np.cumsum(steps)
+    delta = float(ends[-1] - wl[0])
+    filler = ends[:-1]
     parts = []
     for b in range(n_spectra):
         parts.append(wl + b * delta)

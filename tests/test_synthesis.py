@@ -156,3 +156,50 @@ def test_layout_reuse_and_stacked_batches():
     np.testing.assert_array_equal(np.asarray(flux_a[start:]), 1.0)
     assert _rel(flux[:wl.size], a.flux_exact(wl)) < 5e-3  # only the cut wings differ
     assert _rel(flux[start:start + wl.size], b.flux_exact(wl)) < 5e-3
+
+
+@pytest.mark.parametrize("grid", ["stacked", "kinked"])
+def test_fixed_windows_match_the_untruncated_product_in_both_modes(grid):
+    """Fixed windows (the clone's plan: placed at planning centres, widened by the centre
+    span, offsets precomputed, cut into chunks: one bucket per level) give the flux and
+    derivatives of autodiff of the untruncated product for centres moved within the span:
+    on a log-linear grid stacked with a copy of itself (the clone's batch layout; the
+    junction stays smooth) and on a grid whose spacing jumps (wavelength-space
+    interpolation weights)."""
+    wl0 = 8500.0 * np.exp(np.arange(3000) * 1e-6)  # log-linear, 0.0085 Å pixels
+    if grid == "stacked":
+        wl, delta = stack_wavelengths(wl0, 2, gap=1500)
+        assert np.all(np.abs(np.diff(np.diff(wl)) / np.diff(wl)[:-1]) < 1e-3)
+    else:
+        wl, delta = np.r_[wl0, wl0[-1] + 0.012 * np.arange(1, 3001)], wl0[-1] - wl0[0]
+    lines = _small_list(30, seed=5)
+    c0 = np.asarray(lines.center) - 8498.0 + wl0[0]
+    c0 = np.r_[c0, c0[:10] + delta]  # ten lines in the second part too
+    pick = np.r_[np.arange(30), np.arange(10)]
+    ln_a, ln_s, ln_g = (np.asarray(getattr(lines, k))[pick] for k in FIELDS[1:])
+    span = 0.05
+    plan = plan_synthesis(wl, ln_a + 0.3, ln_s + 0.3, ln_g + 0.3, c0,
+                          center_span=(c0 - span, c0 + span), fixed_windows=True,
+                          tolerance=1e-6, any_shape=True)
+    assert all(len(level) == 1 for level in plan.layout())
+    assert (plan.levels[0].cell_weights is None) == (grid == "stacked")
+    shift = np.random.default_rng(2).uniform(-span, span, c0.size)
+    params = tuple(jnp.asarray(v) for v in (c0 + shift, ln_a, ln_s, ln_g))
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=wl.size))
+
+    def loss(*p):
+        return jnp.sum(weights * plan.log_flux(*p))
+
+    def loss_exact(*p):
+        return jnp.sum(weights * jnp.log(LineList(*p).flux_exact(wl)))
+
+    assert _rel(plan.log_flux(*params), jnp.log(LineList(*params).flux_exact(wl))) < 1e-4
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(*params)
+    refs = jax.grad(loss_exact, argnums=(0, 1, 2, 3))(*params)
+    for got, ref in zip(grads, refs):
+        assert _rel(got, ref) < 1e-3
+    tangent = jnp.asarray(np.random.default_rng(4).normal(size=c0.size))
+    got = jax.jvp(lambda c: plan.log_flux(c, *params[1:]), (params[0],), (tangent,))[1]
+    ref = jax.jvp(lambda c: jnp.log(LineList(c, *params[1:]).flux_exact(wl)),
+                  (params[0],), (tangent,))[1]
+    assert _rel(got, ref) < 1e-3

@@ -13,8 +13,8 @@ clone store (:mod:`jaxspec.io.clone_store`), batched and resumable.
 
 The package has one file per part: :mod:`~jaxspec.clone.settings` (:class:`CloneSettings`,
 every setting spelled once), :mod:`~jaxspec.clone.detection` (steps 1-3 below),
-:mod:`~jaxspec.clone.model` (the windowed fitting model), :mod:`~jaxspec.clone.fit`
-(steps 4-5 and :func:`clone`) and :mod:`~jaxspec.clone.sweep` (:func:`clone_grid`: the
+:mod:`~jaxspec.clone.model` (the fitting model on :mod:`jaxspec.synthesis`),
+:mod:`~jaxspec.clone.fit` (steps 4-5 and :func:`clone`) and :mod:`~jaxspec.clone.sweep` (:func:`clone_grid`: the
 grid sweep, continuation or independent).
 
 Method (the paper's settings are the defaults: Adam, learning rate 0.05, 100 epochs,
@@ -51,9 +51,10 @@ prominence 0.005; except the wing cut, 30000 pixels against the paper's 6000, se
    below the continuum (which lets broad lines, whose f0 overlapping wings cut short,
    grow), and :math:`\ln a \le \ln a_0 + 1 + \ln(f_{max} / e^{1.1} f_0)`
    (``amplitude_margin``). The synthesis windows are planned once for the box's edges,
-   so the whole loop (``lax.scan`` over epochs) is one compiled program. The sum of squared residuals is minimised (Adam is
-   scale-invariant except for its ε = 1e-8, which would throttle the tiny gradients of
-   a mean over 10⁵–10⁶ pixels); ``loss_history`` records the mean.
+   so the whole loop (``lax.scan`` over epochs) is one compiled program. The sum of
+   squared residuals is minimised (Adam is scale-invariant except for its ε = 1e-8,
+   which would throttle the tiny gradients of a mean over 10⁵–10⁶ pixels);
+   ``loss_history`` records the mean.
 5. **Refinement** (``passes=2``, the default; ``passes=1`` is the paper's single pass):
    the residual :math:`1 - \bar S / F` is searched for further lines as in 1–3 (blends
    the first detection missed) and all lines are optimised again for ``epochs``.
@@ -72,10 +73,12 @@ nodes, 2e-3 at the hot ones, against 6.8e-4 with 30000 px).
 Line identifiers: ``line_id`` is :math:`\mu_j` rounded to 0.01 Å (blase3D Sect. 3.1),
 unique within a clone (a second line with the same identifier is not added).
 
-Numerics: the fitting model is a private windowed synthesis specialised for gradients
-(see the comment above ``_Problem``); float32 profile arithmetic on float64 offsets from
-the line centres; agrees with :meth:`LineList.flux_exact` to about 1e-5 where the wing
-cut does not act.
+Numerics: the clones are fitted through the one synthesis engine,
+:mod:`jaxspec.synthesis` (:mod:`~jaxspec.clone.model`: a batch of spectra laid end to end,
+windows fixed for the optimisation box and cut into chunks of 64 pixels, the engine's
+hand-written derivative rules); float32 profile arithmetic on offsets from the line
+centres taken in float64; agrees with :meth:`LineList.flux_exact` to about 1e-5 where the
+wing cut does not act.
 """
 
 from jaxspec.clone.fit import CloneResult, clone

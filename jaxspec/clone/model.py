@@ -41,9 +41,14 @@ _SLOT_LADDER = _ladder(2**0.25, start=8)  # flat parameter array sizes (program 
 # The Lorentzian wings reach coarse_factor × tolerance on the top level (x^-2 tails of
 # neighbouring lines add up; 1.0 as the clones have always been fitted).
 _COARSE_FACTOR = 1.0
-_GAP_MARGIN = 1024  # filler pixels beyond twice the wing cut between stacked spectra
-_CORE_HALVES = float(__import__("os").environ.get("CH", 4.0))
-_MAX_BUCKETS = int(__import__("os").environ.get("MB", 4))
+# Filler pixels between stacked spectra: the wing cut plus this margin (a line centred
+# outside the band still reaches no neighbouring spectrum).
+_GAP_MARGIN = 1024
+# Fixed windows reach this many half widths (plus the centre span) beyond the line centre
+# before the Lorentz interpolation takes over (the engine's default, 4, is for windows
+# that follow the centre; 2 as the clones have always been fitted).
+_CORE_HALVES = 2.0
+_CHUNK = 4  # cells (64 pixels) per window chunk: one kernel per level, whatever the widths
 
 
 class _Problem(eqx.Module):
@@ -94,19 +99,21 @@ def _plan(wl, batch: list[_Lines], settings: CloneSettings, *, headroom: float =
     slots = (np.r_[spec, np.zeros(n_slots - n_lines, np.int64)],
              np.r_[line, np.full(n_slots - n_lines, -1, np.int64)])
     wing_cut = _wing_cut(settings, n_pix)
-    gap = int(float(__import__("os").environ.get("GF", 2)) * wing_cut) + _GAP_MARGIN
+    gap = wing_cut + _GAP_MARGIN
     stacked, delta = stack_wavelengths(wl, n_spec, gap)
     mu0 = _gather_slots(batch, slots, "mu0", wl[0])
     offset = mu0 + slots[0] * delta
-    # Windows for the box's edges: the largest amplitude, and the largest FWHM as a pure
-    # Lorentzian (η = 1 bounds the Lorentz area; f_L = 2γ), the centre within ±max_shift.
+    # Windows for the box's edges: the largest amplitude and FWHM (passed as a pure
+    # Lorentzian, f_L = 2γ; any_shape bounds every Gauss/Lorentz mix of that FWHM), the
+    # centre anywhere within ±max_shift.
     hi_a = _gather_slots(batch, slots, "hi_a", ABSENT_LN_AMPLITUDE)
     hi_g = _gather_slots(batch, slots, "hi_f", 0.0) - math.log(2.0)
     plan = plan_synthesis(
         stacked, hi_a, np.full(n_slots, -30.0), hi_g, offset,
         center_span=(offset - settings.max_shift, offset + settings.max_shift),
         tolerance=settings.tolerance, coarse_factor=_COARSE_FACTOR, wing_cut=wing_cut,
-        reuse=True, headroom=headroom, core_halves=_CORE_HALVES, max_buckets=_MAX_BUCKETS, levels=(int(__import__("os").environ["LV"]) if "LV" in __import__("os").environ else None),
+        reuse=True, headroom=headroom, core_halves=_CORE_HALVES, fixed_windows=True,
+        chunk=_CHUNK, any_shape=True,
     )
     problem = _Problem(plan, jnp.asarray(offset, jnp.float64), n_spec, n_pix, n_pix + gap)
     return problem, slots
