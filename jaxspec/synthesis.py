@@ -680,58 +680,70 @@ class SynthesisPlan(eqx.Module):
             [jnp.asarray(v), jnp.full((1,), fill, jnp.result_type(v, float))])
         consts = _constants(center, pad(ln_amplitude, ABSENT_LN_AMPLITUDE),
                             pad(ln_sigma, 0.0), pad(ln_gamma, 0.0), dt)
-        if self.center is not None:
-            return self._log_flux_fixed(consts[0], (center[:-1] - self.center).astype(dt))
+        fixed = self.center is not None
+        if fixed:  # fixed windows: offsets are from the planning centres; μ is the shift
+            mu = jnp.concatenate([(center[:-1] - self.center).astype(dt), jnp.zeros((1,), dt)])
+        else:
+            mu = consts[1]
 
         # Level l < top: ``samples`` sums every line's T (l = 0) or S on its window of
         # cells, ``nodes_sum`` its S on the window's m + 3 nodes; - I[S] of all windows is
         # then one interpolation per level of -nodes_sum, corrected on the three cells
         # either side of each window, which interpolate from some of its nodes but lie
         # outside it (``edges``, cell c at row c + 3). So every window is one fusion and
-        # nothing per window is interpolated.
+        # nothing per window is interpolated. Fixed windows (short chunks) on a smooth
+        # grid subtract the interpolation of their own nodes instead (one scatter each).
         samples, node_sums, edges = [], [], []
         top = len(self.levels) - 1
         for depth, level in enumerate(self.levels):
-            pos = jnp.searchsorted(level.wavelength, consts[1]).astype(jnp.int32)
+            if not fixed:
+                pos = jnp.searchsorted(level.wavelength, consts[1]).astype(jnp.int32)
             if depth == top:
                 acc = jnp.zeros(level.wavelength.shape, dt)
                 for b in level.buckets:
                     i, k = b.lines, b.size
-                    n0 = jnp.clip(pos[i] - k // 2, 0, level.wavelength.size - k)
-                    c = (consts[0][:, i], consts[1][i])
-                    acc = _add_windows(acc, n0, _bucket(c, (level.wavelength, n0), k, False))
+                    if fixed:
+                        n0, arrays = b.start, (b.offsets,)
+                    else:
+                        n0 = jnp.clip(pos[i] - k // 2, 0, level.wavelength.size - k)
+                        arrays = (level.wavelength, n0)
+                    c = (consts[0][:, i], mu[i])
+                    acc = _add_windows(acc, n0, _bucket(c, arrays, k, False))
                 samples.append(acc)
                 break
             n_cells = level.wavelength.size // h
             nodes = self.levels[depth + 1]
+            local = fixed and level.cell_weights is None
             acc = jnp.zeros(level.wavelength.shape, dt)
             node_acc = jnp.zeros(n_cells + 3, dt)
             edge_acc = jnp.zeros((n_cells + 6, 4), dt)
             for b in level.buckets:
                 i, m = b.lines, b.size
-                c0 = jnp.clip(pos[i] // h - m // 2, 0, n_cells - m)
-                c = (consts[0][:, i], consts[1][i])
-                here = _bucket(c, (level.wavelength, c0 * h), m * h, depth == 0)
+                if fixed:
+                    c0, at_cells, at_nodes = b.start, (b.offsets,), (b.node_offsets,)
+                else:
+                    c0 = jnp.clip(pos[i] // h - m // 2, 0, n_cells - m)
+                    at_cells = (level.wavelength, c0 * h)
+                    at_nodes = (nodes.wavelength, nodes.offset + c0)
+                c = (consts[0][:, i], mu[i])
+                here = _bucket(c, at_cells, m * h, depth == 0)
+                smooth = _bucket(c, at_nodes, m + 3, False)
+                if local:
+                    here = here - (_stencils(smooth) @ self.weights.astype(dt).T).reshape(
+                        here.shape)
+                else:
+                    node_acc = _add_windows(node_acc, c0, smooth)
+                    edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
+                                            _edge_stencils(smooth))
                 acc = _add_windows(acc, c0 * h, here)
-                smooth = _bucket(c, (nodes.wavelength, nodes.offset + c0), m + 3, False)
-                node_acc = _add_windows(node_acc, c0, smooth)
-                edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
-                                        _edge_stencils(smooth))
             samples.append(acc)
             node_sums.append(node_acc)
             edges.append(edge_acc[3:-3])
 
-        return self._combine(samples, node_sums, edges, dt)
-
-    def _combine(self, samples, node_sums, edges, dt):
-        """ln F on the pixels from every level's window sums: from the top level down,
-        each level adds the interpolation of (the level above − its own node sums),
-        corrected at the window edges, to its samples."""
-        top = len(self.levels) - 1
         total = samples[top]
         for depth in range(top - 1, -1, -1):
             nodes = self.levels[depth + 1]
-            n_cells = self.levels[depth].wavelength.size // self.h
+            n_cells = edges[depth].shape[0]
             node_values = total[nodes.offset : nodes.offset + n_cells + 3] - node_sums[depth]
             level = self.levels[depth]
             w = self.weights if level.cell_weights is None else level.cell_weights
@@ -739,56 +751,6 @@ class SynthesisPlan(eqx.Module):
             total = samples[depth] + coarse.reshape(-1)
         start = self.levels[0].offset
         return total[start : start + self.n_pix]
-
-
-    def _log_flux_fixed(self, rows, shift):
-        """:meth:`log_flux` with fixed windows: per-line constants ``rows`` (4, n + 1)
-        and shifts μ − μ_plan (n,); the window geometry is static and the offsets of the
-        samples precomputed, so nothing is gathered or searched."""
-        dt = rows.dtype
-        h = self.h
-        shift = jnp.concatenate([shift, jnp.zeros((1,), dt)])
-        samples, node_sums, edges = [], [], []
-        top = len(self.levels) - 1
-        for depth, level in enumerate(self.levels):
-            if depth == top:
-                acc = jnp.zeros(level.wavelength.shape, dt)
-                for b in level.buckets:
-                    c = (rows[:, b.lines], shift[b.lines])
-                    acc = _add_windows(acc, b.start, _bucket(c, (b.offsets,), b.size, False))
-                samples.append(acc)
-                break
-            n_cells = level.wavelength.size // h
-            acc = jnp.zeros(level.wavelength.shape, dt)
-            if level.cell_weights is None:
-                # Each window subtracts the interpolation of its own nodes' S from its
-                # samples (one scatter per window; nothing to correct at its edges).
-                w = self.weights.astype(dt)
-                for b in level.buckets:
-                    m, c0 = b.size, b.start
-                    c = (rows[:, b.lines], shift[b.lines])
-                    here = _bucket(c, (b.offsets,), m * h, depth == 0)
-                    smooth = _bucket(c, (b.node_offsets,), m + 3, False)
-                    here = here - (_stencils(smooth) @ w.T).reshape(here.shape)
-                    acc = _add_windows(acc, c0 * h, here)
-                samples.append(acc)
-                node_sums.append(jnp.zeros((), dt))
-                edges.append(jnp.zeros((), dt))
-                continue
-            node_acc = jnp.zeros(n_cells + 3, dt)
-            edge_acc = jnp.zeros((n_cells + 6, 4), dt)
-            for b in level.buckets:
-                m, c0 = b.size, b.start
-                c = (rows[:, b.lines], shift[b.lines])
-                acc = _add_windows(acc, c0 * h, _bucket(c, (b.offsets,), m * h, depth == 0))
-                smooth = _bucket(c, (b.node_offsets,), m + 3, False)
-                node_acc = _add_windows(node_acc, c0, smooth)
-                edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
-                                        _edge_stencils(smooth))
-            samples.append(acc)
-            node_sums.append(node_acc)
-            edges.append(edge_acc[3:-3])
-        return self._combine(samples, node_sums, edges, dt)
 
 
 def _extend(wl: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -940,7 +902,9 @@ def plan_synthesis(
         if wing_cut is None:
             return need
         unit = h ** (depth + 1) if depth < levels else h**levels
-        return np.minimum(need, _round_up(max(4, math.ceil(wing_cut / unit))))
+        most = max(4, math.ceil(wing_cut / unit))
+        # Chunked fixed windows keep the cut as given (no ladder to round up to).
+        return np.minimum(need, most if fixed_windows else _round_up(most))
 
     def needs_at(depth, below):
         """Window sizes each line needs at ``depth``, given the sizes below it (rounded
