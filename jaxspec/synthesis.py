@@ -1027,7 +1027,7 @@ def plan_synthesis(
         rows = []
         for depth in range(levels + 1):
             unit = int(chunk) if depth < levels else 4 * int(chunk)
-            need = -(-np.maximum(sizes[depth], 1) // unit) * unit
+            need = sizes[depth]  # whole chunks (needs_all)
             if depth == levels:
                 pad = 4 if pads is None else pads[depth]
                 n_samples = n_real + 2 * pad

@@ -14,8 +14,8 @@ clone store (:mod:`jaxspec.io.clone_store`), batched and resumable.
 The package has one file per part: :mod:`~jaxspec.clone.settings` (:class:`CloneSettings`,
 every setting spelled once), :mod:`~jaxspec.clone.detection` (steps 1-3 below),
 :mod:`~jaxspec.clone.model` (the fitting model on :mod:`jaxspec.synthesis`),
-:mod:`~jaxspec.clone.fit` (steps 4-5 and :func:`clone`) and :mod:`~jaxspec.clone.sweep` (:func:`clone_grid`: the
-grid sweep, continuation or independent).
+:mod:`~jaxspec.clone.fit` (steps 4-5 and :func:`clone`) and :mod:`~jaxspec.clone.sweep`
+(:func:`clone_grid`: the grid sweep, continuation or independent).
 
 Method (the paper's settings are the defaults: Adam, learning rate 0.05, 100 epochs,
 prominence 0.005; except the wing cut, 30000 pixels against the paper's 6000, see below):

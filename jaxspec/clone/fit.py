@@ -177,7 +177,7 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
     # problem, so that both passes run the same compiled program.
     headroom = _REFINE_HEADROOM if settings.passes > 1 else 0.0
     history, model, n_slots = _fit(wl, flux, good, batch, settings,
-                                  deblend=settings.deblend > 0, headroom=headroom)
+                                   deblend=settings.deblend > 0, headroom=headroom)
     histories = [history]
     for _ in range(1, settings.passes):
         # Lines the first detection missed (mostly blends) show in the residual; all

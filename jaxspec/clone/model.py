@@ -9,10 +9,11 @@ jaxspec (:meth:`jaxspec.lines.LineList.flux`, the line emulator, ``refine``):
 * the windows are planned once per optimisation pass, for the edges of the optimisation
   box (the largest amplitude and FWHM a line may take, its centre anywhere within
   ``±max_shift``), so the whole Adam loop is one compiled program;
-* with ``reuse=True`` the plan takes the bucket layout of an earlier plan on the same
-  stacked grid where this one fits it, and the flat parameter arrays are padded up a
-  ladder of sizes, so later passes, batches and grid nodes reuse compiled programs
-  (XLA compiles take seconds);
+* the windows are fixed and cut into 64-pixel chunks (``fixed_windows=True``): one
+  bucket per level, whose chunk counts, like the flat parameter arrays, are padded up a
+  ladder of sizes and taken from an earlier plan on the same stacked grid where this
+  one fits, so later passes, batches and grid nodes reuse compiled programs (XLA
+  compiles take seconds);
 * Adam is elementwise, so minimising the sum of per-spectrum losses over the stacked
   batch optimises every spectrum independently.
 """
