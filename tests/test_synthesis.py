@@ -203,3 +203,16 @@ def test_fixed_windows_match_the_untruncated_product_in_both_modes(grid):
     ref = jax.jvp(lambda c: jnp.log(LineList(c, *params[1:]).flux_exact(wl)),
                   (params[0],), (tangent,))[1]
     assert _rel(got, ref) < 1e-3
+
+
+def test_bad_planning_options_are_named():
+    wl = np.linspace(8500.0, 8530.0, 500)
+    x = _small_list(5)
+    args = (wl, np.asarray(x.ln_amplitude), np.asarray(x.ln_sigma), np.asarray(x.ln_gamma),
+            np.asarray(x.center))
+    with pytest.raises(ValueError, match="headroom"):
+        plan_synthesis(*args, reuse=True, headroom=-0.1)
+    with pytest.raises(ValueError, match="chunk"):
+        plan_synthesis(*args, fixed_windows=True, chunk=0)
+    with pytest.raises(ValueError, match="chunk"):
+        plan_synthesis(*args, fixed_windows=True, chunk=2.5)
