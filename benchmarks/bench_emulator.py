@@ -162,6 +162,7 @@ def oracle_identification(grid: SpectralGrid, held: np.ndarray):
 
 
 CLONE_METHOD = "continuation"  # set by --clone-method
+CLONE_SETTINGS: dict = {}  # set by --clone-setting NAME=VALUE (CloneSettings fields)
 SMOOTHNESS = 1e-3  # set by --smoothness: the joint fit of the clone-built emulator
 
 
@@ -180,7 +181,7 @@ def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path, report: dict | 
                           normalized=True)
     t0 = time.perf_counter()
     try:
-        clone_grid(masked, out=path, method=CLONE_METHOD)  # resumes a partial store
+        clone_grid(masked, out=path, method=CLONE_METHOD, **CLONE_SETTINGS)  # resumes
     except NotImplementedError:
         log("clones: skipped (jaxspec.clone.clone_grid is not implemented yet)")
         return None
@@ -463,7 +464,7 @@ def lowres_part(out: Path, resolution: float, report: dict):
                           normalized=True)
     path = out / f"clones_default_R{int(resolution)}_{CLONE_METHOD}.h5"
     t0 = time.perf_counter()
-    clone_grid(masked, out=path, method=CLONE_METHOD)
+    clone_grid(masked, out=path, method=CLONE_METHOD, **CLONE_SETTINGS)
     seconds = time.perf_counter() - t0
     store = CloneStore.open(path)
     matcher = "identity" if store.identities is not None else "track"
@@ -622,7 +623,7 @@ def blase3d_storage(out: Path, report: dict):
 
 
 def main():
-    global CLONE_METHOD, SMOOTHNESS
+    global CLONE_METHOD, CLONE_SETTINGS, SMOOTHNESS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
     parser.add_argument("--parts", default="oracle,clones,speed,storage")
@@ -636,6 +637,9 @@ def main():
     parser.add_argument("--clone-method", default="continuation",
                         choices=("continuation", "independent"),
                         help="clone_grid method of the clones part (store cached per method)")
+    parser.add_argument("--clone-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a CloneSettings field for the clones (repeatable), e.g. "
+                        "warm_width_anchor=0.001; use another --out, the store is cached")
     parser.add_argument("--resolution", type=float, default=22_500.0,
                         help="resolving power of the lowres part's grid (3 px per element)")
     parser.add_argument("--load-big", action="store_true",
@@ -645,6 +649,14 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     CLONE_METHOD = args.clone_method
+    for item in args.clone_setting:
+        name, _, value = item.partition("=")
+        if not value:
+            parser.error(f"--clone-setting {item!r}: pass NAME=VALUE, e.g. warm_width_anchor=0.001")
+        try:
+            CLONE_SETTINGS[name] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            CLONE_SETTINGS[name] = value
     SMOOTHNESS = args.smoothness
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
         f"{os.cpu_count()}; timings on shared CPUs are noisy")

@@ -19,7 +19,8 @@ WL = np.linspace(8500.0, 8520.0, 501)
 SETTINGS = {"prominence": 0.005, "wing_cut": 6000, "epochs": 100, "learning_rate": 0.05,
             "max_shift": 0.05, "passes": 2, "deblend": 8, "amplitude_margin": 1.0,
             "width_margin": 1.1, "tolerance": 1e-5, "method": "independent",
-            "warm_epochs": 40, "warm_learning_rate": 0.05, "floor_depth": 1e-4}
+            "warm_epochs": 40, "warm_learning_rate": 0.05, "floor_depth": 1e-4,
+            "warm_width_anchor": 0.0}
 
 
 def node(index, n=5, seed=0):

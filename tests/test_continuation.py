@@ -150,10 +150,12 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     clone_grid(grid, path, max_nodes=2, **{**KW, "method": "independent"})
     with h5py.File(path, "a") as f:
         f.attrs["version"] = 1
-        for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth"):
+        for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
+                     "warm_width_anchor"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
+    assert old.settings["warm_width_anchor"] == 0.0
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -163,6 +165,33 @@ def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
         clone_grid(grid, tmp_path / "x.h5", warm_epoch=3)
     with pytest.raises(ValueError, match="method='sideways' is invalid"):
         clone_grid(grid, tmp_path / "x.h5", method="sideways")
+    with pytest.raises(ValueError, match="warm_width_anchor=-0.1 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", warm_width_anchor=-0.1)
+
+
+def width_steps(store):
+    """|Δ ln σ| of the lines deeper than 0.05 between each node (i, 0) and its parent
+    (i, 1) in the sweep (the start node is (1, 1))."""
+    steps = []
+    for i in range(3):
+        child, parent = (store.read_node((i, j)) for j in (0, 1))
+        both, c, p = np.intersect1d(child.identity, parent.identity, return_indices=True)
+        depth = np.exp(parent.ln_amplitude[p]) * _peak_value(parent.ln_sigma[p],
+                                                             parent.ln_gamma[p])
+        strong = depth > 0.05
+        steps.append(np.abs(child.ln_sigma[c] - parent.ln_sigma[p])[strong])
+    return np.concatenate(steps)
+
+
+def test_width_anchor_keeps_the_parents_widths(grid, store, tmp_path):
+    # The grid's σ changes by ln 1.05 = 0.049 from logg 4.0 to 4.5: the free warm fit
+    # follows it; a heavy anchor holds the parent's widths at the cost of the residual.
+    free = width_steps(store)
+    held = clone_grid(grid, tmp_path / "anchored.h5", warm_width_anchor=1e3, **KW)
+    anchored = width_steps(held)
+    assert held.settings["warm_width_anchor"] == 1e3
+    assert np.median(free) > 0.02
+    assert np.median(anchored) < 0.25 * np.median(free)
 
 
 def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path):

@@ -72,6 +72,10 @@ def register(sub) -> None:
     g.add_argument("--warm-epochs", type=int, default=CloneSettings.warm_epochs,
                    help="continuation: Adam steps per warm pass "
                    f"({CloneSettings.warm_epochs})")
+    g.add_argument("--warm-width-anchor", type=float,
+                   default=CloneSettings.warm_width_anchor,
+                   help="continuation: weight of the anchor of each line's widths to its "
+                   f"parent's (dimensionless; {CloneSettings.warm_width_anchor:g}: off)")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",
@@ -138,7 +142,9 @@ def _clone(args: argparse.Namespace) -> int:
     store = clone_grid(
         grid_path, args.out, prominence=args.prominence, wing_cut=args.wing_cut,
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
-        method=args.method, warm_epochs=args.warm_epochs, batch_size=args.batch_size, resume=not args.no_resume,
+        method=args.method, warm_epochs=args.warm_epochs,
+        warm_width_anchor=args.warm_width_anchor, batch_size=args.batch_size,
+        resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
         max_nodes=args.max_nodes, **scale,
     )

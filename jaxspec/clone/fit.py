@@ -85,7 +85,7 @@ def _deblend(problem, params, peak_index, tau_obs, max_shift, n_iter: int):
 
 @eqx.filter_jit
 def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate,
-           epochs: int):
+           epochs: int, anchor=None):
     """Adam on the sum of squared residuals over valid pixels (``weight`` 1 or 0).
 
     Adam is invariant to the scale of the loss except through its ε (1e-8): the mean
@@ -95,7 +95,11 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
 
     params = (u, ln_a, ln_s, ln_g); ln a, ln σ, ln γ are clipped into [lower, upper]
     (triples) after every step. Returns the final params, the per-spectrum loss history
-    (epochs, n_spec) and the model flux (n_spec, P)."""
+    (epochs, n_spec) and the model flux (n_spec, P).
+
+    ``anchor = (ln_s0, ln_g0, w)`` (slot arrays) adds the width anchor
+    :math:`\sum_j w_j [(\ln\sigma_j - \ln\sigma_{0j})^2 + (\ln\gamma_j - \ln\gamma_{0j})^2]`
+    to the loss (continuation: the parent's widths, :func:`_anchor_weights`)."""
     optimizer = optax.adam(learning_rate)
 
     n_valid = jnp.maximum(jnp.sum(weight, axis=1), 1.0)
@@ -103,7 +107,11 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
     def loss(p):
         r = jnp.exp(_log_flux(problem, p, max_shift)) - flux
         per_spec = jnp.sum(r * r * weight, axis=1)
-        return jnp.sum(per_spec), per_spec / n_valid
+        total = jnp.sum(per_spec)
+        if anchor is not None:
+            s0, g0, w = anchor
+            total = total + jnp.sum(w * ((p[2] - s0) ** 2 + (p[3] - g0) ** 2))
+        return total, per_spec / n_valid
 
     def step(carry, _):
         p, state = carry
@@ -123,9 +131,10 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
 
 
 def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_least=0,
-         epochs=None, learning_rate=None):
+         epochs=None, learning_rate=None, anchor=None):
     """One optimisation pass over ``batch`` (lines updated in place); ``epochs`` and
-    ``learning_rate`` default to the settings' (cold) values.
+    ``learning_rate`` default to the settings' (cold) values. ``anchor``: per spectrum,
+    (n_lines,) weights of the width anchor to each line's ``s0``/``g0`` (:func:`_train`).
 
     Returns (history (B, epochs), model (B, n_pix), the slot count, for ``at_least`` of
     a later pass that should reuse this one's compiled program)."""
@@ -155,10 +164,22 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
         problem, params, lower, upper, jnp.asarray(flux, jnp.float32),
         jnp.asarray(good, jnp.float32), max_shift,
         jnp.asarray(learning_rate or settings.learning_rate), epochs or settings.epochs,
+        None if anchor is None else _anchor_slots(batch, slots, anchor),
     )
     for name, value in zip(("u", "ln_a", "ln_s", "ln_g"), params):
         _scatter_slots(batch, slots, name, value)
     return np.asarray(history).T, np.asarray(model, dtype=np.float64), slots[0].size
+
+
+def _anchor_slots(batch, slots, weights):
+    """Slot arrays (ln σ0, ln γ0, w) of the width anchor: each line's ``s0``, ``g0`` and
+    its weight in ``weights`` (a list of (n_lines,) arrays, one per spectrum)."""
+    w = np.zeros(slots[1].size)
+    for b, wb in enumerate(weights):
+        sel = (slots[0] == b) & (slots[1] >= 0)
+        w[sel] = np.asarray(wb, dtype=np.float64)[slots[1][sel]]
+    return (jnp.asarray(_gather_slots(batch, slots, "s0", 0.0)),
+            jnp.asarray(_gather_slots(batch, slots, "g0", 0.0)), jnp.asarray(w))
 
 
 def _clone_batch(wl, flux, good, settings: CloneSettings):

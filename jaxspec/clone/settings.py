@@ -44,6 +44,10 @@ class CloneSettings:
         warm_learning_rate: Adam learning rate of warm-started passes (continuation).
         floor_depth: continuation: a line that fades keeps its identity with a peak
             depth of at least this (normalised flux), instead of vanishing.
+        warm_width_anchor: continuation: weight λ of the anchor of a warm-started
+            line's ln σ and ln γ to its parent's (dimensionless: λ times the
+            squared-residual cost of a unit ln change, :func:`jaxspec.clone.sweep`);
+            0 leaves the widths free within their box.
     """
 
     prominence: float = 0.005
@@ -60,6 +64,7 @@ class CloneSettings:
     warm_epochs: int = 80
     warm_learning_rate: float = 0.05
     floor_depth: float = 1e-4
+    warm_width_anchor: float = 0.0
 
     def __post_init__(self):
         def integer(value, low):
@@ -86,6 +91,8 @@ class CloneSettings:
              "a positive number, e.g. 0.05"),
             ("floor_depth", 0 < self.floor_depth < self.prominence,
              "a positive depth below prominence, e.g. 1e-4"),
+            ("warm_width_anchor", self.warm_width_anchor >= 0,
+             "a weight >= 0 (0: no anchor), e.g. 0.1"),
         ]
         for name, ok, fix in checks:
             if not ok:
@@ -93,7 +100,8 @@ class CloneSettings:
         for name in ("wing_cut", "epochs", "passes", "deblend", "warm_epochs"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("prominence", "learning_rate", "max_shift", "amplitude_margin",
-                     "width_margin", "tolerance", "warm_learning_rate", "floor_depth"):
+                     "width_margin", "tolerance", "warm_learning_rate", "floor_depth",
+                     "warm_width_anchor"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "method", str(self.method))
 

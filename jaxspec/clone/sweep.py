@@ -421,13 +421,18 @@ class _Sweep:
         flux, good, _ = _batch_spectra(self.grid, rows)
         batch = [self._warm_start(self.state[self.parents[idx]]) for idx in rows]
         kw = {"epochs": s.warm_epochs, "learning_rate": s.warm_learning_rate}
-        _, model, n_slots = _fit(wl, flux, good, batch, s, headroom=0.1, **kw)
+        anchor = ([self._anchor_weights(x) for x in batch] if s.warm_width_anchor > 0
+                  else None)
+        _, model, n_slots = _fit(wl, flux, good, batch, s, headroom=0.1, anchor=anchor, **kw)
         born = []
         for b in range(len(chunk)):
             batch[b], new = self._births(batch[b], flux[b], model[b], good[b])
             born.append(new)
+            if anchor is not None:  # births are new: nothing to anchor them to
+                anchor[b] = np.r_[anchor[b], np.zeros(batch[b].n - anchor[b].size)]
         if any(n.any() for n in born):
-            _, model, _ = _fit(wl, flux, good, batch, s, at_least=n_slots, **kw)
+            _, model, _ = _fit(wl, flux, good, batch, s, at_least=n_slots, anchor=anchor,
+                               **kw)
         nodes = []
         for b, idx in enumerate(chunk):
             x = batch[b]
@@ -443,6 +448,19 @@ class _Sweep:
             self._keep(idx, x, model_b, flux[b], good[b])
             nodes.append(self._node_clone(idx, x, self.rms[idx]))
         return nodes
+
+    def _anchor_weights(self, x: _Lines) -> np.ndarray:
+        r"""Weights of the width anchor of a warm-started node's lines (:func:`_train`):
+        :math:`w_j = \lambda\, d_j^2\, f_j / \Delta\lambda_j`, λ = ``warm_width_anchor``,
+        d the peak depth and f the FWHM of the parent's line, Δλ the pixel spacing at
+        its centre: about λ times the squared-residual cost of a unit change of ln σ or
+        ln γ, so that λ is dimensionless. It keeps the parent's widths where the data
+        allow, so a line's widths change across the grid only where the spectrum asks:
+        without it lines far from their parents' widths take over other lines' roles
+        (broad blanket lines in the TiO bands, core helpers of hot Paschen lines)."""
+        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        pixels = _fwhm(x.ln_s, x.ln_g) / np.interp(x.mu0, self.wl, self.spacing)
+        return self.settings.warm_width_anchor * depth ** 2 * pixels
 
     def _births(self, x: _Lines, flux, model, good):
         """Lines the warm fit could not explain, found in the residual: revived,

@@ -10,10 +10,13 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 prominence, wing_cut, epochs, learning_rate,
                                 max_shift, passes, deblend, amplitude_margin,
                                 width_margin, tolerance, method, warm_epochs,
-                                warm_learning_rate, floor_depth
+                                warm_learning_rate, floor_depth,
+                                warm_width_anchor
                                                             (clone settings; version 1
-                                                            stores lack the last four and
-                                                            read as method="independent")
+                                                            stores lack the last five and
+                                                            read as method="independent";
+                                                            a missing warm_width_anchor
+                                                            reads as 0)
                                 start (int array, optional: the continuation sweep's
                                     start node)
                                 backfilled (bool, optional: the continuation sweep's
@@ -87,11 +90,14 @@ READABLE_VERSIONS = (1, 2)
 SETTING_NAMES = (
     "prominence", "wing_cut", "epochs", "learning_rate", "max_shift", "passes", "deblend",
     "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
-    "warm_learning_rate", "floor_depth",
+    "warm_learning_rate", "floor_depth", "warm_width_anchor",
 )
 #: Settings that version-1 stores lack, and the values they mean there.
 _V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
-                "floor_depth": 1e-4}
+                "floor_depth": 1e-4, "warm_width_anchor": 0.0}
+#: Settings added after version 2 was written, and the values that stores without them
+#: were cloned with.
+_LATER_SETTINGS = {"warm_width_anchor": 0.0}
 _INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
@@ -227,7 +233,7 @@ class CloneStore:
                 f"reads versions {READABLE_VERSIONS}){_FIX}"
             )
         self.version = int(version)
-        defaults = _V1_SETTINGS if self.version == 1 else {}
+        defaults = _V1_SETTINGS if self.version == 1 else _LATER_SETTINGS
         missing = [a for a in ("param_names", *SETTING_NAMES)
                    if a not in f.attrs and a not in defaults]
         if missing:
