@@ -169,9 +169,9 @@ def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
         clone_grid(grid, tmp_path / "x.h5", warm_width_anchor=-0.1)
 
 
-def width_steps(store):
-    """|Δ ln σ| of the lines deeper than 0.05 between each node (i, 0) and its parent
-    (i, 1) in the sweep (the start node is (1, 1))."""
+def mix_steps(store):
+    """|Δ (ln σ − ln γ)| of the lines deeper than 0.05 between each node (i, 0) and its
+    parent (i, 1) in the sweep (the start node is (1, 1))."""
     steps = []
     for i in range(3):
         child, parent = (store.read_node((i, j)) for j in (0, 1))
@@ -179,16 +179,20 @@ def width_steps(store):
         depth = np.exp(parent.ln_amplitude[p]) * _peak_value(parent.ln_sigma[p],
                                                              parent.ln_gamma[p])
         strong = depth > 0.05
-        steps.append(np.abs(child.ln_sigma[c] - parent.ln_sigma[p])[strong])
+        mix_c = child.ln_sigma[c] - child.ln_gamma[c]
+        mix_p = parent.ln_sigma[p] - parent.ln_gamma[p]
+        steps.append(np.abs(mix_c - mix_p)[strong])
     return np.concatenate(steps)
 
 
-def test_width_anchor_keeps_the_parents_widths(grid, store, tmp_path):
-    # The grid's σ changes by ln 1.05 = 0.049 from logg 4.0 to 4.5: the free warm fit
-    # follows it; a heavy anchor holds the parent's widths at the cost of the residual.
-    free = width_steps(store)
+def test_width_anchor_holds_the_parents_line_shapes(grid, store, tmp_path):
+    # The grid's σ changes by ln 1.05 = 0.049 from logg 4.0 to 4.5 at fixed γ: the warm
+    # fit with the default, feeble anchor follows it; a heavy anchor holds the parent's
+    # Gauss/Lorentz mix at the cost of the residual.
+    assert store.settings["warm_width_anchor"] == 1e-5
+    free = mix_steps(store)
     held = clone_grid(grid, tmp_path / "anchored.h5", warm_width_anchor=1e3, **KW)
-    anchored = width_steps(held)
+    anchored = mix_steps(held)
     assert held.settings["warm_width_anchor"] == 1e3
     assert np.median(free) > 0.02
     assert np.median(anchored) < 0.25 * np.median(free)

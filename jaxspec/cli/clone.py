@@ -74,8 +74,9 @@ def register(sub) -> None:
                    f"({CloneSettings.warm_epochs})")
     g.add_argument("--warm-width-anchor", type=float,
                    default=CloneSettings.warm_width_anchor,
-                   help="continuation: weight of the anchor of each line's widths to its "
-                   f"parent's (dimensionless; {CloneSettings.warm_width_anchor:g}: off)")
+                   help="continuation: weight of the anchor of each line's Gauss/Lorentz "
+                   "mix (ln σ − ln γ) to its parent's (dimensionless; default "
+                   f"{CloneSettings.warm_width_anchor:g}; 0: off)")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",

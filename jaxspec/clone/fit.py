@@ -97,9 +97,10 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
     (triples) after every step. Returns the final params, the per-spectrum loss history
     (epochs, n_spec) and the model flux (n_spec, P).
 
-    ``anchor = (ln_s0, ln_g0, w)`` (slot arrays) adds the width anchor
-    :math:`\sum_j w_j [(\ln\sigma_j - \ln\sigma_{0j})^2 + (\ln\gamma_j - \ln\gamma_{0j})^2]`
-    to the loss (continuation: the parent's widths, :func:`_anchor_weights`)."""
+    ``anchor = (ln_s0, ln_g0, w)`` (slot arrays) adds the shape anchor
+    :math:`\sum_j w_j [(\ln\sigma_j - \ln\gamma_j) - (\ln\sigma_{0j} - \ln\gamma_{0j})]^2`
+    to the loss: each line's Gauss/Lorentz mix is held near its parent's, its FWHM is
+    free (continuation: the parent's widths; ``_Sweep._anchor_weights``)."""
     optimizer = optax.adam(learning_rate)
 
     n_valid = jnp.maximum(jnp.sum(weight, axis=1), 1.0)
@@ -110,7 +111,7 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
         total = jnp.sum(per_spec)
         if anchor is not None:
             s0, g0, w = anchor
-            total = total + jnp.sum(w * ((p[2] - s0) ** 2 + (p[3] - g0) ** 2))
+            total = total + jnp.sum(w * ((p[2] - s0) - (p[3] - g0)) ** 2)
         return total, per_spec / n_valid
 
     def step(carry, _):
@@ -134,7 +135,7 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
          epochs=None, learning_rate=None, anchor=None):
     """One optimisation pass over ``batch`` (lines updated in place); ``epochs`` and
     ``learning_rate`` default to the settings' (cold) values. ``anchor``: per spectrum,
-    (n_lines,) weights of the width anchor to each line's ``s0``/``g0`` (:func:`_train`).
+    (n_lines,) weights of the shape anchor to each line's ``s0``/``g0`` (:func:`_train`).
 
     Returns (history (B, epochs), model (B, n_pix), the slot count, for ``at_least`` of
     a later pass that should reuse this one's compiled program)."""
@@ -172,7 +173,7 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
 
 
 def _anchor_slots(batch, slots, weights):
-    """Slot arrays (ln σ0, ln γ0, w) of the width anchor: each line's ``s0``, ``g0`` and
+    """Slot arrays (ln σ0, ln γ0, w) of the shape anchor: each line's ``s0``, ``g0`` and
     its weight in ``weights`` (a list of (n_lines,) arrays, one per spectrum)."""
     w = np.zeros(slots[1].size)
     for b, wb in enumerate(weights):

@@ -45,9 +45,9 @@ class CloneSettings:
         floor_depth: continuation: a line that fades keeps its identity with a peak
             depth of at least this (normalised flux), instead of vanishing.
         warm_width_anchor: continuation: weight λ of the anchor of a warm-started
-            line's ln σ and ln γ to its parent's (dimensionless: λ times the
-            squared-residual cost of a unit ln change, :func:`jaxspec.clone.sweep`);
-            0 leaves the widths free within their box.
+            line's Gauss/Lorentz mix, ln σ − ln γ, to its parent's (dimensionless: λ
+            times the squared-residual cost of a unit change; its FWHM stays free). The
+            default 1e-5 only holds mixes the data do not constrain; 0: no anchor.
     """
 
     prominence: float = 0.005
@@ -64,7 +64,7 @@ class CloneSettings:
     warm_epochs: int = 80
     warm_learning_rate: float = 0.05
     floor_depth: float = 1e-4
-    warm_width_anchor: float = 0.0
+    warm_width_anchor: float = 1e-5
 
     def __post_init__(self):
         def integer(value, low):
@@ -92,7 +92,7 @@ class CloneSettings:
             ("floor_depth", 0 < self.floor_depth < self.prominence,
              "a positive depth below prominence, e.g. 1e-4"),
             ("warm_width_anchor", self.warm_width_anchor >= 0,
-             "a weight >= 0 (0: no anchor), e.g. 0.1"),
+             "a weight >= 0 (0: no anchor), e.g. 1e-5"),
         ]
         for name, ok, fix in checks:
             if not ok:
