@@ -11,7 +11,8 @@ Two methods (``CloneSettings.method``):
     continued along the second axis, and so on; a missing node is stepped over). A
     node's lines are its parent's lines, each with its **identity** (an index into the
     store's catalogue of reference centres μ₀), refitted by Adam for ``warm_epochs``
-    steps at ``warm_learning_rate``. Then:
+    steps at ``warm_learning_rate``, its Gauss/Lorentz mix held near the parent's by a
+    feeble anchor (``warm_width_anchor``; ``_Sweep._anchor_weights``). Then:
 
     * **births**: the residual :math:`1 - \bar S / F` is searched for lines as in the
       cold clone's second pass. A candidate next to a faded line of the node revives
