@@ -37,8 +37,8 @@ Two methods (``CloneSettings.method``):
     Every node is cloned on its own (blase3D); lines are identified afterwards by the
     ``id`` or ``track`` matchers.
 
-On the default grid continuation clones all 990 nodes in 9.7 min on 2 cores (independent:
-~21 min) and its line emulator is 7× more accurate at held-out nodes (3.5e-3 against
+On the default grid continuation clones all 990 nodes in ~19 min on 2 cores (independent:
+~21 min) and its line emulator is 9× more accurate at held-out nodes (2.7e-3 against
 2.4e-2 flux RMS; README).
 
 Either way the store is written after every batch (the file closed between batches), so
@@ -462,7 +462,7 @@ class _Sweep:
         pixel) wanders by up to the learning rate per step; the anchor gives it a steady
         pull back to the parent's mix. The default λ = 1e-5 is negligible where the data
         constrain the mix (on two Teff rows of the default grid: median residual RMS
-        3.62e-4 against 3.63e-4) and halves the roughness of ln γ along Teff; λ ≥ 1e-3
+        3.62e-4 against 3.63e-4) and nearly halves the roughness of ln γ along Teff; λ ≥ 1e-3
         starts to hold the mix against the data (RMS 5.3e-4)."""
         depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
         pixels = _fwhm(x.ln_s, x.ln_g) / np.interp(x.mu0, self.wl, self.spacing)
