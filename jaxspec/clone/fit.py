@@ -21,7 +21,13 @@ from jaxspec.clone.detection import (
     _merge_redundant,
     _misfits,
 )
-from jaxspec.clone.model import _gather_slots, _log_flux, _plan, _scatter_slots
+from jaxspec.clone.model import (
+    _gather_slots,
+    _gather_values,
+    _log_flux,
+    _plan,
+    _scatter_slots,
+)
 from jaxspec.clone.settings import CloneSettings, resolve_settings
 from jaxspec.lines import LineList
 from jaxspec.profiles import pseudo_voigt_fwhm
@@ -175,12 +181,9 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
 def _anchor_slots(batch, slots, weights):
     """Slot arrays (ln σ0, ln γ0, w) of the shape anchor: each line's ``s0``, ``g0`` and
     its weight in ``weights`` (a list of (n_lines,) arrays, one per spectrum)."""
-    w = np.zeros(slots[1].size)
-    for b, wb in enumerate(weights):
-        sel = (slots[0] == b) & (slots[1] >= 0)
-        w[sel] = np.asarray(wb, dtype=np.float64)[slots[1][sel]]
     return (jnp.asarray(_gather_slots(batch, slots, "s0", 0.0)),
-            jnp.asarray(_gather_slots(batch, slots, "g0", 0.0)), jnp.asarray(w))
+            jnp.asarray(_gather_slots(batch, slots, "g0", 0.0)),
+            jnp.asarray(_gather_values(weights, slots, 0.0)))
 
 
 def _clone_batch(wl, flux, good, settings: CloneSettings):

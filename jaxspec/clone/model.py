@@ -122,11 +122,17 @@ def _plan(wl, batch: list[_Lines], settings: CloneSettings, *, headroom: float =
 
 def _gather_slots(batch: list[_Lines], slots, name: str, fill: float) -> np.ndarray:
     """(n_slots,) values of field ``name`` in slot order (``fill`` in padding slots)."""
+    return _gather_values([getattr(x, name) for x in batch], slots, fill)
+
+
+def _gather_values(values: list[np.ndarray], slots, fill: float) -> np.ndarray:
+    """(n_slots,) per-line ``values`` (one (n_lines,) array per spectrum) in slot order
+    (``fill`` in padding slots)."""
     slot_spec, slot_line = slots
     v = np.full(slot_line.size, fill, np.float64)
-    for b, x in enumerate(batch):
+    for b, x in enumerate(values):
         sel = (slot_spec == b) & (slot_line >= 0)
-        v[sel] = getattr(x, name)[slot_line[sel]]
+        v[sel] = np.asarray(x)[slot_line[sel]]
     return v
 
 
