@@ -152,6 +152,15 @@ def test_fitting_model_is_the_synthesis_engine_on_a_stacked_batch(truth):
     assert float(jnp.max(jnp.abs(grad[1]))) > 0
 
 
+def test_a_diverging_fit_keeps_its_starting_point(truth):
+    # Adam at an absurd learning rate makes the fit worse than it started: the clone
+    # keeps the starting lines instead of the diverged ones (the guard in _train).
+    wild = clone(WL, truth[1], learning_rate=50.0, passes=1, epochs=10)
+    history = np.asarray(wild.loss_history)
+    assert history[-1] > 10 * history[0]
+    assert float(wild.residual_rms) ** 2 <= history[0] * (1 + 1e-3)
+
+
 def test_nan_pixels_are_masked(truth):
     flux = truth[1].copy()
     flux[1000:1012] = np.nan

@@ -65,6 +65,24 @@ def test_sweep_tree_steps_along_the_last_differing_axis():
     assert parents[(2, 0)] == (2, 1)
 
 
+def test_sweep_tree_makes_every_row_along_the_chain_axis_a_parent_chain():
+    exists = np.ones((5, 3, 2), dtype=bool)
+    parents = sweep_parents(exists.shape, exists, (2, 1, 0), chain_axis=0)
+    for j in range(3):  # every row along axis 0 is a chain out of the start's column
+        for k in range(2):
+            assert parents[(0, j, k)] == (1, j, k) and parents[(1, j, k)] == (2, j, k)
+            assert parents[(4, j, k)] == (3, j, k) and parents[(3, j, k)] == (2, j, k)
+    # the start's column: the last axis first, then the middle one
+    assert parents[(2, 0, 1)] == (2, 0, 0) and parents[(2, 0, 0)] == (2, 1, 0)
+    assert parents[(2, 1, 1)] == (2, 1, 0) and parents[(2, 1, 0)] is None
+    # -1 is the rule of stores written before chain_axis: the last axis first
+    old = sweep_parents(exists.shape, exists, (2, 1, 0), chain_axis=-1)
+    assert old[(0, 0, 1)] == (0, 0, 0) and old[(0, 0, 0)] == (0, 1, 0)
+    assert old == sweep_parents(exists.shape, exists, (2, 1, 0))
+    with pytest.raises(ValueError, match="chain_axis=3 is not an axis"):
+        sweep_parents(exists.shape, exists, (2, 1, 0), chain_axis=3)
+
+
 def test_every_line_keeps_one_identity_across_the_grid(grid, store):
     assert store.settings["method"] == "continuation" and store.version == 2
     assert store.mask.all() and store.start == (1, 1)
@@ -151,11 +169,11 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     with h5py.File(path, "a") as f:
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
-                     "warm_width_anchor"):
+                     "warm_width_anchor", "chain_axis"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
-    assert old.settings["warm_width_anchor"] == 0.0
+    assert old.settings["warm_width_anchor"] == 0.0 and old.settings["chain_axis"] == -1
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -169,9 +187,31 @@ def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
         clone_grid(grid, tmp_path / "x.h5", warm_width_anchor=-0.1)
 
 
+def test_warm_start_caps_a_line_wider_than_the_band():
+    # Along a chain a line's FWHM box grows by e^0.5 per step; a warm start scales a
+    # line wider than the band down to the band's width, keeping its peak depth.
+    from jaxspec.clone import CloneSettings
+    from jaxspec.clone.sweep import _fwhm, _Sweep
+
+    sweep = _Sweep.__new__(_Sweep)
+    sweep.settings, sweep.wl = CloneSettings(), WL
+    ln_s, ln_g = np.log([0.03, 3e4]), np.log([0.02, 5e4])
+    ln_a = np.log([0.2, 0.05]) - np.log(_peak_value(ln_s, ln_g))
+    parent = _lines(np.array([8505.0, 8510.0]), np.zeros(2), ln_a, ln_s, ln_g,
+                    np.arange(2))
+    child = sweep._warm_start(parent)
+    band = WL[-1] - WL[0]
+    fwhm = _fwhm(child.ln_s, child.ln_g)
+    assert fwhm[1] == pytest.approx(band, rel=1e-9) and np.all(child.hi_f <= np.log(band) + 1e-12)
+    assert fwhm[0] == pytest.approx(_fwhm(ln_s, ln_g)[0])  # a narrow line is untouched
+    np.testing.assert_allclose(np.exp(child.ln_a) * _peak_value(child.ln_s, child.ln_g),
+                               [0.2, 0.05], rtol=1e-9)
+
+
 def mix_steps(store):
-    """|Δ (ln σ − ln γ)| of the lines deeper than 0.05 between each node (i, 0) and its
-    parent (i, 1) in the sweep (the start node is (1, 1))."""
+    """|Δ (ln σ − ln γ)| of the lines deeper than 0.05 between nodes (i, 0) and (i, 1),
+    one log g step apart (the start node is (1, 1); with the default chain_axis=0 each
+    is held near the start's mix through its chain)."""
     steps = []
     for i in range(3):
         child, parent = (store.read_node((i, j)) for j in (0, 1))

@@ -77,6 +77,10 @@ def register(sub) -> None:
                    help="continuation: weight of the anchor of each line's Gauss/Lorentz "
                    "mix (ln σ − ln γ) to its parent's (dimensionless; default "
                    f"{CloneSettings.warm_width_anchor:g}; 0: off)")
+    g.add_argument("--chain-axis", type=int, default=CloneSettings.chain_axis,
+                   help="continuation: the grid axis whose rows are parent chains (default "
+                   f"{CloneSettings.chain_axis}: the first, Teff; -1: the last, the rule "
+                   "of stores made before this option)")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",
@@ -144,7 +148,8 @@ def _clone(args: argparse.Namespace) -> int:
         grid_path, args.out, prominence=args.prominence, wing_cut=args.wing_cut,
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
         method=args.method, warm_epochs=args.warm_epochs,
-        warm_width_anchor=args.warm_width_anchor, batch_size=args.batch_size,
+        warm_width_anchor=args.warm_width_anchor,
+        chain_axis=args.chain_axis, batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
         max_nodes=args.max_nodes, **scale,

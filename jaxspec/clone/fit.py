@@ -91,7 +91,7 @@ def _deblend(problem, params, peak_index, tau_obs, max_shift, n_iter: int):
 
 @eqx.filter_jit
 def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate,
-           epochs: int, anchor=None):
+           epochs: int, owner, anchor=None):
     """Adam on the sum of squared residuals over valid pixels (``weight`` 1 or 0).
 
     Adam is invariant to the scale of the loss except through its ε (1e-8): the mean
@@ -100,8 +100,12 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
     history records the mean squared residual per spectrum.
 
     params = (u, ln_a, ln_s, ln_g); ln a, ln σ, ln γ are clipped into [lower, upper]
-    (triples) after every step. Returns the final params, the per-spectrum loss history
-    (epochs, n_spec) and the model flux (n_spec, P).
+    (triples) after every step. Returns, per spectrum, the final params or, where those
+    fit worse than the starting ones, the starting ones (a guard: on the default grid
+    a few warm starts at the cool end ended with a broad line overshooting into a 1-2 %
+    offset of the whole band, 10x their parent's residual); the per-spectrum loss history
+    (epochs, n_spec); and the model flux (n_spec, P) of the returned params. ``owner``
+    (n_slots,) is the spectrum of every slot.
 
     ``anchor = (ln_s0, ln_g0, w)`` (slot arrays) adds the shape anchor
     :math:`\sum_j w_j [(\ln\sigma_j - \ln\gamma_j) - (\ln\sigma_{0j} - \ln\gamma_{0j})]^2`
@@ -120,6 +124,13 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
             total = total + jnp.sum(w * ((p[2] - s0) - (p[3] - g0)) ** 2)
         return total, per_spec / n_valid
 
+    owner = jnp.clip(jnp.asarray(owner), 0, flux.shape[0] - 1)
+
+    def keep_best(best, best_loss, p, per_spec):
+        take = (per_spec < best_loss)[owner]
+        return (tuple(jnp.where(take, x, b) for x, b in zip(p, best)),
+                jnp.minimum(per_spec, best_loss))
+
     def step(carry, _):
         p, state = carry
         (_, per_spec), grad = jax.value_and_grad(loss, has_aux=True)(p)
@@ -134,7 +145,8 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
 
     (p, _), history = jax.lax.scan(step, (params, optimizer.init(params)), None,
                                    length=epochs)
-    return p, history, jnp.exp(_log_flux(problem, p, max_shift))
+    best, _ = keep_best(params, history[0], p, loss(p)[1])
+    return best, history, jnp.exp(_log_flux(problem, best, max_shift))
 
 
 def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_least=0,
@@ -171,7 +183,7 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
         problem, params, lower, upper, jnp.asarray(flux, jnp.float32),
         jnp.asarray(good, jnp.float32), max_shift,
         jnp.asarray(learning_rate or settings.learning_rate), epochs or settings.epochs,
-        None if anchor is None else _anchor_slots(batch, slots, anchor),
+        slots[0], None if anchor is None else _anchor_slots(batch, slots, anchor),
     )
     for name, value in zip(("u", "ln_a", "ln_s", "ln_g"), params):
         _scatter_slots(batch, slots, name, value)

@@ -48,6 +48,14 @@ class CloneSettings:
             line's Gauss/Lorentz mix, ln σ − ln γ, to its parent's (dimensionless: λ
             times the squared-residual cost of a unit change; its FWHM stays free). The
             default 1e-5 only holds mixes the data do not constrain; 0: no anchor.
+        chain_axis: continuation: the grid axis whose rows are parent chains. A node's
+            path to the start node steps first along this axis, then along the others
+            from the last to the first, so every row of nodes along ``chain_axis`` is
+            cloned outwards from the start's column, each node warm-started from its
+            neighbour in that row. The default 0 (the first axis, Teff for a stellar
+            grid: the axis along which spectra change most and held-out nodes are
+            interpolated); -1 (the last axis) is the rule of stores written before
+            this setting existed: only the start's row along the first axis is a chain.
     """
 
     prominence: float = 0.005
@@ -65,6 +73,7 @@ class CloneSettings:
     warm_learning_rate: float = 0.05
     floor_depth: float = 1e-4
     warm_width_anchor: float = 1e-5
+    chain_axis: int = 0
 
     def __post_init__(self):
         def integer(value, low):
@@ -93,11 +102,13 @@ class CloneSettings:
              "a positive depth below prominence, e.g. 1e-4"),
             ("warm_width_anchor", self.warm_width_anchor >= 0,
              "a weight >= 0 (0: no anchor), e.g. 1e-5"),
+            ("chain_axis", integer(self.chain_axis, -8),
+             "an integer axis index (0: the first axis; -1: the last)"),
         ]
         for name, ok, fix in checks:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; pass {fix}")
-        for name in ("wing_cut", "epochs", "passes", "deblend", "warm_epochs"):
+        for name in ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("prominence", "learning_rate", "max_shift", "amplitude_margin",
                      "width_margin", "tolerance", "warm_learning_rate", "floor_depth",

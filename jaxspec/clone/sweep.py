@@ -5,10 +5,11 @@ Two methods (``CloneSettings.method``):
 ``"continuation"`` (the default)
     The grid is swept from a start node (default: the middle of every axis). The start
     node is cloned cold (:func:`jaxspec.clone.clone`'s method); every other node is
-    *warm-started* from its parent, the neighbour one step towards the start along the
-    last axis on which it differs from the start (so the start's row along the first
-    axis is cloned first, outwards in both directions, then each of its nodes is
-    continued along the second axis, and so on; a missing node is stepped over). A
+    *warm-started* from its parent, the neighbour one step towards the start along
+    ``chain_axis`` (default 0) while it differs from the start there, else along the last
+    axis on which it differs (so the start's column across the other axes is cloned
+    first, then every row along ``chain_axis`` is one parent chain, outwards in both
+    directions from the start's column; a missing node is stepped over). A
     node's lines are its parent's lines, each with its **identity** (an index into the
     store's catalogue of reference centres μ₀), refitted by Adam for ``warm_epochs``
     steps at ``warm_learning_rate``, its Gauss/Lorentz mix held near the parent's by a
@@ -75,6 +76,10 @@ __all__ = ["clone_grid", "sweep_parents"]
 
 _WARM_WIDTH_MARGIN = 0.5  # ln room of a warm-started line's FWHM above its parent's
 _WARM_AMPLITUDE_MARGIN = 2.5  # ln room of a warm-started line's amplitude above its parent's
+# A warm-started line's FWHM is at most this many band widths (wider, it is a constant
+# factor over the band, not a line; its box would otherwise grow by e^0.5 per step along
+# a chain: FWHMs of 10^6 Å were seen at the cool end of the default grid).
+_WARM_MAX_FWHM_BAND = 1.0
 _MATCH_PIXELS = 2.0  # a birth within this many pixels (or 0.2 FWHM) of a line is that line
 _MATCH_FWHM = 0.2
 _BACKFILL_REACH = 4.0  # back-fill least squares over the centre ± this many FWHM
@@ -175,6 +180,8 @@ def clone_grid(
     settings = resolve_settings(settings, options, "clone_grid")
     continuation = settings.method == "continuation"
     seed = _start_node(grid, start) if continuation else None
+    if continuation:  # a bad chain_axis is refused before the store is touched
+        sweep_parents(grid.shape, np.zeros(grid.shape, bool), seed, settings.chain_axis)
     writer = CloneStoreWriter(
         out, grid.axes, grid.wavelength, settings.as_dict(), resume=resume,
         overwrite_settings=overwrite_settings,
@@ -225,26 +232,36 @@ def _start_node(grid, start) -> tuple[int, ...]:
 
 
 def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
-                  start: tuple[int, ...]) -> dict[tuple, tuple | None]:
+                  start: tuple[int, ...], chain_axis: int = -1) -> dict[tuple, tuple | None]:
     """The continuation tree: ``{node: parent}`` over the existing nodes.
 
-    A node's path towards ``start`` steps along the last axis on which it differs from
-    ``start``; its parent is the first existing node on that path (None for ``start``).
+    A node's path towards ``start`` steps along ``chain_axis`` while the node differs
+    from ``start`` there, then along the last other axis on which it differs, and so
+    on; its parent is the first existing node on that path (None for ``start``). Every
+    row along ``chain_axis`` is therefore one parent chain outwards from the start's
+    column (with ``chain_axis=-1`` only the start's row along the first axis is).
 
     Args:
         shape: the grid shape.
         exists: bool array of that shape, True where a node has a spectrum.
         start: index of the start node (must exist).
+        chain_axis: the axis stepped first (``CloneSettings.chain_axis``).
 
     Returns:
         dict from node index to parent index.
     """
+    n = len(shape)
+    if not -n <= chain_axis < n:
+        raise ValueError(f"chain_axis={chain_axis} is not an axis of a {n}-axis grid; pass "
+                         f"an index in [{-n}, {n - 1}] (CloneSettings.chain_axis)")
+    first = chain_axis % n
+    order = [first] + [k for k in reversed(range(n)) if k != first]
     parents = {}
     for idx in map(tuple, np.argwhere(exists)):
         idx = tuple(int(i) for i in idx)
         node, parent = idx, None
         while node != start:
-            d = max(k for k in range(len(shape)) if node[k] != start[k])
+            d = next(k for k in order if node[k] != start[k])
             step = 1 if start[d] > node[d] else -1
             node = tuple(n + step if k == d else n for k, n in enumerate(node))
             if exists[node]:
@@ -315,7 +332,7 @@ class _Sweep:
         self.wl = grid.wavelength
         self.spacing = np.gradient(self.wl)
         self.seed = seed
-        self.parents = sweep_parents(grid.shape, grid.mask, seed)
+        self.parents = sweep_parents(grid.shape, grid.mask, seed, settings.chain_axis)
         self.catalogue = list(np.asarray(writer.identities, dtype=np.float64))
         self.state: dict[tuple, _Lines] = {}
         self.rms: dict[tuple, float] = {}
@@ -348,11 +365,14 @@ class _Sweep:
     def _warm_start(self, parent: _Lines) -> _Lines:
         """The parent's lines as the starting point and box of a child."""
         s = self.settings
-        floor = _floor_ln_a(parent.ln_s, parent.ln_g, s.floor_depth)
-        ln_a = np.maximum(parent.ln_a, floor)
-        hi_f = np.log(_fwhm(parent.ln_s, parent.ln_g)) + min(s.width_margin,
-                                                              _WARM_WIDTH_MARGIN)
-        x = _lines(parent.mu0, parent.u, ln_a, parent.ln_s, parent.ln_g, parent.ident)
+        cap = math.log(_WARM_MAX_FWHM_BAND * (self.wl[-1] - self.wl[0]))
+        ln_f = np.log(_fwhm(parent.ln_s, parent.ln_g))
+        over = np.maximum(ln_f - cap, 0.0)  # σ, γ scaled down together, peak depth kept
+        ln_s, ln_g = parent.ln_s - over, parent.ln_g - over
+        floor = _floor_ln_a(ln_s, ln_g, s.floor_depth)
+        ln_a = np.maximum(parent.ln_a - over, floor)
+        hi_f = np.minimum(ln_f - over + min(s.width_margin, _WARM_WIDTH_MARGIN), cap)
+        x = _lines(parent.mu0, parent.u, ln_a, ln_s, ln_g, parent.ident)
         x.lo_a, x.hi_a = floor, ln_a + max(s.amplitude_margin, _WARM_AMPLITUDE_MARGIN)
         x.hi_f = hi_f
         x.hi_s, x.hi_g = hi_f - math.log(FWHM_PER_SIGMA), hi_f - math.log(2.0)

@@ -11,12 +11,13 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 max_shift, passes, deblend, amplitude_margin,
                                 width_margin, tolerance, method, warm_epochs,
                                 warm_learning_rate, floor_depth,
-                                warm_width_anchor
+                                warm_width_anchor, chain_axis
                                                             (clone settings; version 1
-                                                            stores lack the last five and
+                                                            stores lack the last six and
                                                             read as method="independent";
                                                             a missing warm_width_anchor
-                                                            reads as 0)
+                                                            reads as 0, a missing
+                                                            chain_axis as -1)
                                 start (int array, optional: the continuation sweep's
                                     start node)
                                 backfilled (bool, optional: the continuation sweep's
@@ -90,15 +91,15 @@ READABLE_VERSIONS = (1, 2)
 SETTING_NAMES = (
     "prominence", "wing_cut", "epochs", "learning_rate", "max_shift", "passes", "deblend",
     "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
-    "warm_learning_rate", "floor_depth", "warm_width_anchor",
+    "warm_learning_rate", "floor_depth", "warm_width_anchor", "chain_axis",
 )
 #: Settings that version-1 stores lack, and the values they mean there.
 _V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
-                "floor_depth": 1e-4, "warm_width_anchor": 0.0}
+                "floor_depth": 1e-4, "warm_width_anchor": 0.0, "chain_axis": -1}
 #: Settings added after version 2 was written, and the values that stores without them
 #: were cloned with.
-_LATER_SETTINGS = {"warm_width_anchor": 0.0}
-_INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs")
+_LATER_SETTINGS = {"warm_width_anchor": 0.0, "chain_axis": -1}
+_INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
 #: Seconds a reader keeps retrying a store that fails to read (a batch being written).
