@@ -79,8 +79,8 @@ def register(sub) -> None:
                    f"{CloneSettings.warm_width_anchor:g}; 0: off)")
     g.add_argument("--chain-axis", type=int, default=CloneSettings.chain_axis,
                    help="continuation: the grid axis whose rows are parent chains (default "
-                   f"{CloneSettings.chain_axis}: the first, Teff; -1: the last, the rule "
-                   "of stores made before this option)")
+                   f"{CloneSettings.chain_axis}: the last axis, the rule of stores made before "
+                   "this option; 0: every Teff row a parent chain)")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",

@@ -52,10 +52,11 @@ class CloneSettings:
             path to the start node steps first along this axis, then along the others
             from the last to the first, so every row of nodes along ``chain_axis`` is
             cloned outwards from the start's column, each node warm-started from its
-            neighbour in that row. The default 0 (the first axis, Teff for a stellar
-            grid: the axis along which spectra change most and held-out nodes are
-            interpolated); -1 (the last axis) is the rule of stores written before
-            this setting existed: only the start's row along the first axis is a chain.
+            neighbour in that row. The default -1 (the last axis) is the rule of stores
+            written before this setting existed: only the start's row along the first
+            axis is a chain. 0 (Teff rows as chains) is better for the full default
+            grid's held-out nodes with linear manifolds but worse in the M dwarfs and
+            for the demo's window (README, *Teff rows as chains*).
     """
 
     prominence: float = 0.005
@@ -73,7 +74,7 @@ class CloneSettings:
     warm_learning_rate: float = 0.05
     floor_depth: float = 1e-4
     warm_width_anchor: float = 1e-5
-    chain_axis: int = 0
+    chain_axis: int = -1
 
     def __post_init__(self):
         def integer(value, low):

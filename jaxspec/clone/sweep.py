@@ -6,7 +6,7 @@ Two methods (``CloneSettings.method``):
     The grid is swept from a start node (default: the middle of every axis). The start
     node is cloned cold (:func:`jaxspec.clone.clone`'s method); every other node is
     *warm-started* from its parent, the neighbour one step towards the start along
-    ``chain_axis`` (default 0) while it differs from the start there, else along the last
+    ``chain_axis`` (default -1; 0: Teff rows as chains) while it differs from the start there, else along the last
     axis on which it differs (so the start's column across the other axes is cloned
     first, then every row along ``chain_axis`` is one parent chain, outwards in both
     directions from the start's column; a missing node is stepped over). A
@@ -38,9 +38,9 @@ Two methods (``CloneSettings.method``):
     Every node is cloned on its own (blase3D); lines are identified afterwards by the
     ``id`` or ``track`` matchers.
 
-On the default grid continuation clones all 990 nodes in ~17 min on 2 cores (independent:
-~21 min) and its line emulator is 11× more accurate at held-out nodes (2.2e-3 against
-2.4e-2 flux RMS, linear manifolds; README).
+On the default grid continuation clones all 990 nodes in ~18 min on 2 cores (independent:
+~21 min) and its line emulator is 9× more accurate at held-out nodes (2.7e-3 against
+2.4e-2 flux RMS, linear manifolds; 2.2e-3 with ``chain_axis=0``; README).
 
 Either way the store is written after every batch (the file closed between batches), so
 a killed run loses at most the batch in progress and resumes where it stopped.
