@@ -124,13 +124,6 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
             total = total + jnp.sum(w * ((p[2] - s0) - (p[3] - g0)) ** 2)
         return total, per_spec / n_valid
 
-    owner = jnp.clip(jnp.asarray(owner), 0, flux.shape[0] - 1)
-
-    def keep_best(best, best_loss, p, per_spec):
-        take = (per_spec < best_loss)[owner]
-        return (tuple(jnp.where(take, x, b) for x, b in zip(p, best)),
-                jnp.minimum(per_spec, best_loss))
-
     def step(carry, _):
         p, state = carry
         (_, per_spec), grad = jax.value_and_grad(loss, has_aux=True)(p)
@@ -145,8 +138,10 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
 
     (p, _), history = jax.lax.scan(step, (params, optimizer.init(params)), None,
                                    length=epochs)
-    best, _ = keep_best(params, history[0], p, loss(p)[1])
-    return best, history, jnp.exp(_log_flux(problem, best, max_shift))
+    # history[0] is the loss of the starting params: keep them unless the end is better
+    better = (loss(p)[1] < history[0])[jnp.clip(jnp.asarray(owner), 0, flux.shape[0] - 1)]
+    p = tuple(jnp.where(better, x, x0) for x, x0 in zip(p, params))
+    return p, history, jnp.exp(_log_flux(problem, p, max_shift))
 
 
 def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_least=0,

@@ -6,10 +6,10 @@ Two methods (``CloneSettings.method``):
     The grid is swept from a start node (default: the middle of every axis). The start
     node is cloned cold (:func:`jaxspec.clone.clone`'s method); every other node is
     *warm-started* from its parent, the neighbour one step towards the start along
-    ``chain_axis`` (default -1; 0: Teff rows as chains) while it differs from the start there, else along the last
-    axis on which it differs (so the start's column across the other axes is cloned
-    first, then every row along ``chain_axis`` is one parent chain, outwards in both
-    directions from the start's column; a missing node is stepped over). A
+    ``chain_axis`` (default -1, the last axis; 0: Teff rows as chains) while it differs
+    from the start there, else along the last axis on which it differs (so every row
+    along ``chain_axis`` is one parent chain, outwards in both directions from the
+    start's column across the other axes; a missing node is stepped over). A
     node's lines are its parent's lines, each with its **identity** (an index into the
     store's catalogue of reference centres μ₀), refitted by Adam for ``warm_epochs``
     steps at ``warm_learning_rate``, its Gauss/Lorentz mix held near the parent's by a
@@ -181,7 +181,7 @@ def clone_grid(
     continuation = settings.method == "continuation"
     seed = _start_node(grid, start) if continuation else None
     if continuation:  # a bad chain_axis is refused before the store is touched
-        sweep_parents(grid.shape, np.zeros(grid.shape, bool), seed, settings.chain_axis)
+        _step_order(len(grid.shape), settings.chain_axis)
     writer = CloneStoreWriter(
         out, grid.axes, grid.wavelength, settings.as_dict(), resume=resume,
         overwrite_settings=overwrite_settings,
@@ -250,12 +250,7 @@ def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
     Returns:
         dict from node index to parent index.
     """
-    n = len(shape)
-    if not -n <= chain_axis < n:
-        raise ValueError(f"chain_axis={chain_axis} is not an axis of a {n}-axis grid; pass "
-                         f"an index in [{-n}, {n - 1}] (CloneSettings.chain_axis)")
-    first = chain_axis % n
-    order = [first] + [k for k in reversed(range(n)) if k != first]
+    order = _step_order(len(shape), chain_axis)
     parents = {}
     for idx in map(tuple, np.argwhere(exists)):
         idx = tuple(int(i) for i in idx)
@@ -269,6 +264,16 @@ def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
                 break
         parents[idx] = parent
     return parents
+
+
+def _step_order(n: int, chain_axis: int) -> list[int]:
+    """Axes in the order a path to the start steps along them: ``chain_axis``, then the
+    others from the last to the first. A ValueError names a ``chain_axis`` outside."""
+    if not -n <= chain_axis < n:
+        raise ValueError(f"chain_axis={chain_axis} is not an axis of a {n}-axis grid; pass "
+                         f"an index in [{-n}, {n - 1}] (CloneSettings.chain_axis)")
+    first = chain_axis % n
+    return [first] + [k for k in reversed(range(n)) if k != first]
 
 
 class _Independent:
