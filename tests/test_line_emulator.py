@@ -14,6 +14,7 @@ from jaxspec.emulator import load_emulator
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_lines
 from jaxspec.line_emulator import LineEmulator
+from jaxspec.synthesis import useful_wing_cut
 
 AXES = {"teff": np.array([5000.0, 5500.0, 6000.0]), "logg": np.array([4.0, 4.5]),
         "feh": np.array([-0.5, 0.0])}
@@ -153,6 +154,21 @@ def test_restrict_keeps_lines_that_touch_the_range(built):
         emulator.restrict((9000.0, 9100.0))
     with pytest.raises(ValueError, match="lo > hi"):
         emulator.restrict((8505.0, 8504.0))
+
+
+def test_a_wing_cut_beyond_twice_the_spectrum_is_planned_as_twice_the_spectrum(built):
+    # 801 px: any cut above 2 x 801 + 1024 = 2626 px already covers every pixel from a
+    # line at either end, so it plans (and evaluates) exactly like 2626, as clones do.
+    assert useful_wing_cut(30_000, WL.size) == 2626
+    assert useful_wing_cut(100, WL.size) == 100 and useful_wing_cut(None, WL.size) is None
+    _, _, emulator = built
+    theta = np.array([5200.0, 4.1, -0.3])
+    long, capped = (LineEmulator(emulator.manifold, np.asarray(emulator.center), WL,
+                                 wing_cut=w) for w in (30_000, 2626))
+    assert long.wing_cut == 30_000  # the setting is kept (saved in the file)
+    assert long.synthesis_plan.layout() == capped.synthesis_plan.layout()
+    np.testing.assert_array_equal(np.asarray(evaluate(long, theta)),
+                                  np.asarray(evaluate(capped, theta)))
 
 
 def test_wing_cut_limits_each_line_to_its_window(built):

@@ -36,9 +36,12 @@ from jaxspec.synthesis import (
     _round_up,
     plan_synthesis,
     stack_wavelengths,
+    useful_wing_cut,
 )
 
-_SLOT_LADDER = _ladder(2**0.25, start=8)  # flat parameter array sizes (program reuse)
+# Flat parameter array sizes (program reuse): padding slots are inert and cheap (they
+# hold no window), so the ladder doubles; each distinct size is one more compile.
+_SLOT_LADDER = _ladder(2.0, start=8)
 # The Lorentzian wings reach coarse_factor × tolerance on the top level (x^-2 tails of
 # neighbouring lines add up; 1.0 as the clones have always been fitted).
 _COARSE_FACTOR = 1.0
@@ -77,12 +80,6 @@ def _log_flux(problem: _Problem, params, max_shift):
     return flat.reshape(problem.n_spec, problem.stride)[:, : problem.n_pix]
 
 
-def _wing_cut(settings: CloneSettings, n_pix: int) -> int:
-    """The wing cut planned with: the setting, but never more than twice the spectrum
-    (plus 1024 pixels), which covers all of it from a line at either end."""
-    return int(min(settings.wing_cut, 2 * n_pix + 1024))
-
-
 def _plan(wl, batch: list[_Lines], settings: CloneSettings, *, headroom: float = 0.0,
           at_least: int = 0):
     """The fitting problem of a batch and the slot map (spectrum, line) of every entry
@@ -99,7 +96,7 @@ def _plan(wl, batch: list[_Lines], settings: CloneSettings, *, headroom: float =
                   int(at_least))
     slots = (np.r_[spec, np.zeros(n_slots - n_lines, np.int64)],
              np.r_[line, np.full(n_slots - n_lines, -1, np.int64)])
-    wing_cut = _wing_cut(settings, n_pix)
+    wing_cut = useful_wing_cut(settings.wing_cut, n_pix)
     gap = wing_cut + _GAP_MARGIN
     stacked, delta = stack_wavelengths(wl, n_spec, gap)
     mu0 = _gather_slots(batch, slots, "mu0", wl[0])
