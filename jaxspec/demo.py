@@ -12,11 +12,12 @@ r"""The main job, end to end on the embedded synthetic grid (``jaxspec demo``).
    ≥ 7000 K, as the paper), with seconds per star, plus plots (PNG).
 
 Every step is timed; the whole job at ``size="default"`` is meant to finish within
-10 minutes on 2 CPU cores (measured: 11 min 14 s, README). Intermediate files (grid, clone store, emulator) are kept in
-the output folder. An existing non-empty output folder is refused unless
-``overwrite=True`` (CLI ``--overwrite``); then every output is replaced (atomically, each
-file intact until its replacement is complete), and the clone store is resumed when its
-recorded grid checksum matches the grid being cloned, otherwise started over.
+10 minutes on 2 CPU cores (measured: 11 min 14 s, README). Intermediate files (grid,
+clone store, emulator) are kept in the output folder. An existing non-empty output folder
+is refused unless ``overwrite=True`` (CLI ``--overwrite``); then every output is replaced
+(atomically, each file intact until its replacement is complete), and the clone store is
+resumed when its recorded grid checksum matches the grid being cloned, otherwise started
+over.
 """
 
 from __future__ import annotations
