@@ -51,7 +51,7 @@ from jaxspec.io.atomic import check_overwrite
 from jaxspec.io.emulator_file import Contents
 from jaxspec.lines import LineList, LineTable
 from jaxspec.manifold import LineManifold
-from jaxspec.synthesis import SynthesisPlan, plan_synthesis, useful_wing_cut
+from jaxspec.synthesis import SynthesisPlan, plan_synthesis
 
 __all__ = ["LineEmulator", "plan_over_nodes", "write_emulator_file"]
 
@@ -120,7 +120,7 @@ def plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_firs
         lines_first: ``table`` has the lines axis first.
         wing_cut: the longest window, pixels (None: full wings to ``tolerance``); never
             planned longer than twice the spectrum plus 1024 px, as the clones were
-            (:func:`jaxspec.synthesis.useful_wing_cut`).
+            (:func:`jaxspec.synthesis.useful_wing_cut`, applied by ``plan_synthesis``).
         reuse: round the layout onto the compile-size ladder so that plans of different
             node subsets share compiled programs.
 
@@ -130,8 +130,8 @@ def plan_over_nodes(table, center, wavelength, tolerance, margin=0.0, lines_firs
     ln_a, ln_s, ln_g, lo, hi = _line_maxima(table, center, margin, lines_first)
     return plan_synthesis(
         np.asarray(wavelength, dtype=np.float64), ln_a, ln_s, ln_g,
-        0.5 * (lo + hi), center_span=(lo, hi), tolerance=tolerance,
-        wing_cut=useful_wing_cut(wing_cut, np.size(wavelength)), reuse=reuse,
+        0.5 * (lo + hi), center_span=(lo, hi), tolerance=tolerance, wing_cut=wing_cut,
+        reuse=reuse,
     )
 
 

@@ -34,9 +34,9 @@ Planning (:func:`plan_synthesis`)
   batch or a box of parameters: the maxima) and its centre span; lines whose wings never
   reach ``tolerance`` on the grid are left out.
 * **Wing cut** (``wing_cut``, pixels): blase's cut; every window is capped at about that
-  many pixels (never below what the level under it needs), as the clones were fitted;
-  callers plan at most twice the spectrum plus 1024 px (:func:`useful_wing_cut`), which
-  already covers every pixel from a line at either end.
+  many pixels (never below what the level under it needs), as the clones were fitted,
+  and at most twice the grid plus 1024 px (:func:`useful_wing_cut`), which already covers
+  every pixel from a line at either end.
 * **Buckets**: window sizes are rounded up a ladder (ratio ≤ 1.5) and merged into at most
   ``max_buckets`` sizes per level; each bucket is one dense gather / evaluate /
   scatter-add block for its cells' samples and one for its nodes (the m + 3 nodes its m
@@ -833,7 +833,8 @@ def plan_synthesis(
             scatter block: fewer blocks compile faster, more waste less work).
         wing_cut: blase's wing cut, pixels: every window is capped at about this length
             (never below what the level under it needs), so a line is evaluated within
-            about ±wing_cut/2 pixels of its centre and not beyond. None: full wings.
+            about ±wing_cut/2 pixels of its centre and not beyond; never more than
+            twice the grid plus 1024 px (:func:`useful_wing_cut`). None: full wings.
         reuse: round bucket line counts up a ladder (ratio 2^¼; fixed windows 2^½) and
             take the layout of an earlier plan on this grid when this one fits it at
             ≤ 40 % extra work, so compiled programs are reused (cloning a grid); the
@@ -867,6 +868,7 @@ def plan_synthesis(
         raise ValueError(f"cell: node spacing must be >= 2 samples, got {cell}")
     if wing_cut is not None and int(wing_cut) < 16:
         raise ValueError(f"wing_cut={wing_cut!r} pixels; pass >= 16 or None")
+    wing_cut = useful_wing_cut(wing_cut, n_pix)
     if not headroom >= 0.0:
         raise ValueError(f"headroom={headroom!r}; pass a fraction >= 0, e.g. 0.1")
     if fixed_windows and not (int(chunk) == chunk and chunk >= 1):
