@@ -38,9 +38,10 @@ Two methods (``CloneSettings.method``):
     Every node is cloned on its own (blase3D); lines are identified afterwards by the
     ``id`` or ``track`` matchers.
 
-On the default grid continuation clones all 990 nodes in ~18 min on 2 cores (independent:
-~21 min) and its line emulator is 9× more accurate at held-out nodes (2.7e-3 against
-2.4e-2 flux RMS, linear manifolds; 2.2e-3 with ``chain_axis=0``; README).
+On the default grid continuation clones all 990 nodes in ~21 min on 2 cores (1,234 s;
+independent: 1,266 s) and its line emulator is 9× more accurate at held-out nodes
+(2.7e-3 against 2.4e-2 flux RMS, linear manifolds; 2.2e-3 with ``chain_axis=0``;
+README).
 
 Either way the store is written after every batch (the file closed between batches), so
 a killed run loses at most the batch in progress and resumes where it stopped.
