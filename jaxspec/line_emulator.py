@@ -49,9 +49,9 @@ from jaxspec.identify import Identification, complete_values
 from jaxspec.io import emulator_file
 from jaxspec.io.atomic import check_overwrite
 from jaxspec.io.emulator_file import Contents
-from jaxspec.lines import LineList, LineTable
+from jaxspec.lines import DEAD_LN_AMPLITUDE, LineList, LineTable
 from jaxspec.manifold import LineManifold
-from jaxspec.synthesis import SynthesisPlan, plan_synthesis
+from jaxspec.synthesis import SynthesisPlan, line_shape, plan_synthesis
 
 __all__ = ["LineEmulator", "plan_over_nodes", "write_emulator_file"]
 
@@ -260,7 +260,7 @@ class LineEmulator(Emulator):
     def __call__(self, params: ArrayLike) -> Float[Array, "... n_pix"]:
         """Normalised flux at ``params`` ``(..., n_params)`` → ``(..., n_pix)``."""
         params = self._check_params(params, self.manifold.out_of_bounds)  # box policy
-        return self.synthesize(self.manifold(params))
+        return _flux(self, params)
 
     def synthesize(self, line_params: ArrayLike) -> Float[Array, "... n_pix"]:
         """Flux from line parameters ``(..., n_lines, 4)`` (μ' − μ, ln a, ln σ, ln γ), e.g.
@@ -362,6 +362,96 @@ class LineEmulator(Emulator):
             manifold, np.asarray(self.center)[lines], wl[keep],
             observed=np.asarray(self.observed), tolerance=self.tolerance, provenance=info,
             wing_cut=self.wing_cut,
+        )
+
+    def local(self, box, *, depth: float = 1e-5) -> LineEmulator:
+        r"""The emulator near a box of parameters: the grid nodes whose interpolation
+        stencils reach the box, and only the lines that reach ``depth`` there.
+
+        Inside ``box`` it is the same model as this one (the same node values and
+        interpolation stencils, lines shallower than ``depth`` at every kept node left
+        out); outside the box, up to its own bounds (one or two nodes beyond the box),
+        cells at the edges of the smaller grid interpolate with edge stencils. Near any
+        one star few of a grid's lines matter (a line of hot stars is absent in cool
+        ones), so inference confined to a window (e.g. the ±500 K Teff window of the
+        blase3D paper, :func:`~jaxspec.infer.sample_nuts` with ``window``) evaluates and
+        differentiates several times faster.
+
+        A line's depth at a node is its peak :math:`a\,V(0)` (pseudo-Voigt of Ida et
+        al. 2000: :math:`V(0) = 2\eta/(\pi f) + (1 - \eta)\,2\sqrt{\ln 2/\pi}/f`,
+        FWHM f, Lorentz fraction η); a line is kept when that depth is at least
+        ``depth`` at some node of the smaller grid (the interpolated one cannot exceed
+        its stencil's nodes by more than the cubic overshoot).
+
+        Args:
+            box: ``{name: (low, high)}`` for some parameters (the others keep their whole
+                range), or a ``(k, 2)`` array of ``[low, high]`` in ``param_names``
+                order; each range within the emulator's bounds.
+            depth: smallest peak depth (fraction of the continuum) of a kept line;
+                0 keeps every line alive at a kept node.
+
+        Returns:
+            A :class:`LineEmulator` on the smaller grid (its ``bounds`` contain ``box``);
+            provenance records ``local = {"box": ..., "depth": ..., "lines": ...}``.
+
+        Raises:
+            ValueError: an unknown parameter, a malformed range, one outside the
+                emulator's bounds, or no line as deep as ``depth`` near the box.
+        """
+        names = self.param_names
+        bounds = np.array(self.bounds, dtype=np.float64)
+        if isinstance(box, dict):
+            unknown = [n for n in box if n not in names]
+            if unknown:
+                raise ValueError(f"local: unknown parameters {unknown}; the emulator has "
+                                 f"{names}")
+            ranges = [box.get(n, tuple(bounds[j])) for j, n in enumerate(names)]
+        else:
+            arr = np.asarray(box, dtype=np.float64)
+            if arr.shape != (len(names), 2):
+                raise ValueError(f"local: box has shape {arr.shape}; pass ({len(names)}, 2) "
+                                 f"[low, high] rows for {names}, or a dict")
+            ranges = list(arr)
+        if not float(depth) >= 0.0:
+            raise ValueError(f"local: depth={depth!r}; pass a peak depth >= 0, e.g. 1e-5")
+        slices = []
+        for j, (name, axis) in enumerate(zip(names, self.manifold.axes)):
+            lo, hi = check_range(f"local: {name}", ranges[j])
+            x = np.asarray(axis)
+            tol = 1e-9 * max(1.0, abs(x[0]), abs(x[-1]))
+            if lo < x[0] - tol or hi > x[-1] + tol:
+                raise ValueError(f"local: {name} range ({lo:g}, {hi:g}) leaves the "
+                                 f"emulator's [{x[0]:g}, {x[-1]:g}]; pass a range inside it")
+            # nodes of every cubic stencil of the cells that meet [lo, hi] ...
+            i0 = max(int(np.searchsorted(x, lo, side="right")) - 2, 0)
+            i1 = min(int(np.searchsorted(x, hi, side="left")) + 1, x.size - 1)
+            # ... and at least 4 where the axis has them (so cubic stays cubic)
+            while i1 - i0 < 3 and (i0 > 0 or i1 < x.size - 1):
+                i0, i1 = (i0 - 1, i1) if i0 > 0 else (i0, i1 + 1)
+            slices.append(slice(i0, i1 + 1))
+        table = np.asarray(self.manifold.table)[tuple(slices)]
+        ln_a = table[..., LineTable.LN_AMPLITUDE].astype(np.float64)
+        alive = ln_a > DEAD_LN_AMPLITUDE
+        a, f, eta = line_shape(np.where(alive, ln_a, -50.0),
+                               table[..., LineTable.LN_SIGMA], table[..., LineTable.LN_GAMMA])
+        peak = a * (2.0 * eta / (np.pi * f) + (1.0 - eta) * 2.0 * np.sqrt(np.log(2.0) / np.pi) / f)
+        peak = np.where(alive, peak, 0.0).reshape(-1, table.shape[-2]).max(axis=0)
+        keep = np.flatnonzero((peak >= float(depth)) & alive.reshape(-1, table.shape[-2]).any(0))
+        if keep.size == 0:
+            raise ValueError(f"local: no line reaches depth {depth:g} near the box "
+                             f"{[list(r) for r in ranges]}; pass a smaller depth")
+        axes = {n: np.asarray(ax)[sl] for n, ax, sl in zip(names, self.manifold.axes, slices)}
+        manifold = LineManifold(axes, table=table[..., keep, :],
+                                out_of_bounds=self.manifold.out_of_bounds,
+                                method=self.manifold.method,
+                                amplitude_column=self.manifold.amplitude_column)
+        info = self.info
+        info["local"] = {"box": [[float(v) for v in r] for r in ranges],
+                         "depth": float(depth), "lines": [int(keep.size), self.n_lines]}
+        return LineEmulator(
+            manifold, np.asarray(self.center)[keep], self.wavelength,
+            observed=np.asarray(self.observed)[tuple(slices)], tolerance=self.tolerance,
+            provenance=info, wing_cut=self.wing_cut,
         )
 
     # ------------------------------------------------------------------ building
@@ -616,3 +706,11 @@ def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)
+
+
+@eqx.filter_jit
+def _flux(emulator: LineEmulator, params):
+    """``emulator``'s flux at checked ``params``: one compiled program when called
+    eagerly (not ~1,500 op-by-op dispatches), and one cached trace when called again
+    with the same shapes inside another trace (MAP, NUTS, BO)."""
+    return emulator.synthesize(emulator.manifold(params))

@@ -390,3 +390,52 @@ def test_cubic_manifold_reproduces_nodes_and_round_trips(built, tmp_path):
     # covers longer axes)
     np.testing.assert_allclose(np.asarray(evaluate(cubic, between)),
                                np.asarray(evaluate(linear, between)), atol=1e-6)
+
+
+def test_local_is_the_same_model_inside_its_box_with_fewer_lines():
+    # 8 Teff nodes (cubic along Teff), 2 log g nodes; line 2 exists only above 7200 K,
+    # line 3 only below 5200 K: a box at 6000-6400 K meets neither (the cubic stencils
+    # there, nodes 5500-7000 K, hold no node where they are alive).
+    from jaxspec.manifold import LineManifold
+
+    teff = 5000.0 + 500.0 * np.arange(8)
+    axes = {"teff": teff, "logg": np.array([4.0, 4.5])}
+    x = (teff[:, None] - 5000.0) / 500.0 + np.zeros((1, 2))
+    center = BASE[:5]
+    table = np.zeros((8, 2, 5, 4))
+    table[..., 0] = 0.003 * x[..., None]
+    table[..., 1] = LN_A0[:5] - 0.2 * x[..., None] + 0.1 * np.sin(x[..., None] + np.arange(5))
+    table[..., 2] = np.log(0.02) + 0.05 * x[..., None]
+    table[..., 3] = np.log(0.03)
+    table[teff < 7200, :, 2, 1] = -1000.0
+    table[teff > 5200, :, 3, 1] = -1000.0
+    full = LineEmulator(LineManifold(axes, table=table, method="cubic"), center, WL)
+    local = full.local({"teff": (6000.0, 6400.0)}, depth=0.0)
+    assert local.n_lines == 3 and sorted(np.asarray(local.center)) == sorted(center[[0, 1, 4]])
+    assert local.manifold.grid_shape == (4, 2)  # nodes 5500-7000 K: the cubic stencils
+    assert local.bounds[0, 0] <= 6000.0 and local.bounds[0, 1] >= 6400.0
+    assert local.info["local"] == {"box": [[6000.0, 6400.0], [4.0, 4.5]], "depth": 0.0,
+                                   "lines": [3, 5]}
+    rng = np.random.default_rng(3)
+    theta = np.column_stack([rng.uniform(6000.0, 6400.0, 6), rng.uniform(4.0, 4.5, 6)])
+    np.testing.assert_allclose(np.asarray(evaluate(local, theta)),
+                               np.asarray(evaluate(full, theta)), atol=1e-6)
+    # a box as an array; a depth above every line's keeps none (refused); bad boxes
+    assert full.local(np.array([[6000.0, 6400.0], [4.0, 4.5]])).n_lines == 3
+    with pytest.raises(ValueError, match="no line reaches depth 1"):
+        full.local({"teff": (6000.0, 6400.0)}, depth=1.0)
+    # sample_nuts samples through it where its prior boxes (all stars together) are
+    # narrower than the grid, e.g. with a Teff window; not otherwise
+    from jaxspec.infer.nuts import _local_emulator
+
+    lo, hi = np.array([[6000.0, 4.0], [6100.0, 4.0]]), np.array([[6300.0, 4.5], [6400.0, 4.5]])
+    assert _local_emulator(full, lo, hi, 1e-5).n_lines == 3
+    assert _local_emulator(full, lo, hi, None) is full
+    bounds = np.asarray(full.bounds)
+    assert _local_emulator(full, bounds[None, :, 0], bounds[None, :, 1], 1e-5) is full
+    with pytest.raises(ValueError, match=r"unknown parameters \['feh'\]"):
+        full.local({"feh": (0.0, 0.1)})
+    with pytest.raises(ValueError, match=r"teff range \(4000, 6000\) leaves"):
+        full.local({"teff": (4000.0, 6000.0)})
+    with pytest.raises(ValueError, match="depth"):
+        full.local({"teff": (6000.0, 6400.0)}, depth=-1.0)

@@ -258,6 +258,8 @@ def _adam_logit(prob: _Problem, starts):
     z = logit(u) from every start at once (vmap); non-finite gradients count as zero
     and z stays in [-25, 25]. Returns the end points in u, ``(n_starts, k)``."""
     cfg = prob.cfg
+    if cfg.steps == 0:  # nothing to run: do not trace (and compile) the gradient
+        return starts
     sched = optax.cosine_decay_schedule(cfg.lr, max(cfg.steps, 1), alpha=0.05)
     opt = optax.adam(sched)
     g_z = jax.grad(lambda z: _objective_u(prob, jax.nn.sigmoid(z)))
@@ -477,7 +479,11 @@ def _map_batch(emulator, obs, lower, upper, b_lower, b_upper, init, keys, cfg):
     def one(o, lo, hi, i0, key):
         return _map_one(emulator, o, lo, hi, b_lower, b_upper, i0, key, cfg)
 
-    return jax.vmap(one)(obs, lower, upper, init, keys)
+    args = (obs, lower, upper, init, keys)
+    if lower.shape[0] == 1:  # one star: no batching transform (cheaper to compile)
+        out = one(*jax.tree.map(lambda a: a[0], args))
+        return jax.tree.map(lambda a: a[None], out)
+    return jax.vmap(one)(*args)
 
 
 def fit_map(

@@ -179,6 +179,7 @@ def sample_nuts(
     key=None,
     resample: str = "model",
     inference_data: bool = True,
+    local: float | None = 1e-5,
     progress: bool = False,
 ):
     r"""Sample the posterior of one spectrum (or each of many) with NUTS.
@@ -215,6 +216,13 @@ def sample_nuts(
         key: PRNG key or int seed.
         resample: ``"model"`` or ``"data"``.
         inference_data: also build arviz ``InferenceData``.
+        local: for an emulator with a ``local`` method (the
+            :class:`~jaxspec.line_emulator.LineEmulator`) whose prior boxes (all spectra
+            of the call together) are narrower than its bounds, e.g. with a Teff
+            ``window``: sample (and fit the initial MAP) through ``emulator.local(box,
+            depth=local)``, the same model inside the box without the lines shallower
+            than ``local`` there (several times cheaper gradients). None: the emulator
+            as given.
         progress: tqdm bar over spectra.
 
     Returns:
@@ -239,6 +247,7 @@ def sample_nuts(
     hi = np.broadcast_to(hi, (n, emulator.n_params))
     if fit_noise is None:
         fit_noise = not obs_all.has_uncertainty
+    emulator = _local_emulator(emulator, lo, hi, local)
     priors = dict(priors or {})
     unknown = [p for p in priors if p not in emulator.param_names]
     if unknown:
@@ -298,6 +307,19 @@ def sample_nuts(
     return results if batched else results[0]
 
 
+def _local_emulator(emulator, lo, hi, depth):
+    """``emulator.local`` over the union of the boxes ``[lo, hi]`` ``(n, k)`` where the
+    emulator has that method, ``depth`` is not None and the union is narrower than its
+    bounds on some axis; else ``emulator``."""
+    if depth is None or not hasattr(emulator, "local"):
+        return emulator
+    bounds = np.asarray(emulator.bounds, dtype=np.float64)
+    box = np.column_stack([np.min(lo, axis=0), np.max(hi, axis=0)])
+    if np.all((box[:, 0] <= bounds[:, 0]) & (box[:, 1] >= bounds[:, 1])):
+        return emulator
+    return emulator.local(np.clip(box, bounds[:, :1], bounds[:, 1:]), depth=depth)
+
+
 class _Config(NamedTuple):
     num_warmup: int
     num_samples: int
@@ -355,10 +377,15 @@ def _run_chains(emulator, obs, lower, upper, z0, keys, cfg):
                      "step_size": state.adapt_state.step_size}
             return state, (state.z, stats)
 
-        state, (_, warm) = jax.lax.scan(step, state, None, length=cfg.num_warmup)
-        _, (zs, stats) = jax.lax.scan(step, state, None, length=cfg.num_samples)
+        # One scan over warmup and sampling: the kernel adapts while its step counter is
+        # below num_warmup (numpyro's hmc), so this equals two scans, and the tree
+        # building (the emulator's gradient) is compiled once instead of twice.
+        _, (zs, stats) = jax.lax.scan(step, state, None,
+                                      length=cfg.num_warmup + cfg.num_samples)
+        n_steps = jnp.sum(stats["n_steps"])
+        zs, stats = jax.tree.map(lambda a: a[cfg.num_warmup:], (zs, stats))
         draws = jax.vmap(lambda z: constrain_fn(model, args, {}, z))(zs)
-        return draws, stats, jnp.sum(stats["n_steps"]) + jnp.sum(warm["n_steps"])
+        return draws, stats, n_steps
 
     if cfg.chain_method == "vectorized":
         return jax.vmap(chain)(z0, keys)
