@@ -222,6 +222,18 @@ def test_posterior_file_round_trip(tmp_path, emulator, map_result, nuts_result):
     assert list(ds["parameter"].values) == list(emulator.param_names)
 
 
+def test_map_with_one_start_takes_the_better_of_init_and_the_search(emulator, emulated_noisy,
+                                                                   map_result):
+    # one start (the demo's): a poor init (a far corner) loses to the search's best, a
+    # good one wins; both end at the optimum of the default fit
+    sig = np.full(emulated_noisy.size, SIGMA)
+    for init in ([4000.0, 5.0], [5080.0, 4.12]):
+        one = fit_map(emulator, emulated_noisy, sig, init=np.array(init), n_search=16,
+                      n_starts=1, steps=0, hessian="gauss-newton")
+        assert one.starts.shape == (1, 2) and bool(one.converged)
+        np.testing.assert_allclose(one.params, map_result.params, rtol=1e-4)
+
+
 def test_map_gauss_newton_matches_exact_hessian(emulator, emulated_noisy, map_result):
     sig = np.full(emulated_noisy.size, SIGMA)
     gn = fit_map(emulator, emulated_noisy, sig, hessian="gauss-newton")

@@ -249,7 +249,11 @@ def _coarse_search(prob: _Problem, init, key):
     starts = pts[order[: cfg.n_starts]]
     if cfg.has_init:
         u_init = jnp.clip(to_unit(init, prob.lower, prob.upper), 0.0, 1.0)
-        starts = starts.at[-1].set(u_init)
+        if cfg.n_starts == 1:  # one start: the better of the search's best and init
+            f_init = _finite_or_inf(_objective_u(prob, u_init))
+            starts = jnp.where(f_init <= vals[order[0]], u_init[None], starts)
+        else:
+            starts = starts.at[-1].set(u_init)
     return jnp.clip(starts, 1e-4, 1 - 1e-4)
 
 
@@ -432,8 +436,12 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     k = prob.k
     starts = _coarse_search(prob, init, key)
     u_adam = _adam_logit(prob, starts)
-    n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.vmap(
-        lambda u0: _projected_newton(prob, u0))(u_adam)
+    if u_adam.shape[0] == 1:  # one start: no batching transform (cheaper to compile)
+        n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.tree.map(
+            lambda a: a[None], _projected_newton(prob, u_adam[0]))
+    else:
+        n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.vmap(
+            lambda u0: _projected_newton(prob, u0))(u_adam)
     n_eval = (cfg.n_search + cfg.n_starts * cfg.steps + cfg.n_starts
               + jnp.sum(n_pass) * (2 + len(_NEWTON_TRIALS)))
     best = jnp.argmin(f_end)
@@ -535,7 +543,9 @@ def fit_map(
             parameters (the box still bounds the search).
         fit_noise: profile an unknown noise scale; default: when no uncertainties.
         n_search: coarse-search points.
-        n_starts: optimisations run (best of the search, vmapped).
+        n_starts: optimisations run (best of the search, vmapped); with ``init``
+            the last start is ``init``, or, for ``n_starts=1``, the better of ``init``
+            and the search's best.
         steps: Adam steps per start; ``lr`` its learning rate (cosine decay to 5 %).
         n_newton: projected Newton steps after Adam.
         tol: convergence tolerance, nats.
