@@ -12,7 +12,7 @@ r"""The main job, end to end on the embedded synthetic grid (``jaxspec demo``).
    ≥ 7000 K, as the paper), with seconds per star, plus plots (PNG).
 
 Every step is timed; the whole job at ``size="default"`` is meant to finish within
-10 minutes on 2 CPU cores (measured: 11 min 14 s, README). Intermediate files (grid,
+10 minutes on 2 CPU cores (measured: 9 min 15 s, README). Intermediate files (grid,
 clone store, emulator) are kept in the output folder. An existing non-empty output folder
 is refused unless ``overwrite=True`` (CLI ``--overwrite``); then every output is replaced
 (atomically, each file intact until its replacement is complete), and the clone store is
@@ -81,7 +81,7 @@ CONFIGS = {
                        n_random=30, n_guided=5),
     # The default grid's Ca II 8498/8542 Å and Paschen 16/15 window (4,105 px): cloning
     # all 1,098 spectra over the whole 25,410 px takes ~20 min on 2 cores, over this window
-    # with one pass ~5.5 min. Measured on 2 idle cores: 11 min 14 s in all (README).
+    # with one pass ~6 min. Measured on 2 idle cores: 9 min 15 s in all (README).
     "default": DemoConfig(n_stars=20, n_nuts=2, num_warmup=200, num_samples=200,
                           num_chains=2, n_random=100, n_guided=20,
                           wavelength=(8490.0, 8560.0)),

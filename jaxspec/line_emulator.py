@@ -51,7 +51,7 @@ from jaxspec.io.atomic import check_overwrite
 from jaxspec.io.emulator_file import Contents
 from jaxspec.lines import DEAD_LN_AMPLITUDE, LineList, LineTable
 from jaxspec.manifold import LineManifold
-from jaxspec.synthesis import SynthesisPlan, line_shape, plan_synthesis
+from jaxspec.synthesis import SynthesisPlan, plan_synthesis
 
 __all__ = ["LineEmulator", "plan_over_nodes", "write_emulator_file"]
 
@@ -430,11 +430,13 @@ class LineEmulator(Emulator):
                 i0, i1 = (i0 - 1, i1) if i0 > 0 else (i0, i1 + 1)
             slices.append(slice(i0, i1 + 1))
         table = np.asarray(self.manifold.table)[tuple(slices)]
+        from jaxspec.clone.detection import _peak_value
+
         ln_a = table[..., LineTable.LN_AMPLITUDE].astype(np.float64)
         alive = ln_a > DEAD_LN_AMPLITUDE
-        a, f, eta = line_shape(np.where(alive, ln_a, -50.0),
-                               table[..., LineTable.LN_SIGMA], table[..., LineTable.LN_GAMMA])
-        peak = a * (2.0 * eta / (np.pi * f) + (1.0 - eta) * 2.0 * np.sqrt(np.log(2.0) / np.pi) / f)
+        peak = np.exp(np.where(alive, ln_a, -50.0)) * _peak_value(
+            table[..., LineTable.LN_SIGMA].astype(np.float64),
+            table[..., LineTable.LN_GAMMA].astype(np.float64))
         peak = np.where(alive, peak, 0.0).reshape(-1, table.shape[-2]).max(axis=0)
         keep = np.flatnonzero((peak >= float(depth)) & alive.reshape(-1, table.shape[-2]).any(0))
         if keep.size == 0:
