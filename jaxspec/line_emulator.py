@@ -713,6 +713,6 @@ def _json_default(obj):
 @eqx.filter_jit
 def _flux(emulator: LineEmulator, params):
     """``emulator``'s flux at checked ``params``: one compiled program when called
-    eagerly (not ~1,500 op-by-op dispatches), and one cached trace when called again
-    with the same shapes inside another trace (MAP, NUTS, BO)."""
+    eagerly (not ~1,500 operations dispatched and compiled one by one); inside another
+    trace (MAP, NUTS, BO) it is inlined like any jitted function."""
     return emulator.synthesize(emulator.manifold(params))
