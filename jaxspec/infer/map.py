@@ -436,12 +436,8 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     k = prob.k
     starts = _coarse_search(prob, init, key)
     u_adam = _adam_logit(prob, starts)
-    if u_adam.shape[0] == 1:  # one start: no batching transform (cheaper to compile)
-        n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.tree.map(
-            lambda a: a[None], _projected_newton(prob, u_adam[0]))
-    else:
-        n_pass, u_end, f_end, gain, dec, h_end, g_end = jax.vmap(
-            lambda u0: _projected_newton(prob, u0))(u_adam)
+    n_pass, u_end, f_end, gain, dec, h_end, g_end = _vmap_unless_one(
+        lambda u0: _projected_newton(prob, u0), u_adam)
     n_eval = (cfg.n_search + cfg.n_starts * cfg.steps + cfg.n_starts
               + jnp.sum(n_pass) * (2 + len(_NEWTON_TRIALS)))
     best = jnp.argmin(f_end)
@@ -482,16 +478,22 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     )
 
 
+def _vmap_unless_one(fn, *args):
+    """``jax.vmap(fn)(*args)`` over the leading axis of every leaf of ``args``; for a
+    leading axis of length 1, ``fn`` on the one element (no batching transform: cheaper
+    to trace and compile, e.g. one star or one start)."""
+    if jax.tree.leaves(args)[0].shape[0] == 1:
+        out = fn(*jax.tree.map(lambda a: a[0], args))
+        return jax.tree.map(lambda a: a[None], out)
+    return jax.vmap(fn)(*args)
+
+
 @eqx.filter_jit
 def _map_batch(emulator, obs, lower, upper, b_lower, b_upper, init, keys, cfg):
     def one(o, lo, hi, i0, key):
         return _map_one(emulator, o, lo, hi, b_lower, b_upper, i0, key, cfg)
 
-    args = (obs, lower, upper, init, keys)
-    if lower.shape[0] == 1:  # one star: no batching transform (cheaper to compile)
-        out = one(*jax.tree.map(lambda a: a[0], args))
-        return jax.tree.map(lambda a: a[None], out)
-    return jax.vmap(one)(*args)
+    return _vmap_unless_one(one, obs, lower, upper, init, keys)
 
 
 def fit_map(
