@@ -234,6 +234,24 @@ def test_map_with_one_start_takes_the_better_of_init_and_the_search(emulator, em
         np.testing.assert_allclose(one.params, map_result.params, rtol=1e-4)
 
 
+def test_map_reports_the_model_of_its_answer(emulator, emulated_noisy, map_result):
+    # the Newton passes carry the model spectrum of the best point (no extra emulator
+    # call): loss and chi2/nu are those of emulator(params); a pass is one evaluation
+    sig = np.full(emulated_noisy.size, SIGMA)
+    for res, n_starts, n_search in ((map_result, 4, 256),
+                                    (fit_map(emulator, emulated_noisy, sig, n_search=16,
+                                             n_starts=1, steps=0, hessian="gauss-newton",
+                                             init=np.array([4400.0, 3.9])), 1, 16)):
+        model = np.asarray(emulator(res.params))
+        np.testing.assert_allclose(res.loss, rms_loss(model, emulated_noisy), rtol=1e-6)
+        c2 = float(chi2(model, emulated_noisy, sig))
+        np.testing.assert_allclose(res.chi2_nu, c2 / (emulated_noisy.size - 2), rtol=1e-6)
+        np.testing.assert_allclose(res.neg_log_posterior, 0.5 * c2, rtol=1e-6)
+        steps = 100 * n_starts if n_starts > 1 else 0
+        passes = int(res.n_evaluations) - n_search - steps - (n_starts == 1)
+        assert n_starts <= passes <= n_starts * (1 + 12 * 5), passes
+
+
 def test_map_gauss_newton_matches_exact_hessian(emulator, emulated_noisy, map_result):
     sig = np.full(emulated_noisy.size, SIGMA)
     gn = fit_map(emulator, emulated_noisy, sig, hessian="gauss-newton")

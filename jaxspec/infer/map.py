@@ -27,9 +27,12 @@ Algorithm:
 2. Adam (``steps``, learning rate ``lr`` with cosine decay) on
    :math:`z = \operatorname{logit}(u)`, :math:`u = (\theta - \theta_{lo}) / (\theta_{hi} -
    \theta_{lo})`, from every start at once (vmap);
-3. ``n_newton`` (12) projected Newton steps in u (with backtracking, faces of the box as
+3. ``n_newton`` (12) projected Newton steps in u (with backtracking: step lengths 1,
+   ½, ¼, 0.1, 0.02 tried in turn until one lowers the objective; faces of the box as
    active constraints) from each end point, which lands parameters exactly on a face
-   when the optimum is there (logit space cannot reach it);
+   when the optimum is there (logit space cannot reach it). Every trial point is
+   evaluated with its gradient and Hessian at once (one pass through the emulator and
+   its derivatives), so an accepted step costs one pass;
 4. the best start wins; its Laplace covariance is the inverse Hessian of the negative log
    posterior in u, scaled to physical units:
    :math:`\Sigma_\theta = S H_u^{-1} S`, :math:`S = \operatorname{diag}(\theta_{hi} -
@@ -179,7 +182,12 @@ def neg_log_posterior(emulator, obs, theta, fit_noise: bool = False, priors=None
 
 
 def _objective(emulator, obs, theta, fit_noise, prior_items):
-    model = obs.project(emulator(theta))
+    return _objective_of_model(obs, obs.project(emulator(theta)), theta, fit_noise,
+                               prior_items)
+
+
+def _objective_of_model(obs, model, theta, fit_noise, prior_items):
+    """The objective at ``theta`` from the (projected) model spectrum there."""
     c2 = chi2(model, obs.flux, obs.sigma, obs.mask)
     n = jnp.sum(obs.mask)
     # the noise floor keeps ln χ² finite (and the Hessian defined) for an exact fit
@@ -215,7 +223,7 @@ class _Problem(NamedTuple):
         return self.lower.shape[-1]
 
 
-#: Step lengths tried along each Newton direction (backtracking).
+#: Step lengths tried in turn along each Newton direction (backtracking).
 _NEWTON_TRIALS = (1.0, 0.5, 0.25, 0.1, 0.02)
 
 
@@ -244,16 +252,21 @@ def _coarse_search(prob: _Problem, init, key):
     cfg, k = prob.cfg, prob.k
     shift = jax.random.uniform(key, (k,), dtype=jnp.float64)
     pts = jnp.mod(jnp.asarray(_sobol(cfg.n_search, k)) + shift, 1.0)
-    vals = jax.lax.map(lambda u: _finite_or_inf(_objective_u(prob, u)), pts, batch_size=32)
-    order = jnp.argsort(vals)
-    starts = pts[order[: cfg.n_starts]]
     if cfg.has_init:
         u_init = jnp.clip(to_unit(init, prob.lower, prob.upper), 0.0, 1.0)
-        if cfg.n_starts == 1:  # one start: the better of the search's best and init
-            f_init = _finite_or_inf(_objective_u(prob, u_init))
-            starts = jnp.where(f_init <= vals[order[0]], u_init[None], starts)
-        else:
-            starts = starts.at[-1].set(u_init)
+    one_with_init = cfg.has_init and cfg.n_starts == 1
+    if one_with_init:
+        # one start: the better of the search's best and init (init first: it wins ties),
+        # evaluated with the search points (one compiled copy of the objective)
+        pts = jnp.concatenate([u_init[None], pts])
+    # on CPU one point at a time (the emulators' windowed synthesis is scatter-bound:
+    # batching it is no faster there, and the unbatched program compiles faster)
+    vals = jax.lax.map(lambda u: _finite_or_inf(_objective_u(prob, u)), pts,
+                       batch_size=None if jax.default_backend() == "cpu" else 32)
+    order = jnp.argsort(vals, stable=True)
+    starts = pts[order[: cfg.n_starts]]
+    if cfg.has_init and not one_with_init:
+        starts = starts.at[-1].set(u_init)
     return jnp.clip(starts, 1e-4, 1 - 1e-4)
 
 
@@ -282,34 +295,47 @@ def _adam_logit(prob: _Problem, starts):
     return jax.vmap(adam)(jnp.log(starts) - jnp.log1p(-starts))
 
 
+def _model_u(prob: _Problem, u):
+    """The projected model spectrum at unit coordinates ``u``."""
+    return prob.obs.project(prob.emulator(to_physical(u, prob.lower, prob.upper)))
+
+
 def _exact_grad_hess(prob: _Problem, u):
-    """Gradient ``(k,)`` and exact Hessian ``(k, k)`` of the objective in u
-    (forward-over-reverse; the gradient comes along as aux)."""
-    grad_u = jax.grad(lambda v: _objective_u(prob, v))
+    """Objective, gradient ``(k,)``, exact Hessian ``(k, k)`` of the objective in u
+    (forward-over-reverse) and the model spectrum at ``u``, from one evaluation of the
+    emulator and its derivatives (value, gradient and model come along as aux)."""
+    cfg = prob.cfg
+
+    def value(v):
+        model = _model_u(prob, v)
+        theta = to_physical(v, prob.lower, prob.upper)
+        f = _objective_of_model(prob.obs, model, theta, cfg.fit_noise, cfg.priors)
+        return f, model
 
     def g2(v):
-        g = grad_u(v)
-        return g, g
+        (f, model), g = jax.value_and_grad(value, has_aux=True)(v)
+        return g, (g, f, model)
 
-    h, g = jax.jacfwd(g2, has_aux=True)(u)
-    return g, h
+    h, (g, f, model) = jax.jacfwd(g2, has_aux=True)(u)
+    return f, g, h, model
 
 
 def _gauss_newton_grad_hess(prob: _Problem, u):
-    """Gradient ``(k,)`` and Gauss–Newton Hessian ``(k, k)`` of the objective in u from the
-    model's Jacobian (k forward-mode passes through the emulator, no second derivatives
-    of it): χ² = rᵀr, r = w (M − D): g = Jᵀr, H = JᵀJ (times N/C' with a profiled noise),
-    plus the prior's exact gradient and Hessian."""
+    """Objective, gradient ``(k,)`` and Gauss–Newton Hessian ``(k, k)`` of the objective
+    in u, and the model spectrum at ``u``, from one linearisation of the emulator (its
+    value and k forward-mode directions, no second derivatives of it): χ² = rᵀr,
+    r = w (M − D): g = Jᵀr, H = JᵀJ (times N/C' with a profiled noise), plus the
+    prior's exact gradient and Hessian."""
     obs, cfg = prob.obs, prob.cfg
     m = obs.mask
     w = jnp.where(m, 1.0 / jnp.where(m, obs.sigma, 1.0), 0.0)
-
-    def resid(v):  # masked pixels (their flux may be NaN) contribute exact zeros
-        model = obs.project(prob.emulator(to_physical(v, prob.lower, prob.upper)))
-        return jnp.where(m, w * (model - jnp.where(m, obs.flux, 0.0)), 0.0)
-
-    r, jvp_cols = jax.linearize(resid, u)
-    jac = jax.vmap(jvp_cols, out_axes=1)(jnp.eye(prob.k, dtype=u.dtype))  # (n_pix, k)
+    model, model_cols = jax.linearize(lambda v: _model_u(prob, v), u)
+    # masked pixels (their flux may be NaN) contribute exact zeros
+    r = jnp.where(m, w * (model - jnp.where(m, obs.flux, 0.0)), 0.0)
+    jac = w[:, None] * jax.vmap(model_cols, out_axes=1)(jnp.eye(prob.k, dtype=u.dtype))
+    jac = jnp.where(m[:, None], jac, 0.0)  # (n_pix, k)
+    f = _objective_of_model(obs, model, to_physical(u, prob.lower, prob.upper),
+                            cfg.fit_noise, cfg.priors)
     g = jac.T @ r
     h = jac.T @ jac
     if cfg.fit_noise:
@@ -319,7 +345,7 @@ def _gauss_newton_grad_hess(prob: _Problem, u):
         prior = lambda v: _prior_u(prob, v)  # noqa: E731
         g = g + jax.grad(prior)(u)
         h = h + jax.hessian(prior)(u)
-    return g, h
+    return f, g, h, model
 
 
 def _pinned(u, g):
@@ -352,37 +378,57 @@ def _newton_direction(g_f, h_f):
 def _projected_newton(prob: _Problem, u0):
     """Step 3: projected Newton with backtracking in u from ``u0`` ``(k,)``.
 
-    At most ``n_newton`` steps, then a last pass that only evaluates gradient and
-    Hessian at the end point (one compiled copy of the Hessian serves the steps and the
-    Laplace approximation). Once a step starts where the Newton decrement is far below
-    ``tol``, or finds nothing lower, the next pass is that last one.
+    Every pass evaluates objective, gradient, Hessian and model at one candidate point
+    (one compiled copy of the emulator and its derivatives serves the steps, the
+    backtracking and the Laplace approximation): the first pass at ``u0``, then the
+    point one Newton step ``d`` from the best point so far, at the step lengths
+    ``_NEWTON_TRIALS`` in turn until one lowers the objective. It stops after
+    ``n_newton`` accepted steps, when the Newton decrement at the best point is far
+    below ``tol``, or when no step length lowers the objective (a minimum on a kink of a
+    piecewise-cubic emulator).
 
-    Returns ``(n_pass, u, f, gain, decrement, h, g)`` at the end point: passes made,
-    position, objective, the last step's decrease, Newton decrement, Hessian and
-    gradient there."""
-    cfg, k = prob.cfg, prob.k
+    Returns ``(n_pass, u, f, gain, decrement, h, g, model)`` at the best point: passes
+    made, position, objective, the last accepted step's decrease (0 when the last
+    direction found nothing lower), Newton decrement, Hessian, gradient and model."""
+    cfg = prob.cfg
     grad_hess = _gauss_newton_grad_hess if cfg.gauss_newton else _exact_grad_hess
     trials = jnp.array(_NEWTON_TRIALS)
+    n_trials = len(_NEWTON_TRIALS)
+
+    def direction(u, g, h):
+        return _newton_direction(*_free_system(u, g, h))
+
+    f0, g0, h0, model0 = grad_hess(prob, u0)
+    f0 = _finite_or_inf(f0)
+    d0, dec0 = direction(u0, g0, h0)
+    # carry: (passes, accepted steps, trial index, done, best point and its values,
+    #         direction there, last gain)
+    init = (jnp.asarray(1), jnp.asarray(0), jnp.asarray(0), dec0 < 1e-2 * cfg.tol,
+            u0, f0, g0, h0, model0, dec0, d0, jnp.asarray(jnp.inf, f0.dtype))
+    if cfg.n_newton == 0:
+        init = init[:3] + (jnp.asarray(True),) + init[4:]
 
     def body(carry):
-        i, n_pass, u, f0, gain, _, _, _ = carry
-        g, h = grad_hess(prob, u)
-        d, dec = _newton_direction(*_free_system(u, g, h))
-        cand = jnp.clip(u[None, :] + trials[:, None] * d[None, :], 0.0, 1.0)
-        fc = jax.vmap(lambda c: _finite_or_inf(_objective_u(prob, c)))(cand)
-        j = jnp.argmin(fc)
-        step = i < cfg.n_newton
-        better = (fc[j] < f0) & step
-        gain = jnp.where(step, jnp.where(better, f0 - fc[j], 0.0), gain)
-        u_new = jnp.where(better, cand[j], u)
-        done = step & ((dec < 1e-2 * cfg.tol) | ~better)
-        i_next = jnp.where(done, cfg.n_newton, i + 1)
-        return (i_next, n_pass + 1, u_new, jnp.where(better, fc[j], f0), gain, dec, h, g)
+        n_pass, n_step, trial, _, u, f, g, h, model, dec, d, gain = carry
+        cand = jnp.clip(u + trials[trial] * d, 0.0, 1.0)
+        fc, gc, hc, model_c = grad_hess(prob, cand)
+        fc = _finite_or_inf(fc)
+        better = fc < f
+        dc, dec_c = direction(cand, gc, hc)
+        pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
+        u, g, h, model, dec, d = (pick(a, b) for a, b in (
+            (cand, u), (gc, g), (hc, h), (model_c, model), (dec_c, dec), (dc, d)))
+        gain = jnp.where(better, f - fc, jnp.where(trial + 1 >= n_trials, 0.0, gain))
+        f = jnp.minimum(fc, f)
+        n_step = n_step + better
+        trial = jnp.where(better, 0, trial + 1)
+        done = ((n_step >= cfg.n_newton) | (trial >= n_trials)
+                | (better & (dec_c < 1e-2 * cfg.tol)))
+        return (n_pass + 1, n_step, trial, done, u, f, g, h, model, dec, d, gain)
 
-    f0 = _finite_or_inf(_objective_u(prob, u0))
-    init = (jnp.asarray(0), jnp.asarray(0), u0, f0, jnp.inf, jnp.inf,
-            jnp.zeros((k, k)), jnp.zeros(k))
-    return jax.lax.while_loop(lambda c: c[0] <= cfg.n_newton, body, init)[1:]
+    out = jax.lax.while_loop(lambda c: ~c[3], body, init)
+    n_pass, _, _, _, u, f, g, h, model, dec, _, gain = out
+    return n_pass, u, f, gain, dec, h, g, model
 
 
 def _laplace_covariance(prob: _Problem, u, g, h):
@@ -436,16 +482,16 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
     k = prob.k
     starts = _coarse_search(prob, init, key)
     u_adam = _adam_logit(prob, starts)
-    n_pass, u_end, f_end, gain, dec, h_end, g_end = _vmap_unless_one(
+    n_pass, u_end, f_end, gain, dec, h_end, g_end, m_end = _vmap_unless_one(
         lambda u0: _projected_newton(prob, u0), u_adam)
-    n_eval = (cfg.n_search + cfg.n_starts * cfg.steps + cfg.n_starts
-              + jnp.sum(n_pass) * (2 + len(_NEWTON_TRIALS)))
+    n_eval = (cfg.n_search + int(cfg.has_init and cfg.n_starts == 1)
+              + cfg.n_starts * cfg.steps + jnp.sum(n_pass))
     best = jnp.argmin(f_end)
-    u, f, gain, dec, h, g = (a[best] for a in (u_end, f_end, gain, dec, h_end, g_end))
+    u, f, gain, dec, h, g, model = (
+        a[best] for a in (u_end, f_end, gain, dec, h_end, g_end, m_end))
     cov, pd = _laplace_covariance(prob, u, g, h)
     scale = upper - lower
     theta = to_physical(u, lower, upper)
-    model = obs.project(emulator(theta))
     n_used = jnp.sum(obs.mask)
     c2 = chi2(model, obs.flux, obs.sigma, obs.mask)
     noise = jnp.where(cfg.fit_noise, jnp.sqrt(c2 / n_used + NOISE_FLOOR**2), 1.0)
@@ -471,7 +517,7 @@ def _map_one(emulator, obs, lower, upper, b_lower, b_upper, init, key, cfg: _Con
         noise_scale=noise,
         decrement=dec,
         status=status.astype(jnp.int32),
-        n_evaluations=jnp.asarray(n_eval + 2).astype(jnp.int32),
+        n_evaluations=jnp.asarray(n_eval).astype(jnp.int32),
         starts=to_physical(u_end, lower, upper),
         start_objective=f_end,
         chi2_nu=jnp.where(obs.has_uncertainty, c2 / jnp.maximum(nu, 1), jnp.nan),
