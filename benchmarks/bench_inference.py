@@ -124,6 +124,16 @@ def summarise(label, truth, est, seconds, names):
     return stats
 
 
+def map_options(args) -> dict:
+    """fit_map's settings for the accuracy passes (its own defaults unless given)."""
+    opts = {"hessian": args.map_hessian}
+    for name in ("n_search", "n_starts", "steps"):
+        value = getattr(args, "map_" + name.replace("n_", ""), None)
+        if value is not None:
+            opts[name] = value
+    return opts
+
+
 def run_method(method, emulator, data, pts, args, key):
     """Run one method on a list of spectra; returns (params, sigma, results, s/star)."""
     guess = pts[:, 0]
@@ -136,7 +146,7 @@ def run_method(method, emulator, data, pts, args, key):
     elif method == "map":
         jax.block_until_ready(fit_map(emulator, data[:1], guess=guess[:1],
                                       window=args.window, key=key,
-                                      hessian=args.map_hessian).params)
+                                      **map_options(args)).params)
     else:
         sample_nuts(emulator, data[:1], guess=guess[:1], window=args.window,
                     key=key, num_warmup=args.nuts_warmup, num_samples=args.nuts_samples,
@@ -148,7 +158,7 @@ def run_method(method, emulator, data, pts, args, key):
         params, sigma = np.asarray(res.params), None
     elif method == "map":
         res = fit_map(emulator, data, key=key, progress=args.progress,
-                      hessian=args.map_hessian, **kw)
+                      **map_options(args), **kw)
         params, sigma = np.asarray(res.params), np.asarray(res.sigma)
     else:
         res = sample_nuts(emulator, data, key=key, num_warmup=args.nuts_warmup,
@@ -190,6 +200,11 @@ def main(argv=None):
     p.add_argument("--map-hessian", choices=("exact", "gauss-newton"), default="exact",
                    help="fit_map's Hessian for the accuracy passes (gauss-newton: cheaper "
                    "through a line emulator)")
+    p.add_argument("--map-search", type=int, help="fit_map's n_search (default 256)")
+    p.add_argument("--map-starts", type=int, help="fit_map's n_starts (default 4)")
+    p.add_argument("--map-steps", type=int,
+                   help="fit_map's Adam steps (default 100); the demo's MAP: --map-search "
+                   "16 --map-starts 1 --map-steps 0 --map-hessian gauss-newton")
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-samples", type=int, default=300)
     p.add_argument("--nuts-chains", type=int, default=4)
