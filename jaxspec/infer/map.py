@@ -28,7 +28,9 @@ Algorithm:
    :math:`z = \operatorname{logit}(u)`, :math:`u = (\theta - \theta_{lo}) / (\theta_{hi} -
    \theta_{lo})`, from every start at once (vmap);
 3. ``n_newton`` (12) projected Newton steps in u (with backtracking: step lengths 1,
-   ½, ¼, 0.1, 0.02 tried in turn until one lowers the objective; faces of the box as
+   ½, ¼, 0.1, 0.02 tried in turn until one lowers the objective by Armijo's sufficient
+   decrease, :math:`f(u + t d) \le f(u) + 0.1\, t\, g^\top d`, the last by any amount;
+   faces of the box as
    active constraints) from each end point, which lands parameters exactly on a face
    when the optimum is there (logit space cannot reach it). Every trial point is
    evaluated with its gradient and Hessian at once (one pass through the emulator and
@@ -225,6 +227,9 @@ class _Problem(NamedTuple):
 
 #: Step lengths tried in turn along each Newton direction (backtracking).
 _NEWTON_TRIALS = (1.0, 0.5, 0.25, 0.1, 0.02)
+#: Sufficient decrease (Armijo) of a trial step t along d: f(u + t d) <= f(u) + c t gᵀd
+#: (Nocedal & Wright 2006, eq. 3.4); the last trial accepts any decrease.
+_ARMIJO = 0.1
 
 
 def _objective_u(prob: _Problem, u):
@@ -382,7 +387,8 @@ def _projected_newton(prob: _Problem, u0):
     (one compiled copy of the emulator and its derivatives serves the steps, the
     backtracking and the Laplace approximation): the first pass at ``u0``, then the
     point one Newton step ``d`` from the best point so far, at the step lengths
-    ``_NEWTON_TRIALS`` in turn until one lowers the objective. It stops after
+    ``_NEWTON_TRIALS`` in turn until one lowers the objective enough (Armijo's
+    condition with ``_ARMIJO``; the last length takes any decrease). It stops after
     ``n_newton`` accepted steps, when the Newton decrement at the best point is far
     below ``tol``, or when no step length lowers the objective (a minimum on a kink of a
     piecewise-cubic emulator).
@@ -410,16 +416,19 @@ def _projected_newton(prob: _Problem, u0):
 
     def body(carry):
         n_pass, n_step, trial, _, u, f, g, h, model, dec, d, gain = carry
-        cand = jnp.clip(u + trials[trial] * d, 0.0, 1.0)
+        step = jnp.clip(u + trials[trial] * d, 0.0, 1.0) - u
+        cand = u + step
         fc, gc, hc, model_c = grad_hess(prob, cand)
         fc = _finite_or_inf(fc)
-        better = fc < f
+        # sufficient decrease along the (projected) step; the last trial: any decrease
+        enough = (fc <= f + _ARMIJO * jnp.dot(g, step)) | (trial + 1 >= n_trials)
+        better = (fc < f) & enough
         dc, dec_c = direction(cand, gc, hc)
         pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
         u, g, h, model, dec, d = (pick(a, b) for a, b in (
             (cand, u), (gc, g), (hc, h), (model_c, model), (dec_c, dec), (dc, d)))
         gain = jnp.where(better, f - fc, jnp.where(trial + 1 >= n_trials, 0.0, gain))
-        f = jnp.minimum(fc, f)
+        f = jnp.where(better, fc, f)
         n_step = n_step + better
         trial = jnp.where(better, 0, trial + 1)
         done = ((n_step >= cfg.n_newton) | (trial >= n_trials)
