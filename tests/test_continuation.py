@@ -169,11 +169,12 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     with h5py.File(path, "a") as f:
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
-                     "warm_width_anchor", "chain_axis"):
+                     "warm_width_anchor", "chain_axis", "warm_track_anchor"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
     assert old.settings["warm_width_anchor"] == 0.0 and old.settings["chain_axis"] == -1
+    assert old.settings["warm_track_anchor"] == 0.0
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -185,6 +186,8 @@ def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
         clone_grid(grid, tmp_path / "x.h5", method="sideways")
     with pytest.raises(ValueError, match="warm_width_anchor=-0.1 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", warm_width_anchor=-0.1)
+    with pytest.raises(ValueError, match="warm_track_anchor=-1.0 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", warm_track_anchor=-1.0)
 
 
 def test_warm_start_caps_a_line_wider_than_the_band():
@@ -235,6 +238,58 @@ def test_width_anchor_holds_the_parents_line_shapes(grid, store, tmp_path):
     anchored = mix_steps(held)
     assert held.settings["warm_width_anchor"] == 1e3
     assert np.median(free) > 0.02
+    assert np.median(anchored) < 0.25 * np.median(free)
+
+
+def test_track_targets_continue_the_secant_through_the_grandparent():
+    from jaxspec.clone import CloneSettings
+    from jaxspec.clone.sweep import _Sweep
+
+    sweep = _Sweep.__new__(_Sweep)
+    sweep.settings = CloneSettings(warm_track_anchor=1e-3)
+    # Teff column 0 is missing: node 0 steps 200 K from its parent (1), which is 100 K
+    # from the grandparent (2); node (1, 1) steps along log g, its parent along Teff
+    sweep.param_of = {(0, 0): (3400.0, 4.5), (1, 0): (3600.0, 4.5), (2, 0): (3700.0, 4.5),
+                      (1, 1): (3600.0, 5.0)}
+    sweep.parents = {(2, 0): None, (1, 0): (2, 0), (0, 0): (1, 0), (1, 1): (1, 0)}
+    ln_s, ln_g = np.log([0.03, 0.03, 0.03]), np.log([0.02, 0.02, 0.02])
+    grand = _lines(np.array([8505.0, 8507.0]), np.zeros(2), np.array([-4.0, -3.0]),
+                   ln_s[:2], ln_g[:2], np.array([0, 1]))
+    parent = _lines(np.array([8505.0, 8507.0, 8509.0]), np.zeros(3),
+                    np.array([-3.8, -1.0, -5.0]), ln_s, ln_g + np.log(1.1), np.array([0, 1, 2]))
+    sweep.state = {(2, 0): grand, (1, 0): parent}
+    a_t, s_t, g_t = sweep._track_targets(parent.copy(), (0, 0))
+    # twice the parent's step from the grandparent, each change at most 1 in ln; line 2
+    # (born at the parent) keeps its parent's values
+    np.testing.assert_allclose(a_t, [-3.8 + 0.4, -1.0 + 1.0, -5.0])
+    np.testing.assert_allclose(s_t, ln_s)
+    np.testing.assert_allclose(g_t, ln_g + np.log(1.1) * np.array([3.0, 3.0, 1.0]))
+    # a step along another axis than the parent's: the parent's values
+    a_t, s_t, g_t = sweep._track_targets(parent.copy(), (1, 1))
+    np.testing.assert_allclose(a_t, parent.ln_a)
+    np.testing.assert_allclose(g_t, parent.ln_g)
+
+
+def test_track_anchor_holds_the_lines_on_their_tracks(grid, store, tmp_path):
+    # The grid's depths fall by 15 % per Teff step (ln a by ~0.16): the warm fit without
+    # the track anchor follows them; a heavy one holds each line at its parent's values
+    # (no grandparent on the same grid line in a 3 x 2 grid) at the cost of the fit.
+    def amplitude_steps(s):
+        steps = []
+        for i in (0, 2):
+            child, parent = s.read_node((i, 1)), s.read_node((1, 1))
+            _, c, p = np.intersect1d(child.identity, parent.identity, return_indices=True)
+            depth = np.exp(parent.ln_amplitude[p]) * _peak_value(parent.ln_sigma[p],
+                                                                 parent.ln_gamma[p])
+            strong = depth > 0.05
+            steps.append(np.abs(child.ln_amplitude[c] - parent.ln_amplitude[p])[strong])
+        return np.concatenate(steps)
+
+    assert store.settings["warm_track_anchor"] == 0.0
+    held = clone_grid(grid, tmp_path / "tracked.h5", warm_track_anchor=1e3, **KW)
+    assert held.settings["warm_track_anchor"] == 1e3
+    free, anchored = amplitude_steps(store), amplitude_steps(held)
+    assert np.median(free) > 0.08
     assert np.median(anchored) < 0.25 * np.median(free)
 
 

@@ -81,6 +81,10 @@ def register(sub) -> None:
                    help="continuation: the grid axis whose rows are parent chains (default "
                    f"{CloneSettings.chain_axis}: the last axis, the rule of stores made before "
                    "this option; 0: every Teff row a parent chain)")
+    g.add_argument("--warm-track-anchor", type=float, default=CloneSettings.warm_track_anchor,
+                   help="continuation: weight of the anchor of each line's ln a, ln σ, "
+                   "ln γ to the values its track predicts (dimensionless; default "
+                   f"{CloneSettings.warm_track_anchor:g}: off; e.g. 1e-3)")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",
@@ -149,7 +153,8 @@ def _clone(args: argparse.Namespace) -> int:
         epochs=args.epochs, learning_rate=args.lr, passes=args.passes,
         method=args.method, warm_epochs=args.warm_epochs,
         warm_width_anchor=args.warm_width_anchor,
-        chain_axis=args.chain_axis, batch_size=args.batch_size,
+        chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
+        batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
         max_nodes=args.max_nodes, **scale,

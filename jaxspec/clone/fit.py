@@ -107,10 +107,14 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
     (epochs, n_spec); and the model flux (n_spec, P) of the returned params. ``owner``
     (n_slots,) is the spectrum of every slot.
 
-    ``anchor = (ln_s0, ln_g0, w)`` (slot arrays) adds the shape anchor
+    ``anchor = (ln_s0, ln_g0, w, w_t, ln_a_t, ln_s_t, ln_g_t)`` (slot arrays) adds the
+    shape anchor
     :math:`\sum_j w_j [(\ln\sigma_j - \ln\gamma_j) - (\ln\sigma_{0j} - \ln\gamma_{0j})]^2`
     to the loss: each line's Gauss/Lorentz mix is held near its parent's, its FWHM is
-    free (continuation: the parent's widths; ``_Sweep._anchor_weights``)."""
+    free (continuation: the parent's widths; ``_Sweep._anchor_weights``); and the track
+    anchor :math:`\sum_j w^t_j [(\ln a_j - \ln a^t_j)^2 + (\ln\sigma_j -
+    \ln\sigma^t_j)^2 + (\ln\gamma_j - \ln\gamma^t_j)^2]` towards the values the
+    line's track predicts (``_Sweep._track_targets``)."""
     optimizer = optax.adam(learning_rate)
 
     n_valid = jnp.maximum(jnp.sum(weight, axis=1), 1.0)
@@ -120,8 +124,10 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
         per_spec = jnp.sum(r * r * weight, axis=1)
         total = jnp.sum(per_spec)
         if anchor is not None:
-            s0, g0, w = anchor
+            s0, g0, w, w_t, a_t, s_t, g_t = anchor
             total = total + jnp.sum(w * ((p[2] - s0) - (p[3] - g0)) ** 2)
+            total = total + jnp.sum(
+                w_t * ((p[1] - a_t) ** 2 + (p[2] - s_t) ** 2 + (p[3] - g_t) ** 2))
         return total, per_spec / n_valid
 
     def step(carry, _):
@@ -147,8 +153,10 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
 def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_least=0,
          epochs=None, learning_rate=None, anchor=None):
     """One optimisation pass over ``batch`` (lines updated in place); ``epochs`` and
-    ``learning_rate`` default to the settings' (cold) values. ``anchor``: per spectrum,
-    (n_lines,) weights of the shape anchor to each line's ``s0``/``g0`` (:func:`_train`).
+    ``learning_rate`` default to the settings' (cold) values. ``anchor``: per spectrum, a
+    dict of (n_lines,) arrays: ``w`` the weights of the shape anchor to each line's
+    ``s0``/``g0``, ``w_t`` those of the track anchor to the targets ``ln_a``, ``ln_s``,
+    ``ln_g`` (:func:`_train`).
 
     Returns (history (B, epochs), model (B, n_pix), the slot count, for ``at_least`` of
     a later pass that should reuse this one's compiled program)."""
@@ -185,12 +193,16 @@ def _fit(wl, flux, good, batch, settings, *, deblend=False, headroom=0.0, at_lea
     return np.asarray(history).T, np.asarray(model, dtype=np.float64), slots[0].size
 
 
-def _anchor_slots(batch, slots, weights):
-    """Slot arrays (ln σ0, ln γ0, w) of the shape anchor: each line's ``s0``, ``g0`` and
-    its weight in ``weights`` (a list of (n_lines,) arrays, one per spectrum)."""
+def _anchor_slots(batch, slots, anchor):
+    """Slot arrays (ln σ0, ln γ0, w, w_t, ln a_t, ln σ_t, ln γ_t) of the anchors
+    (:func:`_train`): each line's ``s0``, ``g0`` and the arrays of ``anchor`` (a list of
+    dicts of (n_lines,) arrays, one per spectrum); padding slots get weight 0."""
+    def values(key):
+        return jnp.asarray(_gather_values([a[key] for a in anchor], slots, 0.0))
+
     return (jnp.asarray(_gather_slots(batch, slots, "s0", 0.0)),
             jnp.asarray(_gather_slots(batch, slots, "g0", 0.0)),
-            jnp.asarray(_gather_values(weights, slots, 0.0)))
+            *(values(k) for k in ("w", "w_t", "ln_a", "ln_s", "ln_g")))
 
 
 def _clone_batch(wl, flux, good, settings: CloneSettings):

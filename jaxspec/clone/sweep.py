@@ -77,6 +77,7 @@ __all__ = ["clone_grid", "sweep_parents"]
 
 _WARM_WIDTH_MARGIN = 0.5  # ln room of a warm-started line's FWHM above its parent's
 _WARM_AMPLITUDE_MARGIN = 2.5  # ln room of a warm-started line's amplitude above its parent's
+_TRACK_MAX_STEP = 1.0  # largest ln change a track anchor's secant predicts
 # A warm-started line's FWHM is at most this many band widths (wider, it is a constant
 # factor over the band, not a line; its box would otherwise grow by e^0.5 per step along
 # a chain: FWHMs of 10^6 Å were seen at the cool end of the default grid).
@@ -448,15 +449,17 @@ class _Sweep:
         flux, good, _ = _batch_spectra(self.grid, rows)
         batch = [self._warm_start(self.state[self.parents[idx]]) for idx in rows]
         kw = {"epochs": s.warm_epochs, "learning_rate": s.warm_learning_rate}
-        anchor = ([self._anchor_weights(x) for x in batch] if s.warm_width_anchor > 0
-                  else None)
+        anchor = None
+        if s.warm_width_anchor > 0 or s.warm_track_anchor > 0:
+            anchor = [self._anchors(x, idx) for x, idx in zip(batch, rows)]
         _, model, n_slots = _fit(wl, flux, good, batch, s, headroom=0.1, anchor=anchor, **kw)
         born = []
         for b in range(len(chunk)):
             batch[b], new = self._births(batch[b], flux[b], model[b], good[b])
             born.append(new)
             if anchor is not None:  # births are new: nothing to anchor them to
-                anchor[b] = np.r_[anchor[b], np.zeros(batch[b].n - anchor[b].size)]
+                anchor[b] = {k: np.r_[v, np.zeros(batch[b].n - v.size)]
+                             for k, v in anchor[b].items()}
         if any(n.any() for n in born):
             _, model, _ = _fit(wl, flux, good, batch, s, at_least=n_slots, anchor=anchor,
                                **kw)
@@ -475,6 +478,48 @@ class _Sweep:
             self._keep(idx, x, model_b, flux[b], good[b])
             nodes.append(self._node_clone(idx, x, self.rms[idx]))
         return nodes
+
+    def _anchors(self, x: _Lines, idx) -> dict:
+        """The anchors of a warm-started node's lines ``x`` (:func:`_train`): shape
+        anchor weights ``w`` (:meth:`_anchor_weights`), track anchor weights ``w_t``
+        (the same sensitivity times ``warm_track_anchor``) and targets
+        (:meth:`_track_targets`)."""
+        s = self.settings
+        sens = self._anchor_weights(x) / max(s.warm_width_anchor, 1e-300)
+        a_t, s_t, g_t = self._track_targets(x, idx)
+        return {"w": s.warm_width_anchor * sens, "w_t": s.warm_track_anchor * sens,
+                "ln_a": a_t, "ln_s": s_t, "ln_g": g_t}
+
+    def _track_targets(self, x: _Lines, idx):
+        r"""Where each warm-started line's ln a, ln σ, ln γ are expected at node ``idx``:
+        its parent's values (``x`` holds them) continued along the secant through the
+        grandparent, :math:`v_t = v_p + r (v_p - v_{gp})` with :math:`r` the ratio of
+        the two steps, when parent and grandparent lie on the same grid line as the
+        node on the same side (the predictor of predictor–corrector continuation,
+        Allgower & Georg 1990, *Numerical Continuation Methods*, sect. 2.2), each
+        change at most ``_TRACK_MAX_STEP`` in ln; else the parent's values. Lines the
+        grandparent lacks keep their parent's values."""
+        targets = [np.array(x.a0), np.array(x.s0), np.array(x.g0)]
+        par = self.parents.get(idx)
+        gp = None if par is None else self.parents.get(par)
+        if gp is None or gp not in self.state:
+            return targets
+        d1 = np.asarray(self.param_of[idx], float) - np.asarray(self.param_of[par], float)
+        d0 = np.asarray(self.param_of[par], float) - np.asarray(self.param_of[gp], float)
+        axis = np.flatnonzero(d1)
+        if axis.size != 1 or np.flatnonzero(d0).tolist() != axis.tolist():
+            return targets
+        ratio = d1[axis[0]] / d0[axis[0]]
+        if ratio <= 0:
+            return targets
+        g = self.state[gp]
+        where = {int(i): k for k, i in enumerate(g.ident)}
+        k = np.array([where.get(int(i), -1) for i in x.ident], dtype=np.int64)
+        ok = k >= 0
+        for t, before in zip(targets, (g.ln_a, g.ln_s, g.ln_g)):
+            t[ok] += np.clip(ratio * (t[ok] - before[k[ok]]), -_TRACK_MAX_STEP,
+                             _TRACK_MAX_STEP)
+        return targets
 
     def _anchor_weights(self, x: _Lines) -> np.ndarray:
         r"""Weights of the shape anchor of a warm-started node's lines (:func:`_train`):
