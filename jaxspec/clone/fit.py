@@ -111,7 +111,7 @@ def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate
     shape anchor
     :math:`\sum_j w_j [(\ln\sigma_j - \ln\gamma_j) - (\ln\sigma_{0j} - \ln\gamma_{0j})]^2`
     to the loss: each line's Gauss/Lorentz mix is held near its parent's, its FWHM is
-    free (continuation: the parent's widths; ``_Sweep._anchor_weights``); and the track
+    free (continuation: the parent's widths; ``_Sweep._sensitivity``); and the track
     anchor :math:`\sum_j w^t_j [(\ln a_j - \ln a^t_j)^2 + (\ln\sigma_j -
     \ln\sigma^t_j)^2 + (\ln\gamma_j - \ln\gamma^t_j)^2]` towards the values the
     line's track predicts (``_Sweep._track_targets``)."""

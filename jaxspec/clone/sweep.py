@@ -13,7 +13,7 @@ Two methods (``CloneSettings.method``):
     node's lines are its parent's lines, each with its **identity** (an index into the
     store's catalogue of reference centres μ₀), refitted by Adam for ``warm_epochs``
     steps at ``warm_learning_rate``, its Gauss/Lorentz mix held near the parent's by a
-    feeble anchor (``warm_width_anchor``; ``_Sweep._anchor_weights``). Then:
+    feeble anchor (``warm_width_anchor``; ``_Sweep._sensitivity``). Then:
 
     * **births**: the residual :math:`1 - \bar S / F` is searched for lines as in the
       cold clone's second pass. A candidate next to a faded line of the node revives
@@ -481,11 +481,11 @@ class _Sweep:
 
     def _anchors(self, x: _Lines, idx) -> dict:
         """The anchors of a warm-started node's lines ``x`` (:func:`_train`): shape
-        anchor weights ``w`` (:meth:`_anchor_weights`), track anchor weights ``w_t``
-        (the same sensitivity times ``warm_track_anchor``) and targets
-        (:meth:`_track_targets`)."""
+        anchor weights ``w`` and track anchor weights ``w_t``, each line's sensitivity
+        (:meth:`_sensitivity`) times ``warm_width_anchor`` and ``warm_track_anchor``,
+        and the track's targets (:meth:`_track_targets`)."""
         s = self.settings
-        sens = self._anchor_weights(x) / max(s.warm_width_anchor, 1e-300)
+        sens = self._sensitivity(x)
         a_t, s_t, g_t = self._track_targets(x, idx)
         return {"w": s.warm_width_anchor * sens, "w_t": s.warm_track_anchor * sens,
                 "ln_a": a_t, "ln_s": s_t, "ln_g": g_t}
@@ -521,12 +521,12 @@ class _Sweep:
                              _TRACK_MAX_STEP)
         return targets
 
-    def _anchor_weights(self, x: _Lines) -> np.ndarray:
-        r"""Weights of the shape anchor of a warm-started node's lines (:func:`_train`):
-        :math:`w_j = \lambda\, d_j^2\, f_j / \Delta\lambda_j`, λ = ``warm_width_anchor``,
-        d the peak depth and f the FWHM of the parent's line, Δλ the pixel spacing at
-        its centre: about λ times the squared-residual cost of a unit change of
-        ln σ − ln γ, so that λ is dimensionless.
+    def _sensitivity(self, x: _Lines) -> np.ndarray:
+        r"""The anchors' weights per unit λ of a warm-started node's lines (:func:`_train`):
+        :math:`d_j^2\, f_j / \Delta\lambda_j`, d the peak depth and f the FWHM of the
+        parent's line, Δλ the pixel spacing at its centre: about the squared-residual
+        cost of a unit change of ln σ − ln γ (or of ln a), so that the anchors' λ
+        (``warm_width_anchor``, ``warm_track_anchor``) are dimensionless.
 
         Adam scales each parameter's step by its own gradient's RMS, so the Gauss/Lorentz
         mix of a line the data hardly constrain (a weak or blended line, a γ far below a
@@ -537,7 +537,7 @@ class _Sweep:
         starts to hold the mix against the data (RMS 5.3e-4)."""
         depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
         pixels = _fwhm(x.ln_s, x.ln_g) / np.interp(x.mu0, self.wl, self.spacing)
-        return self.settings.warm_width_anchor * depth ** 2 * pixels
+        return depth ** 2 * pixels
 
     def _births(self, x: _Lines, flux, model, good):
         """Lines the warm fit could not explain, found in the residual: revived,

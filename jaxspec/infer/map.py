@@ -409,10 +409,9 @@ def _projected_newton(prob: _Problem, u0):
     d0, dec0 = direction(u0, g0, h0)
     # carry: (passes, accepted steps, trial index, done, best point and its values,
     #         direction there, last gain)
-    init = (jnp.asarray(1), jnp.asarray(0), jnp.asarray(0), dec0 < 1e-2 * cfg.tol,
+    done0 = (dec0 < 1e-2 * cfg.tol) | (cfg.n_newton == 0)
+    init = (jnp.asarray(1), jnp.asarray(0), jnp.asarray(0), done0,
             u0, f0, g0, h0, model0, dec0, d0, jnp.asarray(jnp.inf, f0.dtype))
-    if cfg.n_newton == 0:
-        init = init[:3] + (jnp.asarray(True),) + init[4:]
 
     def body(carry):
         n_pass, n_step, trial, _, u, f, g, h, model, dec, d, gain = carry
