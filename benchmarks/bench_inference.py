@@ -126,12 +126,8 @@ def summarise(label, truth, est, seconds, names):
 
 def map_options(args) -> dict:
     """fit_map's settings for the accuracy passes (its own defaults unless given)."""
-    opts = {"hessian": args.map_hessian}
-    for name in ("n_search", "n_starts", "steps"):
-        value = getattr(args, "map_" + name.replace("n_", ""), None)
-        if value is not None:
-            opts[name] = value
-    return opts
+    given = {"n_search": args.map_search, "n_starts": args.map_starts, "steps": args.map_steps}
+    return {"hessian": args.map_hessian, **{k: v for k, v in given.items() if v is not None}}
 
 
 def run_method(method, emulator, data, pts, args, key):

@@ -486,7 +486,9 @@ class _Sweep:
         and the track's targets (:meth:`_track_targets`)."""
         s = self.settings
         sens = self._sensitivity(x)
-        a_t, s_t, g_t = self._track_targets(x, idx)
+        # off (the default): weight 0, so no targets to predict
+        a_t, s_t, g_t = (self._track_targets(x, idx) if s.warm_track_anchor > 0
+                         else (x.a0, x.s0, x.g0))
         return {"w": s.warm_width_anchor * sens, "w_t": s.warm_track_anchor * sens,
                 "ln_a": a_t, "ln_s": s_t, "ln_g": g_t}
 
