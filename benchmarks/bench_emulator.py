@@ -163,6 +163,7 @@ def oracle_identification(grid: SpectralGrid, held: np.ndarray):
 
 CLONE_METHOD = "continuation"  # set by --clone-method
 CLONE_SETTINGS: dict = {}  # set by --clone-setting NAME=VALUE (CloneSettings fields)
+CLONE_START: dict = {}  # set by --clone-start NAME=VALUE (clone_grid's start node)
 SMOOTHNESS = 1e-3  # set by --smoothness: the joint fit of the clone-built emulator
 
 
@@ -181,7 +182,8 @@ def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path, report: dict | 
                           normalized=True)
     t0 = time.perf_counter()
     try:
-        clone_grid(masked, out=path, method=CLONE_METHOD, **CLONE_SETTINGS)  # resumes
+        clone_grid(masked, out=path, method=CLONE_METHOD, start=CLONE_START or None,
+                   **CLONE_SETTINGS)  # resumes
     except NotImplementedError:
         log("clones: skipped (jaxspec.clone.clone_grid is not implemented yet)")
         return None
@@ -244,6 +246,7 @@ def store_metrics(grid, held, store_path, ident, oracle, report):
     rough, rough_truth = roughness(ident), roughness(oracle)
     row = {
         "method": store.settings.get("method"),
+        "start": None if store.start is None else [int(i) for i in store.start],
         "identities": ident.n_lines,
         "largest_node_lines": int(store.n_lines[store.mask].max()),
         "largest_node_significant": int(sig[obs].max()),
@@ -464,7 +467,8 @@ def lowres_part(out: Path, resolution: float, report: dict):
                           normalized=True)
     path = out / f"clones_default_R{int(resolution)}_{CLONE_METHOD}.h5"
     t0 = time.perf_counter()
-    clone_grid(masked, out=path, method=CLONE_METHOD, **CLONE_SETTINGS)
+    clone_grid(masked, out=path, method=CLONE_METHOD, start=CLONE_START or None,
+               **CLONE_SETTINGS)
     seconds = time.perf_counter() - t0
     store = CloneStore.open(path)
     matcher = "identity" if store.identities is not None else "track"
@@ -640,6 +644,9 @@ def main():
     parser.add_argument("--clone-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a CloneSettings field for the clones (repeatable), e.g. "
                         "warm_width_anchor=0.001; use another --out, the store is cached")
+    parser.add_argument("--clone-start", action="append", default=[], metavar="NAME=VALUE",
+                        help="continuation: a coordinate of the start node (repeatable), "
+                        "e.g. teff=9000; default: clone_grid's")
     parser.add_argument("--resolution", type=float, default=22_500.0,
                         help="resolving power of the lowres part's grid (3 px per element)")
     parser.add_argument("--load-big", action="store_true",
@@ -657,6 +664,12 @@ def main():
             CLONE_SETTINGS[name] = float(value) if any(c in value for c in ".e") else int(value)
         except ValueError:
             CLONE_SETTINGS[name] = value
+    for item in args.clone_start:
+        name, _, value = item.partition("=")
+        try:
+            CLONE_START[name] = float(value)
+        except ValueError:
+            parser.error(f"--clone-start {item!r}: pass NAME=NUMBER, e.g. teff=9000")
     SMOOTHNESS = args.smoothness
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
         f"{os.cpu_count()}; timings on shared CPUs are noisy")
