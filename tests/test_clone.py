@@ -325,6 +325,14 @@ def test_cli_clone_info_plot(grid, tmp_path, capsys):
     assert main(["clone", str(grid_path), "--out", str(out), "--epochs", "50", "--passes",
                  "1", "--quiet"]) == 1
     assert "different settings" in capsys.readouterr().err
+    # the sweep resumes from the node it started at, never another one
+    common = ["clone", str(grid_path), "--out", str(out), "--epochs", "60", "--passes", "1",
+              "--batch-size", "4", "--quiet"]
+    assert main(common + ["--start", "teff=4000", "--start", "logg=4", "--start",
+                          "feh=-0.5"]) == 1
+    assert "was swept from the node" in capsys.readouterr().err
+    assert main(common + ["--start", "teff"]) == 1
+    assert "pass NAME=NUMBER" in capsys.readouterr().err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["clone", "plot", str(out), "--teff", "5000", "--logg", "4.5", "--feh",

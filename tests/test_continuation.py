@@ -163,6 +163,21 @@ def test_resume_after_interruption_loses_nothing(grid, store, tmp_path):
         clone_grid(grid, path, **{**KW, "method": "independent"})
 
 
+def test_resume_continues_the_sweep_from_the_stores_start(grid, store, tmp_path):
+    path = tmp_path / "cool.h5"
+    start = {"teff": 4000.0, "logg": 4.0}
+    clone_grid(grid, path, start=start, max_nodes=2, **KW)
+    assert CloneStore(path).start == (0, 0)
+    with pytest.raises(ValueError, match=r"swept from the node teff=4000, logg=4.*new file"):
+        clone_grid(grid, path, start={"teff": 5000.0}, **KW)
+    resumed = clone_grid(grid, path, **KW)  # no start given: the store's, not the middle
+    assert resumed.start == (0, 0) and resumed.mask.all()
+    # one tree: as many identities as a sweep run through from that start
+    straight = clone_grid(grid, tmp_path / "straight.h5", start=start, **KW)
+    assert abs(resumed.identities.size - straight.identities.size) <= 2
+    assert store.start != (0, 0)  # (the default start is another node)
+
+
 def test_version_1_stores_are_still_read(grid, tmp_path):
     path = tmp_path / "v1.h5"
     clone_grid(grid, path, max_nodes=2, **{**KW, "method": "independent"})

@@ -85,6 +85,10 @@ def register(sub) -> None:
                    help="continuation: weight of the anchor of each line's ln a, ln σ, "
                    "ln γ to the values its track predicts (dimensionless; default "
                    f"{CloneSettings.warm_track_anchor:g}: off; e.g. 1e-3)")
+    g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
+                   help="continuation: a coordinate of the start node, cloned cold "
+                   "(repeatable, e.g. --start teff=5500; the nearest existing node; "
+                   "default: the middle of every axis; a resumed store keeps its own)")
     g.add_argument("--batch-size", type=int, default=8, help="spectra per batch (8)")
     g.add_argument("--max-nodes", type=int, help="stop after this many new nodes")
     g.add_argument("--overwrite-settings", action="store_true",
@@ -146,6 +150,17 @@ def _clone(args: argparse.Namespace) -> int:
             raise ValueError(f"--workers {args.workers}: pass the number of worker "
                              "processes, >= 1")
         scale = {"workers": args.workers, "scheduler": args.scheduler}
+    start = {}
+    for item in args.start:
+        name, _, value = item.partition("=")
+        try:
+            start[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--start {item!r}: pass NAME=NUMBER with a grid parameter's "
+                             "name, e.g. --start teff=5500") from None
+    if start and args.method != "continuation":
+        raise ValueError(f"--start with --method {args.method}: only the continuation sweep "
+                         "has a start node; drop --start or pass --method continuation")
     with WriterLock(args.out, what="clone store"):
         pass  # a store in use fails here, before a large grid is read (clone_grid locks)
     store = clone_grid(
@@ -157,7 +172,7 @@ def _clone(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
-        max_nodes=args.max_nodes, **scale,
+        max_nodes=args.max_nodes, start=start or None, **scale,
     )
     print(f"wrote {args.out}: {store.n_done}/{int(store.mask.size)} nodes cloned"
           + _line_summary(store))

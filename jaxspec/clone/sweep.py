@@ -131,7 +131,8 @@ def clone_grid(
             an exception raised there stops the run (finished batches stay in ``out``).
         grid_file: path recorded as ``grid_file`` (default: ``grid`` when it is a path).
         start: continuation: ``{name: value}`` of the start node (the nearest existing
-            node is used; default: the middle of every axis).
+            node is used; default: the middle of every axis). A resumed store continues
+            from the start it records; a ``start`` naming another node is an error.
         **options: any :class:`~jaxspec.clone.CloneSettings` field, overriding
             ``settings`` (e.g. ``epochs=60, method="independent"``); and ``workers=N``
             or ``scheduler=ADDRESS``: clone the batches on a Dask cluster, this process
@@ -144,8 +145,9 @@ def clone_grid(
     Raises:
         TypeError: ``grid`` is neither a SpectralGrid nor a path, or an unknown setting.
         ValueError: a grid that is not normalised (or a node whose flux is not), a bad
-            setting, or on resume a foreign/corrupt store, a store of another grid, or
-            different settings without ``overwrite_settings``.
+            setting, or on resume a foreign/corrupt store, a store of another grid,
+            different settings without ``overwrite_settings``, or a ``start`` other than
+            the store's.
         FileExistsError: ``out`` exists and ``resume`` is False.
     """
     workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
@@ -191,6 +193,12 @@ def clone_grid(
         grid_checksum=grid_checksum(grid), identities=continuation,
         start=seed,
     )
+    if continuation:
+        try:
+            seed = _resumed_start(writer, seed, start, grid, out)
+        except ValueError:
+            writer.close()
+            raise
     params, flat = grid.node_params()
     indices = [tuple(int(i) for i in idx) for idx in zip(*np.unravel_index(flat, grid.shape))]
     n_total = len(indices)
@@ -231,6 +239,28 @@ def _start_node(grid, start) -> tuple[int, ...]:
     # nearest, ties to the higher index (hotter, higher gravity: fewer blends)
     d = np.sum((exists - np.asarray(target)) ** 2, axis=1) - 1e-9 * exists.sum(axis=1)
     return tuple(int(i) for i in exists[int(np.argmin(d))])
+
+
+def _resumed_start(writer, seed, start, grid, out) -> tuple[int, ...]:
+    """The start node of a resumed sweep: the store's recorded one (a sweep continued from
+    another node would grow a second tree into the first). ``start`` given and naming
+    another node is a ValueError; a new store (or one recording no start) keeps ``seed``."""
+    store = getattr(writer, "_store", None)
+    recorded = None if store is None else store.start
+    if recorded is None or tuple(recorded) == tuple(seed):
+        return seed
+    if start is None:
+        return tuple(int(i) for i in recorded)
+    names = grid.param_names
+
+    def where(idx):
+        return ", ".join(f"{n}={grid.axes[n][i]:g}" for n, i in zip(names, idx))
+
+    raise ValueError(
+        f"{out} was swept from the node {where(recorded)}, and start={dict(start)} is the "
+        f"node {where(seed)}; resume without start (the store's), or clone into a new "
+        "file to sweep from another node"
+    )
 
 
 def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
