@@ -20,7 +20,8 @@ SETTINGS = {"prominence": 0.005, "wing_cut": 6000, "epochs": 100, "learning_rate
             "max_shift": 0.05, "passes": 2, "deblend": 8, "amplitude_margin": 1.0,
             "width_margin": 1.1, "tolerance": 1e-5, "method": "independent",
             "warm_epochs": 40, "warm_learning_rate": 0.05, "floor_depth": 1e-4,
-            "warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0}
+            "warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0,
+            "prime_broad": 0.0}
 
 
 def node(index, n=5, seed=0):

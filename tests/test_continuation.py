@@ -10,7 +10,7 @@ import pytest
 
 from jaxspec import LineList
 from jaxspec.clone import clone_grid
-from jaxspec.clone.detection import _peak_value
+from jaxspec.clone.detection import _fwhm_eta, _peak_value
 from jaxspec.clone.sweep import _lines, _profile_products, sweep_parents
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_store
@@ -184,12 +184,12 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     with h5py.File(path, "a") as f:
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
-                     "warm_width_anchor", "chain_axis", "warm_track_anchor"):
+                     "warm_width_anchor", "chain_axis", "warm_track_anchor", "prime_broad"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
     assert old.settings["warm_width_anchor"] == 0.0 and old.settings["chain_axis"] == -1
-    assert old.settings["warm_track_anchor"] == 0.0
+    assert old.settings["warm_track_anchor"] == 0.0 and old.settings["prime_broad"] == 0.0
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -327,3 +327,42 @@ def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path):
     plain = tmp_path / "plain.h5"
     assert main(["build", str(store.path), "--out", str(plain), "--quiet"]) == 0
     assert "refine" not in load_emulator(plain).info
+
+
+def test_broad_lines_are_primed_from_the_top_of_the_first_axis(tmp_path):
+    """prime_broad: the hottest node's broad line joins the start node's initial lines;
+    the sweep keeps it one line, with one identity, across the row. (The split it
+    prevents needs the default grid's blends: README, *Starting at the hot end*.)"""
+    axes = {"teff": np.array([4000.0, 4500.0, 5000.0]), "logg": np.array([4.0])}
+    narrow = 8500.6 + 1.7 * np.arange(11)
+    narrow = narrow[np.abs(narrow - 8510.0) > 1.0]
+
+    def lines(i):
+        center = np.r_[narrow, 8510.0, 8510.3]
+        depth = np.r_[np.full(narrow.size, 0.2), 0.04 + 0.15 * i, 0.08]
+        sigma = np.r_[np.full(narrow.size, 0.03), 0.25 + 0.1 * i, 0.03]
+        gamma = np.r_[np.full(narrow.size, 0.02), 0.5 + 0.2 * i, 0.02]
+        ln_s, ln_g = np.log(sigma), np.log(gamma)
+        return LineList(center, np.log(depth) - np.log(_peak_value(ln_s, ln_g)), ln_s, ln_g)
+
+    flux = np.stack([np.asarray(lines(i).flux_exact(WL))[None] for i in range(3)])
+    grid = SpectralGrid(axes, WL, flux, normalized=True)
+    store = clone_grid(grid, tmp_path / "primed.h5", **{**KW, "passes": 2}, prime_broad=1.0)
+    assert store.settings["prime_broad"] == 1.0 and store.start == (1, 0)
+    ident = set()
+    for node in store.iter_nodes():
+        i = node.index[0]
+        fwhm = _fwhm_eta(node.ln_sigma, node.ln_gamma)[0]
+        depth = np.exp(node.ln_amplitude) * _peak_value(node.ln_sigma, node.ln_gamma)
+        broad = np.flatnonzero((fwhm > 0.5) & (depth > 0.005))  # the broad line alone
+        assert broad.size == 1, (node.index, node.center[broad], fwhm[broad])
+        k = broad[0]
+        assert abs(node.center[k] - 8510.0) < (0.01 if i == 1 else 0.05)
+        if i >= 1:  # (the coolest node's line is shallow: depth 0.04)
+            truth = _fwhm_eta(np.log(0.25 + 0.1 * i), np.log(0.5 + 0.2 * i))[0]
+            assert abs(fwhm[k] / truth - 1) < 0.1
+        ident.add(int(node.identity[k]))
+    assert len(ident) == 1
+    assert store.residual_rms[1, 0] < 3e-4
+    with pytest.raises(ValueError, match="prime_broad=-1.0 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", prime_broad=-1.0)

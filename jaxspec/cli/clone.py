@@ -85,6 +85,11 @@ def register(sub) -> None:
                    help="continuation: weight of the anchor of each line's ln a, ln σ, "
                    "ln γ to the values its track predicts (dimensionless; default "
                    f"{CloneSettings.warm_track_anchor:g}: off; e.g. 1e-3)")
+    g.add_argument("--prime-broad", type=float, default=CloneSettings.prime_broad,
+                   help="continuation: initialise the start node's clone with the lines "
+                   "at least this many × 25 px wide of a cold clone of the node at the top "
+                   "of the first axis (the hottest star); default "
+                   f"{CloneSettings.prime_broad:g}; 0: off")
     g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="continuation: a coordinate of the start node, cloned cold "
                    "(repeatable, e.g. --start teff=5500; the nearest existing node; "
@@ -169,6 +174,7 @@ def _clone(args: argparse.Namespace) -> int:
         method=args.method, warm_epochs=args.warm_epochs,
         warm_width_anchor=args.warm_width_anchor,
         chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
+        prime_broad=args.prime_broad,
         batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,

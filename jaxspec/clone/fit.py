@@ -205,8 +205,10 @@ def _anchor_slots(batch, slots, anchor):
             *(values(k) for k in ("w", "w_t", "ln_a", "ln_s", "ln_g")))
 
 
-def _clone_batch(wl, flux, good, settings: CloneSettings):
-    """Clone a batch of validated spectra (B, n_pix) sharing one wavelength grid.
+def _clone_batch(wl, flux, good, settings: CloneSettings, extra=None):
+    """Clone a batch of validated spectra (B, n_pix) sharing one wavelength grid;
+    ``extra``: None or, per spectrum, None or lines added to its detected ones as
+    initial lines (the continuation sweep's primer, ``CloneSettings.prime_broad``).
 
     Returns (lines per spectrum, loss history (B, passes × epochs, + epochs after a
     merge; a spectrum that kept its lines from before the merge shows its pre-merge
@@ -214,6 +216,8 @@ def _clone_batch(wl, flux, good, settings: CloneSettings):
     """
     n_spec = flux.shape[0]
     batch = [_initial(wl, 1.0 - flux[b], good[b], settings) for b in range(n_spec)]
+    if extra is not None:
+        batch = [x.concat(e) if e is not None and e.n else x for x, e in zip(batch, extra)]
     if all(x.n == 0 for x in batch):
         empty = np.zeros((n_spec, settings.epochs * settings.passes))
         return batch, empty, np.ones_like(flux)

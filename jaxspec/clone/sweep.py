@@ -456,7 +456,8 @@ class _Sweep:
     def _cold(self, idx):
         """Clone the start node from scratch; its lines found the catalogue."""
         flux, good, n_bad = _batch_spectra(self.grid, [idx])
-        batch, _, model = _clone_batch(self.wl, flux, good, self.settings)
+        extra = None if self.settings.prime_broad <= 0 else [self._primer(idx)]
+        batch, _, model = _clone_batch(self.wl, flux, good, self.settings, extra=extra)
         x = batch[0]
         x = x.select(np.argsort(x.mu0, kind="stable"))
         x.ident = np.arange(len(self.catalogue), len(self.catalogue) + x.n, dtype=np.int64)
@@ -464,6 +465,23 @@ class _Sweep:
         self._keep(idx, x, model[0], flux[0], good[0])
         self.writer.write([self._node_clone(idx, x, self.rms[idx])],
                           identities=np.asarray(self.catalogue))
+
+    def _primer(self, idx) -> _Lines | None:
+        """Broad lines (``prime_broad``) of a cold clone of the node at the top of the
+        first axis in the start's row, as initial lines of the start's clone: centred
+        where they were fitted, with their widths, amplitudes and boxes (None when the
+        start is that node)."""
+        column = self.grid.mask[(slice(None),) + tuple(idx[1:])]
+        top = (int(np.flatnonzero(column)[-1]),) + tuple(idx[1:])
+        if top == tuple(idx):
+            return None
+        flux, good, _ = _batch_spectra(self.grid, [top])
+        x = _clone_batch(self.wl, flux, good, self.settings)[0][0]
+        broad = _fwhm(x.ln_s, x.ln_g) >= self.settings.prime_broad * _broad_fwhm(self.wl)
+        x = x.select(broad)
+        x.mu0, x.u = _centers(x, self.settings.max_shift), np.zeros(x.n)
+        x.a0, x.s0, x.g0 = x.ln_a.copy(), x.ln_s.copy(), x.ln_g.copy()
+        return x
 
     def _keep(self, idx, x, model, flux, good):
         r = (model - flux) * good

@@ -11,15 +11,15 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 max_shift, passes, deblend, amplitude_margin,
                                 width_margin, tolerance, method, warm_epochs,
                                 warm_learning_rate, floor_depth,
-                                warm_width_anchor, chain_axis, warm_track_anchor
-                                                            (clone settings; version 1
-                                                            stores lack the last seven
+                                warm_width_anchor, chain_axis, warm_track_anchor,
+                                prime_broad                 (clone settings; version 1
+                                                            stores lack the last eight
                                                             and read as
                                                             method="independent"; a
-                                                            missing warm_width_anchor
-                                                            or warm_track_anchor reads
-                                                            as 0, a missing chain_axis
-                                                            as -1)
+                                                            missing warm_width_anchor,
+                                                            warm_track_anchor or
+                                                            prime_broad reads as 0, a
+                                                            missing chain_axis as -1)
                                 start (int array, optional: the continuation sweep's
                                     start node)
                                 backfilled (bool, optional: the continuation sweep's
@@ -94,15 +94,16 @@ SETTING_NAMES = (
     "prominence", "wing_cut", "epochs", "learning_rate", "max_shift", "passes", "deblend",
     "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
     "warm_learning_rate", "floor_depth", "warm_width_anchor", "chain_axis",
-    "warm_track_anchor",
+    "warm_track_anchor", "prime_broad",
 )
 #: Settings that version-1 stores lack, and the values they mean there.
 _V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
                 "floor_depth": 1e-4, "warm_width_anchor": 0.0, "chain_axis": -1,
-                "warm_track_anchor": 0.0}
+                "warm_track_anchor": 0.0, "prime_broad": 0.0}
 #: Settings added after version 2 was written, and the values that stores without them
 #: were cloned with.
-_LATER_SETTINGS = {"warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0}
+_LATER_SETTINGS = {"warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0,
+                   "prime_broad": 0.0}
 _INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
