@@ -29,6 +29,20 @@ def parse_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def parse_assignments(items, option: str, example: str) -> dict[str, float]:
+    """``NAME=NUMBER`` items of a repeatable option as a dict; a malformed item is a
+    ValueError naming the option and an example."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{option} {item!r}: pass NAME=NUMBER with a grid parameter's "
+                             f"name, e.g. {option} {example}") from None
+    return out
+
+
 def node_params(args: argparse.Namespace, names) -> dict[str, float]:
     """The ``--teff/--logg/--feh``-style values for ``names`` that the user gave."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

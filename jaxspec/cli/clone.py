@@ -12,6 +12,7 @@ from jaxspec.cli._common import (
     add_dask_options,
     check_outputs,
     matplotlib_pyplot,
+    parse_assignments,
     parse_range,
     save_figure,
 )
@@ -155,14 +156,7 @@ def _clone(args: argparse.Namespace) -> int:
             raise ValueError(f"--workers {args.workers}: pass the number of worker "
                              "processes, >= 1")
         scale = {"workers": args.workers, "scheduler": args.scheduler}
-    start = {}
-    for item in args.start:
-        name, _, value = item.partition("=")
-        try:
-            start[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--start {item!r}: pass NAME=NUMBER with a grid parameter's "
-                             "name, e.g. --start teff=5500") from None
+    start = parse_assignments(args.start, "--start", "teff=5500")
     if start and args.method != "continuation":
         raise ValueError(f"--start with --method {args.method}: only the continuation sweep "
                          "has a start node; drop --start or pass --method continuation")
@@ -247,9 +241,7 @@ def _plot(args: argparse.Namespace) -> int:
     store = CloneStore(args.store)
     params = {n: getattr(args, n) for n in ("teff", "logg", "feh")
               if getattr(args, n) is not None}
-    for item in args.param:
-        name, _, value = item.partition("=")
-        params[name] = float(value)
+    params.update(parse_assignments(args.param, "--param", "alpha=0.2"))
     index = store.index(**params)
     node = store.read_node(index)
     check_outputs([args.out, lines_path], args.overwrite)  # inputs first, then outputs
