@@ -52,6 +52,10 @@ class DemoConfig:
     # Clone passes: 1 is the blase3D paper's (detect, optimise); 2 re-detects lines in the
     # residual and optimises again (the library's default), at twice the cost.
     clone_passes: int = 1
+    # Relaxation passes after the continuation sweep (CloneSettings.relax_passes). The
+    # demo keeps none so that it stays within 10 minutes on 2 cores (one pass over the
+    # whole default grid costs ~9 min; README, *Relaxation*).
+    clone_relax_passes: int = 0
     # fit_map starts from the better of the BO result and the best of n_search coarse
     # points, then Newton steps only (no Adam steps: from the BO start they changed no
     # error of the default demo beyond the 3rd digit and cost 0.9 s per star). Against
@@ -214,7 +218,8 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
 
     t = time.perf_counter()
     store = clone_grid(grid, out=out / "clones.h5", progress=progress,
-                       grid_file=out / "grid.h5", passes=cfg.clone_passes)
+                       grid_file=out / "grid.h5", passes=cfg.clone_passes,
+                       relax_passes=cfg.clone_relax_passes)
     if not isinstance(store, CloneStore):
         store = CloneStore.open(store)
     step("clone grid", t)

@@ -19,7 +19,7 @@ from jaxspec.io.clone_store import CloneStore
 WL = np.linspace(8500.0, 8520.0, 2001)
 AXES = {"teff": np.array([4000.0, 4500.0, 5000.0]), "logg": np.array([4.0, 4.5])}
 KW = {"epochs": 60, "passes": 1, "warm_epochs": 30, "batch_size": 2, "progress": False,
-      "method": "continuation"}
+      "method": "continuation", "relax_passes": 0}
 BORN = 8510.33  # a line that is absent at the coolest Teff and grows with Teff
 
 
@@ -184,12 +184,14 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     with h5py.File(path, "a") as f:
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
-                     "warm_width_anchor", "chain_axis", "warm_track_anchor", "prime_broad"):
+                     "warm_width_anchor", "chain_axis", "warm_track_anchor", "prime_broad",
+                     "relax_passes"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
     assert old.settings["warm_width_anchor"] == 0.0 and old.settings["chain_axis"] == -1
     assert old.settings["warm_track_anchor"] == 0.0 and old.settings["prime_broad"] == 0.0
+    assert old.settings["relax_passes"] == 0
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -366,3 +368,60 @@ def test_broad_lines_are_primed_from_the_top_of_the_first_axis(tmp_path):
     assert store.residual_rms[1, 0] < 3e-4
     with pytest.raises(ValueError, match="prime_broad=-1.0 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", prime_broad=-1.0)
+
+
+def test_relaxation_targets_interpolate_the_neighbours_along_every_axis():
+    """Each line's target at a node is the linear interpolation between its nearest
+    cloned neighbours on either side (non-uniform steps, a missing node stepped over),
+    averaged over the axes where both carry it; others keep their value."""
+    from jaxspec.clone import CloneSettings
+    from jaxspec.clone.sweep import _Sweep
+
+    sweep = _Sweep.__new__(_Sweep)
+    sweep.settings = CloneSettings()
+    sweep.grid = SpectralGrid({"teff": np.array([3000.0, 3100.0, 3200.0, 3500.0]),
+                               "logg": np.array([4.0, 4.5, 5.0])}, WL,
+                              np.ones((4, 3, WL.size)), normalized=True)
+    values = {  # node: (identities, ln a); ln σ = ln a - 1, ln γ = ln a - 2
+        (1, 1): ([0, 1, 2], [0.0, 0.0, 0.0]),
+        (0, 1): ([0, 1, 2], [1.0, 4.0, 2.0]),
+        (3, 1): ([0, 1], [5.0, 6.0]),  # (2, 1) missing: stepped over
+        (1, 0): ([0, 2], [2.0, 1.0]),
+        (1, 2): ([0], [4.0]),
+    }
+    sweep.state, sweep.param_of = {}, {}
+    for idx, (ident, ln_a) in values.items():
+        a = np.array(ln_a)
+        sweep.state[idx] = _lines(8505.0 + np.array(ident, float), np.zeros(a.size), a,
+                                  a - 1.0, a - 2.0, np.array(ident))
+        sweep.param_of[idx] = np.array([sweep.grid.axes["teff"][idx[0]],
+                                        sweep.grid.axes["logg"][idx[1]]])
+    target = sweep._relax_targets((1, 1))
+    # line 0: teff 1 + (5 - 1) * 100/500 = 1.8; logg (2 + 4) / 2 = 3; mean 2.4
+    # line 1: teff only 4 + (6 - 4) / 5 = 4.4; line 2: neither axis carries it twice
+    np.testing.assert_allclose(target[0], [2.4, 4.4, 0.0])
+    np.testing.assert_allclose(target[1], target[0] - 1.0)
+    np.testing.assert_allclose(target[2], target[0] - 2.0)
+
+
+def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, tmp_path):
+    """relax_passes: every node refitted from its neighbours' interpolation, kept only
+    when its residual is at most 1.1x the node's; the store counts the batches done, and
+    a run stopped after one batch resumes to the store of a straight run."""
+    straight = clone_grid(grid, tmp_path / "relaxed.h5", **{**KW, "relax_passes": 1})
+    n_batches = 3  # 6 nodes, batch_size 2
+    assert straight.settings["relax_passes"] == 1 and straight.relaxed == n_batches
+    assert np.all(straight.residual_rms <= 1.1 * store.residual_rms + 1e-12)
+    moved = 0
+    for node in straight.iter_nodes():  # identities are those of the sweep
+        plain = store.read_node(node.index)
+        assert set(node.identity.tolist()) == set(plain.identity.tolist())
+        moved += not np.allclose(node.ln_amplitude, plain.ln_amplitude, atol=1e-3)
+    assert moved >= 3  # refits were kept
+    part = clone_grid(grid, tmp_path / "part.h5", **{**KW, "relax_passes": 1}, max_nodes=6 + 2)
+    assert part.relaxed == 1
+    resumed = clone_grid(grid, tmp_path / "part.h5", **{**KW, "relax_passes": 1})
+    assert resumed.relaxed == n_batches
+    np.testing.assert_allclose(resumed.residual_rms, straight.residual_rms, rtol=1e-6)
+    with pytest.raises(ValueError, match="relax_passes=-1 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", relax_passes=-1)

@@ -91,6 +91,10 @@ def register(sub) -> None:
                    "at least this many × 25 px wide of a cold clone of the node at the top "
                    "of the first axis (the hottest star); default "
                    f"{CloneSettings.prime_broad:g}; 0: off")
+    g.add_argument("--relax-passes", type=int, default=CloneSettings.relax_passes,
+                   help="continuation: relaxation passes after the sweep, each node refitted "
+                   "from the values its grid neighbours interpolate to (default "
+                   f"{CloneSettings.relax_passes}; 0: off)")
     g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="continuation: a coordinate of the start node, cloned cold "
                    "(repeatable, e.g. --start teff=5500; the nearest existing node; "
@@ -168,7 +172,7 @@ def _clone(args: argparse.Namespace) -> int:
         method=args.method, warm_epochs=args.warm_epochs,
         warm_width_anchor=args.warm_width_anchor,
         chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
-        prime_broad=args.prime_broad,
+        prime_broad=args.prime_broad, relax_passes=args.relax_passes,
         batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,

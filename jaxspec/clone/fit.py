@@ -92,7 +92,7 @@ def _deblend(problem, params, peak_index, tau_obs, max_shift, n_iter: int):
 @eqx.filter_jit
 def _train(problem, params, lower, upper, flux, weight, max_shift, learning_rate,
            epochs: int, owner, anchor=None):
-    """Adam on the sum of squared residuals over valid pixels (``weight`` 1 or 0).
+    r"""Adam on the sum of squared residuals over valid pixels (``weight`` 1 or 0).
 
     Adam is invariant to the scale of the loss except through its ε (1e-8): the mean
     squared residual of a 481,100-pixel spectrum has per-line gradients near 1e-10, where

@@ -12,18 +12,21 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 width_margin, tolerance, method, warm_epochs,
                                 warm_learning_rate, floor_depth,
                                 warm_width_anchor, chain_axis, warm_track_anchor,
-                                prime_broad                 (clone settings; version 1
-                                                            stores lack the last eight
+                                prime_broad, relax_passes   (clone settings; version 1
+                                                            stores lack the last nine
                                                             and read as
                                                             method="independent"; a
                                                             missing warm_width_anchor,
-                                                            warm_track_anchor or
-                                                            prime_broad reads as 0, a
-                                                            missing chain_axis as -1)
+                                                            warm_track_anchor,
+                                                            prime_broad or relax_passes
+                                                            reads as 0, a missing
+                                                            chain_axis as -1)
                                 start (int array, optional: the continuation sweep's
                                     start node)
                                 backfilled (bool, optional: the continuation sweep's
                                     back-fill has run to its end)
+                                relaxed (int, optional: batches of the relaxation
+                                    passes done, counted over all passes)
                                 grid_file (str, optional: the cloned grid's path)
                                 grid_sha256 (str, optional: grid_checksum of the
                                     cloned grid's spectra; stores before it lack it)
@@ -94,17 +97,18 @@ SETTING_NAMES = (
     "prominence", "wing_cut", "epochs", "learning_rate", "max_shift", "passes", "deblend",
     "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
     "warm_learning_rate", "floor_depth", "warm_width_anchor", "chain_axis",
-    "warm_track_anchor", "prime_broad",
+    "warm_track_anchor", "prime_broad", "relax_passes",
 )
 #: Settings that version-1 stores lack, and the values they mean there.
 _V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
                 "floor_depth": 1e-4, "warm_width_anchor": 0.0, "chain_axis": -1,
-                "warm_track_anchor": 0.0, "prime_broad": 0.0}
+                "warm_track_anchor": 0.0, "prime_broad": 0.0, "relax_passes": 0}
 #: Settings added after version 2 was written, and the values that stores without them
 #: were cloned with.
 _LATER_SETTINGS = {"warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0,
-                   "prime_broad": 0.0}
-_INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis")
+                   "prime_broad": 0.0, "relax_passes": 0}
+_INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis",
+                 "relax_passes")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
 #: Seconds a reader keeps retrying a store that fails to read (a batch being written).
@@ -256,6 +260,8 @@ class CloneStore:
         self.start = None if start is None else tuple(int(i) for i in np.atleast_1d(start))
         #: continuation: the back-fill after the sweep has run to its end
         self.backfilled = bool(f.attrs.get("backfilled", False))
+        #: continuation: batches of the relaxation passes done (over all passes)
+        self.relaxed = int(f.attrs.get("relaxed", 0))
         self.identities = (np.asarray(f["identities/center"][()], dtype=np.float64)
                            if "identities/center" in f else None)
         grid_file = f.attrs.get("grid_file")
@@ -636,6 +642,22 @@ class CloneStoreWriter:
         complete sweep then does not back-fill again)."""
         with open_hdf5(self.path, "a") as f:
             f.attrs["backfilled"] = True
+
+    @property
+    def relaxed(self) -> int:
+        """Batches of the continuation sweep's relaxation passes that the store records
+        as done (over all passes; 0 for a new store)."""
+        store = getattr(self, "_store", None)
+        return 0 if store is None else store.relaxed
+
+    def mark_relaxed(self, n_batches: int) -> None:
+        """Record that ``n_batches`` batches of the relaxation passes are done (their
+        nodes written): a resumed sweep goes on from the next one."""
+        with open_hdf5(self.path, "a") as f:
+            f.attrs["relaxed"] = int(n_batches)
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.relaxed = int(n_batches)
 
     def read_done(self) -> Iterator[NodeClone]:
         """The clones already in the store (on resume; nothing for a new store)."""
