@@ -404,7 +404,8 @@ def test_relaxation_targets_interpolate_the_neighbours_along_every_axis():
     np.testing.assert_allclose(target[2], target[0] - 2.0)
 
 
-def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, tmp_path):
+def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, tmp_path,
+                                                                   capsys):
     """relax_passes: every node refitted from its neighbours' interpolation, kept only
     when its residual is at most 1.1x the node's; the store counts the batches done, and
     a run stopped after one batch resumes to the store of a straight run."""
@@ -423,5 +424,9 @@ def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, t
     resumed = clone_grid(grid, tmp_path / "part.h5", **{**KW, "relax_passes": 1})
     assert resumed.relaxed == n_batches
     np.testing.assert_allclose(resumed.residual_rms, straight.residual_rms, rtol=1e-6)
+    from jaxspec.cli import main
+
+    assert main(["clone", "info", str(resumed.path)]) == 0
+    assert "back-fill: done; relaxation: 3 batch(es) done of 1 pass(es)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="relax_passes=-1 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", relax_passes=-1)

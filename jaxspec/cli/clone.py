@@ -210,6 +210,10 @@ def _info(args: argparse.Namespace) -> int:
     if store.identities is not None:
         print(f"  line identities: {store.identities.size:,} (continuation sweep from node "
               f"{store.start})")
+        passes = int(store.settings.get("relax_passes", 0))
+        print(f"  back-fill: {'done' if store.backfilled else 'not yet'}; relaxation: "
+              f"{store.relaxed} batch(es) done" + (f" of {passes} pass(es)" if passes
+                                                    else " (relax_passes=0: none)"))
     print("  grid checksum: " + (f"SHA-256 {store.grid_checksum}" if store.grid_checksum
                                  else "none recorded (older store: cannot be checked)"))
     holder = lock_holder(args.store)
