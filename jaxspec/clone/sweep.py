@@ -494,8 +494,7 @@ class _Sweep:
         return x
 
     def _keep(self, idx, x, model, flux, good):
-        r = (model - flux) * good
-        self.rms[idx] = math.sqrt(float(np.sum(r * r) / max(np.sum(good), 1.0)))
+        self.rms[idx] = _residual_rms(model, flux, good)
         self.state[idx] = x
         self.models[idx] = model.astype(np.float32)
 
@@ -573,8 +572,7 @@ class _Sweep:
         if ratio <= 0:
             return targets
         g = self.state[gp]
-        where = {int(i): k for k, i in enumerate(g.ident)}
-        k = np.array([where.get(int(i), -1) for i in x.ident], dtype=np.int64)
+        k = _positions(g.ident, x.ident)
         ok = k >= 0
         for t, before in zip(targets, (g.ln_a, g.ln_s, g.ln_g)):
             t[ok] += np.clip(ratio * (t[ok] - before[k[ok]]), -_TRACK_MAX_STEP,
@@ -745,8 +743,7 @@ class _Sweep:
                                    **kw)
                 nodes = []
                 for b, idx in enumerate(chunk):
-                    r = (model[b] - flux[b]) * good[b]
-                    rms = math.sqrt(float(np.sum(r * r) / max(np.sum(good[b]), 1.0)))
+                    rms = _residual_rms(model[b], flux[b], good[b])
                     if rms <= _RELAX_TOLERANCE * self.rms[idx]:
                         self._keep(idx, batch[b], model[b], flux[b], good[b])
                         nodes.append(self._node_clone(idx, batch[b], self.rms[idx]))
@@ -821,8 +818,7 @@ class _Sweep:
             x = x.select(np.argsort(x.ident, kind="stable"))
             self.state[idx] = x
             self.models[idx] = model.astype(np.float32)
-            r = (model - flux[0]) * good[0]
-            self.rms[idx] = math.sqrt(float(np.sum(r * r) / max(np.sum(good[0]), 1.0)))
+            self.rms[idx] = _residual_rms(model, flux[0], good[0])
             changed.append(self._node_clone(idx, x, self.rms[idx]))
             if len(changed) >= 64:
                 self.writer.write(changed, identities=np.asarray(self.catalogue))
@@ -845,6 +841,12 @@ def _lines(mu0, u, ln_a, ln_s, ln_g, ident) -> _Lines:
         hi_g=ln_f + 1.0 - math.log(2.0), hi_f=ln_f + 1.0, peak=np.zeros(n, np.int64),
         ident=np.array(ident, dtype=np.int64),
     )
+
+
+def _residual_rms(model, flux, good) -> float:
+    """RMS of model − flux over the valid pixels (``good`` 1 or 0)."""
+    r = (model - flux) * good
+    return math.sqrt(float(np.sum(r * r) / max(np.sum(good), 1.0)))
 
 
 def _positions(ident: np.ndarray, wanted: np.ndarray) -> np.ndarray:
