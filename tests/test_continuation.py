@@ -124,6 +124,26 @@ def test_births_are_back_filled_to_cloned_neighbours(store):
     assert len(set(ids)) == 1
 
 
+def test_back_fill_crosses_a_hole_in_the_grid(grid, tmp_path):
+    # the middle Teff column is missing (a hole, or held-out nodes): the sweep starts at
+    # the cool end, where line BORN is absent, and finds it at the hot end; the back-fill
+    # steps over the hole, so the cool nodes carry its identity too (at a trace)
+    mask = np.ones(grid.shape, dtype=bool)
+    mask[1] = False
+    holed = SpectralGrid(AXES, WL, np.where(mask[..., None], grid.flux, np.nan), mask=mask,
+                         normalized=True)
+    st = clone_grid(holed, tmp_path / "holed.h5", start={"teff": 4000.0, "logg": 4.0}, **KW)
+    ids = {}
+    for node in st.iter_nodes():
+        k = np.argmin(np.abs(node.center - BORN))
+        assert abs(node.center[k] - BORN) < 0.05, node.index
+        depth = np.exp(node.ln_amplitude[k]) * _peak_value(node.ln_sigma[k], node.ln_gamma[k])
+        assert depth < 0.02 if node.index[0] == 0 else depth > 0.05
+        ids[node.index] = int(node.identity[k])
+    assert sorted(ids) == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert len(set(ids.values())) == 1
+
+
 def test_models_of_resumed_nodes_match_the_exact_product(store):
     # the back-fill of a resumed sweep synthesises the nodes read back from the store
     # through one plan over the store's identities: each must be its exact product

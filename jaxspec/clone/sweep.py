@@ -24,7 +24,8 @@ Two methods (``CloneSettings.method``):
     * **deaths**: a line's amplitude is bounded below by the *floor*, a peak depth of
       ``floor_depth``; a line that fades keeps its identity at the floor instead of
       vanishing (no −1000 cliff between nodes);
-    * **back-fill** (after the sweep): a line present at a node's grid neighbour but
+    * **back-fill** (after the sweep): a line present at a node's grid neighbour (the
+      nearest cloned node along an axis: holes and held-out nodes are stepped over) but
       missing at the node (born in another branch, or after the node was cloned) is
       added to the node with the amplitude that the node's residual supports (linear
       least squares of :math:`\ln(\bar S/F) \approx -aV`, at least the floor), its
@@ -649,21 +650,29 @@ class _Sweep:
 
     # ------------------------------------------------------------------ relaxation
 
+    def _nearest(self, idx, d, step):
+        """The nearest cloned node from ``idx`` along axis ``d`` in direction ``step``
+        (±1), stepping over nodes that are missing or left out; None at the edge."""
+        j = idx[d] + step
+        while 0 <= j < self.grid.shape[d]:
+            n = idx[:d] + (j,) + idx[d + 1:]
+            if n in self.state:
+                return n
+            j += step
+        return None
+
     def _axis_neighbours(self, idx, d):
         """The nearest cloned nodes below and above ``idx`` along axis ``d`` (stepping
         over missing nodes), or None."""
-        out = []
-        for step in (-1, 1):
-            j = idx[d] + step
-            while 0 <= j < self.grid.shape[d]:
-                n = idx[:d] + (j,) + idx[d + 1:]
-                if n in self.state:
-                    out.append(n)
-                    break
-                j += step
-            else:
-                return None
-        return out
+        pair = [self._nearest(idx, d, -1), self._nearest(idx, d, 1)]
+        return None if None in pair else pair
+
+    def _cloned_neighbours(self, idx):
+        """The nearest cloned node on either side of ``idx`` along every axis (missing
+        or left-out nodes stepped over, so a hole in the grid does not cut a line's
+        back-fill between the nodes around it)."""
+        found = (self._nearest(idx, d, step) for d in range(len(idx)) for step in (-1, 1))
+        return [n for n in found if n is not None]
 
     def _relax_targets(self, idx):
         r"""Per line of node ``idx``: the value of ln a, ln σ, ln γ that linear
@@ -775,16 +784,17 @@ class _Sweep:
 
     def _backfill(self):
         """Add to every node the lines its grid neighbours carry and it lacks, at the
-        amplitude its residual supports (at least the floor); rewrite changed nodes."""
+        amplitude its residual supports (at least the floor); rewrite changed nodes.
+        The neighbours are the nearest cloned nodes along each axis
+        (:meth:`_cloned_neighbours`): a hole in the grid (a missing or held-out node) is
+        stepped over, so the nodes either side of it share their births."""
         s, wl = self.settings, self.wl
         changed = []
         for idx in sorted(self.state):
             x = self.state[idx]
             have = set(x.ident.tolist())
             donors = {}
-            for n in _neighbours(idx, self.grid.mask):
-                if n not in self.state:
-                    continue
+            for n in self._cloned_neighbours(idx):
                 y = self.state[n]
                 depth = np.exp(y.ln_a) * _peak_value(y.ln_s, y.ln_g)
                 for i in np.flatnonzero(depth >= s.prominence):
@@ -859,19 +869,6 @@ def _concat(parts: list[_Lines]) -> _Lines:
     out = parts[0]
     for p in parts[1:]:
         out = out.concat(p)
-    return out
-
-
-def _neighbours(idx, exists):
-    """Existing grid neighbours of ``idx`` (one step along one axis)."""
-    out = []
-    for d in range(len(idx)):
-        for step in (-1, 1):
-            j = idx[d] + step
-            if 0 <= j < exists.shape[d]:
-                n = tuple(j if k == d else i for k, i in enumerate(idx))
-                if exists[n]:
-                    out.append(n)
     return out
 
 
