@@ -30,7 +30,7 @@ Two methods (``CloneSettings.method``):
       added to the node with the amplitude that the node's residual supports (linear
       least squares of :math:`\ln(\bar S/F) \approx -aV`, at least the floor), its
       centre and widths taken from the neighbour;
-    * **relaxation** (``relax_passes``, after the back-fill; one pass by default):
+    * **relaxation** (``relax_passes``, after the back-fill; two passes by default):
       every node refitted from the values its grid neighbours interpolate to, the refit
       kept when it fits nearly as well (``_Sweep._relax``), so that nodes that are
       cousins in the sweep tree converge on one decomposition of a blend.
