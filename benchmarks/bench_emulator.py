@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -167,31 +168,40 @@ CLONE_START: dict = {}  # set by --clone-start NAME=VALUE (clone_grid's start no
 SMOOTHNESS = 1e-3  # set by --smoothness: the joint fit of the clone-built emulator
 
 
-def clone_store(grid: SpectralGrid, held: np.ndarray, out: Path, report: dict | None = None):
-    """Clone the grid without the held-out nodes (cached per method) with
-    ``jaxspec clone``'s defaults; returns the store path or None."""
+def clone_store(out: Path, report: dict | None = None) -> Path:
+    """Clone the default grid cached in ``out`` without the held-out nodes (the store
+    cached per method, resumed) with ``jaxspec clone``'s defaults, in a child process;
+    returns the store path."""
     path = out / f"clones_default_{CLONE_METHOD}.h5"
-    try:
-        from jaxspec.clone import clone_grid
-        from jaxspec.io.clone_store import CloneStore  # noqa: F401
-    except ImportError as err:
-        log(f"clones: skipped ({err})")
-        return None
-    flux = np.where(held[..., None], np.nan, grid.flux)
-    masked = SpectralGrid(grid.axes, grid.wavelength, flux, mask=grid.mask & ~held,
-                          normalized=True)
     t0 = time.perf_counter()
-    try:
-        clone_grid(masked, out=path, method=CLONE_METHOD, start=CLONE_START or None,
-                   **CLONE_SETTINGS)  # resumes
-    except NotImplementedError:
-        log("clones: skipped (jaxspec.clone.clone_grid is not implemented yet)")
-        return None
+    # In a child process: its compiled programs (hundreds of batch shapes) would stay in
+    # this process's caches through the joint fit, and the two together exhausted a
+    # 24 GB machine ("LLVM compilation error: Cannot allocate memory").
+    child = multiprocessing.get_context("spawn").Process(
+        target=_clone_child, args=(str(out), str(path), CLONE_METHOD, dict(CLONE_SETTINGS),
+                                   dict(CLONE_START)))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"cloning {path} failed in its process (exit code "
+                           f"{child.exitcode}); run again to resume it")
     seconds = time.perf_counter() - t0
     log(f"clone store {path} ready ({seconds:.0f} s this run, method {CLONE_METHOD})")
     if report is not None:
         report.setdefault("clone_wall_s", {})[CLONE_METHOD] = seconds
     return path
+
+
+def _clone_child(out: str, path: str, method: str, settings: dict, start: dict):
+    """:func:`clone_store`'s cloning, run in its own process (resumes a store)."""
+    from jaxspec.clone import clone_grid
+
+    grid = default_grid(Path(out))
+    held = held_mask(grid)
+    flux = np.where(held[..., None], np.nan, grid.flux)
+    masked = SpectralGrid(grid.axes, grid.wavelength, flux, mask=grid.mask & ~held,
+                          normalized=True)
+    clone_grid(masked, out=path, method=method, start=start or None, **settings)
 
 
 def _depth(values):
@@ -383,9 +393,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
     from jaxspec.io.clone_store import CloneStore
     from jaxspec.refine import refine
 
-    store = clone_store(grid, held, out, report)
-    if store is None:
-        return None
+    store = clone_store(out, report)
 
     built = {}
     matchers = ("identity",) if CloneStore.open(store).identities is not None else ("id",

@@ -205,13 +205,14 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
                      "warm_width_anchor", "chain_axis", "warm_track_anchor", "prime_broad",
-                     "relax_passes"):
+                     "relax_passes", "relax_epochs", "birth_epochs"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
     assert old.settings["warm_width_anchor"] == 0.0 and old.settings["chain_axis"] == -1
     assert old.settings["warm_track_anchor"] == 0.0 and old.settings["prime_broad"] == 0.0
     assert old.settings["relax_passes"] == 0
+    assert old.settings["relax_epochs"] == 0 and old.settings["birth_epochs"] == 0
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -450,3 +451,29 @@ def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, t
     assert "back-fill: done; relaxation: 3 batch(es) done of 1 pass(es)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="relax_passes=-1 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", relax_passes=-1)
+
+
+def test_relax_and_birth_epochs_set_the_refits_adam_steps(grid, tmp_path, monkeypatch):
+    """relax_epochs / birth_epochs: the Adam steps of the relaxation refits and of the
+    sweep's refit after births (0: warm_epochs, as stores written before them)."""
+    import jaxspec.clone.sweep as sweep
+
+    calls = []
+    fit = sweep._fit
+
+    def spy(*args, **kw):
+        calls.append(kw.get("epochs"))
+        return fit(*args, **kw)
+
+    monkeypatch.setattr(sweep, "_fit", spy)
+    store = clone_grid(grid, tmp_path / "e.h5",
+                       **{**KW, "relax_passes": 1, "relax_epochs": 7, "birth_epochs": 11})
+    assert store.settings["relax_epochs"] == 7 and store.settings["birth_epochs"] == 11
+    # the sweep: warm_epochs first, birth_epochs after births; then one pass of 3 batches
+    assert calls.count(7) == 3 and KW["warm_epochs"] in calls
+    assert set(calls) <= {None, KW["warm_epochs"], 7, 11}
+    calls.clear()
+    clone_grid(grid, tmp_path / "d.h5", **{**KW, "relax_passes": 1, "max_nodes": 6 + 1})
+    assert calls[-1] == KW["warm_epochs"]  # 0: the relaxation refits take warm_epochs
+    with pytest.raises(ValueError, match="relax_epochs=-1 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", relax_epochs=-1)

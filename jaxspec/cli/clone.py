@@ -95,6 +95,12 @@ def register(sub) -> None:
                    help="continuation: relaxation passes after the sweep, each node refitted "
                    "from the values its grid neighbours interpolate to (default "
                    f"{CloneSettings.relax_passes}; 0: off)")
+    g.add_argument("--relax-epochs", type=int, default=CloneSettings.relax_epochs,
+                   help="continuation: Adam steps of each relaxation refit (default "
+                   f"{CloneSettings.relax_epochs}; 0: --warm-epochs)")
+    g.add_argument("--birth-epochs", type=int, default=CloneSettings.birth_epochs,
+                   help="continuation: Adam steps of a node's refit after its births "
+                   f"(default {CloneSettings.birth_epochs}; 0: --warm-epochs)")
     g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="continuation: a coordinate of the start node, cloned cold "
                    "(repeatable, e.g. --start teff=5500; the nearest existing node; "
@@ -173,6 +179,7 @@ def _clone(args: argparse.Namespace) -> int:
         warm_width_anchor=args.warm_width_anchor,
         chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
         prime_broad=args.prime_broad, relax_passes=args.relax_passes,
+        relax_epochs=args.relax_epochs, birth_epochs=args.birth_epochs,
         batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,

@@ -87,7 +87,7 @@ class CloneSettings:
         relax_passes: continuation: relaxation passes over the whole grid after the
             back-fill. In each pass every node (in sweep order, ``batch_size`` at a time,
             each batch seeing the nodes relaxed before it) is refitted for
-            ``warm_epochs`` Adam steps, starting from the values its grid neighbours
+            ``relax_epochs`` Adam steps, starting from the values its grid neighbours
             interpolate to (per line and axis, linear interpolation between the nearest
             cloned nodes on either side, averaged over the axes where both carry the
             line), and the refit replaces the node's clone when its residual RMS is at
@@ -99,6 +99,11 @@ class CloneSettings:
             1.07e-3 after one pass (~600 s on 2 cores), 9.9e-4 after two (~650 s more),
             median residual RMS 2.44e-4 / 2.26e-4, roughness of ln γ 4.9 / 3.7 times the
             truth's. Default 2; 0: off (stores written before this setting read 0).
+        relax_epochs: continuation: Adam steps of each node's refit in a relaxation
+            pass; 0: ``warm_epochs`` (what stores written before this setting did).
+        birth_epochs: continuation: Adam steps of the sweep's second fit of a node,
+            after its births (the first takes ``warm_epochs``); 0: ``warm_epochs``
+            (what stores written before this setting did).
     """
 
     prominence: float = 0.005
@@ -120,6 +125,8 @@ class CloneSettings:
     warm_track_anchor: float = 0.0
     prime_broad: float = 0.0
     relax_passes: int = 2
+    relax_epochs: int = 0
+    birth_epochs: int = 0
 
     def __post_init__(self):
         def integer(value, low):
@@ -155,18 +162,32 @@ class CloneSettings:
             ("prime_broad", self.prime_broad >= 0,
              "a width >= 0 in units of 25 pixels (0: off), e.g. 1"),
             ("relax_passes", integer(self.relax_passes, 0), "an integer >= 0, e.g. 2"),
+            ("relax_epochs", integer(self.relax_epochs, 0),
+             "an integer >= 0 (0: warm_epochs), e.g. 40"),
+            ("birth_epochs", integer(self.birth_epochs, 0),
+             "an integer >= 0 (0: warm_epochs), e.g. 40"),
         ]
         for name, ok, fix in checks:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; pass {fix}")
         for name in ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis",
-                     "relax_passes"):
+                     "relax_passes", "relax_epochs", "birth_epochs"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("prominence", "learning_rate", "max_shift", "amplitude_margin",
                      "width_margin", "tolerance", "warm_learning_rate", "floor_depth",
                      "warm_width_anchor", "warm_track_anchor", "prime_broad"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "method", str(self.method))
+
+    @property
+    def relax_steps(self) -> int:
+        """Adam steps of a relaxation refit (``relax_epochs``, or ``warm_epochs``)."""
+        return self.relax_epochs or self.warm_epochs
+
+    @property
+    def birth_steps(self) -> int:
+        """Adam steps of the refit after births (``birth_epochs``, or ``warm_epochs``)."""
+        return self.birth_epochs or self.warm_epochs
 
     def as_dict(self) -> dict:
         """Settings as a plain dict (the clone store's root attributes)."""

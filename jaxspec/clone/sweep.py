@@ -520,7 +520,7 @@ class _Sweep:
                              for k, v in anchor[b].items()}
         if any(n.any() for n in born):
             _, model, _ = _fit(wl, flux, good, batch, s, at_least=n_slots, anchor=anchor,
-                               **kw)
+                               epochs=s.birth_steps, learning_rate=s.warm_learning_rate)
         nodes = []
         for b, idx in enumerate(chunk):
             x = batch[b]
@@ -706,7 +706,7 @@ class _Sweep:
     def _relax(self, bar, budget):
         """``relax_passes`` relaxation passes over every cloned node (``CloneSettings``;
         Gauss–Seidel in batches of ``batch_size``, in sweep order): each node is refitted
-        for ``warm_epochs`` steps from :meth:`_relax_targets` (centres kept), its box
+        for ``relax_epochs`` steps from :meth:`_relax_targets` (centres kept), its box
         and shape anchor those of a warm start from these values, and the refit is kept
         when its residual RMS is at most ``_RELAX_TOLERANCE`` times the node's. Each
         batch is written and counted in the store (``relaxed``), so a killed run
@@ -718,7 +718,7 @@ class _Sweep:
         batches = [order[b:b + self.batch_size] for b in range(0, len(order), self.batch_size)]
         total = s.relax_passes * len(batches)
         done = min(self.writer.relaxed, total)
-        kw = {"epochs": s.warm_epochs, "learning_rate": s.warm_learning_rate}
+        kw = {"epochs": s.relax_steps, "learning_rate": s.warm_learning_rate}
         n_fitted = 0
 
         def nodes_before(k):  # nodes relaxed by the first k batches
