@@ -212,6 +212,16 @@ def _depth(values):
     return np.exp(np.clip(v.ln_amplitude, -700, 50)) * _peak_value(v.ln_sigma, v.ln_gamma)
 
 
+def emulator_lines(emulator):
+    """An emulator's node values as :func:`roughness` reads an identification: ``values``
+    ``(n_lines, *grid, 4)``, ``present``, ``observed``."""
+    from types import SimpleNamespace
+
+    table = np.asarray(emulator.manifold.table)
+    return SimpleNamespace(values=np.moveaxis(table, -2, 0), present=np.asarray(emulator.present()),
+                           observed=np.asarray(emulator.observed))
+
+
 def roughness(ident) -> list[float]:
     """Strength-weighted mean |second difference| of ln a, ln σ, ln γ along the first
     axis, over triples of consecutive observed nodes where the line is present at all
@@ -394,6 +404,8 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
     from jaxspec.refine import refine
 
     store = clone_store(out, report)
+    # grid file -> emulator file, per stage (`jaxspec clone` then `jaxspec build --grid`)
+    stages = {"clone (this run)": report["clone_wall_s"][CLONE_METHOD]}
 
     built = {}
     matchers = ("identity",) if CloneStore.open(store).identities is not None else ("id",
@@ -402,19 +414,23 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
     for matcher in matchers:
         t0 = time.perf_counter()
         ident = identify_store(CloneStore.open(store), matcher=matcher)
+        emulator = LineEmulator.from_identification(ident, interpolation="linear")
+        stages["identify + build"] = time.perf_counter() - t0
+        log(f"{matcher}: {ident.summary()} ({stages['identify + build']:.1f} s)")
         if matcher == matchers[-1]:
             store_metrics(grid, held, store, ident, oracle, report)
-        emulator = LineEmulator.from_identification(ident, interpolation="linear")
-        log(f"{matcher}: {ident.summary()} ({time.perf_counter() - t0:.1f} s)")
         built[matcher] = emulator
         assess(f"clones_{matcher}", emulator)
         assess_cubic(f"clones_{matcher}_cubic", emulator)
         path = emulator.save(out / f"emulator_default_{matcher}.h5", overwrite=True)
         report[f"clones_{matcher}"]["file_MiB"] = path.stat().st_size / 2**20
     if refine_epochs:
+        jax.clear_caches()  # the assessments' programs: memory for the joint fit's
         for matcher in matchers[-1:]:
+            t0 = time.perf_counter()
             refined, history = refine(built[matcher], grid, epochs=refine_epochs,
                                       batch_size=8, smoothness=SMOOTHNESS, progress=False)
+            stages["joint fit"] = time.perf_counter() - t0
             log(f"refine ({matcher}): {history.summary()}")
             report[f"refine_{matcher}"] = {
                 "epochs": refine_epochs, "seconds": history.seconds, "loss": history.loss,
@@ -424,9 +440,22 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
                 "rms_heldout_after": history.rms_holdout_after,
             }
             report[f"refine_{matcher}"]["smoothness"] = SMOOTHNESS
+            rough = roughness(emulator_lines(refined))
+            truth = roughness(oracle)
+            report[f"refine_{matcher}"]["roughness_over_truth"] = [
+                a / b for a, b in zip(rough, truth)]
+            log("roughness after the joint fit: ln a/σ/γ " + "/".join(
+                f"{a:.3f}" for a in rough) + " (truth " + "/".join(f"{b:.3f}" for b in truth)
+                + ", ratio " + "/".join(f"{a / b:.1f}" for a, b in zip(rough, truth)) + ")")
             assess(f"refined_{matcher}", refined)
             assess_cubic(f"refined_{matcher}_cubic", refined)
+            t0 = time.perf_counter()
             refined.save(out / f"emulator_default_{matcher}_refined.h5", overwrite=True)
+            stages["save"] = time.perf_counter() - t0
+            report["grid_to_emulator_s"] = {**stages, "total": sum(stages.values())}
+            log("grid file -> emulator file: " + " + ".join(
+                f"{k} {v:.0f} s" for k, v in stages.items())
+                + f" = {sum(stages.values()):.0f} s ({sum(stages.values()) / 60:.1f} min)")
         return refined
     return built[matchers[-1]]
 
@@ -643,7 +672,7 @@ def main():
     parser.add_argument("--clone-refine-epochs", type=int, default=20,
                         help="epochs of the joint smooth fit of the clone-built emulator "
                         "(jaxspec build --grid's default: 20; ~16 s each on 2 cores)")
-    parser.add_argument("--smoothness", type=float, default=SMOOTHNESS,
+    parser.add_argument("--smoothness", type=float, nargs="+", default=[SMOOTHNESS],
                         help="curvature weight of that joint fit (jaxspec build's 1e-3)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clone-method", default="continuation",
@@ -678,7 +707,7 @@ def main():
             CLONE_START[name] = float(value)
         except ValueError:
             parser.error(f"--clone-start {item!r}: pass NAME=NUMBER, e.g. teff=9000")
-    SMOOTHNESS = args.smoothness
+    SMOOTHNESS = args.smoothness[0] if len(args.smoothness) == 1 else args.smoothness
     log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), cpus visible: "
         f"{os.cpu_count()}; timings on shared CPUs are noisy")
     path = out / "report.json"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -219,7 +220,7 @@ def refine(
     batch_size: int = 8,
     learning_rate: float = 0.02,
     center_scale: float = 0.01,
-    smoothness: float = 0.0,
+    smoothness: float | Sequence[float] = 0.0,
     holdout: float | np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -254,7 +255,9 @@ def refine(
             center_scale``).
         smoothness: :math:`\lambda_s` ≥ 0, the weight of the curvature penalty (0: the
             plain end-to-end refinement; 1: a second difference of δ costs as much as a
-            misfit of δ at one node).
+            misfit of δ at one node); or four weights, one per column (μ' − μ, ln a,
+            ln σ, ln γ): the penalty's terms of column k scaled by the k-th (e.g. the
+            widths, which the flux pins less than the depths, smoothed harder).
         holdout: nodes kept out of training and turned unobserved (so that they are
             interpolated from their neighbours and measure generalisation): a fraction of
             the observed nodes drawn at random (seeded), a ``(*grid_shape)`` bool mask,
@@ -280,7 +283,12 @@ def refine(
 
     _check_axes(emulator, grid)
     pix = jnp.asarray(_grid_pixels(emulator, grid))
-    if epochs < 0 or batch_size < 1 or not learning_rate > 0 or not smoothness >= 0:
+    lam = np.asarray(smoothness, dtype=np.float64)
+    if lam.shape not in ((), (LineTable.N_COLUMNS,)):
+        raise ValueError(
+            f"smoothness={smoothness!r}: pass one weight or {LineTable.N_COLUMNS}, one per "
+            "column (μ' − μ, ln a, ln σ, ln γ)")
+    if epochs < 0 or batch_size < 1 or not learning_rate > 0 or not np.all(lam >= 0):
         raise ValueError(
             f"epochs={epochs}, batch_size={batch_size}, learning_rate={learning_rate}, "
             f"smoothness={smoothness}: need epochs >= 0, batch_size >= 1, learning_rate > 0 "
@@ -327,8 +335,13 @@ def refine(
     flat = table0.reshape(n_nodes, n_lines, LineTable.N_COLUMNS)
     present_flat = np.moveaxis(present, 0, -1).reshape(n_nodes, n_lines)
     mask = jnp.asarray(present_flat[..., None], dtype=table0.dtype)
-    penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
-                                emulator.wavelength) if smoothness > 0 else None
+    penalty = None
+    if np.any(lam > 0):  # the weights folded into the penalty: λ P enters as P
+        penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
+                                    emulator.wavelength)
+        penalty = eqx.tree_at(lambda p: p.weight, penalty, penalty.weight * jnp.asarray(
+            np.broadcast_to(lam, (LineTable.N_COLUMNS,)), penalty.weight.dtype))
+    smoothness = float(lam) if lam.ndim == 0 else [float(x) for x in lam]
     scale = LineTable(shift=center_scale, ln_amplitude=1.0, ln_sigma=1.0,
                       ln_gamma=1.0).to_array().astype(table0.dtype)
     optimiser = lazy_adam(learning_rate, scale)
@@ -368,7 +381,7 @@ def refine(
         pen = jnp.zeros((), flat.dtype)
         if penalty is not None:
             pen, pgrad = jax.value_and_grad(penalty)(flat)
-            grad = grad + smoothness * pgrad
+            grad = grad + pgrad
         updates, state = optimiser.update(grad * mask / n_train, state, touched)
         return flat + updates, state, pen
 
@@ -399,7 +412,7 @@ def refine(
                                      jnp.asarray(weight), jnp.asarray(nodes))
             total += float(loss)
         flat, state, pen = apply(flat, grad, state, penalty)
-        history.loss.append((total + smoothness * float(pen)) / n_train)
+        history.loss.append((total + float(pen)) / n_train)
         bar.set_postfix(loss=f"{history.loss[-1]:.3e}", rms=f"{math.sqrt(total / n_train):.2e}")
         if checkpoint is not None:
             _write_refine_checkpoint(checkpoint, {**settings, "epochs_done": epoch + 1},

@@ -266,6 +266,26 @@ def test_smooth_refine_lowers_curvature_and_resumes_from_its_checkpoint(built, t
     assert smooth.info["refine"]["smoothness"] == 30.0
     with pytest.raises(ValueError, match="another fit"):
         refine(noisy, grid, epochs=4, smoothness=3.0, checkpoint=ck, **kwargs)
+    # One weight per column: four equal weights are the scalar; weights on the widths
+    # alone smooth the widths and leave ln a as the plain fit moves it.
+    same, h3 = refine(noisy, grid, epochs=4, smoothness=[30.0] * 4, **kwargs)
+    np.testing.assert_allclose(same.manifold.table, straight.manifold.table, atol=1e-6)
+    np.testing.assert_allclose(h3.loss, h2.loss, rtol=1e-5)
+    widths, _ = refine(noisy, grid, epochs=4, smoothness=[0.0, 0.0, 30.0, 30.0], **kwargs)
+    assert widths.info["refine"]["smoothness"] == [0.0, 0.0, 30.0, 30.0]
+
+    def column_curvature(e, k):
+        weight = np.zeros(4)
+        weight[k] = 1.0
+        one = eqx.tree_at(lambda p: p.weight, penalty,
+                          penalty.weight * jnp.asarray(weight, penalty.weight.dtype))
+        return float(one(jnp.asarray(np.asarray(e.manifold.table).reshape(-1, emulator.n_lines, 4))))
+
+    for k in (2, 3):
+        assert column_curvature(widths, k) < 0.7 * column_curvature(plain, k)
+    assert column_curvature(widths, 1) == pytest.approx(column_curvature(plain, 1), rel=0.1)
+    with pytest.raises(ValueError, match="one per column"):
+        refine(noisy, grid, epochs=1, smoothness=[1.0, 2.0], **kwargs)
 
 
 # ---------------------------------------------------------------------- CLI

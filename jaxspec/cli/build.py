@@ -44,9 +44,11 @@ def register(sub) -> None:
     p.add_argument("--refine-epochs", type=int, default=None,
                    help=f"epochs of the joint fit on --grid (default {DEFAULT_EPOCHS} with "
                    "--grid; 0: none)")
-    p.add_argument("--smoothness", type=float, default=DEFAULT_SMOOTHNESS,
+    p.add_argument("--smoothness", type=float, nargs="+", default=[DEFAULT_SMOOTHNESS],
+                   metavar="W",
                    help="weight of the curvature penalty of the joint fit (default "
-                   f"{DEFAULT_SMOOTHNESS:g}; 0: plain end-to-end refinement)")
+                   f"{DEFAULT_SMOOTHNESS:g}; 0: plain end-to-end refinement), or four "
+                   "weights, one per column: μ' − μ, ln a, ln σ, ln γ")
     p.add_argument("--batch-size", type=int, default=8, help="nodes per refinement step")
     p.add_argument("--learning-rate", type=float, default=0.02,
                    help="Adam step of refinement (ln units)")
@@ -168,7 +170,8 @@ def _build(args: argparse.Namespace) -> int:
             print(f"resuming the joint fit from {checkpoint}")
         emulator, history = refine(
             emulator, grid, epochs=args.refine_epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, smoothness=args.smoothness,
+            learning_rate=args.learning_rate, smoothness=(args.smoothness[0] if len(args.smoothness) == 1
+                                                  else args.smoothness),
             holdout=args.holdout or None, progress=not args.quiet, checkpoint=checkpoint,
         )
         print(history.summary())
