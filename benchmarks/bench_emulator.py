@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxspec  # noqa: F401  (float64)
+from jaxspec.cli.build import DEFAULT_EPOCHS, DEFAULT_SMOOTHNESS
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_lines, identify_store
 from jaxspec.line_emulator import LineEmulator, write_emulator_file
@@ -165,7 +166,8 @@ def oracle_identification(grid: SpectralGrid, held: np.ndarray):
 CLONE_METHOD = "continuation"  # set by --clone-method
 CLONE_SETTINGS: dict = {}  # set by --clone-setting NAME=VALUE (CloneSettings fields)
 CLONE_START: dict = {}  # set by --clone-start NAME=VALUE (clone_grid's start node)
-SMOOTHNESS = 1e-3  # set by --smoothness: the joint fit of the clone-built emulator
+# set by --smoothness: the joint fit of the clone-built emulator (jaxspec build --grid's)
+SMOOTHNESS = DEFAULT_SMOOTHNESS
 
 
 def clone_store(out: Path, report: dict | None = None) -> Path:
@@ -669,11 +671,14 @@ def main():
     parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
     parser.add_argument("--parts", default="oracle,clones,speed,storage")
     parser.add_argument("--refine-epochs", type=int, default=10)
-    parser.add_argument("--clone-refine-epochs", type=int, default=20,
+    parser.add_argument("--clone-refine-epochs", type=int, default=DEFAULT_EPOCHS,
                         help="epochs of the joint smooth fit of the clone-built emulator "
-                        "(jaxspec build --grid's default: 20; ~16 s each on 2 cores)")
-    parser.add_argument("--smoothness", type=float, nargs="+", default=[SMOOTHNESS],
-                        help="curvature weight of that joint fit (jaxspec build's 1e-3)")
+                        f"(jaxspec build --grid's default: {DEFAULT_EPOCHS}; ~40 s each on "
+                        "2 cores)")
+    parser.add_argument("--smoothness", type=float, nargs="+",
+                        default=list(np.atleast_1d(SMOOTHNESS)),
+                        help="curvature weight(s) of that joint fit (one, or one per column "
+                        "μ' − μ, ln a, ln σ, ln γ; default: jaxspec build's)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clone-method", default="continuation",
                         choices=("continuation", "independent"),
