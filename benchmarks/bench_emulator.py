@@ -220,7 +220,8 @@ def emulator_lines(emulator):
     from types import SimpleNamespace
 
     table = np.asarray(emulator.manifold.table)
-    return SimpleNamespace(values=np.moveaxis(table, -2, 0), present=np.asarray(emulator.present()),
+    return SimpleNamespace(values=np.moveaxis(table, -2, 0),
+                           present=np.asarray(emulator.present()),
                            observed=np.asarray(emulator.observed))
 
 

@@ -256,8 +256,8 @@ def refine(
         smoothness: :math:`\lambda_s` ≥ 0, the weight of the curvature penalty (0: the
             plain end-to-end refinement; 1: a second difference of δ costs as much as a
             misfit of δ at one node); or four weights, one per column (μ' − μ, ln a,
-            ln σ, ln γ): the penalty's terms of column k scaled by the k-th (e.g. the
-            widths, which the flux pins less than the depths, smoothed harder).
+            ln σ, ln γ): the penalty's terms of column k scaled by the k-th (README,
+            *Smoothing the widths in the joint fit, tried*).
         holdout: nodes kept out of training and turned unobserved (so that they are
             interpolated from their neighbours and measure generalisation): a fraction of
             the observed nodes drawn at random (seeded), a ``(*grid_shape)`` bool mask,

@@ -279,7 +279,8 @@ def test_smooth_refine_lowers_curvature_and_resumes_from_its_checkpoint(built, t
         weight[k] = 1.0
         one = eqx.tree_at(lambda p: p.weight, penalty,
                           penalty.weight * jnp.asarray(weight, penalty.weight.dtype))
-        return float(one(jnp.asarray(np.asarray(e.manifold.table).reshape(-1, emulator.n_lines, 4))))
+        table = np.asarray(e.manifold.table).reshape(-1, emulator.n_lines, 4)
+        return float(one(jnp.asarray(table)))
 
     for k in (2, 3):
         assert column_curvature(widths, k) < 0.7 * column_curvature(plain, k)

@@ -170,8 +170,8 @@ def _build(args: argparse.Namespace) -> int:
             print(f"resuming the joint fit from {checkpoint}")
         emulator, history = refine(
             emulator, grid, epochs=args.refine_epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, smoothness=(args.smoothness[0] if len(args.smoothness) == 1
-                                                  else args.smoothness),
+            learning_rate=args.learning_rate,
+            smoothness=args.smoothness[0] if len(args.smoothness) == 1 else args.smoothness,
             holdout=args.holdout or None, progress=not args.quiet, checkpoint=checkpoint,
         )
         print(history.summary())

@@ -103,10 +103,10 @@ class CloneSettings:
             pass; 0: ``warm_epochs`` (what stores written before this setting did).
         birth_epochs: continuation: Adam steps of the sweep's second fit of a node,
             after its births (the first takes ``warm_epochs``); 0: ``warm_epochs``
-            (what stores written before this setting did). Both at 40 on the default grid: the
-            clone 23 % faster, but its median residual RMS 6.1e-4 against 2.3e-4 and
-            the held-out cubic emulator 1.16e-3 against 9.8e-4 (README, *Fewer epochs,
-            tried*); hence 0.
+            (what stores written before this setting did). Both at 40 on the default
+            grid: the clone 23 % faster, but its median residual RMS 6.1e-4 against
+            2.3e-4 and the held-out cubic emulator 1.16e-3 against 9.8e-4 (README,
+            *Fewer epochs, tried*); hence 0.
     """
 
     prominence: float = 0.005
