@@ -9,9 +9,14 @@
 (b) The `default` embedded synthetic grid (1,098 spectra, 25,410 px) is cloned whole into
     a clone store; printed: wall time and the residual RMS over nodes (target: median
     <= 0.003).
+(c) ``--workers N``: a slice of the default grid (``--slice-teff``, default 4000-5000 K;
+    log g 4-5, both [Fe/H]: 66 nodes) cloned by continuation with the defaults (two
+    relaxation passes) in this process and with ``workers=N``; printed: both wall times,
+    their ratio, and whether the two stores are identical (they must be).
 
     python benchmarks/bench_clone.py [--skip-real] [--skip-grid] [--grid GRID.h5]
                                      [--batch-size 16] [--out DIR] [--max-nodes N]
+                                     [--workers 2 [--slice-teff 4000:5000]]
 
 ``--grid`` reuses a grid file (e.g. from `jaxspec grid synth --size default --out ...`)
 instead of generating it (about 3 min). Timings are wall-clock on whatever machine runs
@@ -127,6 +132,33 @@ def bench_grid(grid_file: str | None, out_dir: Path, batch_size: int,
                   f"worst {np.nanmax(worst[sel]):.5f}")
 
 
+def bench_workers(grid_file: str | None, out_dir: Path, workers: int,
+                  teff: tuple[float, float]) -> None:
+    from jaxspec.grid import SpectralGrid
+    from jaxspec.synthetic import synthetic_grid
+
+    grid = SpectralGrid.from_hdf5(grid_file) if grid_file else synthetic_grid("default")
+    grid = grid.subset(teff=teff, logg=(4.0, 5.0))
+    print(f"(c) continuation in one process and in {workers}: {grid}")
+    stores, seconds = [], []
+    for n in (None, workers):
+        out = out_dir / f"bench_workers_{n or 1}.h5"
+        if out.exists():
+            out.unlink()
+        t0 = time.perf_counter()
+        stores.append(clone_grid(grid, out, workers=n, progress=False))
+        seconds.append(time.perf_counter() - t0)
+        print(f"    workers={n}: {seconds[-1]:.1f} s ({stores[-1].n_done} nodes, median "
+              f"residual RMS {np.median(stores[-1].residual_rms[stores[-1].mask]):.3e})")
+    same = all(
+        np.array_equal(a.identity, b.identity)
+        and all(np.array_equal(getattr(a, k), getattr(b, k))
+                for k in ("center", "ln_amplitude", "ln_sigma", "ln_gamma"))
+        for a, b in zip(stores[0].iter_nodes(), stores[1].iter_nodes()))
+    print(f"    one process / {workers} processes = {seconds[0] / seconds[1]:.2f}x; "
+          f"stores identical: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-real", action="store_true")
@@ -136,6 +168,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-nodes", type=int, help="clone only this many nodes")
     parser.add_argument("--out", help="folder for the clone store (default: a temp dir)")
+    parser.add_argument("--workers", type=int,
+                        help="(c): also clone a slice in this process and in N processes")
+    parser.add_argument("--slice-teff", default="4000:5000", help="(c): Teff range LO:HI, K")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; "
           "wall-clock times, noisy on a shared machine")
@@ -145,6 +180,11 @@ def main() -> None:
         out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="jaxspec-"))
         out_dir.mkdir(parents=True, exist_ok=True)
         bench_grid(args.grid, out_dir, args.batch_size, args.max_nodes)
+    if args.workers:
+        out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="jaxspec-"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lo, hi = (float(v) for v in args.slice_teff.split(":"))
+        bench_workers(args.grid, out_dir, args.workers, (lo, hi))
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def oracle_identification(grid: SpectralGrid, held: np.ndarray):
 CLONE_METHOD = "continuation"  # set by --clone-method
 CLONE_SETTINGS: dict = {}  # set by --clone-setting NAME=VALUE (CloneSettings fields)
 CLONE_START: dict = {}  # set by --clone-start NAME=VALUE (clone_grid's start node)
+CLONE_WORKERS: int | None = None  # set by --clone-workers N (jaxspec clone --workers N)
 # set by --smoothness: the joint fit of the clone-built emulator (jaxspec build --grid's)
 SMOOTHNESS = DEFAULT_SMOOTHNESS
 
@@ -181,21 +182,26 @@ def clone_store(out: Path, report: dict | None = None) -> Path:
     # 24 GB machine ("LLVM compilation error: Cannot allocate memory").
     child = multiprocessing.get_context("spawn").Process(
         target=_clone_child, args=(str(out), str(path), CLONE_METHOD, dict(CLONE_SETTINGS),
-                                   dict(CLONE_START)))
+                                   dict(CLONE_START), CLONE_WORKERS))
     child.start()
     child.join()
     if child.exitcode != 0:
         raise RuntimeError(f"cloning {path} failed in its process (exit code "
                            f"{child.exitcode}); run again to resume it")
     seconds = time.perf_counter() - t0
-    log(f"clone store {path} ready ({seconds:.0f} s this run, method {CLONE_METHOD})")
+    log(f"clone store {path} ready ({seconds:.0f} s this run, method {CLONE_METHOD}, "
+        f"workers {CLONE_WORKERS})")
     if report is not None:
         report.setdefault("clone_wall_s", {})[CLONE_METHOD] = seconds
+        report["clone_workers"] = CLONE_WORKERS
     return path
 
 
-def _clone_child(out: str, path: str, method: str, settings: dict, start: dict):
-    """:func:`clone_store`'s cloning, run in its own process (resumes a store)."""
+def _clone_child(out: str, path: str, method: str, settings: dict, start: dict,
+                 workers: int | None = None):
+    """:func:`clone_store`'s cloning, run in its own process (resumes a store);
+    ``workers``: continuation fits in that many local processes (``jaxspec clone
+    --workers``)."""
     from jaxspec.clone import clone_grid
 
     grid = default_grid(Path(out))
@@ -203,7 +209,8 @@ def _clone_child(out: str, path: str, method: str, settings: dict, start: dict):
     flux = np.where(held[..., None], np.nan, grid.flux)
     masked = SpectralGrid(grid.axes, grid.wavelength, flux, mask=grid.mask & ~held,
                           normalized=True)
-    clone_grid(masked, out=path, method=method, start=start or None, **settings)
+    clone_grid(masked, out=path, method=method, start=start or None, workers=workers,
+               **settings)
 
 
 def _depth(values):
@@ -667,7 +674,7 @@ def blase3d_storage(out: Path, report: dict):
 
 
 def main():
-    global CLONE_METHOD, CLONE_SETTINGS, SMOOTHNESS
+    global CLONE_METHOD, CLONE_SETTINGS, SMOOTHNESS, CLONE_WORKERS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/jaxspec_bench", help="cache and output folder")
     parser.add_argument("--parts", default="oracle,clones,speed,storage")
@@ -687,6 +694,9 @@ def main():
     parser.add_argument("--clone-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a CloneSettings field for the clones (repeatable), e.g. "
                         "warm_width_anchor=0.001; use another --out, the store is cached")
+    parser.add_argument("--clone-workers", type=int, default=None,
+                        help="clone in this many local processes (jaxspec clone --workers; "
+                        "default: this process)")
     parser.add_argument("--clone-start", action="append", default=[], metavar="NAME=VALUE",
                         help="continuation: a coordinate of the start node (repeatable), "
                         "e.g. teff=9000; default: clone_grid's")
@@ -699,6 +709,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     CLONE_METHOD = args.clone_method
+    CLONE_WORKERS = args.clone_workers
     for item in args.clone_setting:
         name, _, value = item.partition("=")
         if not value:

@@ -3,8 +3,8 @@
 The tiny 2 × 2 × 2 grid of test_clone (one node missing) cloned with
 ``method="independent"`` on a local cluster of 2 worker processes gives the store that
 one process gives, node for node and bit for bit; the CLI's --scheduler run stopped
-after some nodes resumes to the same store; continuation with workers is refused with
-the fix.
+after some nodes resumes to the same store; continuation on a cluster (a scheduler) is
+refused with the fix.
 """
 
 import numpy as np
@@ -76,12 +76,15 @@ def test_cli_scheduler_run_resumes_to_the_same_store(serial, scheduler, tmp_path
     same_store(store, CloneStore(out))
 
 
-def test_continuation_with_workers_is_refused(serial, tmp_path, capsys):
+def test_continuation_on_a_cluster_is_refused(serial, tmp_path, capsys):
+    """Continuation spreads only its fits, over local processes (workers=N, tested in
+    test_continuation.py); a Dask scheduler is refused with the fix."""
     _, grid_path = serial
     out = tmp_path / "cont.h5"
     with pytest.raises(ValueError, match="pass method='independent'"):
-        clone_grid(grid_path, out, workers=2, epochs=60, passes=1, progress=False)
-    assert main(["clone", str(grid_path), "--out", str(out), "--workers", "2",
+        clone_grid(grid_path, out, scheduler="tcp://x:1", epochs=60, passes=1,
+                   progress=False)
+    assert main(["clone", str(grid_path), "--out", str(out), "--scheduler", "tcp://x:1",
                  "--quiet"]) == 1
     assert "pass --method independent" in capsys.readouterr().err
     assert main(["clone", str(grid_path), "--out", str(out), "--method", "independent",

@@ -205,7 +205,7 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
                      "warm_width_anchor", "chain_axis", "warm_track_anchor", "prime_broad",
-                     "relax_passes", "relax_epochs", "birth_epochs"):
+                     "relax_passes", "relax_epochs", "birth_epochs", "parallel_batches"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
@@ -213,6 +213,7 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     assert old.settings["warm_track_anchor"] == 0.0 and old.settings["prime_broad"] == 0.0
     assert old.settings["relax_passes"] == 0
     assert old.settings["relax_epochs"] == 0 and old.settings["birth_epochs"] == 0
+    assert old.settings["parallel_batches"] == 1  # one batch at a time, as they were
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 
@@ -333,7 +334,7 @@ def test_track_anchor_holds_the_lines_on_their_tracks(grid, store, tmp_path):
     assert np.median(anchored) < 0.25 * np.median(free)
 
 
-def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path):
+def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path, capsys):
     from jaxspec.cli import main
     from jaxspec.emulator import load_emulator
 
@@ -346,6 +347,17 @@ def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path):
     assert info["epochs"] == 2 and info["smoothness"] == 0.01 and info["n_train"] == 6
     assert info["rms_train_after"] <= info["rms_train_before"] * 1.01
     assert not (tmp_path / "emulator.h5.refine-checkpoint.h5").exists()  # done: removed
+    # one weight per column (μ', ln a, ln σ, ln γ); two or three are refused at once
+    columns = tmp_path / "columns.h5"
+    assert main(["build", str(store.path), "--grid", str(grid_path), "--out", str(columns),
+                 "--refine-epochs", "1", "--smoothness", "0", "0", "0.1", "0.1",
+                 "--quiet"]) == 0
+    assert load_emulator(columns).info["refine"]["smoothness"] == [0.0, 0.0, 0.1, 0.1]
+    for values in (["0.1", "0.2"], ["0.1", "0.2", "0.3"]):
+        assert main(["build", str(store.path), "--grid", str(grid_path), "--out",
+                     str(tmp_path / "bad.h5"), "--smoothness", *values, "--quiet"]) == 1
+        assert f"--smoothness got {len(values)} values" in capsys.readouterr().err
+    assert not (tmp_path / "bad.h5").exists()
     # Without --grid nothing is fitted; with it and no --refine-epochs, the default runs.
     plain = tmp_path / "plain.h5"
     assert main(["build", str(store.path), "--out", str(plain), "--quiet"]) == 0
@@ -440,11 +452,13 @@ def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, t
         assert set(node.identity.tolist()) == set(plain.identity.tolist())
         moved += not np.allclose(node.ln_amplitude, plain.ln_amplitude, atol=1e-3)
     assert moved >= 3  # refits were kept
-    part = clone_grid(grid, tmp_path / "part.h5", **{**KW, "relax_passes": 1}, max_nodes=6 + 2)
-    assert part.relaxed == 1
+    # stopped after the first round (parallel_batches = 2 batches of 2 nodes)
+    part = clone_grid(grid, tmp_path / "part.h5", **{**KW, "relax_passes": 1}, max_nodes=6 + 4)
+    assert part.relaxed == 2
     resumed = clone_grid(grid, tmp_path / "part.h5", **{**KW, "relax_passes": 1})
     assert resumed.relaxed == n_batches
-    np.testing.assert_allclose(resumed.residual_rms, straight.residual_rms, rtol=1e-6)
+    # (the resumed run reads its nodes back from the store: centres -> offsets, float32)
+    np.testing.assert_allclose(resumed.residual_rms, straight.residual_rms, rtol=1e-5)
     from jaxspec.cli import main
 
     assert main(["clone", "info", str(resumed.path)]) == 0
@@ -456,16 +470,16 @@ def test_relaxation_passes_keep_the_fit_and_resume_batch_by_batch(grid, store, t
 def test_relax_and_birth_epochs_set_the_refits_adam_steps(grid, tmp_path, monkeypatch):
     """relax_epochs / birth_epochs: the Adam steps of the relaxation refits and of the
     sweep's refit after births (0: warm_epochs, as stores written before them)."""
-    import jaxspec.clone.sweep as sweep
+    import jaxspec.clone.fit as fit_module
 
     calls = []
-    fit = sweep._fit
+    fit = fit_module._fit
 
     def spy(*args, **kw):
         calls.append(kw.get("epochs"))
         return fit(*args, **kw)
 
-    monkeypatch.setattr(sweep, "_fit", spy)
+    monkeypatch.setattr(fit_module, "_fit", spy)
     store = clone_grid(grid, tmp_path / "e.h5",
                        **{**KW, "relax_passes": 1, "relax_epochs": 7, "birth_epochs": 11})
     assert store.settings["relax_epochs"] == 7 and store.settings["birth_epochs"] == 11
@@ -477,3 +491,29 @@ def test_relax_and_birth_epochs_set_the_refits_adam_steps(grid, tmp_path, monkey
     assert calls[-1] == KW["warm_epochs"]  # 0: the relaxation refits take warm_epochs
     with pytest.raises(ValueError, match="relax_epochs=-1 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", relax_epochs=-1)
+
+
+def test_two_processes_write_the_store_of_one(grid, tmp_path):
+    """workers=2: each round's batches (parallel_batches) are fitted side by side in two
+    local processes, everything between the fits runs here in a fixed order, so the
+    sweep and the relaxation write the store of one process, to the last bit."""
+    kw = {**KW, "relax_passes": 1, "parallel_batches": 2}
+    one = clone_grid(grid, tmp_path / "one.h5", **kw)
+    two = clone_grid(grid, tmp_path / "two.h5", workers=2, **kw)
+    assert two.settings["parallel_batches"] == 2 and one.relaxed == two.relaxed == 3
+    assert two.n_done == one.n_done == 6
+    for node in one.iter_nodes():
+        other = two.read_node(node.index)
+        np.testing.assert_array_equal(other.identity, node.identity)
+        for name in ("center", "ln_amplitude", "ln_sigma", "ln_gamma"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(node, name))
+        assert other.residual_rms == node.residual_rms
+    # one batch a round (stores made before parallel_batches) is another, valid sweep
+    serial = clone_grid(grid, tmp_path / "serial.h5", **{**kw, "parallel_batches": 1})
+    assert serial.settings["parallel_batches"] == 1 and serial.n_done == 6
+    assert np.all(serial.residual_rms[serial.mask] < 5e-3)
+    with pytest.raises(ValueError, match="workers=0: pass the number of local processes"):
+        clone_grid(grid, tmp_path / "x.h5", workers=0, **kw)
+    with pytest.raises(ValueError, match="parallel_batches=0 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", **{**kw, "parallel_batches": 0})
+    assert not (tmp_path / "x.h5").exists()

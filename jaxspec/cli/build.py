@@ -133,6 +133,10 @@ def _build(args: argparse.Namespace) -> int:
         args.refine_epochs = DEFAULT_EPOCHS if args.grid else 0
     if args.refine_epochs and not args.grid:
         raise ValueError("--refine-epochs needs --grid (the grid the clones were made from)")
+    if len(args.smoothness) not in (1, 4):
+        raise ValueError(f"--smoothness got {len(args.smoothness)} values; pass one weight, "
+                         "or four, one per column: μ' − μ, ln a, ln σ, ln γ (e.g. "
+                         "--smoothness 1e-3 1e-3 0.1 0.1)")
     expect = _parse_settings(args.expect_settings)
     stores = _open_stores(args.stores)
     if args.grid:

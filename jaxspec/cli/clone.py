@@ -111,9 +111,16 @@ def register(sub) -> None:
                    help="continue a store cloned with different settings")
     g.add_argument("--no-resume", action="store_true",
                    help="refuse to continue an existing store")
+    g.add_argument("--parallel-batches", type=int, default=CloneSettings.parallel_batches,
+                   help="continuation: batches fitted as one round, side by side with "
+                   "--workers (default "
+                   f"{CloneSettings.parallel_batches}; the store does not depend on "
+                   "--workers; 1: one batch at a time, as stores made before this option)")
     add_dask_options(
-        g, "--method independent: clone the batches on a local Dask cluster of N worker "
-        "processes (this process writes the store)",
+        g, "continuation: fit each round's batches in N local processes (default: as many "
+        "as --parallel-batches and the CPUs allow; 1: this process); --method "
+        "independent: clone the batches on a local Dask cluster of N worker processes "
+        "(default: this process). This process writes the store either way",
         "--method independent: clone on an existing Dask cluster (e.g. tcp://host:8786)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--overwrite", action="store_true",
@@ -156,16 +163,20 @@ def _clone(args: argparse.Namespace) -> int:
     if not grid_path.exists():
         raise FileNotFoundError(f"{grid_path}: no such grid file")
     scale = {}
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: pass the number of worker "
+                         "processes, >= 1")
+    if args.scheduler is not None and args.method != "independent":
+        raise ValueError(f"--scheduler with --method {args.method}: continuation cloning "
+                         "warm-starts every node from a cloned neighbour, so only its fits "
+                         "spread, over local processes (--workers N); pass --method "
+                         "independent to clone on a Dask cluster")
     if args.workers is not None or args.scheduler is not None:
-        if args.method != "independent":
-            raise ValueError(f"--workers/--scheduler with --method {args.method}: "
-                             "continuation cloning warm-starts every node from a cloned "
-                             "neighbour and runs in one process; pass --method independent "
-                             "to clone on workers")
-        if args.workers is not None and args.workers < 1:
-            raise ValueError(f"--workers {args.workers}: pass the number of worker "
-                             "processes, >= 1")
         scale = {"workers": args.workers, "scheduler": args.scheduler}
+    elif args.method == "continuation":
+        from jaxspec.clone._processes import default_processes
+
+        scale = {"workers": default_processes(args.parallel_batches)}
     start = parse_assignments(args.start, "--start", "teff=5500")
     if start and args.method != "continuation":
         raise ValueError(f"--start with --method {args.method}: only the continuation sweep "
@@ -180,7 +191,7 @@ def _clone(args: argparse.Namespace) -> int:
         chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
         prime_broad=args.prime_broad, relax_passes=args.relax_passes,
         relax_epochs=args.relax_epochs, birth_epochs=args.birth_epochs,
-        batch_size=args.batch_size,
+        parallel_batches=args.parallel_batches, batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
         max_nodes=args.max_nodes, start=start or None, **scale,

@@ -13,8 +13,9 @@ the same on a worker as in one process; the store is resumable as the serial one
 killed client loses at most the batches in flight: at most ``2 ×`` the cluster's
 threads).
 
-Continuation cloning warm-starts every node from a cloned neighbour: a chain that runs in
-one process, refused here with the fix.
+Continuation cloning warm-starts every node from a cloned neighbour: only its fits spread,
+over local processes (:mod:`jaxspec.clone._processes`, ``clone_grid(..., workers=N)``
+without a scheduler); a scheduler is refused here with the fix.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def clone_grid_distributed(grid, out, settings=None, *, workers: int | None = No
             ``.h5`` store; each batch: ``batch_size`` spectra of ``n_pix`` pixels).
         workers: start a local cluster of this many worker processes (one thread each).
         scheduler: or use the running cluster at this address (e.g. ``tcp://host:8786``).
-        start: continuation's start node; refused (continuation runs in one process).
+        start: continuation's start node; refused (continuation is not spread over a
+            cluster).
 
     Returns:
         The :class:`~jaxspec.io.clone_store.CloneStore` at ``out``, with the same node
@@ -66,7 +68,7 @@ def clone_grid_distributed(grid, out, settings=None, *, workers: int | None = No
 
     Raises:
         ValueError: ``method="continuation"`` (nodes depend on their parents: pass
-            ``method="independent"``, CLI ``--method independent``, to use workers),
+            ``method="independent"``, CLI ``--method independent``, to use a cluster),
             neither or both of ``workers``/``scheduler``, and every error of the serial
             path (grid not normalised, bad ``batch_size``, a store of other settings).
         TypeError: ``grid`` is neither a SpectralGrid nor a path, or an unknown setting.
@@ -82,10 +84,10 @@ def clone_grid_distributed(grid, out, settings=None, *, workers: int | None = No
     settings = resolve_settings(settings, options, "clone_grid")
     if settings.method != "independent" or start is not None:
         raise ValueError(
-            f"method={settings.method!r} with workers/scheduler: continuation cloning "
-            "warm-starts every node from a cloned neighbour and runs in one process; pass "
-            "method='independent' (CLI: --method independent) to clone on workers, or "
-            "drop workers/scheduler (--workers/--scheduler)")
+            f"method={settings.method!r} with scheduler: continuation cloning warm-starts "
+            "every node from a cloned neighbour, so only its fits spread, over local "
+            "processes (workers=N, CLI --workers N); pass method='independent' (CLI: "
+            "--method independent) to clone on a Dask cluster, or drop scheduler")
     if (workers is None) == (scheduler is None):
         raise ValueError("pass workers= (a local cluster of that many processes) or "
                          "scheduler= (the address of a running cluster), not both")
