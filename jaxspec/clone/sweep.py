@@ -45,11 +45,12 @@ Two methods (``CloneSettings.method``):
     Every node is cloned on its own (blase3D); lines are identified afterwards by the
     ``id`` or ``track`` matchers.
 
-On the default grid continuation clones all 990 nodes in ~17–21 min on 2 cores (999–1,234
-s; independent: 1,266 s) and its line emulator is 9× more accurate at held-out nodes
-(2.7e-3 against 2.4e-2 flux RMS, linear manifolds; 2.2e-3 with ``chain_axis=0``;
-README); the default relaxation pass adds ~9 min (565 s) and takes the held-out error
-with cubic manifolds from 1.71e-3 to 1.13e-3.
+On the default grid the continuation sweep clones all 990 nodes in ~17–21 min on 2 cores
+(999–1,287 s; independent: 1,266 s) and its line emulator is 9× more accurate at held-out
+nodes (2.7e-3 against 2.4e-2 flux RMS, linear manifolds; 2.2e-3 with ``chain_axis=0``;
+README); the back-fill and the two default relaxation passes add ~23 min and take the
+held-out error with cubic manifolds from 1.71e-3 to 9.9e-4. With ``workers=2`` the
+whole clone took 2,282 s against 2,674 s in one process.
 
 Either way the store is written after every batch (the file closed between batches), so
 a killed run loses at most the batches in progress (a round's) and resumes where it
@@ -150,11 +151,13 @@ def clone_grid(
             ``settings`` (e.g. ``epochs=60, method="independent"``); and ``workers=N``:
             continuation fits each round's ``parallel_batches`` batches side by side in
             N local processes (:mod:`jaxspec.clone._processes`; the same store as one
-            process, ~1.6× faster on 2 cores with N = 2; default None: this process),
+            process; the default grid 1.17× faster on 2 cores with N = 2; default None:
+            this process),
             independent cloning spreads the batches over a local Dask cluster of N
             processes; ``scheduler=ADDRESS``: independent cloning on a running Dask
             cluster (:mod:`jaxspec.clone._distributed`). This process is the only
-            writer either way.
+            writer either way. The processes are spawned: a script that passes
+            ``workers`` must guard its top level with ``if __name__ == "__main__":``.
 
     Returns:
         The :class:`~jaxspec.io.clone_store.CloneStore` at ``out``.
