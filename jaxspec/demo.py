@@ -56,11 +56,12 @@ class DemoConfig:
     # demo keeps none so that it stays within 10 minutes on 2 cores (one pass over the
     # whole default grid costs ~9 min; README, *Relaxation*).
     clone_relax_passes: int = 0
-    # Local processes that fit the continuation sweep's rounds side by side
-    # (clone_grid's workers; the store does not depend on it): "auto" as many as a round
-    # has batches and the CPUs allow (jaxspec clone's default), None this process (the
-    # tiny demo: starting processes would cost more than they save).
-    clone_workers: int | str | None = None
+    # Batches a round of the continuation sweep (CloneSettings.parallel_batches), all
+    # fitted in this process. 1, not the library's 2 with two processes: on the default
+    # demo's 4,105-px window two processes made the cloning slower (419 s against
+    # 339-391 s; process start-up and each process's compiles outweigh short fits), and
+    # the whole demo took 10 min 43 s.
+    clone_parallel_batches: int = 1
     # fit_map starts from the better of the BO result and the best of n_search coarse
     # points, then Newton steps only (no Adam steps: from the BO start they changed no
     # error of the default demo beyond the 3rd digit and cost 0.9 s per star). Against
@@ -93,7 +94,7 @@ CONFIGS = {
     # with one pass ~6 min. Measured on 2 idle cores: 9 min 15 s in all (README).
     "default": DemoConfig(n_stars=20, n_nuts=2, num_warmup=200, num_samples=200,
                           num_chains=2, n_random=100, n_guided=20,
-                          wavelength=(8490.0, 8560.0), clone_workers="auto"),
+                          wavelength=(8490.0, 8560.0)),
 }
 
 
@@ -222,15 +223,10 @@ def run_demo(size: str = "default", out: str | Path = "demo-out", *, seed: int =
          f"({grid.wavelength[0]:.1f}-{grid.wavelength[-1]:.1f} Å)", t0)
 
     t = time.perf_counter()
-    workers = cfg.clone_workers
-    if workers == "auto":
-        from jaxspec.clone import CloneSettings
-        from jaxspec.clone._processes import default_processes
-
-        workers = default_processes(CloneSettings().parallel_batches)
     store = clone_grid(grid, out=out / "clones.h5", progress=progress,
                        grid_file=out / "grid.h5", passes=cfg.clone_passes,
-                       relax_passes=cfg.clone_relax_passes, workers=workers)
+                       relax_passes=cfg.clone_relax_passes,
+                       parallel_batches=cfg.clone_parallel_batches)
     if not isinstance(store, CloneStore):
         store = CloneStore.open(store)
     step("clone grid", t)
