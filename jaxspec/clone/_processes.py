@@ -64,14 +64,19 @@ def _init_worker(wl, settings, cpus, counter, cache_dir) -> None:
     _WORKER["wl"], _WORKER["settings"] = wl, settings
 
 
-def _fit_task(flux, good, batch, options):
-    """One :func:`jaxspec.clone.fit._fit` in a worker; returns (batch, history, model,
-    slot count): the worker's copy of ``batch``, updated."""
+def _fit_one(wl, settings, flux, good, batch, options):
+    """One :func:`jaxspec.clone.fit._fit`; returns (batch, history, model, slot count),
+    ``batch`` updated in place."""
     from jaxspec.clone.fit import _fit
 
-    history, model, n_slots = _fit(_WORKER["wl"], flux, good, batch, _WORKER["settings"],
-                                   **options)
+    history, model, n_slots = _fit(wl, flux, good, batch, settings, **options)
     return batch, history, model, n_slots
+
+
+def _fit_task(flux, good, batch, options):
+    """:func:`_fit_one` in a worker, with the wavelengths and settings it started with
+    (returns the worker's copy of ``batch``, updated)."""
+    return _fit_one(_WORKER["wl"], _WORKER["settings"], flux, good, batch, options)
 
 
 class FitPool:
@@ -144,13 +149,6 @@ class FitPool:
     def fit(self, requests: list) -> list:
         """Fit every request (see the class docstring); results in request order."""
         if self._executor is None or len(requests) == 1:
-            from jaxspec.clone.fit import _fit
-
-            out = []
-            for flux, good, batch, options in requests:
-                history, model, n_slots = _fit(self.wl, flux, good, batch, self.settings,
-                                               **options)
-                out.append((batch, history, model, n_slots))
-            return out
+            return [_fit_one(self.wl, self.settings, *r) for r in requests]
         futures = [self._executor.submit(_fit_task, *r) for r in requests]
         return [f.result() for f in futures]

@@ -229,10 +229,8 @@ def clone_grid(
     try:
         job = (_Sweep if continuation else _Independent)(
             grid, writer, settings, int(batch_size), params, flat, indices, seed)
-        pool = FitPool(grid.wavelength, settings, workers if continuation else None)
-        if continuation:
-            job.pool = pool
-        with pool:
+        job.pool = FitPool(grid.wavelength, settings, workers)  # (independent: unused)
+        with job.pool:
             job.run(max_nodes, bar, callback)
     finally:
         bar.close()
