@@ -474,6 +474,10 @@ def _cotangent(c, ct, arrays, size, gaussian):
 
 
 def _tangent(c, dc, arrays, size, gaussian):
+    # As in the reverse rule: the barrier keeps XLA from sharing the gathered window
+    # wavelengths with the value's pass or another direction's tangent (shared, they are
+    # written out window-sized); ``dc`` in it keeps two directions' barriers apart.
+    c, arrays, dc = jax.lax.optimization_barrier((c, tuple(arrays), dc))
     return _window(c, arrays, size, gaussian, tangent=dc)[1]
 
 
@@ -570,7 +574,26 @@ ad.primitive_jvps[_tangent_p] = _tangent_jvp
 ad.primitive_transposes[_tangent_p] = _tangent_transpose
 ad.primitive_jvps[_cotangent_p] = _cotangent_jvp
 ad.primitive_transposes[_cotangent_p] = _cotangent_transpose
-batching.primitive_batchers[_tangent_p] = _batched(_tangent_fn, False)
+def _tangent_batched(args, dims, **params):
+    """vmap of the tangent rule. Over a few tangent directions of unbatched constants
+    (``jacfwd``), one tangent pass per direction: under ``vmap`` XLA would write the
+    shared profile terms out window-sized for every direction instead."""
+    (c_dims, dc_dims, geo_dims) = _split(dims)
+    sizes = {a.shape[d] for a, d in zip(args, dims) if d is not None}
+    if (any(d is not None for d in c_dims + geo_dims) or len(sizes) != 1
+            or next(iter(sizes)) > _LOOP_DIRECTIONS):
+        return _batched(_tangent_fn, False)(args, dims, **params)
+    c, dc, arrays = _split(args)
+    k = next(iter(sizes))
+    dc = [jnp.moveaxis(d, bd, 0) if bd is not None else jnp.broadcast_to(d, (k,) + d.shape)
+          for d, bd in zip(dc, dc_dims)]
+    out = [_tangent_p.bind(*c, *(d[i] for d in dc), *arrays, **params) for i in range(k)]
+    return jnp.stack(out), 0
+
+
+# Up to this many tangent directions are run one pass each (_tangent_batched).
+_LOOP_DIRECTIONS = 8
+batching.primitive_batchers[_tangent_p] = _tangent_batched
 batching.primitive_batchers[_cotangent_p] = _batched(_cotangent_fn, True)
 
 
