@@ -216,3 +216,27 @@ def test_bad_planning_options_are_named():
         plan_synthesis(*args, fixed_windows=True, chunk=0)
     with pytest.raises(ValueError, match="chunk"):
         plan_synthesis(*args, fixed_windows=True, chunk=2.5)
+
+
+def test_fast_exp_and_log_match_numpy():
+    """The engine's polynomial exp(z <= 0) and ln(1 - d), and their derivatives."""
+    from jaxspec.synthesis import _exp_neg, _log1p_neg
+
+    rng = np.random.default_rng(5)
+    d = np.concatenate([np.logspace(-12, np.log10(1 - 1e-7), 20000),
+                        rng.uniform(0, 1, 20000)]).astype(np.float32)
+    ref = np.log1p(-d.astype(np.float64))
+    got = np.asarray(jax.jit(_log1p_neg)(jnp.asarray(d)), np.float64)
+    assert np.max(np.abs(got - ref) / np.abs(np.where(ref == 0, 1, ref))) < 5e-7
+    assert float(_log1p_neg(jnp.float32(0.0))) == 0.0
+    z = -np.concatenate([np.logspace(-10, 2, 20000), rng.uniform(0, 80, 20000)]).astype(
+        np.float32)
+    ref = np.exp(z.astype(np.float64))
+    got = np.asarray(jax.jit(_exp_neg)(jnp.asarray(z)), np.float64)
+    # relative 1e-7 plus the float32 rounding of z log2 e, 6e-8 |z log2 e|
+    assert np.all(np.abs(got - ref) <= ref * (3e-7 + 1.2e-7 * np.abs(z) * 1.4427) + 1e-37)
+    assert float(_exp_neg(jnp.float32(-200.0))) == 0.0
+    np.testing.assert_allclose(jax.vmap(jax.grad(_exp_neg))(jnp.asarray(z[:100])),
+                               np.exp(z[:100]), rtol=1e-5)
+    np.testing.assert_allclose(jax.vmap(jax.grad(_log1p_neg))(jnp.asarray(d[:100])),
+                               -1.0 / (1.0 - d[:100].astype(np.float64)), rtol=1e-5)
