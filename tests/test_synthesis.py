@@ -236,6 +236,8 @@ def test_fast_exp_and_log_match_numpy():
     # relative 1e-7 plus the float32 rounding of z log2 e, 6e-8 |z log2 e|
     assert np.all(np.abs(got - ref) <= ref * (3e-7 + 1.2e-7 * np.abs(z) * 1.4427) + 1e-37)
     assert float(_exp_neg(jnp.float32(-200.0))) == 0.0
+    assert np.isnan(float(_exp_neg(jnp.float32(np.nan))))  # bad input stays visible
+    assert np.isnan(float(_log1p_neg(jnp.float32(np.nan))))
     np.testing.assert_allclose(jax.vmap(jax.grad(_exp_neg))(jnp.asarray(z[:100])),
                                np.exp(z[:100]), rtol=1e-5)
     np.testing.assert_allclose(jax.vmap(jax.grad(_log1p_neg))(jnp.asarray(d[:100])),
