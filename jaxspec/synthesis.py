@@ -504,8 +504,8 @@ def _samples(arrays, size, first=0):
 
 def _window(c, arrays, size, gaussian, tangent=None):
     """T (``gaussian``) or S of each line at ``size`` consecutive samples,
-    ``samples[start_b:start_b + size]`` → (n_b, size); with ``tangent`` also its
-    tangent."""
+    ``samples[start_b:start_b + size]`` → (n_b, size); with ``tangent`` its tangent
+    instead."""
     return _terms(c, _samples(arrays, size), gaussian, tangent)
 
 
