@@ -354,6 +354,19 @@ def _interpolate(stencils, weights):
     return jnp.einsum("nk,nhk->nh", stencils, weights)
 
 
+def _interpolate_local(nodes, weights):
+    """Cubic interpolation of every window's own cells from its node values:
+    (n_b, m + 3) nodes, (h, 4) index-space weights → (n_b, m h), as one matrix product
+    with the banded (m + 3, m h) matrix whose column block j holds the weights of cell j
+    on nodes j .. j + 3 (stacking the (n_b, m, 4) stencils first wrote them out, and cost
+    as much as the product)."""
+    m, h = nodes.shape[-1] - 3, weights.shape[0]
+    band = jnp.zeros((m + 3, m, h), weights.dtype)
+    for k in range(4):
+        band = band.at[np.arange(m) + k, np.arange(m)].set(weights[:, k])
+    return nodes @ band.reshape(m + 3, m * h)
+
+
 # ---------------------------------------------------------------------- fast exp, log
 #
 # XLA:CPU evaluates exp and log1p elementwise at about 1 ns each, most of a profile
@@ -843,8 +856,9 @@ class SynthesisPlan(eqx.Module):
                 here = _bucket(c, at_cells, m * h, depth == 0)
                 smooth = _bucket(c, at_nodes, m + 3, False)
                 if local:
-                    here = here - (_stencils(smooth) @ self.weights.astype(dt).T).reshape(
-                        here.shape)
+                    # + the product with the negated weights: its transpose then
+                    # negates no window-sized cotangent
+                    here = here + _interpolate_local(smooth, -self.weights.astype(dt))
                 else:
                     node_acc = _add_windows(node_acc, c0, smooth)
                     edge_acc = _add_windows(edge_acc, jnp.concatenate([c0, c0 + m + 3]),
