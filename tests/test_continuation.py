@@ -517,3 +517,44 @@ def test_two_processes_write_the_store_of_one(grid, tmp_path):
     with pytest.raises(ValueError, match="parallel_batches=0 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", **{**kw, "parallel_batches": 0})
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_sweep_merge_keeps_identities_and_fades_the_absorbed_lines():
+    """``warm_merge``: a family of lines describing one feature is merged into its
+    strongest line (identity kept, total a conserved, centre within max_shift of the
+    identity's reference); an absorbed line the node carried fades to the floor with
+    its identity, an absorbed birth is dropped; a merge that would change the model by
+    more than twice the node's residual RMS is not made."""
+    from jaxspec.clone import CloneSettings
+    from jaxspec.clone.sweep import _fwhm, _Sweep
+
+    sweep = _Sweep.__new__(_Sweep)
+    sweep.settings, sweep.wl = CloneSettings(warm_merge=0.25), WL
+    mu0 = np.array([8505.00, 8505.02, 8510.00, 8510.01, 8515.00])
+    fwhm = np.array([0.30, 0.15, 0.20, 0.25, 0.20])
+    depth = np.array([0.5, 0.2, 0.3, 0.4, 0.3])
+    ln_s, ln_g = np.log(fwhm / 2.3548 * 0.7), np.log(fwhm / 2.0 * 0.7)
+    ln_a = np.log(depth) - np.log(_peak_value(ln_s, ln_g))
+    x = _lines(mu0, np.zeros(5), ln_a, ln_s, ln_g, np.array([0, 1, 7, 3, 4]))
+    born = np.array([False, False, True, False, False])
+    anchor = {k: np.ones(5) for k in ("w", "w_t", "ln_a", "ln_s", "ln_g")}
+
+    y, born_y, anchor_y, n = sweep._merge(x.copy(), born, anchor, rms=1.0)
+    assert n == 2
+    np.testing.assert_array_equal(y.ident, [0, 1, 3, 4])  # the birth (7) was absorbed
+    np.testing.assert_array_equal(born_y, [False] * 4)
+    a = np.exp(ln_a)
+    np.testing.assert_allclose(np.exp(y.ln_a[[0, 2]]), [a[0] + a[1], a[2] + a[3]], rtol=1e-9)
+    center = y.mu0 + sweep.settings.max_shift * np.tanh(y.u)
+    np.testing.assert_allclose(y.mu0, mu0[[0, 1, 3, 4]])  # identities' references kept
+    mean = (a[0] * mu0[0] + a[1] * mu0[1]) / (a[0] + a[1])
+    assert center[0] == pytest.approx(mean, abs=1e-9)
+    peak = np.exp(y.ln_a) * _peak_value(y.ln_s, y.ln_g)
+    assert peak[1] == pytest.approx(sweep.settings.floor_depth)  # faded, identity kept
+    assert y.lo_a[1] == pytest.approx(y.ln_a[1])
+    assert _fwhm(y.ln_s, y.ln_g)[0] > fwhm[0]  # the second moment of the family
+    assert y.ln_a[3] == ln_a[4] and y.ident[3] == 4  # an isolated line is untouched
+    np.testing.assert_array_equal(anchor_y["w"], [0.0, 1.0, 0.0, 1.0])
+
+    none = sweep._merge(x.copy(), born, anchor, rms=1e-6)
+    assert none[3] == 0 and none[0].n == 5

@@ -400,42 +400,64 @@ def _broad_fwhm(wl: np.ndarray) -> float:
 def _merge_redundant(x: _Lines, settings: CloneSettings) -> tuple[_Lines, int]:
     r"""Merge families of lines that describe one feature: centres within
     ``_MERGE_REACH`` FWHM of the broader line and widths within a factor
-    1/``_MERGE_WIDTH_RATIO`` of each other.
+    1/``_MERGE_WIDTH_RATIO`` of each other (:func:`_families`, :func:`_merge_families`).
+    Returns (lines, number removed)."""
+    groups, absorbed = _families(x, settings.max_shift, _MERGE_WIDTH_RATIO)
+    if not groups:
+        return x, 0
+    x = _merge_families(x, groups, settings)
+    return x.select(~absorbed), int(absorbed.sum())
+
+
+def _families(x: _Lines, max_shift: float, width_ratio: float, members=None):
+    """Families of lines that describe one feature: centres within ``_MERGE_REACH`` FWHM
+    of the broader line and FWHMs within a factor 1/``width_ratio`` of each other; with
+    ``members`` ((n,) bool), only those lines take part.
 
     Greedy from the strongest line (largest a: the equivalent width in the weak-line
-    limit, since V has unit area): it absorbs its family. The merged line conserves the
-    total a; its centre is the a-weighted mean, and its FWHM follows the a-weighted
-    second moment, :math:`f^2 = \sum_j w_j (f_j^2 + 8\ln 2\,(\mu_j - \bar\mu)^2)` (exact
-    for Gaussians), with the strongest line's Lorentz fraction (σ and γ scaled together).
-    The merged line keeps the strongest line's identity, with a fresh optimisation box
-    around its new values (as a detected line's). Returns (lines, number removed).
-    """
+    limit, since V has unit area): it absorbs its family. Returns (groups, absorbed):
+    a list of (index of the strongest line, indices of its family) and the (n,) mask of
+    the absorbed lines."""
+    absorbed = np.zeros(x.n, dtype=bool)
     if x.n < 2:
-        return x, 0
-    s = settings
-    center = _centers(x, s.max_shift)
+        return [], absorbed
+    out = np.zeros(x.n, dtype=bool) if members is None else ~np.asarray(members, bool)
+    center = _centers(x, max_shift)
     fwhm = _fwhm_eta(x.ln_s, x.ln_g)[0]
     a = np.exp(np.clip(x.ln_a, -700.0, 50.0))
     order = np.argsort(center)
     c_sorted = center[order]
     reach = _MERGE_REACH * float(fwhm.max())
-    absorbed = np.zeros(x.n, dtype=bool)
     groups = []
     for i in np.argsort(-a, kind="stable"):
-        if absorbed[i]:
+        if absorbed[i] or out[i]:
             continue
         lo, hi = np.searchsorted(c_sorted, [center[i] - reach, center[i] + reach])
         near = order[lo:hi]
-        near = near[~absorbed[near] & (near != i)]
+        near = near[~absorbed[near] & ~out[near] & (near != i)]
         broad = np.maximum(fwhm[near], fwhm[i])
         narrow = np.minimum(fwhm[near], fwhm[i])
         family = near[(np.abs(center[near] - center[i]) < _MERGE_REACH * broad)
-                      & (narrow >= _MERGE_WIDTH_RATIO * broad)]
+                      & (narrow >= width_ratio * broad)]
         if family.size:
             absorbed[family] = True
             groups.append((i, family))
-    if not groups:
-        return x, 0
+    return groups, absorbed
+
+
+def _merge_families(x: _Lines, groups, settings: CloneSettings) -> _Lines:
+    r"""A copy of ``x`` in which the strongest line of every family of ``groups``
+    (:func:`_families`) carries the family: the merged line conserves the total a; its
+    centre is the a-weighted mean, and its FWHM follows the a-weighted second moment,
+    :math:`f^2 = \sum_j w_j (f_j^2 + 8\ln 2\,(\mu_j - \bar\mu)^2)` (exact for
+    Gaussians), with the strongest line's Lorentz fraction (σ and γ scaled together).
+    The merged line keeps the strongest line's identity, with a fresh optimisation box
+    around its new values (as a detected line's). The absorbed lines are left as they
+    are (the caller drops them or fades them)."""
+    s = settings
+    center = _centers(x, s.max_shift)
+    fwhm = _fwhm_eta(x.ln_s, x.ln_g)[0]
+    a = np.exp(np.clip(x.ln_a, -700.0, 50.0))
     x = x.copy()
     for i, family in groups:
         members = np.r_[i, family]
@@ -455,7 +477,7 @@ def _merge_redundant(x: _Lines, settings: CloneSettings) -> tuple[_Lines, int]:
         x.hi_g[i] = x.hi_f[i] - math.log(2.0)
         x.hi_a[i] = max(x.hi_a[i], x.ln_a[i] + s.amplitude_margin)
         x.lo_a[i] = min(x.lo_a[i], x.ln_a[i] - 30.0)
-    return x.select(~absorbed), int(absorbed.sum())
+    return x
 
 
 def _misfits(cand: _Lines, x: _Lines, max_shift: float, min_fwhm: float = 0.0

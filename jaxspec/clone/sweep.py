@@ -71,9 +71,11 @@ from jaxspec.clone.detection import (
     _batch_spectra,
     _broad_fwhm,
     _centers,
+    _families,
     _fwhm_eta,
     _initial,
     _Lines,
+    _merge_families,
     _misfits,
     _peak_value,
 )
@@ -96,6 +98,9 @@ _WARM_MAX_FWHM_BAND = 1.0
 _MATCH_PIXELS = 2.0  # a birth within this many pixels (or 0.2 FWHM) of a line is that line
 _MATCH_FWHM = 0.2
 _BACKFILL_REACH = 4.0  # back-fill least squares over the centre ± this many FWHM
+# A family is merged in the sweep only where the merged line changes the model by at
+# most this many times the node's residual RMS (RMS over the line's reach).
+_MERGE_CHANGE = 2.0
 # A relaxed refit replaces a node's clone when its residual RMS is at most this many
 # times the node's (a decomposition its neighbours share is worth a slightly worse fit).
 _RELAX_TOLERANCE = 1.1
@@ -556,6 +561,7 @@ class _Sweep:
             anchor = [self._anchors(x, idx) for x, idx in zip(batch, rows)]
         batch, _, model, n_slots = yield (flux, good, batch,
                                           {"headroom": 0.1, "anchor": anchor, **kw})
+        first_rms = [_residual_rms(model[b], flux[b], good[b]) for b in range(len(rows))]
         born = []
         for b in range(len(chunk)):
             batch[b], new = self._births(batch[b], flux[b], model[b], good[b])
@@ -563,10 +569,35 @@ class _Sweep:
             if anchor is not None:  # births are new: nothing to anchor them to
                 anchor[b] = {k: np.r_[v, np.zeros(batch[b].n - v.size)]
                              for k, v in anchor[b].items()}
-        if any(n.any() for n in born):
-            batch, _, model, _ = yield (flux, good, batch, {
-                "at_least": n_slots, "anchor": anchor, "epochs": s.birth_steps,
-                "learning_rate": s.warm_learning_rate})
+        unmerged = None
+        if s.warm_merge > 0:
+            unmerged = ([x.copy() for x in batch], list(born),
+                        None if anchor is None else list(anchor))
+            merged = [0] * len(batch)
+            for b in range(len(chunk)):
+                batch[b], born[b], a_b, merged[b] = self._merge(
+                    batch[b], born[b], None if anchor is None else anchor[b],
+                    first_rms[b])
+                if anchor is not None:
+                    anchor[b] = a_b
+            if not any(merged):
+                unmerged = None
+        refit = {"at_least": n_slots, "anchor": anchor, "epochs": s.birth_steps,
+                 "learning_rate": s.warm_learning_rate}
+        if unmerged is not None or any(n.any() for n in born):
+            batch, _, model, _ = yield (flux, good, batch, refit)
+        if unmerged is not None:
+            # A node keeps its merges only where the refit fits at least as well as its
+            # first warm fit did; elsewhere it is refitted from its lines before them.
+            worse = [b for b in range(len(chunk)) if merged[b] and _residual_rms(
+                model[b], flux[b], good[b]) > first_rms[b]]
+            if worse:
+                lines, born_before, anchor_before = unmerged
+                again, _, model_again, _ = yield (flux, good, lines,
+                                                  {**refit, "anchor": anchor_before})
+                model = np.array(model)
+                for b in worse:
+                    batch[b], model[b], born[b] = again[b], model_again[b], born_before[b]
         nodes = []
         for b, idx in enumerate(chunk):
             x = batch[b]
@@ -693,6 +724,61 @@ class _Sweep:
         take.mu0 = mu0
         take.lo_a = np.maximum(take.lo_a, _floor_ln_a(take.ln_s, take.ln_g, s.floor_depth))
         return x.concat(take), np.r_[new, np.ones(take.n, dtype=bool)]
+
+    def _merge(self, x: _Lines, born: np.ndarray, anchor: dict | None, rms: float):
+        """Families of a warm-fitted node's lines that describe one feature (centres
+        within half the broader FWHM, FWHMs within a factor 1/``warm_merge``;
+        :func:`~jaxspec.clone.detection._families`) merged into their strongest line,
+        which keeps its identity (its centre stays within ``max_shift`` of the
+        identity's reference) and loses its anchors (a fresh shape). An absorbed line
+        that the node carried before keeps its identity at the floor (a death); an
+        absorbed birth is dropped. Lines at the floor take no part. Returns (lines,
+        births mask, anchor, number of families)."""
+        s = self.settings
+        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        groups, absorbed = _families(x, s.max_shift, s.warm_merge,
+                                     members=depth >= 10.0 * s.floor_depth)
+        if groups:
+            y = _merge_families(x, groups, s)
+            groups = [g for g in groups if self._merge_change(x, y, g) <= _MERGE_CHANGE * rms]
+            absorbed = np.zeros(x.n, dtype=bool)
+            for _, family in groups:
+                absorbed[family] = True
+        if not groups:
+            return x, born, anchor, 0
+        y = _merge_families(x, groups, s)
+        main = np.array([i for i, _ in groups], dtype=np.int64)
+        y.u[main] = np.arctanh(np.clip((y.mu0[main] - x.mu0[main]) / s.max_shift,
+                                       -0.99, 0.99))
+        y.mu0[main] = x.mu0[main]
+        floor = _floor_ln_a(y.ln_s, y.ln_g, s.floor_depth)
+        y.lo_a[main] = floor[main]
+        fade = absorbed & ~born
+        y.ln_a[fade] = y.a0[fade] = y.lo_a[fade] = floor[fade]
+        keep = ~(absorbed & born)
+        if anchor is not None:
+            anchor = {k: np.array(v, dtype=np.float64) for k, v in anchor.items()}
+            anchor["w"][main] = anchor["w_t"][main] = 0.0
+            anchor = {k: v[keep] for k, v in anchor.items()}
+        return y.select(keep), born[keep], anchor, len(groups)
+
+    def _merge_change(self, x: _Lines, y: _Lines, group) -> float:
+        """RMS change of the model over the merged line's centre ± _BACKFILL_REACH FWHM
+        when the family ``group = (i, members)`` of ``x`` is replaced by line i of the
+        merged lines ``y``."""
+        i, family = group
+        s, wl = self.settings, self.wl
+        members = np.r_[i, family]
+        center = _centers(x, s.max_shift)
+        f = float(_fwhm(y.ln_s[i], y.ln_g[i]))
+        lo, hi = np.searchsorted(wl, [y.mu0[i] - _BACKFILL_REACH * f,
+                                      y.mu0[i] + _BACKFILL_REACH * f])
+        w = wl[lo:hi]
+        before = np.ones_like(w)
+        for j in members:
+            before *= 1.0 - math.exp(x.ln_a[j]) * _profile(w, center[j], x.ln_s[j], x.ln_g[j])
+        after = 1.0 - math.exp(y.ln_a[i]) * _profile(w, y.mu0[i], y.ln_s[i], y.ln_g[i])
+        return math.sqrt(float(np.mean((after - before) ** 2))) if w.size else 0.0
 
     # ------------------------------------------------------------------ relaxation
 

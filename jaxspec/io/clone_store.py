@@ -14,8 +14,9 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 warm_width_anchor, chain_axis, warm_track_anchor,
                                 prime_broad, relax_passes, relax_epochs,
                                 birth_epochs,
-                                parallel_batches            (clone settings; version 1
-                                                            stores lack the last twelve
+                                parallel_batches,
+                                warm_merge                  (clone settings; version 1
+                                                            stores lack the last thirteen
                                                             and read as
                                                             method="independent"; a
                                                             missing warm_width_anchor,
@@ -24,7 +25,8 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                                             relax_epochs or birth_epochs
                                                             reads as 0, a missing
                                                             chain_axis as -1, a missing
-                                                            parallel_batches as 1)
+                                                            parallel_batches as 1, a
+                                                            missing warm_merge as 0)
                                 start (int array, optional: the continuation sweep's
                                     start node)
                                 backfilled (bool, optional: the continuation sweep's
@@ -102,18 +104,19 @@ SETTING_NAMES = (
     "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
     "warm_learning_rate", "floor_depth", "warm_width_anchor", "chain_axis",
     "warm_track_anchor", "prime_broad", "relax_passes", "relax_epochs", "birth_epochs",
-    "parallel_batches",
+    "parallel_batches", "warm_merge",
 )
 #: Settings that version-1 stores lack, and the values they mean there.
 _V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
                 "floor_depth": 1e-4, "warm_width_anchor": 0.0, "chain_axis": -1,
                 "warm_track_anchor": 0.0, "prime_broad": 0.0, "relax_passes": 0,
-                "relax_epochs": 0, "birth_epochs": 0, "parallel_batches": 1}
+                "relax_epochs": 0, "birth_epochs": 0, "parallel_batches": 1,
+                "warm_merge": 0.0}
 #: Settings added after version 2 was written, and the values that stores without them
 #: were cloned with.
 _LATER_SETTINGS = {"warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0,
                    "prime_broad": 0.0, "relax_passes": 0, "relax_epochs": 0,
-                   "birth_epochs": 0, "parallel_batches": 1}
+                   "birth_epochs": 0, "parallel_batches": 1, "warm_merge": 0.0}
 _INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis",
                  "relax_passes", "relax_epochs", "birth_epochs", "parallel_batches")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
