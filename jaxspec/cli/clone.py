@@ -101,6 +101,10 @@ def register(sub) -> None:
     g.add_argument("--birth-epochs", type=int, default=CloneSettings.birth_epochs,
                    help="continuation: Adam steps of a node's refit after its births "
                    f"(default {CloneSettings.birth_epochs}; 0: --warm-epochs)")
+    g.add_argument("--warm-merge", type=float, default=CloneSettings.warm_merge,
+                   help="continuation: merge families of lines describing one feature "
+                   "(FWHMs within this ratio) after a node's births, kept where the "
+                   f"refit fits as well (default {CloneSettings.warm_merge:g}; 0: off)")
     g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="continuation: a coordinate of the start node, cloned cold "
                    "(repeatable, e.g. --start teff=5500; the nearest existing node; "
@@ -191,6 +195,7 @@ def _clone(args: argparse.Namespace) -> int:
         chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
         prime_broad=args.prime_broad, relax_passes=args.relax_passes,
         relax_epochs=args.relax_epochs, birth_epochs=args.birth_epochs,
+        warm_merge=args.warm_merge,
         parallel_batches=args.parallel_batches, batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,
