@@ -765,7 +765,8 @@ class _Sweep:
     def _merge_change(self, x: _Lines, y: _Lines, group) -> float:
         """RMS change of the model over the merged line's centre ± _BACKFILL_REACH FWHM
         when the family ``group = (i, members)`` of ``x`` is replaced by line i of the
-        merged lines ``y``."""
+        merged lines ``y``, placed where the sweep puts it (its centre within
+        ``max_shift`` of line i's reference)."""
         i, family = group
         s, wl = self.settings, self.wl
         members = np.r_[i, family]
@@ -777,7 +778,10 @@ class _Sweep:
         before = np.ones_like(w)
         for j in members:
             before *= 1.0 - math.exp(x.ln_a[j]) * _profile(w, center[j], x.ln_s[j], x.ln_g[j])
-        after = 1.0 - math.exp(y.ln_a[i]) * _profile(w, y.mu0[i], y.ln_s[i], y.ln_g[i])
+        # where the merged line will sit: within max_shift of line i's reference centre
+        at = x.mu0[i] + float(np.clip(y.mu0[i] - x.mu0[i], -0.99 * s.max_shift,
+                                      0.99 * s.max_shift))
+        after = 1.0 - math.exp(y.ln_a[i]) * _profile(w, at, y.ln_s[i], y.ln_g[i])
         return math.sqrt(float(np.mean((after - before) ** 2))) if w.size else 0.0
 
     # ------------------------------------------------------------------ relaxation
