@@ -227,6 +227,8 @@ def test_unknown_setting_names_the_valid_ones(grid, tmp_path):
         clone_grid(grid, tmp_path / "x.h5", warm_width_anchor=-0.1)
     with pytest.raises(ValueError, match="warm_track_anchor=-1.0 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", warm_track_anchor=-1.0)
+    with pytest.raises(ValueError, match=r"warm_merge=2.0 is invalid; pass a FWHM ratio"):
+        clone_grid(grid, tmp_path / "x.h5", warm_merge=2.0)
 
 
 def test_warm_start_caps_a_line_wider_than_the_band():
