@@ -736,17 +736,20 @@ class _Sweep:
         births mask, anchor, number of families)."""
         s = self.settings
         depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
-        groups, absorbed = _families(x, s.max_shift, s.warm_merge,
-                                     members=depth >= 10.0 * s.floor_depth)
-        if groups:
-            y = _merge_families(x, groups, s)
-            groups = [g for g in groups if self._merge_change(x, y, g) <= _MERGE_CHANGE * rms]
-            absorbed = np.zeros(x.n, dtype=bool)
-            for _, family in groups:
-                absorbed[family] = True
+        groups, _ = _families(x, s.max_shift, s.warm_merge,
+                              members=depth >= 10.0 * s.floor_depth)
         if not groups:
             return x, born, anchor, 0
         y = _merge_families(x, groups, s)
+        made = [g for g in groups if self._merge_change(x, y, g) <= _MERGE_CHANGE * rms]
+        if not made:
+            return x, born, anchor, 0
+        if len(made) < len(groups):  # each family's merge depends on its own lines only
+            y = _merge_families(x, made, s)
+        groups = made
+        absorbed = np.zeros(x.n, dtype=bool)
+        for _, family in groups:
+            absorbed[family] = True
         main = np.array([i for i, _ in groups], dtype=np.int64)
         y.u[main] = np.arctanh(np.clip((y.mu0[main] - x.mu0[main]) / s.max_shift,
                                        -0.99, 0.99))
