@@ -560,3 +560,55 @@ def test_sweep_merge_keeps_identities_and_fades_the_absorbed_lines():
 
     none = sweep._merge(x.copy(), born, anchor, rms=1e-6)
     assert none[3] == 0 and none[0].n == 5
+
+
+def test_refits_hold_dormant_lines_and_fit_the_others_to_the_flux_over_them():
+    """A refit (``"hold": True``) leaves lines at most ``_DORMANT`` × the floor depth
+    out of the fit: they keep their values, the other lines are fitted to the flux over
+    the held lines' product, and the model returned includes that product. A first warm
+    fit (no ``hold``) fits every line."""
+    from jaxspec.clone import CloneSettings
+    from jaxspec.clone._processes import FitPool
+    from jaxspec.clone.sweep import _DORMANT, _apply_lines, _Sweep
+
+    settings = CloneSettings()
+    sweep = _Sweep.__new__(_Sweep)
+    sweep.settings, sweep.wl = settings, WL
+    sweep.pool = FitPool(WL, settings)
+    true = node_lines(1, 0)
+    # a broad line dead at the floor: its 1e-4 depth over the band is ~0.5 x the
+    # residual a fit of this spectrum reaches, so fitting the others to the flux
+    # itself would leave it in their residual
+    ln_s, ln_g = np.log([3.0]), np.log([4.0])  # FWHM ~13 Å: broad
+    dead_a = np.log(settings.floor_depth) - np.log(_peak_value(ln_s, ln_g))
+    n = true.n_lines
+    mu0 = np.r_[np.asarray(true.center), 8510.0]
+    truth = _lines(mu0, np.zeros(n + 1), np.r_[np.asarray(true.ln_amplitude), dead_a],
+                   np.r_[np.asarray(true.ln_sigma), ln_s], np.r_[np.asarray(true.ln_gamma), ln_g],
+                   np.arange(n + 1))
+    dead = _apply_lines(WL, np.ones(WL.size), truth.select(np.array([n])), settings.max_shift)
+    flux = (np.asarray(true.flux_exact(WL)) * dead)[None]
+    good = np.ones_like(flux)
+    start = truth.copy()
+    start.ln_a[:n] -= 0.2  # the live lines start 18 % too shallow
+    start = sweep._warm_start(start)
+    anchor = [{k: np.zeros(n + 1) for k in ("w", "w_t", "ln_a", "ln_s", "ln_g")}]
+    options = {"epochs": 60, "learning_rate": 0.05, "anchor": anchor}
+    depth = np.exp(start.ln_a) * _peak_value(start.ln_s, start.ln_g)
+    assert depth[-1] <= _DORMANT * settings.floor_depth < depth[:n].min()
+
+    held = start.copy()
+    ((lines,), _, model, _), = sweep._fit([(flux, good, [held], {**options, "hold": True})])
+    assert lines is held and lines.n == n + 1  # updated in place, whole, in order
+    for name in ("u", "ln_a", "ln_s", "ln_g"):
+        assert getattr(lines, name)[-1] == getattr(start, name)[-1]
+    assert np.sqrt(np.mean((model[0] - flux[0]) ** 2)) < 2e-4
+    center = lines.mu0 + settings.max_shift * np.tanh(lines.u)
+    live = LineList(center[:n], lines.ln_a[:n], lines.ln_s[:n], lines.ln_g[:n])
+    # the held line is in the model (the engine cuts the wings at 1e-5)
+    np.testing.assert_allclose(model[0], np.asarray(live.flux_exact(WL)) * dead, atol=5e-5)
+
+    fitted = start.copy()
+    ((lines,), _, model, _), = sweep._fit([(flux, good, [fitted], options)])
+    assert lines.ln_s[-1] != start.ln_s[-1] or lines.u[-1] != start.u[-1]
+    assert np.sqrt(np.mean((model[0] - flux[0]) ** 2)) < 2e-4

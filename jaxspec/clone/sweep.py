@@ -107,6 +107,7 @@ _RELAX_TOLERANCE = 1.1
 # A line whose peak depth is at most this many times the floor depth is *dormant*: the
 # sweep's fits hold it at its values instead of fitting it (_Sweep._fit).
 _DORMANT = 2.0
+_HOLD_PIXELS = 100.0  # ... and its FWHM at least this many median pixels
 
 
 def clone_grid(
@@ -531,12 +532,14 @@ class _Sweep:
         a faded line next to a candidate) or when relaxation's targets lift it off the
         floor."""
         floor = _DORMANT * self.settings.floor_depth
+        broad = _HOLD_PIXELS * float(np.median(np.diff(self.wl)))
         held = []
         for flux, good, batch, options in requests:
             options = dict(options)
             hold = options.pop("hold", False)
-            live = [np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g) > (floor if hold else 0.0)
-                    for x in batch]
+            live = [np.ones(x.n, dtype=bool) if not hold else
+                    (np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g) > floor)
+                    | (_fwhm(x.ln_s, x.ln_g) < broad) for x in batch]
             # the held lines' product: the fitted lines are fitted to flux / product
             product = np.stack([np.ones(self.wl.size) if m.all() else _apply_lines(
                 self.wl, np.ones(self.wl.size), x.select(~m), self.settings.max_shift)
