@@ -509,28 +509,30 @@ class _Sweep:
 
     def _fit(self, requests: list) -> list:
         r"""``self.pool.fit(requests)``, where a request whose options hold
-        ``"hold": True`` has every node's *dormant* lines held: lines whose peak depth
-        is at most ``_DORMANT`` times ``floor_depth`` are left out of the fit and keep
-        their values; the other lines are fitted to the flux divided by the held lines'
-        product (numpy, each over its centre ± ``_BACKFILL_REACH`` FWHM), and the model
-        returned is the fitted one times that product. A request's lines are updated in
-        place and returned whole, in their order.
+        ``"hold": True`` has every node's broad *dormant* lines held: lines whose peak
+        depth is at most ``_DORMANT`` times ``floor_depth`` and whose FWHM is at least
+        ``_HOLD_PIXELS`` median pixels are left out of the fit and keep their values;
+        the other lines are fitted to the flux divided by the held lines' product
+        (numpy, each over its centre ± ``_BACKFILL_REACH`` FWHM), and the model returned
+        is the fitted one times that product. A request's lines are updated in place and
+        returned whole, in their order.
 
         Why: a line that died keeps its identity and its last widths, and the dead lines
         of the default grid's cool and hot ends include pseudo-continuum lines hundreds
-        of Å wide, whose windows span the band. There, 100–1,200 dormant lines per node
-        made 36–49 % of a warm fit's profile evaluations (8 nodes at 3000, 3100, 4000 and
-        11000 K, the stop-40 store). Their product is not negligible (about a hundred
-        broad lines 1e-4 deep each lower a cool node's band by ~1 %), hence the division.
+        of Å wide, whose windows span the band: 36–49 % of a warm fit's profile
+        evaluations there (8 nodes at 3000, 3100, 4000 and 11000 K). Their product is
+        not negligible (about a hundred broad lines 1e-4 deep lower a cool node's band by
+        ~1 %), hence the division.
 
         Only the refits hold (births, relaxation), not a node's first warm fit: Adam
-        lifts a line off its floor wherever the gradient points up, and on 8 nodes at
-        11000 K holding in the first fit left the residual RMS at 5.5e-4 against 4.3e-4.
-        A line still dormant after the first fit stays so in its refit (3100 K: 1.31e-3
-        either way, the refit 6.6 s against 11.0 s; 11000 K: 4.27e-4 against 4.20e-4,
-        2.8 s against 9.2 s). A held line comes back as a birth (:meth:`_births` revives
-        a faded line next to a candidate) or when relaxation's targets lift it off the
-        floor."""
+        lifts a line off its floor wherever the gradient points up (holding in the first
+        fit left 8 nodes at 11000 K at 5.5e-4 RMS against 4.3e-4). Narrow dormant lines
+        stay free: holding them too made the coolest nodes split the TiO forest
+        differently (held-out cubic RMS 1.20e-3 against 9.9e-4 on the default grid).
+        Holding the broad ones took the default grid's clone from 1,913 to 1,628 s at
+        the same accuracy (README, *Holding dormant lines*). A held line comes back as a
+        birth (:meth:`_births` revives a faded line next to a candidate) or when
+        relaxation's targets lift it off the floor."""
         floor = _DORMANT * self.settings.floor_depth
         broad = _HOLD_PIXELS * float(np.median(np.diff(self.wl)))
         held = []
