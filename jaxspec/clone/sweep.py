@@ -535,27 +535,36 @@ class _Sweep:
         relaxation's targets lift it off the floor."""
         floor = _DORMANT * self.settings.floor_depth
         broad = _HOLD_PIXELS * float(np.median(np.diff(self.wl)))
-        held = []
+        sent, splits = [], []
         for flux, good, batch, options in requests:
             options = dict(options)
-            hold = options.pop("hold", False)
-            live = [np.ones(x.n, dtype=bool) if not hold else
-                    (np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g) > floor)
-                    | (_fwhm(x.ln_s, x.ln_g) < broad) for x in batch]
-            # the held lines' product: the fitted lines are fitted to flux / product
-            product = np.stack([np.ones(self.wl.size) if m.all() else _apply_lines(
-                self.wl, np.ones(self.wl.size), x.select(~m), self.settings.max_shift)
-                for x, m in zip(batch, live)])
+            live = None
+            if options.pop("hold", False):
+                live = [(np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g) > floor)
+                        | (_fwhm(x.ln_s, x.ln_g) < broad) for x in batch]
+                if all(m.all() for m in live):
+                    live = None
+            if live is None:  # nothing held: the request as it is
+                sent.append((flux, good, batch, options))
+                splits.append(None)
+                continue
+            # the held lines' product: the other lines are fitted to flux / product
+            product = np.stack([_apply_lines(self.wl, np.ones(self.wl.size), x.select(~m),
+                                             self.settings.max_shift)
+                                for x, m in zip(batch, live)])
             anchor = options.get("anchor")
             if anchor is not None:
-                anchor = [{k: np.asarray(v)[m] for k, v in a.items()}
-                          for a, m in zip(anchor, live)]
-            held.append(((flux / product).astype(flux.dtype), good,
-                         [x.select(m) for x, m in zip(batch, live)],
-                         {**options, "anchor": anchor}, live, product))
+                options["anchor"] = [{k: np.asarray(v)[m] for k, v in a.items()}
+                                     for a, m in zip(anchor, live)]
+            sent.append(((flux / product).astype(flux.dtype), good,
+                         [x.select(m) for x, m in zip(batch, live)], options))
+            splits.append((batch, live, product))
         out = []
-        for (_, _, batch, _), (*_, live, product), result in zip(
-                requests, held, self.pool.fit([h[:4] for h in held])):
+        for split, result in zip(splits, self.pool.fit(sent)):
+            if split is None:
+                out.append(result)
+                continue
+            batch, live, product = split
             fitted, history, model, n_slots = result
             for x, m, y in zip(batch, live, fitted):
                 for name in ("u", "ln_a", "ln_s", "ln_g"):
