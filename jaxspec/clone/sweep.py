@@ -104,10 +104,11 @@ _MERGE_CHANGE = 2.0
 # A relaxed refit replaces a node's clone when its residual RMS is at most this many
 # times the node's (a decomposition its neighbours share is worth a slightly worse fit).
 _RELAX_TOLERANCE = 1.1
-# A line whose peak depth is at most this many times the floor depth is *dormant*: the
-# sweep's fits hold it at its values instead of fitting it (_Sweep._fit).
+# A line whose peak depth is at most this many times the floor depth is *dormant*; a
+# node's refits hold a dormant line at least _HOLD_PIXELS median pixels wide (FWHM) at
+# its values instead of fitting it (_Sweep._fit).
 _DORMANT = 2.0
-_HOLD_PIXELS = 100.0  # ... and its FWHM at least this many median pixels
+_HOLD_PIXELS = 100.0
 
 
 def clone_grid(
