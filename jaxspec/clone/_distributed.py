@@ -35,7 +35,7 @@ def _clone_batch_task(wavelength, flux, good, n_bad, settings, n_keep: int):
     ``flux``/``good`` ``(batch_size, n_pix)``; the same calls as the serial sweep."""
     from jaxspec.clone.fit import _clone_batch, _results
 
-    batch, history, model = _clone_batch(wavelength, flux, good, settings)
+    batch, history, model = _clone_batch(wavelength, flux, good, settings, blends=False)
     results = _results(wavelength, flux, good, batch, history, model, settings, n_bad)
     return [(np.asarray(r.line_id), np.asarray(r.lines.center),
              np.asarray(r.lines.ln_amplitude), np.asarray(r.lines.ln_sigma),

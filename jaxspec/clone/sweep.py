@@ -76,8 +76,10 @@ from jaxspec.clone.detection import (
     _initial,
     _Lines,
     _merge_families,
+    _merge_change,
     _misfits,
     _peak_value,
+    _profile,
 )
 from jaxspec.clone._processes import FitPool
 from jaxspec.clone.fit import _clone_batch, _report, _results
@@ -362,7 +364,7 @@ class _Independent:
             chunk = todo[start : start + self.batch_size]
             rows = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # one shape per run
             flux, good, n_bad = _batch_spectra(grid, [self.indices[j] for j in rows])
-            batch, history, model = _clone_batch(wl, flux, good, settings)
+            batch, history, model = _clone_batch(wl, flux, good, settings, blends=False)
             results = _results(wl, flux, good, batch, history, model, settings, n_bad)
             nodes = [
                 NodeClone(
@@ -585,7 +587,8 @@ class _Sweep:
         """Clone the start node from scratch; its lines found the catalogue."""
         flux, good, n_bad = _batch_spectra(self.grid, [idx])
         extra = None if self.settings.prime_broad <= 0 else [self._primer(idx)]
-        batch, _, model = _clone_batch(self.wl, flux, good, self.settings, extra=extra)
+        batch, _, model = _clone_batch(self.wl, flux, good, self.settings, extra=extra,
+                                       blends=False)
         x = batch[0]
         x = x.select(np.argsort(x.mu0, kind="stable"))
         x.ident = np.arange(len(self.catalogue), len(self.catalogue) + x.n, dtype=np.int64)
@@ -604,7 +607,7 @@ class _Sweep:
         if top == tuple(idx):
             return None
         flux, good, _ = _batch_spectra(self.grid, [top])
-        x = _clone_batch(self.wl, flux, good, self.settings)[0][0]
+        x = _clone_batch(self.wl, flux, good, self.settings, blends=False)[0][0]
         broad = _fwhm(x.ln_s, x.ln_g) >= self.settings.prime_broad * _broad_fwhm(self.wl)
         x = x.select(broad)
         x.mu0, x.u = _centers(x, self.settings.max_shift), np.zeros(x.n)
@@ -837,26 +840,15 @@ class _Sweep:
         return y.select(keep), born[keep], anchor, len(groups)
 
     def _merge_change(self, x: _Lines, y: _Lines, group) -> float:
-        """RMS change of the model over the merged line's centre ± _BACKFILL_REACH FWHM
+        """RMS change of the model over the merged line's centre ± _CHANGE_REACH FWHM
         when the family ``group = (i, members)`` of ``x`` is replaced by line i of the
         merged lines ``y``, placed where the sweep puts it (its centre within
         ``max_shift`` of line i's reference)."""
-        i, family = group
-        s, wl = self.settings, self.wl
-        members = np.r_[i, family]
-        center = _centers(x, s.max_shift)
-        f = float(_fwhm(y.ln_s[i], y.ln_g[i]))
-        lo, hi = np.searchsorted(wl, [y.mu0[i] - _BACKFILL_REACH * f,
-                                      y.mu0[i] + _BACKFILL_REACH * f])
-        w = wl[lo:hi]
-        before = np.ones_like(w)
-        for j in members:
-            before *= 1.0 - math.exp(x.ln_a[j]) * _profile(w, center[j], x.ln_s[j], x.ln_g[j])
-        # where the merged line will sit: within max_shift of line i's reference centre
+        i = group[0]
+        s = self.settings
         at = x.mu0[i] + float(np.clip(y.mu0[i] - x.mu0[i], -0.99 * s.max_shift,
                                       0.99 * s.max_shift))
-        after = 1.0 - math.exp(y.ln_a[i]) * _profile(w, at, y.ln_s[i], y.ln_g[i])
-        return math.sqrt(float(np.mean((after - before) ** 2))) if w.size else 0.0
+        return _merge_change(self.wl, x, y, group, at, s.max_shift)
 
     # ------------------------------------------------------------------ relaxation
 
@@ -1103,16 +1095,6 @@ def _concat(parts: list[_Lines]) -> _Lines:
     for p in parts[1:]:
         out = out.concat(p)
     return out
-
-
-def _profile(wl, center, ln_s, ln_g):
-    """Pseudo-Voigt V(λ − μ) (1/Å), numpy (Ida et al. 2000; blase3D eq. 2)."""
-    f, eta = (float(v) for v in _fwhm_eta(float(ln_s), float(ln_g)))
-    x = wl - center
-    half = 0.5 * f
-    gsig = f / FWHM_PER_SIGMA
-    return (eta * half / math.pi / (x * x + half * half)
-            + (1.0 - eta) * np.exp(-0.5 * (x / gsig) ** 2) / (gsig * math.sqrt(2.0 * math.pi)))
 
 
 def _apply_lines(wl, model, x: _Lines, max_shift, remove=False) -> np.ndarray:
