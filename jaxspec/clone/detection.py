@@ -482,15 +482,15 @@ def _merge_change(wl: np.ndarray, x: _Lines, y: _Lines, group, at: float,
     ``at`` (Å)."""
     i, family = group
     members = np.r_[i, family]
-    center = _centers(x, max_shift)
+    center = _centers(x.select(members), max_shift)
     f = float(_fwhm_eta(y.ln_s[i], y.ln_g[i])[0])
     lo, hi = np.searchsorted(wl, [at - _CHANGE_REACH * f, at + _CHANGE_REACH * f])
     w = wl[lo:hi]
     if not w.size:
         return 0.0
     before = np.ones_like(w)
-    for j in members:
-        before *= 1.0 - math.exp(x.ln_a[j]) * _profile(w, center[j], x.ln_s[j], x.ln_g[j])
+    for j, c in zip(members, center):
+        before *= 1.0 - math.exp(x.ln_a[j]) * _profile(w, c, x.ln_s[j], x.ln_g[j])
     after = 1.0 - math.exp(y.ln_a[i]) * _profile(w, at, y.ln_s[i], y.ln_g[i])
     return math.sqrt(float(np.mean((after - before) ** 2)))
 
