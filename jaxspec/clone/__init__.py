@@ -58,6 +58,17 @@ prominence 0.005; except the wing cut, 30000 pixels against the paper's 6000, se
 5. **Refinement** (``passes=2``, the default; ``passes=1`` is the paper's single pass):
    the residual :math:`1 - \bar S / F` is searched for further lines as in 1–3 (blends
    the first detection missed) and all lines are optimised again for ``epochs``.
+6. **Redundant lines** (:func:`~jaxspec.clone.detection._merge_redundant`). Before the
+   refinement pass and after it (then refitted, kept where the RMS stays within 2 %),
+   *families* (centres within half the broader FWHM, FWHMs within a factor 4) are merged
+   into their strongest line. :func:`clone` keeps a blend's lines apart: it merges a
+   family only where the merged line changes the model by at most 0.2 × ``prominence``
+   (RMS over its centre ± 4 FWHM), or where the family is concentric or broad (a line
+   30 median FWHMs wide); a line that ended the first pass at its box's edge gets a fresh
+   box; a residual feature inside a broad fitted line, of at least a quarter of its
+   width, is its shape's misfit, not a line. A grid's cold clones (:func:`clone_grid`:
+   the continuation start node, independent cloning) merge every family and take lines
+   of 25 px as broad, so that one feature is one identity across the grid.
 
 ``wing_cut`` (pixels) is blase's wing cut, the longest window over which a line is
 evaluated during fitting: each line's profile is evaluated where it exceeds ``tolerance``
