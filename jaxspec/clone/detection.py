@@ -362,18 +362,31 @@ def _initial(wl, depth_curve, good, settings: CloneSettings, taken=None) -> _Lin
     ln_a = np.log(depth / v0)
     ln_s, ln_g = np.log(sigma), np.log(gamma)
     floor = np.full_like(ln_s, math.log(_MIN_WIDTH))
-    # Box: total FWHM up to e^width_margin f0, or the extent of broad lines; the area may
-    # grow by e^amplitude_margin beyond what that extra width needs at the same depth.
-    hi_f = np.maximum(np.log(fwhm) + settings.width_margin, np.log(extent))
-    hi_a = ln_a + settings.amplitude_margin + (hi_f - np.log(fwhm) - settings.width_margin)
-    return _Lines(
+    x = _Lines(
         mu0=mu0, u=np.zeros_like(mu0), ln_a=ln_a, ln_s=ln_s, ln_g=ln_g,
         a0=ln_a.copy(), s0=ln_s.copy(), g0=ln_g.copy(),
-        lo_a=ln_a - 30.0, hi_a=hi_a,
-        lo_s=floor, hi_s=hi_f - math.log(FWHM_PER_SIGMA),
-        lo_g=floor, hi_g=hi_f - math.log(2.0), hi_f=hi_f,
-        peak=peak, ident=np.full(mu0.size, -1, np.int64),
+        lo_a=ln_a - 30.0, hi_a=np.full_like(ln_a, -np.inf),
+        lo_s=floor, hi_s=np.empty_like(ln_s), lo_g=floor, hi_g=np.empty_like(ln_g),
+        hi_f=np.log(extent), peak=peak, ident=np.full(mu0.size, -1, np.int64),
     )
+    # Box: total FWHM up to e^width_margin f0, or the extent of broad lines.
+    _grow_box(x, slice(None), np.log(fwhm), settings)
+    return x
+
+
+def _grow_box(x: _Lines, sel, ln_f, settings: CloneSettings, credit: bool = True) -> None:
+    """Widen in place the box of lines ``x[sel]`` (FWHM ``e^ln_f`` Å, amplitude
+    ``x.ln_a``) to what a line detected at those values gets, never narrowing it: total
+    FWHM up to e^width_margin f (``hi_f``; ``hi_s``, ``hi_g`` follow, as σ and γ alone
+    reach f at FWHM_PER_SIGMA σ and 2 γ), ln a up to amplitude_margin above its value
+    plus, with ``credit``, what the extra width beyond e^width_margin f needs at the same
+    depth (a detected line whose extent is wider than that)."""
+    s = settings
+    x.hi_f[sel] = np.maximum(x.hi_f[sel], ln_f + s.width_margin)
+    x.hi_s[sel] = x.hi_f[sel] - math.log(FWHM_PER_SIGMA)
+    x.hi_g[sel] = x.hi_f[sel] - math.log(2.0)
+    extra = (x.hi_f[sel] - ln_f - s.width_margin) if credit else 0.0
+    x.hi_a[sel] = np.maximum(x.hi_a[sel], x.ln_a[sel] + s.amplitude_margin + extra)
 
 
 # ---------------------------------------------------------------------- redundant lines
@@ -434,18 +447,20 @@ def _merge_redundant(x: _Lines, settings: CloneSettings, wl: np.ndarray,
     if not groups:
         return x, 0
     y = _merge_families(x, groups, settings)
-    limit = _MERGE_CHANGE_COLD * settings.prominence
-    fwhm = _fwhm_eta(x.ln_s, x.ln_g)[0]
-    broad = _broad_fwhm(wl, x)
-    center = _centers(x, settings.max_shift)
+    made = groups
+    if checked:
+        limit = _MERGE_CHANGE_COLD * settings.prominence
+        fwhm = _fwhm_eta(x.ln_s, x.ln_g)[0]
+        broad = _broad_fwhm(wl, x)
+        center = _centers(x, settings.max_shift)
 
-    def concentric(i, family):
-        return bool(np.all(np.abs(center[family] - center[i])
-                           < _CONCENTRIC * np.minimum(fwhm[family], fwhm[i])))
+        def concentric(i, family):
+            return bool(np.all(np.abs(center[family] - center[i])
+                               < _CONCENTRIC * np.minimum(fwhm[family], fwhm[i])))
 
-    made = [g for g in groups if not checked or fwhm[np.r_[g[0], g[1]]].max() >= broad
-            or concentric(*g)
-            or _merge_change(wl, x, y, g, y.mu0[g[0]], settings.max_shift) <= limit]
+        made = [g for g in groups if fwhm[np.r_[g[0], g[1]]].max() >= broad
+                or concentric(*g)
+                or _merge_change(wl, x, y, g, y.mu0[g[0]], settings.max_shift) <= limit]
     if not made:
         return x, 0
     if len(made) < len(groups):  # each family's merge depends on its own lines only
@@ -462,15 +477,10 @@ def _rebox(x: _Lines, settings: CloneSettings) -> _Lines:
     detected at its current values would get: FWHM up to e^width_margin times its
     current FWHM, ln a up to amplitude_margin above its current value (never smaller
     than before)."""
-    s = settings
     x = x.copy()
     ln_f = np.log(_fwhm_eta(x.ln_s, x.ln_g)[0])
     edge = (ln_f >= x.hi_f - 0.01) | (x.ln_a >= x.hi_a - 0.01)
-    x.hi_f[edge] = np.maximum(x.hi_f[edge], ln_f[edge] + s.width_margin)
-    x.hi_s[edge] = x.hi_f[edge] - math.log(FWHM_PER_SIGMA)
-    x.hi_g[edge] = x.hi_f[edge] - math.log(2.0)
-    x.hi_a[edge] = np.maximum(x.hi_a[edge], x.ln_a[edge] + s.amplitude_margin
-                              + (x.hi_f[edge] - ln_f[edge] - s.width_margin))
+    _grow_box(x, edge, ln_f[edge], settings)
     return x
 
 
@@ -567,11 +577,7 @@ def _merge_families(x: _Lines, groups, settings: CloneSettings) -> _Lines:
         x.ln_s[i] += scale
         x.ln_g[i] += scale
         x.a0[i], x.s0[i], x.g0[i] = x.ln_a[i], x.ln_s[i], x.ln_g[i]
-        ln_f = math.log(math.sqrt(f2))
-        x.hi_f[i] = max(x.hi_f[i], ln_f + s.width_margin)
-        x.hi_s[i] = x.hi_f[i] - math.log(FWHM_PER_SIGMA)
-        x.hi_g[i] = x.hi_f[i] - math.log(2.0)
-        x.hi_a[i] = max(x.hi_a[i], x.ln_a[i] + s.amplitude_margin)
+        _grow_box(x, i, math.log(math.sqrt(f2)), s, credit=False)
         x.lo_a[i] = min(x.lo_a[i], x.ln_a[i] - 30.0)
     return x
 
