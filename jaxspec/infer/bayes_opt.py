@@ -17,7 +17,8 @@ expected improvement is largest, and the best evaluated point is the answer. Her
    improvement (ξ = 0.01) under the GP and evaluates the loss at the best candidate.
 
 The whole loop is one jitted function (``lax.fori_loop`` over guided steps with the
-evaluations in fixed-size arrays), vmapped over spectra.
+evaluations in fixed-size arrays; on CPU over every evaluation, random ones included, so
+that the emulator is compiled once), vmapped over spectra.
 """
 
 from __future__ import annotations
@@ -107,9 +108,15 @@ def _bo_one(emulator, obs, lower, upper, b_lower, b_upper, key, cfg: _Config):
 
     key, k_init = jax.random.split(key)
     u0 = jax.random.uniform(k_init, (cfg.n_random, k), dtype=jnp.float64)
-    y0 = jax.lax.map(loss_u, u0, batch_size=cfg.eval_batch)
     xs = jnp.zeros((n, k)).at[: cfg.n_random].set(u0)
-    ys = jnp.full((n,), jnp.inf).at[: cfg.n_random].set(y0)
+    ys = jnp.full((n,), jnp.inf)
+    # On CPU the random points are evaluated one at a time in the guided steps' loop
+    # (one compiled copy of the emulator: the windowed synthesis is scatter-bound there,
+    # so batching gains nothing and a second copy cost ~5 s to compile on the demo, 0.27 s per star of its 20);
+    # elsewhere in batches of eval_batch first.
+    one_loop = jax.default_backend() == "cpu"
+    if not one_loop:
+        ys = ys.at[: cfg.n_random].set(jax.lax.map(loss_u, u0, batch_size=cfg.eval_batch))
 
     def targets(ys, valid):
         # The GP models the standardised ln loss; non-finite losses take the worst value.
@@ -123,7 +130,9 @@ def _bo_one(emulator, obs, lower, upper, b_lower, b_upper, key, cfg: _Config):
         std = jnp.where(std > 0, std, 1.0)
         return jnp.where(valid, (f - mean) / std, 0.0)
 
-    def guided(i, carry):
+    def propose(i, carry):
+        """Guided step i: the point where expected improvement is largest, placed at row
+        n_random + i of ``xs`` (not evaluated)."""
         xs, ys, hyper, key = carry
         valid = jnp.arange(n) < cfg.n_random + i
         t = targets(ys, valid)
@@ -141,11 +150,26 @@ def _bo_one(emulator, obs, lower, upper, b_lower, b_upper, key, cfg: _Config):
         mean, var = _gp.predict(hyper, xs, t, valid, cand)
         ei = _gp.expected_improvement(mean, var, t[best_i])
         u_new = cand[jnp.argmax(jnp.where(jnp.isfinite(ei), ei, -jnp.inf))]
-        j = cfg.n_random + i
-        return xs.at[j].set(u_new), ys.at[j].set(loss_u(u_new)), hyper, key
+        return xs.at[cfg.n_random + i].set(u_new), ys, hyper, key
+
+    def evaluate(j, carry):
+        """The loss at row j of ``xs``."""
+        xs, ys, hyper, key = carry
+        return xs, ys.at[j].set(loss_u(xs[j])), hyper, key
+
+    def guided(i, carry):
+        return evaluate(cfg.n_random + i, propose(i, carry))
+
+    def any_step(j, carry):  # evaluation j: a random point, or guided step j − n_random
+        carry = jax.lax.cond(j >= cfg.n_random,
+                             lambda c: propose(j - cfg.n_random, c), lambda c: c, carry)
+        return evaluate(j, carry)
 
     carry = (xs, ys, _gp.initial_hyper(k), key)
-    xs, ys, hyper, key = jax.lax.fori_loop(0, cfg.n_guided, guided, carry)
+    if one_loop:
+        xs, ys, hyper, key = jax.lax.fori_loop(0, n, any_step, carry)
+    else:
+        xs, ys, hyper, key = jax.lax.fori_loop(0, cfg.n_guided, guided, carry)
     best = jnp.argmin(ys)
     u_best = xs[best]
     status = jnp.where(jnp.isfinite(ys[best]), 0, int(Status.NONFINITE))
@@ -225,7 +249,9 @@ def bayes_opt(
         resample: ``"model"`` or ``"data"`` (see :func:`~jaxspec.infer.observe`).
         batch_size: spectra per compiled call (vmapped; the last batch is padded). 1 is
             fastest on CPU; raise it on a GPU.
-        eval_batch: loss evaluations per vectorised emulator call (bounds memory).
+        eval_batch: random-phase loss evaluations per vectorised emulator call (bounds
+            memory) on GPU/TPU; on CPU every evaluation is made one at a time in the
+            loop of the guided steps (one compiled copy of the emulator).
         progress: tqdm bar over batches.
 
     Returns:
