@@ -112,8 +112,8 @@ def _bo_one(emulator, obs, lower, upper, b_lower, b_upper, key, cfg: _Config):
     ys = jnp.full((n,), jnp.inf)
     # On CPU the random points are evaluated one at a time in the guided steps' loop
     # (one compiled copy of the emulator: the windowed synthesis is scatter-bound there,
-    # so batching gains nothing and a second copy cost ~5 s to compile on the demo, 0.27 s per star of its 20);
-    # elsewhere in batches of eval_batch first.
+    # so batching gains nothing, and a second copy took ~5 s to compile on the demo,
+    # 0.27 s per star of its 20); elsewhere in batches of eval_batch first.
     one_loop = jax.default_backend() == "cpu"
     if not one_loop:
         ys = ys.at[: cfg.n_random].set(jax.lax.map(loss_u, u0, batch_size=cfg.eval_batch))
