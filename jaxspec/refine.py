@@ -68,7 +68,9 @@ class RefineHistory:
         rms_holdout_before, rms_holdout_after: the same over unobserved / held-out nodes
             present in the grid (NaN when there are none).
         n_train, n_holdout: node counts.
-        seconds: wall time of the optimisation.
+        seconds: wall time of the optimisation (the smoothing solve included).
+        presmooth: what the smoothing solve did (entries moved, iterations, relative
+            residual), empty without one.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -79,6 +81,7 @@ class RefineHistory:
     n_train: int = 0
     n_holdout: int = 0
     seconds: float = 0.0
+    presmooth: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
@@ -226,6 +229,7 @@ def refine(
     progress: bool = True,
     plan_margin: float = 0.3,
     checkpoint: str | PathLike | None = None,
+    presmooth: float | Sequence[float] = 0.0,
 ) -> tuple[LineEmulator, RefineHistory]:
     r"""Fit all node values of ``emulator`` jointly on the grid's spectra (the joint smooth fit).
 
@@ -270,6 +274,14 @@ def refine(
             values and the optimiser state; when it exists, the fit resumes from it (it
             must come from the same emulator, grid nodes and settings) and loses at most
             the epoch in progress.
+        presmooth: λ of a smoothing solve before the epochs (0: none; one weight or four,
+            one per column, in the units of ``smoothness``): the curvature penalty
+            minimised at once against each node's local quadratic model of its misfit
+            (isolated-line Gauss–Newton blocks, :mod:`jaxspec._track_smoothing`), for the
+            lines wider than 2 pixels and deeper than 10⁻³. It smooths what the flux does
+            not pin (the Lorentzian width of a Gaussian-dominated line and the reverse),
+            which Adam's small steps cannot do in a few epochs. README, *The joint smooth
+            fit*, for what it measured.
 
     Returns:
         ``(refined_emulator, history)``; the refined emulator has the held-out nodes
@@ -284,10 +296,12 @@ def refine(
     _check_axes(emulator, grid)
     pix = jnp.asarray(_grid_pixels(emulator, grid))
     lam = np.asarray(smoothness, dtype=np.float64)
-    if lam.shape not in ((), (LineTable.N_COLUMNS,)):
-        raise ValueError(
-            f"smoothness={smoothness!r}: pass one weight or {LineTable.N_COLUMNS}, one per "
-            "column (μ' − μ, ln a, ln σ, ln γ)")
+    pre = np.asarray(presmooth, dtype=np.float64)
+    for name, value, arr in (("smoothness", smoothness, lam), ("presmooth", presmooth, pre)):
+        if arr.shape not in ((), (LineTable.N_COLUMNS,)) or not np.all(arr >= 0):
+            raise ValueError(
+                f"{name}={value!r}: pass one weight >= 0 or {LineTable.N_COLUMNS}, one per "
+                "column (μ' − μ, ln a, ln σ, ln γ)")
     if epochs < 0 or batch_size < 1 or not learning_rate > 0 or not np.all(lam >= 0):
         raise ValueError(
             f"epochs={epochs}, batch_size={batch_size}, learning_rate={learning_rate}, "
@@ -342,6 +356,7 @@ def refine(
         penalty = eqx.tree_at(lambda p: p.weight, penalty, penalty.weight * jnp.asarray(
             np.broadcast_to(lam, (LineTable.N_COLUMNS,)), penalty.weight.dtype))
     smoothness = float(lam) if lam.ndim == 0 else [float(x) for x in lam]
+    presmooth = float(pre) if pre.ndim == 0 else [float(x) for x in pre]
     scale = LineTable(shift=center_scale, ln_amplitude=1.0, ln_sigma=1.0,
                       ln_gamma=1.0).to_array().astype(table0.dtype)
     optimiser = lazy_adam(learning_rate, scale)
@@ -390,12 +405,25 @@ def refine(
                 "smoothness": smoothness, "n_train": int(train.size),
                 "train_nodes": _fingerprint(train), "start": _fingerprint(np.asarray(flat)),
                 "shape": [n_nodes, n_lines]}
+    if np.any(pre > 0):
+        settings["presmooth"] = presmooth
     replan_every = 5
     done = 0
+    t0 = time.perf_counter()
     if checkpoint is not None and Path(checkpoint).exists():
         flat, state, done, losses = _read_refine_checkpoint(checkpoint, settings, flat, state)
         history.loss = losses
-    t0 = time.perf_counter()
+    elif np.any(pre > 0):  # the smoothing solve (a resumed fit has it in its values)
+        from jaxspec._track_smoothing import smooth_tracks
+
+        solve_penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
+                                          emulator.wavelength)
+        solve_penalty = eqx.tree_at(lambda p: p.weight, solve_penalty, solve_penalty.weight
+                                    * jnp.asarray(np.broadcast_to(pre, (LineTable.N_COLUMNS,)),
+                                                  solve_penalty.weight.dtype))
+        values, history.presmooth = smooth_tracks(np.asarray(flat), present_flat, center,
+                                                  emulator.wavelength, solve_penalty)
+        flat = jnp.asarray(values, dtype=flat.dtype)
     bar = tqdm(range(done, epochs), desc="refine", unit="epoch", disable=not progress,
                initial=done, total=epochs)
     for epoch in bar:
@@ -424,7 +452,8 @@ def refine(
     complete_values(values, present, train_mask, axes)
     info = {"refine": {
         "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-        "center_scale": center_scale, "smoothness": smoothness, "n_train": int(train.size),
+        "center_scale": center_scale, "smoothness": smoothness, "presmooth": presmooth,
+        "n_train": int(train.size),
         "n_holdout": int(evaluate.size),
         "rms_train_before": history.rms_train_before,
         "rms_holdout_before": history.rms_holdout_before,

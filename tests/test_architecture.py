@@ -62,6 +62,7 @@ STAGE_OF = {
     "line_emulator": "emulator",
     "pixel_emulator": "emulator",
     "refine": "emulator",
+    "_track_smoothing": "emulator",
     "validate": "emulator",
     "peers": "emulator",
     "observed_emulator": "emulator",

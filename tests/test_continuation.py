@@ -353,8 +353,12 @@ def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path, ca
     columns = tmp_path / "columns.h5"
     assert main(["build", str(store.path), "--grid", str(grid_path), "--out", str(columns),
                  "--refine-epochs", "1", "--smoothness", "0", "0", "0.1", "0.1",
-                 "--quiet"]) == 0
-    assert load_emulator(columns).info["refine"]["smoothness"] == [0.0, 0.0, 0.1, 0.1]
+                 "--presmooth", "0.003", "--quiet"]) == 0
+    info = load_emulator(columns).info["refine"]
+    assert info["smoothness"] == [0.0, 0.0, 0.1, 0.1] and info["presmooth"] == 0.003
+    assert main(["build", str(store.path), "--out", str(tmp_path / "bad.h5"),
+                 "--presmooth", "0.003", "--quiet"]) == 1
+    assert "--presmooth needs --grid" in capsys.readouterr().err
     for values in (["0.1", "0.2"], ["0.1", "0.2", "0.3"]):
         assert main(["build", str(store.path), "--grid", str(grid_path), "--out",
                      str(tmp_path / "bad.h5"), "--smoothness", *values, "--quiet"]) == 1

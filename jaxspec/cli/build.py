@@ -49,6 +49,10 @@ def register(sub) -> None:
                    help="weight of the curvature penalty of the joint fit (default "
                    f"{DEFAULT_SMOOTHNESS:g}; 0: plain end-to-end refinement), or four "
                    "weights, one per column: μ' − μ, ln a, ln σ, ln γ")
+    p.add_argument("--presmooth", type=float, nargs="+", default=[0.0], metavar="W",
+                   help="weight of a smoothing solve before the joint fit's epochs (the "
+                   "curvature penalty minimised at once against each node's local quadratic "
+                   "misfit; default 0: none; e.g. 0.003), or four, one per column")
     p.add_argument("--batch-size", type=int, default=8, help="nodes per refinement step")
     p.add_argument("--learning-rate", type=float, default=0.02,
                    help="Adam step of refinement (ln units)")
@@ -133,6 +137,12 @@ def _build(args: argparse.Namespace) -> int:
         args.refine_epochs = DEFAULT_EPOCHS if args.grid else 0
     if args.refine_epochs and not args.grid:
         raise ValueError("--refine-epochs needs --grid (the grid the clones were made from)")
+    if len(args.presmooth) not in (1, 4):
+        raise ValueError(f"--presmooth got {len(args.presmooth)} values; pass one weight, "
+                         "or four, one per column: μ' − μ, ln a, ln σ, ln γ")
+    presmooth = args.presmooth[0] if len(args.presmooth) == 1 else args.presmooth
+    if any(w > 0 for w in args.presmooth) and not args.grid:
+        raise ValueError("--presmooth needs --grid (the grid the clones were made from)")
     if len(args.smoothness) not in (1, 4):
         raise ValueError(f"--smoothness got {len(args.smoothness)} values; pass one weight, "
                          "or four, one per column: μ' − μ, ln a, ln σ, ln γ (e.g. "
@@ -164,7 +174,8 @@ def _build(args: argparse.Namespace) -> int:
     )
     if args.wavelength is not None:
         emulator = emulator.restrict(args.wavelength)
-    if args.refine_epochs:
+    fit = bool(args.refine_epochs) or any(w > 0 for w in args.presmooth)
+    if fit:
         from jaxspec.grid import SpectralGrid
         from jaxspec.refine import refine
 
@@ -177,10 +188,11 @@ def _build(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             smoothness=args.smoothness[0] if len(args.smoothness) == 1 else args.smoothness,
             holdout=args.holdout or None, progress=not args.quiet, checkpoint=checkpoint,
+            presmooth=presmooth,
         )
         print(history.summary())
     emulator.save(out, overwrite=args.overwrite)
-    if args.refine_epochs:
+    if fit:
         checkpoint.unlink(missing_ok=True)  # the emulator holds everything it held
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MiB): {emulator.n_lines:,} lines, {emulator.n_pix:,} px, "
