@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxspec  # noqa: F401  (float64)
-from jaxspec.cli.build import DEFAULT_EPOCHS, DEFAULT_SMOOTHNESS
+from jaxspec.cli.build import DEFAULT_EPOCHS, DEFAULT_PRESMOOTH, DEFAULT_SMOOTHNESS
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_lines, identify_store
 from jaxspec.line_emulator import LineEmulator, write_emulator_file
@@ -439,7 +439,8 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
         for matcher in matchers[-1:]:
             t0 = time.perf_counter()
             refined, history = refine(built[matcher], grid, epochs=refine_epochs,
-                                      batch_size=8, smoothness=SMOOTHNESS, progress=False)
+                                      batch_size=8, smoothness=SMOOTHNESS, progress=False,
+                                      presmooth=DEFAULT_PRESMOOTH)
             stages["joint fit"] = time.perf_counter() - t0
             log(f"refine ({matcher}): {history.summary()}")
             report[f"refine_{matcher}"] = {
@@ -450,6 +451,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
                 "rms_heldout_after": history.rms_holdout_after,
             }
             report[f"refine_{matcher}"]["smoothness"] = SMOOTHNESS
+            report[f"refine_{matcher}"]["presmooth"] = DEFAULT_PRESMOOTH
             rough = roughness(emulator_lines(refined))
             truth = roughness(oracle)
             report[f"refine_{matcher}"]["roughness_over_truth"] = [

@@ -347,15 +347,16 @@ def test_build_with_grid_runs_the_joint_fit_by_default(grid, store, tmp_path, ca
                  "--refine-epochs", "2", "--smoothness", "0.01", "--quiet"]) == 0
     info = load_emulator(out).info["refine"]
     assert info["epochs"] == 2 and info["smoothness"] == 0.01 and info["n_train"] == 6
+    assert info["presmooth"] == 0.003  # the smoothing solve runs by default with --grid
     assert info["rms_train_after"] <= info["rms_train_before"] * 1.01
     assert not (tmp_path / "emulator.h5.refine-checkpoint.h5").exists()  # done: removed
     # one weight per column (μ', ln a, ln σ, ln γ); two or three are refused at once
     columns = tmp_path / "columns.h5"
     assert main(["build", str(store.path), "--grid", str(grid_path), "--out", str(columns),
                  "--refine-epochs", "1", "--smoothness", "0", "0", "0.1", "0.1",
-                 "--presmooth", "0.003", "--quiet"]) == 0
+                 "--presmooth", "0", "--quiet"]) == 0
     info = load_emulator(columns).info["refine"]
-    assert info["smoothness"] == [0.0, 0.0, 0.1, 0.1] and info["presmooth"] == 0.003
+    assert info["smoothness"] == [0.0, 0.0, 0.1, 0.1] and info["presmooth"] == 0.0
     assert main(["build", str(store.path), "--out", str(tmp_path / "bad.h5"),
                  "--presmooth", "0.003", "--quiet"]) == 1
     assert "--presmooth needs --grid" in capsys.readouterr().err
