@@ -496,11 +496,12 @@ def _read_refine_checkpoint(path, settings: dict, flat, state):
     found.require(path, "values", "adam/mu", "adam/nu", "adam/count", "@settings",
                   fix="delete it to start the fit afresh")
     saved = json.loads(found.attrs["settings"])
-    differ = [k for k in settings if k != "epochs_done" and saved.get(k) != settings[k]]
+    differ = [k for k in {**saved, **settings} if k != "epochs_done"
+              and saved.get(k) != settings.get(k)]
     if differ:
         raise ValueError(
             f"{path}: refine checkpoint of another fit ({', '.join(differ)} differ: "
-            f"{ {k: saved.get(k) for k in differ} } against { {k: settings[k] for k in differ} }); "
+            f"{ {k: saved.get(k) for k in differ} } against { {k: settings.get(k) for k in differ} }); "
             "pass the settings it was made with, or delete it to start afresh"
         )
     values = jnp.asarray(found.arrays["values"], dtype=flat.dtype)

@@ -332,8 +332,9 @@ def test_presmooth_solves_for_smooth_tracks_at_once_and_resumes(built, tmp_path)
     np.testing.assert_allclose(h1.loss, h2.loss, rtol=1e-6)
     np.testing.assert_allclose(resumed.manifold.table, straight.manifold.table, atol=1e-6)
     assert straight.info["refine"]["presmooth"] == 1.0
-    with pytest.raises(ValueError, match="another fit"):
-        refine(noisy, grid, epochs=2, presmooth=3.0, checkpoint=ck, **kwargs)
+    for other in (3.0, 0.0):  # another weight, or none, is another fit
+        with pytest.raises(ValueError, match="another fit"):
+            refine(noisy, grid, epochs=2, presmooth=other, checkpoint=ck, **kwargs)
     with pytest.raises(ValueError, match="presmooth"):
         refine(noisy, grid, epochs=0, presmooth=-1.0, **kwargs)
 
