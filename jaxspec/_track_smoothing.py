@@ -55,6 +55,17 @@ _PIX_BROAD = 8.0
 _PIX_HALF = (_QUAD_T.size - 1) // 2
 
 
+def fwhm_and_depth(values) -> tuple[np.ndarray, np.ndarray]:
+    """FWHM (Å, Ida et al. 2000) and peak depth min(a V(0), 1) of node values
+    ``(..., 4)`` (μ' − μ, ln a, ln σ, ln γ), each ``(...)`` float64."""
+    v = np.asarray(values, dtype=np.float64)
+    sigma = np.exp(np.clip(v[..., LineTable.LN_SIGMA], -30, 30))
+    gamma = np.exp(np.clip(v[..., LineTable.LN_GAMMA], -30, 30))
+    peak = np.asarray(pseudo_voigt(0.0, sigma, gamma))  # V(0), 1/Å
+    depth = np.minimum(np.exp(np.clip(v[..., LineTable.LN_AMPLITUDE], -700, 50)) * peak, 1.0)
+    return np.asarray(pseudo_voigt_fwhm(sigma, gamma)), depth
+
+
 @jax.jit
 def _blocks(theta, step, frac, n_pix):
     u = jnp.sinh(jnp.asarray(_QUAD_T))
@@ -133,6 +144,8 @@ class SmoothingSystem(eqx.Module):
         penalty: the λ-weighted curvature penalty (or None).
         floor: ``(n_nodes, n_lines, 4)`` a ridge keeping directions the flux does not see
             in place.
+        penalty_diag: ``(n_nodes, n_lines, 4)`` the diagonal of Q (for the
+            preconditioner).
     """
 
     blocks: jax.Array
@@ -175,13 +188,12 @@ class SmoothingSystem(eqx.Module):
         """
         h = self.blocks
         eye = jnp.eye(h.shape[-1], dtype=h.dtype)
-        shift = self.floor
 
         def matvec(x):
-            out = jnp.einsum("nlkm,nlm->nlk", h, x) + shift * x + self.penalty_matvec(x)
+            out = jnp.einsum("nlkm,nlm->nlk", h, x) + self.floor * x + self.penalty_matvec(x)
             return self.mask * out
 
-        pre = jnp.linalg.inv(h + (shift + self.penalty_diag)[..., None] * eye
+        pre = jnp.linalg.inv(h + (self.floor + self.penalty_diag)[..., None] * eye
                              + (1.0 - self.mask[..., None]) * eye)
 
         def precondition(r):
@@ -233,11 +245,7 @@ def smooth_tracks(flat, present: np.ndarray, center: np.ndarray, wavelength: np.
         ``flat``) and ``{"moved", "iterations", "residual"}``.
     """
     v0 = np.asarray(flat, dtype=np.float64)
-    ln_s = np.exp(np.clip(v0[..., LineTable.LN_SIGMA], -30, 30))
-    ln_g = np.exp(np.clip(v0[..., LineTable.LN_GAMMA], -30, 30))
-    fwhm = np.asarray(pseudo_voigt_fwhm(ln_s, ln_g))
-    depth = np.exp(np.clip(v0[..., LineTable.LN_AMPLITUDE], -700, 50)) * np.asarray(
-        pseudo_voigt(0.0, ln_s, ln_g))
+    fwhm, depth = fwhm_and_depth(v0)
     wl = np.asarray(wavelength, dtype=np.float64)
     step = float(np.median(np.diff(wl))) if wl.size > 1 else 1.0
     moving = np.asarray(present) & (fwhm > min_fwhm_px * step) & (depth > min_depth)

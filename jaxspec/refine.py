@@ -48,11 +48,11 @@ import numpy as np
 from jaxtyping import Array, Float
 from tqdm.auto import tqdm
 
+from jaxspec._track_smoothing import fwhm_and_depth, smooth_tracks
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import complete_values
 from jaxspec.line_emulator import LineEmulator, plan_over_nodes
 from jaxspec.lines import LineTable
-from jaxspec.profiles import pseudo_voigt, pseudo_voigt_fwhm
 
 __all__ = ["CurvaturePenalty", "LazyAdam", "RefineHistory", "axis_triples", "curvature_penalty",
            "lazy_adam", "reconstruction_rms", "refine"]
@@ -414,8 +414,6 @@ def refine(
         flat, state, done, losses = _read_refine_checkpoint(checkpoint, settings, flat, state)
         history.loss = losses
     elif np.any(pre > 0):  # the smoothing solve (a resumed fit has it in its values)
-        from jaxspec._track_smoothing import smooth_tracks
-
         solve_penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
                                           emulator.wavelength)
         solve_penalty = eqx.tree_at(lambda p: p.weight, solve_penalty, solve_penalty.weight
@@ -611,11 +609,7 @@ def curvature_penalty(flat: np.ndarray, present: np.ndarray, axes: dict[str, np.
     """
     index, coef = axis_triples(axes, trained)
     v = np.asarray(flat, dtype=np.float64)
-    ln_s = np.clip(v[..., LineTable.LN_SIGMA], -30, 30)
-    ln_g = np.clip(v[..., LineTable.LN_GAMMA], -30, 30)
-    f = np.asarray(pseudo_voigt_fwhm(np.exp(ln_s), np.exp(ln_g)))
-    peak = np.asarray(pseudo_voigt(0.0, np.exp(ln_s), np.exp(ln_g)))  # V(0), 1/Å
-    depth = np.minimum(np.exp(np.clip(v[..., LineTable.LN_AMPLITUDE], -700, 50)) * peak, 1.0)
+    f, depth = fwhm_and_depth(v)
     wl = np.asarray(wavelength, dtype=np.float64)
     n_pix = wl.size
     step = float(np.median(np.diff(wl))) if n_pix > 1 else 1.0
