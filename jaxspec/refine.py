@@ -349,12 +349,16 @@ def refine(
     flat = table0.reshape(n_nodes, n_lines, LineTable.N_COLUMNS)
     present_flat = np.moveaxis(present, 0, -1).reshape(n_nodes, n_lines)
     mask = jnp.asarray(present_flat[..., None], dtype=table0.dtype)
-    penalty = None
-    if np.any(lam > 0):  # the weights folded into the penalty: λ P enters as P
-        penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
-                                    emulator.wavelength)
-        penalty = eqx.tree_at(lambda p: p.weight, penalty, penalty.weight * jnp.asarray(
-            np.broadcast_to(lam, (LineTable.N_COLUMNS,)), penalty.weight.dtype))
+    base_penalty = None  # from the starting values, for the epochs and the smoothing solve
+    if np.any(lam > 0) or np.any(pre > 0):
+        base_penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
+                                         emulator.wavelength)
+
+    def weighted(w):  # the weights folded into the penalty: λ P enters as P
+        return eqx.tree_at(lambda p: p.weight, base_penalty, base_penalty.weight * jnp.asarray(
+            np.broadcast_to(w, (LineTable.N_COLUMNS,)), base_penalty.weight.dtype))
+
+    penalty = weighted(lam) if np.any(lam > 0) else None
     smoothness = float(lam) if lam.ndim == 0 else [float(x) for x in lam]
     presmooth = float(pre) if pre.ndim == 0 else [float(x) for x in pre]
     scale = LineTable(shift=center_scale, ln_amplitude=1.0, ln_sigma=1.0,
@@ -414,13 +418,8 @@ def refine(
         flat, state, done, losses = _read_refine_checkpoint(checkpoint, settings, flat, state)
         history.loss = losses
     elif np.any(pre > 0):  # the smoothing solve (a resumed fit has it in its values)
-        solve_penalty = curvature_penalty(np.asarray(flat), present_flat, axes, train_mask,
-                                          emulator.wavelength)
-        solve_penalty = eqx.tree_at(lambda p: p.weight, solve_penalty, solve_penalty.weight
-                                    * jnp.asarray(np.broadcast_to(pre, (LineTable.N_COLUMNS,)),
-                                                  solve_penalty.weight.dtype))
         values, history.presmooth = smooth_tracks(np.asarray(flat), present_flat, center,
-                                                  emulator.wavelength, solve_penalty)
+                                                  emulator.wavelength, weighted(pre))
         flat = jnp.asarray(values, dtype=flat.dtype)
     bar = tqdm(range(done, epochs), desc="refine", unit="epoch", disable=not progress,
                initial=done, total=epochs)
