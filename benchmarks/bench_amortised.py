@@ -79,6 +79,7 @@ from bench_emulator import default_grid
 
 from jaxspec.amortised import coverage_curve, coverage_deviation, gaussian_ranks
 from jaxspec.amortised.calibration import LEVELS
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 SNR_LEVELS = (10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
 
@@ -369,6 +370,7 @@ def main(argv=None):
     if "coverage" in parts:
         results["coverage"] = coverage(trained, sim, args)
     results["seconds"] = time.perf_counter() - t_all
+    results["environment"] = environment()
     path = out / "amortised_results.json"
     path.write_text(json.dumps(results, indent=1, default=float))
     log(f"\nwrote {path} ({results['seconds']:.0f} s in all)")

@@ -64,6 +64,7 @@ from jaxspec.identify import identify_lines, identify_store
 from jaxspec.line_emulator import LineEmulator, write_emulator_file
 from jaxspec.lines import LineList, LineTable
 from jaxspec.manifold import LineManifold
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HELD_TEFF = (5, 15, 25, 35, 45, 55)
@@ -769,6 +770,7 @@ def main():
             report["storage_blase3d"]["load_s"] = time.perf_counter() - t0
             log(f"  loaded back in {report['storage_blase3d']['load_s']:.0f} s "
                 f"({emu.n_lines:,} lines)")
+    report.setdefault("runs", []).append({"parts": sorted(parts), **environment()})
     (out / "report.json").write_text(json.dumps(report, indent=1))
     log(f"report: {out / 'report.json'}")
 

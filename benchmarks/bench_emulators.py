@@ -54,6 +54,7 @@ from jaxspec.emulator import load_emulator
 from jaxspec.infer import fit_map
 from jaxspec.peers import train_autoencoder, train_cannon, train_payne
 from jaxspec.pixel_emulator import PixelEmulator
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 KINDS = ("line", "pixel", "cannon", "payne", "autoencoder")
 LABELS = {
@@ -243,6 +244,7 @@ def main():
         rows["cannon_4000_7000"] = {"mae": float(np.mean(np.abs(d))),
                                     "max": float(np.max(np.abs(d))), "n_test": int(sh.sum())}
 
+    rows["environment"] = environment()
     (out / "bench_emulators.json").write_text(json.dumps(rows, indent=1))
     print()
     print(table(rows))

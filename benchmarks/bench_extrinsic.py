@@ -47,6 +47,7 @@ from jaxspec.infer import Spectrum, fit_map, initial_guess
 from jaxspec.observed_emulator import ObservedEmulator
 from jaxspec.pixel_emulator import PixelEmulator
 from jaxspec.template import Template
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RANGES = {"rv_range": (-100.0, 100.0), "vsini_range": (0.0, 50.0),
@@ -368,6 +369,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     result = run_wasp69(args) if args.wasp69 else run_injection(args)
     if args.json:
+        result["environment"] = environment()
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxspec  # noqa: F401  (float64)
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 CNN_SPECTRA_PER_GPU_HOUR = 1.5e6
 FAST_MAP = {"steps": 0, "n_starts": 2, "n_search": 64}
@@ -129,6 +130,7 @@ def main(argv=None):
             f"1.5 million per GPU-hour); median |error| "
             + ", ".join(f"{e:.3g}" for e in err)
             + f"; converged {np.mean(np.asarray(res.converged)):.0%}; first batch {first:.1f} s")
+    report["environment"] = environment()
     out = args.json or args.out / "bench_gpu.json"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=float))

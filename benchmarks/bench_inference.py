@@ -63,6 +63,7 @@ from jaxspec.infer import (
     systematic_floor,
 )
 from jaxspec.pixel_emulator import PixelEmulator
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 TEFF = np.arange(3000.0, 11001.0, 400.0)
 LOGG = np.arange(2.0, 6.01, 1.0)
@@ -271,6 +272,7 @@ def main(argv=None):
     if args.calibration_stars > 0 and ("map" in methods or "nuts" in methods):
         calibration(args, grid, emulator, names, methods, key, summary)
     if out:
+        summary["environment"] = environment()
         (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
         print(f"\nwrote {out}/")
 

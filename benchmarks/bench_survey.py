@@ -64,6 +64,7 @@ from jaxspec.pixel_emulator import PixelEmulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_emulator import default_grid, log  # the cached default grid
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 #: Spectra per GPU-hour of the fastest survey pipelines (a CNN regressor): the mark the
 #: issue asks GPU MAP throughput to be reported against.
@@ -308,6 +309,7 @@ def main(argv=None):
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
+    report["environment"] = environment()
     path = Path(args.json) if args.json else out / "bench_survey.json"
     path.write_text(json.dumps(report, indent=1, default=float))
     log(f"wrote {path}")

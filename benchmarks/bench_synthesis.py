@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec import LineList
+from _environment import environment  # benchmarks/_environment.py, beside this script
 
 # fit_map settings of the MAP benchmark: Gauss–Newton steps straight from the two best of
 # 64 search points (no Adam phase), which land where the defaults do (--map-reference).
@@ -256,6 +257,7 @@ def main():
     if "map" in parts:
         map_part(args, report, cache)
     if args.json:
+        report["environment"] = environment()
         args.json.write_text(json.dumps(report, indent=2))
         log(f"wrote {args.json}")
 
