@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxspec  # noqa: F401  (float64)
-from jaxspec.cli.build import DEFAULT_EPOCHS, DEFAULT_PRESMOOTH, DEFAULT_SMOOTHNESS
+from jaxspec.cli.build import (DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_PRESMOOTH,
+                               DEFAULT_SMOOTHNESS)
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_lines, identify_store
 from jaxspec.line_emulator import LineEmulator, write_emulator_file
@@ -441,7 +442,8 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
             t0 = time.perf_counter()
             refined, history = refine(built[matcher], grid, epochs=refine_epochs,
                                       batch_size=8, smoothness=SMOOTHNESS, progress=False,
-                                      presmooth=DEFAULT_PRESMOOTH)
+                                      presmooth=DEFAULT_PRESMOOTH,
+                                      learning_rate=DEFAULT_LEARNING_RATE)
             stages["joint fit"] = time.perf_counter() - t0
             log(f"refine ({matcher}): {history.summary()}")
             report[f"refine_{matcher}"] = {
@@ -453,6 +455,7 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
             }
             report[f"refine_{matcher}"]["smoothness"] = SMOOTHNESS
             report[f"refine_{matcher}"]["presmooth"] = DEFAULT_PRESMOOTH
+            report[f"refine_{matcher}"]["learning_rate"] = DEFAULT_LEARNING_RATE
             rough = roughness(emulator_lines(refined))
             truth = roughness(oracle)
             report[f"refine_{matcher}"]["roughness_over_truth"] = [
@@ -684,8 +687,9 @@ def main():
     parser.add_argument("--refine-epochs", type=int, default=10)
     parser.add_argument("--clone-refine-epochs", type=int, default=DEFAULT_EPOCHS,
                         help="epochs of the joint smooth fit of the clone-built emulator "
-                        f"(jaxspec build --grid's default: {DEFAULT_EPOCHS}; ~40 s each on "
-                        "2 cores)")
+                        f"(jaxspec build --grid's default: {DEFAULT_EPOCHS} at step "
+                        f"{DEFAULT_LEARNING_RATE:g}, after the smoothing solve; ~40 s each "
+                        "on 2 cores)")
     parser.add_argument("--smoothness", type=float, nargs="+",
                         default=list(np.atleast_1d(SMOOTHNESS)),
                         help="curvature weight(s) of that joint fit (one, or one per column "

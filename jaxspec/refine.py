@@ -84,11 +84,14 @@ class RefineHistory:
     presmooth: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (
-            f"refined on {self.n_train} nodes in {self.seconds:.0f} s: RMS at training nodes "
-            f"{self.rms_train_before:.2e} -> {self.rms_train_after:.2e}; at {self.n_holdout} "
-            f"held-out nodes {self.rms_holdout_before:.2e} -> {self.rms_holdout_after:.2e}"
-        )
+        """One line: nodes, time, and the RMS before -> after at the training and (when
+        the grid has any) the held-out nodes."""
+        text = (f"refined on {self.n_train} nodes in {self.seconds:.0f} s: RMS at training "
+                f"nodes {self.rms_train_before:.2e} -> {self.rms_train_after:.2e}")
+        if self.n_holdout == 0:  # e.g. a grid whose unobserved nodes have no spectra
+            return text + "; no held-out node to measure generalisation (refine(holdout=))"
+        return (text + f"; at {self.n_holdout} held-out nodes {self.rms_holdout_before:.2e}"
+                f" -> {self.rms_holdout_after:.2e}")
 
 
 def _grid_pixels(emulator: LineEmulator, grid: SpectralGrid) -> np.ndarray:

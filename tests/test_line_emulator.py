@@ -188,7 +188,7 @@ def test_wing_cut_limits_each_line_to_its_window(built):
 
 
 def test_refine_lowers_the_loss(built):
-    from jaxspec.refine import refine
+    from jaxspec.refine import RefineHistory, refine
 
     _, grid, emulator = built
     rng = np.random.default_rng(0)
@@ -204,6 +204,9 @@ def test_refine_lowers_the_loss(built):
     assert history.rms_train_after < 0.6 * history.rms_train_before
     assert history.loss[-1] < history.loss[0]
     assert np.isfinite(history.rms_holdout_after)
+    assert "at 1 held-out nodes" in history.summary()
+    none = RefineHistory(n_train=3, rms_train_before=1e-3, rms_train_after=5e-4)
+    assert "nan" not in none.summary() and "no held-out node" in none.summary()
     assert not bool(refined.observed[1, 0, 1])
     assert refined.info["refine"]["epochs"] == 4
     # Absent entries stay absent.
