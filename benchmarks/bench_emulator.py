@@ -451,11 +451,9 @@ def clones_part(grid, held, out, assess, refine_epochs, report, batch_size, asse
                 "rms_train_before": history.rms_train_before,
                 "rms_train_after": history.rms_train_after,
                 "rms_heldout_before": history.rms_holdout_before,
-                "rms_heldout_after": history.rms_holdout_after,
+                "rms_heldout_after": history.rms_holdout_after, "smoothness": SMOOTHNESS,
+                "presmooth": DEFAULT_PRESMOOTH, "learning_rate": DEFAULT_LEARNING_RATE,
             }
-            report[f"refine_{matcher}"]["smoothness"] = SMOOTHNESS
-            report[f"refine_{matcher}"]["presmooth"] = DEFAULT_PRESMOOTH
-            report[f"refine_{matcher}"]["learning_rate"] = DEFAULT_LEARNING_RATE
             rough = roughness(emulator_lines(refined))
             truth = roughness(oracle)
             report[f"refine_{matcher}"]["roughness_over_truth"] = [

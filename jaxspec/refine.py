@@ -305,11 +305,10 @@ def refine(
             raise ValueError(
                 f"{name}={value!r}: pass one weight >= 0 or {LineTable.N_COLUMNS}, one per "
                 "column (μ' − μ, ln a, ln σ, ln γ)")
-    if epochs < 0 or batch_size < 1 or not learning_rate > 0 or not np.all(lam >= 0):
+    if epochs < 0 or batch_size < 1 or not learning_rate > 0:
         raise ValueError(
-            f"epochs={epochs}, batch_size={batch_size}, learning_rate={learning_rate}, "
-            f"smoothness={smoothness}: need epochs >= 0, batch_size >= 1, learning_rate > 0 "
-            "and smoothness >= 0"
+            f"epochs={epochs}, batch_size={batch_size}, learning_rate={learning_rate}: need "
+            "epochs >= 0, batch_size >= 1 and learning_rate > 0"
         )
     rng = np.random.default_rng(seed)
     shape = emulator.manifold.grid_shape

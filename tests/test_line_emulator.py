@@ -255,8 +255,10 @@ def test_smooth_refine_lowers_curvature_and_resumes_from_its_checkpoint(built, t
     kwargs = dict(batch_size=4, learning_rate=0.02, progress=False)
     plain, _ = refine(noisy, grid, epochs=4, **kwargs)
     ck = tmp_path / "refine.h5"
-    with pytest.raises(ValueError, match="smoothness"):
+    with pytest.raises(ValueError, match="smoothness=-1.0: pass one weight >= 0"):
         refine(noisy, grid, epochs=4, smoothness=-1.0, **kwargs)
+    with pytest.raises(ValueError, match="batch_size=0.*need epochs >= 0, batch_size >= 1"):
+        refine(noisy, grid, epochs=4, batch_size=0, progress=False)
     refine(noisy, grid, epochs=2, smoothness=30.0, checkpoint=ck, **kwargs)
     smooth, history = refine(noisy, grid, epochs=4, smoothness=30.0, checkpoint=ck, **kwargs)
     straight, h2 = refine(noisy, grid, epochs=4, smoothness=30.0, **kwargs)
