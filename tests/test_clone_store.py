@@ -22,7 +22,7 @@ SETTINGS = {"prominence": 0.005, "wing_cut": 6000, "epochs": 100, "learning_rate
             "warm_epochs": 40, "warm_learning_rate": 0.05, "floor_depth": 1e-4,
             "warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0,
             "prime_broad": 0.0, "relax_passes": 0, "relax_epochs": 0, "birth_epochs": 0,
-            "parallel_batches": 1, "warm_merge": 0.0}
+            "parallel_batches": 1, "warm_merge": 0.0, "top_root": 0}
 
 
 def node(index, n=5, seed=0):

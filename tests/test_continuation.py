@@ -11,7 +11,7 @@ import pytest
 from jaxspec import LineList
 from jaxspec.clone import clone_grid
 from jaxspec.clone.detection import _fwhm_eta, _peak_value
-from jaxspec.clone.sweep import _lines, _profile_products, sweep_parents
+from jaxspec.clone.sweep import _lines, _profile_products, sweep_parents, top_root_node
 from jaxspec.grid import SpectralGrid
 from jaxspec.identify import identify_store
 from jaxspec.io.clone_store import CloneStore
@@ -81,6 +81,48 @@ def test_sweep_tree_makes_every_row_along_the_chain_axis_a_parent_chain():
     assert old == sweep_parents(exists.shape, exists, (2, 1, 0))
     with pytest.raises(ValueError, match="chain_axis=3 is not an axis"):
         sweep_parents(exists.shape, exists, (2, 1, 0), chain_axis=3)
+
+
+def test_top_root_sweeps_the_nodes_above_the_start_from_the_top():
+    exists = np.ones((5, 3, 2), dtype=bool)
+    one = sweep_parents(exists.shape, exists, (2, 1, 0))
+    two = sweep_parents(exists.shape, exists, (2, 1, 0), top_root=True)
+    assert top_root_node(exists, (2, 1, 0)) == (4, 1, 0)
+    assert two[(4, 1, 0)] is None and two[(2, 1, 0)] is None  # two roots
+    assert two[(3, 1, 0)] == (4, 1, 0)  # the start's row: downwards from the top
+    assert two[(3, 0, 1)] == (3, 0, 0) and two[(3, 0, 0)] == (3, 1, 0)  # same rule
+    assert two[(4, 2, 0)] == (4, 1, 0)
+    # at and below the start the tree is the one-root tree
+    assert all(two[n] == one[n] for n in one if n[0] <= 2)
+    exists[4, 1, 0] = False  # a missing top: the last existing node of the row
+    assert top_root_node(exists, (2, 1, 0)) == (3, 1, 0)
+    two = sweep_parents(exists.shape, exists, (2, 1, 0), top_root=True)
+    assert two[(3, 1, 0)] is None and two[(4, 0, 0)] == (3, 1, 0)
+    assert top_root_node(exists, (3, 1, 0)) is None  # the start is the top: one tree
+
+
+def test_top_root_stitches_the_two_trees_into_one_identity_per_line(grid, store,
+                                                                    tmp_path):
+    """top_root=1 on the 3 x 2 grid: the start (1, 1) and the top (2, 1) are cloned
+    cold, the nodes at Teff index 2 are swept from the top, and where the trees meet
+    each true line gets one identity: as many identities as the one-tree store, every
+    true line one identity across the grid."""
+    two = clone_grid(grid, tmp_path / "two.h5", **KW, top_root=1)
+    assert two.settings["top_root"] == 1 and store.settings["top_root"] == 0
+    assert two.mask.all() and two.start == (1, 1)
+    assert np.median(two.residual_rms) < 3e-3
+    ident_of = {}
+    for node in two.iter_nodes():
+        assert np.unique(node.identity).size == node.n_lines
+        depth = np.exp(node.ln_amplitude) * _peak_value(node.ln_sigma, node.ln_gamma)
+        for c in np.asarray(node_lines(*node.index).center):
+            k = np.argmin(np.abs(node.center - c) + 10.0 * (depth < 0.01))
+            assert abs(node.center[k] - c) < 0.03
+            ident_of.setdefault(round(float(c), 2), set()).add(int(node.identity[k]))
+    assert all(len(ids) == 1 for ids in ident_of.values()), ident_of
+    assert identify_store(two).n_lines <= identify_store(store).n_lines + 2
+    with pytest.raises(ValueError, match="top_root=2 is invalid"):
+        clone_grid(grid, tmp_path / "x.h5", top_root=2)
 
 
 def test_every_line_keeps_one_identity_across_the_grid(grid, store):
@@ -205,7 +247,8 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
         f.attrs["version"] = 1
         for name in ("method", "warm_epochs", "warm_learning_rate", "floor_depth",
                      "warm_width_anchor", "chain_axis", "warm_track_anchor", "prime_broad",
-                     "relax_passes", "relax_epochs", "birth_epochs", "parallel_batches"):
+                     "relax_passes", "relax_epochs", "birth_epochs", "parallel_batches",
+                     "top_root"):
             del f.attrs[name]
     old = CloneStore(path)
     assert old.version == 1 and old.settings["method"] == "independent"
@@ -214,6 +257,7 @@ def test_version_1_stores_are_still_read(grid, tmp_path):
     assert old.settings["relax_passes"] == 0
     assert old.settings["relax_epochs"] == 0 and old.settings["birth_epochs"] == 0
     assert old.settings["parallel_batches"] == 1  # one batch at a time, as they were
+    assert old.settings["top_root"] == 0  # one tree
     assert old.identities is None and next(old.iter_nodes()).identity is None
     assert identify_store(old).matcher == "id"
 

@@ -105,6 +105,11 @@ def register(sub) -> None:
                    help="continuation: merge families of lines describing one feature "
                    "(FWHMs within this ratio) after a node's births, kept where the "
                    f"refit fits as well (default {CloneSettings.warm_merge:g}; 0: off)")
+    g.add_argument("--top-root", type=int, choices=(0, 1), default=CloneSettings.top_root,
+                   help="continuation: 1 sweeps the nodes above the start on the first axis "
+                   "from a second root, the top of the first axis (the hottest star), "
+                   "and joins the identities where the two trees meet (default "
+                   f"{CloneSettings.top_root}: one tree)")
     g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="continuation: a coordinate of the start node, cloned cold "
                    "(repeatable, e.g. --start teff=5500; the nearest existing node; "
@@ -195,7 +200,7 @@ def _clone(args: argparse.Namespace) -> int:
         chain_axis=args.chain_axis, warm_track_anchor=args.warm_track_anchor,
         prime_broad=args.prime_broad, relax_passes=args.relax_passes,
         relax_epochs=args.relax_epochs, birth_epochs=args.birth_epochs,
-        warm_merge=args.warm_merge,
+        warm_merge=args.warm_merge, top_root=args.top_root,
         parallel_batches=args.parallel_batches, batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite_settings=args.overwrite_settings, progress=not args.quiet,

@@ -35,6 +35,12 @@ Two methods (``CloneSettings.method``):
       kept when it fits nearly as well (``_Sweep._relax``), so that nodes that are
       cousins in the sweep tree converge on one decomposition of a blend.
 
+    * **a second root** (``top_root=1``): the nodes above the start on the first axis
+      are swept downwards from the top of the first axis in the start's row (cloned
+      cold), and where the two trees meet the lines both describe are given one
+      identity (``_Sweep._stitch``, before the back-fill). A hydrogen line is then
+      cloned where it is strongest and only weakens along its chain.
+
     Ready nodes (whose parent is cloned) are fitted ``batch_size`` at a time as one
     problem, ``parallel_batches`` batches a round (side by side in local processes with
     ``workers=N``; :mod:`jaxspec.clone._processes`). The store records every line's
@@ -88,7 +94,7 @@ from jaxspec.lines import LineList
 from jaxspec.profiles import FWHM_PER_SIGMA
 from jaxspec.synthesis import ABSENT_LN_AMPLITUDE, plan_synthesis
 
-__all__ = ["clone_grid", "sweep_parents"]
+__all__ = ["clone_grid", "sweep_parents", "top_root_node"]
 
 _WARM_WIDTH_MARGIN = 0.5  # ln room of a warm-started line's FWHM above its parent's
 _WARM_AMPLITUDE_MARGIN = 2.5  # ln room of a warm-started line's amplitude above its parent's
@@ -99,6 +105,7 @@ _TRACK_MAX_STEP = 1.0  # largest ln change a track anchor's secant predicts
 _WARM_MAX_FWHM_BAND = 1.0
 _MATCH_PIXELS = 2.0  # a birth within this many pixels (or 0.2 FWHM) of a line is that line
 _MATCH_FWHM = 0.2
+_STITCH_FWHM = 2.0  # top_root: lines matched across the trees' seam differ < 2x in FWHM
 _BACKFILL_REACH = 4.0  # back-fill least squares over the centre ± this many FWHM
 # A family is merged in the sweep only where the merged line changes the model by at
 # most this many times the node's residual RMS (RMS over the line's reach).
@@ -299,7 +306,8 @@ def _resumed_start(writer, seed, start, grid, out) -> tuple[int, ...]:
 
 
 def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
-                  start: tuple[int, ...], chain_axis: int = -1) -> dict[tuple, tuple | None]:
+                  start: tuple[int, ...], chain_axis: int = -1,
+                  top_root: bool = False) -> dict[tuple, tuple | None]:
     """The continuation tree: ``{node: parent}`` over the existing nodes.
 
     A node's path towards ``start`` steps along ``chain_axis`` while the node differs
@@ -313,24 +321,38 @@ def sweep_parents(shape: tuple[int, ...], exists: np.ndarray,
         exists: bool array of that shape, True where a node has a spectrum.
         start: index of the start node (must exist).
         chain_axis: the axis stepped first (``CloneSettings.chain_axis``).
+        top_root: a second tree (``CloneSettings.top_root``): the nodes above ``start``
+            on the first axis walk, by the same rule, to :func:`top_root_node` instead
+            of to ``start``.
 
     Returns:
-        dict from node index to parent index.
+        dict from node index to parent index (None for the root or roots).
     """
     order = _step_order(len(shape), chain_axis)
+    top = top_root_node(exists, start) if top_root else None
     parents = {}
     for idx in map(tuple, np.argwhere(exists)):
         idx = tuple(int(i) for i in idx)
+        root = top if top is not None and idx[0] > start[0] else start
         node, parent = idx, None
-        while node != start:
-            d = next(k for k in order if node[k] != start[k])
-            step = 1 if start[d] > node[d] else -1
+        while node != root:
+            d = next(k for k in order if node[k] != root[k])
+            step = 1 if root[d] > node[d] else -1
             node = tuple(n + step if k == d else n for k, n in enumerate(node))
             if exists[node]:
                 parent = node
                 break
         parents[idx] = parent
     return parents
+
+
+def top_root_node(exists: np.ndarray, start: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The second root of a ``top_root`` sweep: the last existing node along the first
+    axis in the start's row (the hottest star of a Teff-first grid), or None when that is
+    the start itself."""
+    column = np.flatnonzero(exists[(slice(None),) + tuple(start[1:])])
+    top = (int(column[-1]),) + tuple(int(i) for i in start[1:])
+    return None if top == tuple(start) else top
 
 
 def _step_order(n: int, chain_axis: int) -> list[int]:
@@ -405,7 +427,10 @@ class _Sweep:
         self.spacing = np.gradient(self.wl)
         self.seed = seed
         self.pool = FitPool(self.wl, settings)  # clone_grid(workers=N): N processes
-        self.parents = sweep_parents(grid.shape, grid.mask, seed, settings.chain_axis)
+        top_root = bool(settings.top_root)
+        self.parents = sweep_parents(grid.shape, grid.mask, seed, settings.chain_axis,
+                                     top_root=top_root)
+        self.top = top_root_node(grid.mask, seed) if top_root else None
         self.catalogue = list(np.asarray(writer.identities, dtype=np.float64))
         self.state: dict[tuple, _Lines] = {}
         self.rms: dict[tuple, float] = {}
@@ -458,13 +483,14 @@ class _Sweep:
         budget = math.inf if max_nodes is None else max(int(max_nodes), 0)
         n_total = len(self.indices)
         cloned = 0
-        if self.seed in todo and budget > 0:
-            self._cold(self.seed)
-            todo.discard(self.seed)
-            cloned += 1
-            _report(bar, [], 1)
-            if callback is not None:
-                callback(n_total - len(todo), n_total)
+        for root in (self.seed, self.top):
+            if root in todo and cloned < budget:
+                self._cold(root)
+                todo.discard(root)
+                cloned += 1
+                _report(bar, [], 1)
+                if callback is not None:
+                    callback(n_total - len(todo), n_total)
         bs = self.batch_size
         while todo and cloned < budget:
             ready = sorted((idx for idx in todo if self.parents[idx] in self.state),
@@ -482,6 +508,7 @@ class _Sweep:
                 if callback is not None:
                     callback(n_total - len(todo), n_total)
         if not todo and (cloned or not self.writer.backfilled):
+            self._stitch()
             self._backfill()
             self.writer.mark_backfilled()
         if not todo and self.settings.relax_passes > 0 and cloned < budget:
@@ -584,7 +611,8 @@ class _Sweep:
         return n
 
     def _cold(self, idx):
-        """Clone the start node from scratch; its lines found the catalogue."""
+        """Clone a root of the sweep (the start node, or ``top_root``'s second root) from
+        scratch; its lines are new identities of the catalogue."""
         flux, good, n_bad = _batch_spectra(self.grid, [idx])
         extra = None if self.settings.prime_broad <= 0 else [self._primer(idx)]
         batch, _, model = _clone_batch(self.wl, flux, good, self.settings, extra=extra,
@@ -993,6 +1021,84 @@ class _Sweep:
         return (flux, good, batch, {"headroom": 0.1, **kw, "hold": True,
                                     "anchor": anchor if s.warm_width_anchor > 0 else None})
 
+    # ------------------------------------------------------------------ stitching
+
+    def _root_of(self, idx):
+        while self.parents[idx] is not None:
+            idx = self.parents[idx]
+        return idx
+
+    def _stitch(self) -> int:
+        r"""Join the identities of a ``top_root`` sweep's two trees where they meet.
+
+        Seam pairs: every cloned node of the start's tree and its nearest cloned node
+        above it on the first axis, where that one is of the top's tree. In each pair the
+        live lines (peak depth at least ``prominence``) are matched as a birth is matched
+        to a line: centres within ``_MATCH_PIXELS`` pixels or ``_MATCH_FWHM`` of the
+        FWHM, here also FWHMs within a factor ``_STITCH_FWHM``, each the other's nearest.
+        A matched pair of different identities (b above, a below) is a vote, weighted by
+        the smaller peak depth, for renaming b to a. Each b takes its best-voted a, each
+        a at most one b (the best-voted), and a rename is made where no node carries
+        both identities and every centre of b lies within ``max_shift`` of a's
+        reference centre (so no line moves). Changed nodes are rewritten. Idempotent (a
+        second call finds the renamed lines already shared), so a sweep killed between
+        this and the back-fill resumes safely. Returns the number of identities
+        renamed (0 without ``top_root``)."""
+        if self.top is None:
+            return 0
+        s = self.settings
+        catalogue = np.asarray(self.catalogue, dtype=np.float64)
+        votes: dict[tuple[int, int], float] = {}
+        for idx in sorted(self.state):
+            if self._root_of(idx) != self.seed:
+                continue
+            q = self._nearest(idx, 0, 1)
+            if q is None or self._root_of(q) != self.top:
+                continue
+            for b, a, w in _seam_matches(self.state[q], self.state[idx], self.wl,
+                                         self.spacing, s):
+                votes[(b, a)] = votes.get((b, a), 0.0) + w
+        best_a: dict[int, tuple[float, int]] = {}
+        for (b, a), w in votes.items():
+            if b not in best_a or w > best_a[b][0]:
+                best_a[b] = (w, a)
+        best_b: dict[int, tuple[float, int]] = {}
+        for b, (w, a) in best_a.items():
+            if a not in best_b or w > best_b[a][0]:
+                best_b[a] = (w, b)
+        rename = {b: a for a, (_, b) in best_b.items()}
+        if not rename:
+            return 0
+        carriers: dict[int, list] = {}
+        wanted = set(rename) | set(rename.values())
+        for idx, x in self.state.items():
+            for j in set(x.ident.tolist()) & wanted:
+                carriers.setdefault(j, []).append(idx)
+        for b, a in list(rename.items()):
+            both = set(carriers.get(b, [])) & set(carriers.get(a, []))
+            far = any(np.any(np.abs(_centers(x.select(x.ident == b), s.max_shift)
+                                    - catalogue[a]) >= 0.99 * s.max_shift)
+                      for x in (self.state[n] for n in carriers.get(b, [])))
+            if both or far:
+                del rename[b]
+        changed = []
+        for idx in sorted({n for b in rename for n in carriers.get(b, [])}):
+            x = self.state[idx].copy()
+            moved = np.isin(x.ident, list(rename))
+            center = _centers(x, s.max_shift)
+            x.ident[moved] = [rename[int(j)] for j in x.ident[moved]]
+            x.mu0[moved] = catalogue[x.ident[moved]]
+            x.u[moved] = np.arctanh((center[moved] - x.mu0[moved]) / s.max_shift)
+            x = x.select(np.argsort(x.ident, kind="stable"))
+            self.state[idx] = x
+            changed.append(self._node_clone(idx, x, self.rms[idx]))
+            if len(changed) >= 64:
+                self.writer.write(changed, identities=catalogue)
+                changed = []
+        if changed:
+            self.writer.write(changed, identities=catalogue)
+        return len(rename)
+
     # ------------------------------------------------------------------ back-fill
 
     def _model(self, idx) -> np.ndarray:
@@ -1060,6 +1166,45 @@ class _Sweep:
                 changed = []
         if changed:
             self.writer.write(changed, identities=np.asarray(self.catalogue))
+
+
+def _seam_matches(upper: _Lines, lower: _Lines, wl, spacing, settings):
+    """Pairs of live lines (peak depth >= prominence) of two neighbouring nodes that
+    describe one line (:meth:`_Sweep._stitch`): yields (identity above, identity below,
+    the smaller peak depth) for each mutual-nearest pair of different identities whose
+    centres lie within the birth match tolerance and whose FWHMs within a factor
+    ``_STITCH_FWHM``."""
+    s = settings
+
+    def live(x):
+        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        keep = depth >= s.prominence
+        return (_centers(x, s.max_shift)[keep], np.log(_fwhm(x.ln_s, x.ln_g))[keep],
+                depth[keep], x.ident[keep])
+
+    cu, fu, du, iu = live(upper)
+    cl, fl, dl, il = live(lower)
+    if cu.size == 0 or cl.size == 0:
+        return
+    order = np.argsort(cl)
+    cl, fl, dl, il = cl[order], fl[order], dl[order], il[order]
+
+    def nearest(c, ref):  # index of the nearest of the sorted ``ref`` to each of ``c``
+        if ref.size == 1:
+            return np.zeros(c.size, dtype=np.int64)
+        k = np.clip(np.searchsorted(ref, c), 1, ref.size - 1)
+        return np.where(np.abs(ref[k - 1] - c) <= np.abs(ref[k] - c), k - 1, k)
+
+    down = nearest(cu, cl)  # each upper line's nearest lower line
+    order_u = np.argsort(cu)
+    up = order_u[nearest(cl, cu[order_u])]  # each lower line's nearest upper line
+    for i, k in enumerate(down):
+        if up[k] != i or iu[i] == il[k]:
+            continue
+        tol = max(_MATCH_PIXELS * float(np.interp(cu[i], wl, spacing)),
+                  _MATCH_FWHM * math.exp(max(fu[i], fl[k])))
+        if abs(cu[i] - cl[k]) < tol and abs(fu[i] - fl[k]) <= math.log(_STITCH_FWHM):
+            yield int(iu[i]), int(il[k]), float(min(du[i], dl[k]))
 
 
 def _lines(mu0, u, ln_a, ln_s, ln_g, ident) -> _Lines:

@@ -15,8 +15,8 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                 prime_broad, relax_passes, relax_epochs,
                                 birth_epochs,
                                 parallel_batches,
-                                warm_merge                  (clone settings; version 1
-                                                            stores lack the last thirteen
+                                warm_merge, top_root        (clone settings; version 1
+                                                            stores lack the last fourteen
                                                             and read as
                                                             method="independent"; a
                                                             missing warm_width_anchor,
@@ -26,7 +26,8 @@ Written incrementally by :func:`jaxspec.clone.clone_grid`, read by :class:`Clone
                                                             reads as 0, a missing
                                                             chain_axis as -1, a missing
                                                             parallel_batches as 1, a
-                                                            missing warm_merge as 0)
+                                                            missing warm_merge or
+                                                            top_root as 0)
                                 start (int array, optional: the continuation sweep's
                                     start node)
                                 backfilled (bool, optional: the continuation sweep's
@@ -104,21 +105,23 @@ SETTING_NAMES = (
     "amplitude_margin", "width_margin", "tolerance", "method", "warm_epochs",
     "warm_learning_rate", "floor_depth", "warm_width_anchor", "chain_axis",
     "warm_track_anchor", "prime_broad", "relax_passes", "relax_epochs", "birth_epochs",
-    "parallel_batches", "warm_merge",
+    "parallel_batches", "warm_merge", "top_root",
 )
 #: Settings that version-1 stores lack, and the values they mean there.
 _V1_SETTINGS = {"method": "independent", "warm_epochs": 40, "warm_learning_rate": 0.05,
                 "floor_depth": 1e-4, "warm_width_anchor": 0.0, "chain_axis": -1,
                 "warm_track_anchor": 0.0, "prime_broad": 0.0, "relax_passes": 0,
                 "relax_epochs": 0, "birth_epochs": 0, "parallel_batches": 1,
-                "warm_merge": 0.0}
+                "warm_merge": 0.0, "top_root": 0}
 #: Settings added after version 2 was written, and the values that stores without them
 #: were cloned with.
 _LATER_SETTINGS = {"warm_width_anchor": 0.0, "chain_axis": -1, "warm_track_anchor": 0.0,
                    "prime_broad": 0.0, "relax_passes": 0, "relax_epochs": 0,
-                   "birth_epochs": 0, "parallel_batches": 1, "warm_merge": 0.0}
+                   "birth_epochs": 0, "parallel_batches": 1, "warm_merge": 0.0,
+                   "top_root": 0}
 _INT_SETTINGS = ("wing_cut", "epochs", "passes", "deblend", "warm_epochs", "chain_axis",
-                 "relax_passes", "relax_epochs", "birth_epochs", "parallel_batches")
+                 "relax_passes", "relax_epochs", "birth_epochs", "parallel_batches",
+                 "top_root")
 _LINE_FIELDS = ("line_id", "center", "ln_amplitude", "ln_sigma", "ln_gamma")
 _FIX = "; re-run jaxspec.clone.clone_grid (or `jaxspec clone`) to rebuild the store"
 #: Seconds a reader keeps retrying a store that fails to read (a batch being written).
