@@ -107,7 +107,8 @@ def test_top_root_stitches_the_two_trees_into_one_identity_per_line(grid, store,
     cold, the nodes at Teff index 2 are swept from the top, and where the trees meet
     each true line gets one identity: as many identities as the one-tree store, every
     true line one identity across the grid."""
-    two = clone_grid(grid, tmp_path / "two.h5", **KW, top_root=1)
+    with pytest.warns(UserWarning, match="top_root=1 is experimental"):
+        two = clone_grid(grid, tmp_path / "two.h5", **KW, top_root=1)
     assert two.settings["top_root"] == 1 and store.settings["top_root"] == 0
     assert two.mask.all() and two.start == (1, 1)
     assert np.median(two.residual_rms) < 3e-3
@@ -123,6 +124,24 @@ def test_top_root_stitches_the_two_trees_into_one_identity_per_line(grid, store,
     assert identify_store(two).n_lines <= identify_store(store).n_lines + 2
     with pytest.raises(ValueError, match="top_root=2 is invalid"):
         clone_grid(grid, tmp_path / "x.h5", top_root=2)
+
+
+def test_seam_pairs_lines_by_centre_width_and_depth():
+    """The stitch pairs each line with its twin across the seam, and a narrow line on a
+    broad line's core (one centre) does not take the broad line's identity."""
+    from jaxspec.clone import CloneSettings
+    from jaxspec.clone.sweep import _seam_matches
+
+    node = node_lines(1, 1)
+    center = np.r_[node.center, node.center[0]]  # + a broad line on line 0's core
+    values = (np.r_[node.ln_amplitude, 0.0], np.r_[node.ln_sigma, np.log(0.3)],
+              np.r_[node.ln_gamma, np.log(0.3)])
+    n = center.size
+    lower = _lines(center, np.zeros(n), *values, np.arange(n))
+    upper = _lines(center, np.zeros(n), *values, 100 + np.arange(n)[::-1])
+    pairs = {(b, a) for b, a, _ in _seam_matches(upper, lower, WL, np.gradient(WL),
+                                                  CloneSettings())}
+    assert pairs == {(int(upper.ident[k]), k) for k in range(n)}
 
 
 def test_every_line_keeps_one_identity_across_the_grid(grid, store):

@@ -108,8 +108,9 @@ def register(sub) -> None:
     g.add_argument("--top-root", type=int, choices=(0, 1), default=CloneSettings.top_root,
                    help="continuation: 1 sweeps the nodes above the start on the first axis "
                    "from a second root, the top of the first axis (the hottest star), "
-                   "and joins the identities where the two trees meet (default "
-                   f"{CloneSettings.top_root}: one tree)")
+                   "and joins the identities where the two trees meet; experimental, "
+                   "not working yet: the emulator is wrong between the meeting columns "
+                   f"(default {CloneSettings.top_root}: one tree)")
     g.add_argument("--start", action="append", default=[], metavar="NAME=VALUE",
                    help="continuation: a coordinate of the start node, cloned cold "
                    "(repeatable, e.g. --start teff=5500; the nearest existing node; "
