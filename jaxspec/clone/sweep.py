@@ -39,7 +39,10 @@ Two methods (``CloneSettings.method``):
       are swept downwards from the top of the first axis in the start's row (cloned
       cold), and where the two trees meet the lines both describe are given one
       identity (``_Sweep._stitch``, before the back-fill). A hydrogen line is then
-      cloned where it is strongest and only weakens along its chain.
+      cloned where it is strongest and only weakens along its chain. Experimental,
+      not working yet (``clone_grid`` warns): the trees describe 10–20 % of the live
+      lines at the seam differently, and an emulator built from such a store is wrong
+      between the seam's columns (README, *Two roots, tried*).
 
     Ready nodes (whose parent is cloned) are fitted ``batch_size`` at a time as one
     problem, ``parallel_batches`` batches a round (side by side in local processes with
