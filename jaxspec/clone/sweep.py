@@ -582,7 +582,7 @@ class _Sweep:
             options = dict(options)
             live = None
             if options.pop("hold", False):
-                live = [(np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g) > floor)
+                live = [(_peak_depth(x) > floor)
                         | (_fwhm(x.ln_s, x.ln_g) < broad) for x in batch]
                 if all(m.all() for m in live):
                     live = None
@@ -715,7 +715,7 @@ class _Sweep:
         nodes = []
         for b, idx in enumerate(chunk):
             x = batch[b]
-            depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+            depth = _peak_depth(x)
             weak = born[b] & (depth < 10.0 * s.floor_depth)
             if weak.any():  # births that did not lower the loss enough
                 gone = x.select(weak)
@@ -785,7 +785,7 @@ class _Sweep:
         constrain the mix (on two Teff rows of the default grid: median residual RMS
         3.62e-4 against 3.63e-4) and nearly halves the roughness of ln γ along Teff; λ ≥ 1e-3
         starts to hold the mix against the data (RMS 5.3e-4)."""
-        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        depth = _peak_depth(x)
         pixels = _fwhm(x.ln_s, x.ln_g) / np.interp(x.mu0, self.wl, self.spacing)
         return depth ** 2 * pixels
 
@@ -798,7 +798,7 @@ class _Sweep:
         if cand.n == 0:
             return x, new
         center = _centers(x, s.max_shift)
-        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        depth = _peak_depth(x)
         catalogue = np.asarray(self.catalogue)
         have = np.zeros(catalogue.size, dtype=bool)
         have[x.ident] = True
@@ -849,7 +849,7 @@ class _Sweep:
         absorbed birth is dropped. Lines at the floor take no part. Returns (lines,
         births mask, anchor, number of families)."""
         s = self.settings
-        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        depth = _peak_depth(x)
         groups, _ = _families(x, s.max_shift, s.warm_merge,
                               members=depth >= 10.0 * s.floor_depth)
         if not groups:
@@ -1092,7 +1092,7 @@ class _Sweep:
             far = False
             for x in (self.state[n] for n in carriers.get(b, [])):
                 y = x.select(x.ident == b)
-                live = np.exp(y.ln_a) * _peak_value(y.ln_s, y.ln_g) >= s.prominence
+                live = _peak_depth(y) >= s.prominence
                 far |= bool(np.any(live & (np.abs(_centers(y, s.max_shift) - catalogue[a])
                                            >= 0.99 * s.max_shift)))
             if both or far:
@@ -1145,7 +1145,7 @@ class _Sweep:
             donors = {}
             for n in self._cloned_neighbours(idx):
                 y = self.state[n]
-                depth = np.exp(y.ln_a) * _peak_value(y.ln_s, y.ln_g)
+                depth = _peak_depth(y)
                 for i in np.flatnonzero(depth >= s.prominence):
                     j = int(y.ident[i])
                     if j not in have and (j not in donors or y.ln_a[i] > donors[j][1].ln_a[0]):
@@ -1198,7 +1198,7 @@ def _seam_matches(upper: _Lines, lower: _Lines, wl, spacing, settings):
     s = settings
 
     def live(x):
-        depth = np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
+        depth = _peak_depth(x)
         keep = depth >= s.prominence
         c = _centers(x, s.max_shift)[keep]
         order = np.argsort(c)
@@ -1233,6 +1233,11 @@ def _seam_matches(upper: _Lines, lower: _Lines, wl, spacing, settings):
     for i, k in enumerate(down):
         if k >= 0 and back[k] == i and up[3][i] != lo[3][k]:
             yield int(up[3][i]), int(lo[3][k]), float(math.exp(min(up[2][i], lo[2][k])))
+
+
+def _peak_depth(x: _Lines) -> np.ndarray:
+    """(n,) peak depth a V(0) of each line of ``x`` (normalised flux)."""
+    return np.exp(x.ln_a) * _peak_value(x.ln_s, x.ln_g)
 
 
 def _lines(mu0, u, ln_a, ln_s, ln_g, ident) -> _Lines:
