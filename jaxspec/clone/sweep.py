@@ -1035,11 +1035,6 @@ class _Sweep:
 
     # ------------------------------------------------------------------ stitching
 
-    def _root_of(self, idx):
-        while self.parents[idx] is not None:
-            idx = self.parents[idx]
-        return idx
-
     def _stitch(self) -> int:
         r"""Join the identities of a ``top_root`` sweep's two trees where they meet.
 
@@ -1047,7 +1042,8 @@ class _Sweep:
         above it on the first axis, where that one is of the top's tree. In each pair the
         live lines (peak depth at least ``prominence``) are matched as a birth is matched
         to a line: centres within ``_MATCH_PIXELS`` pixels or ``_MATCH_FWHM`` of the
-        FWHM, here also FWHMs within a factor ``_STITCH_FWHM``, each the other's nearest.
+        FWHM, here also FWHMs within a factor ``_STITCH_FWHM``, each the other's best
+        partner by centre, width and depth (:func:`_seam_matches`).
         A matched pair of different identities (b above, a below) is a vote, weighted by
         the smaller peak depth, for renaming b to a. Each b takes its best-voted a, each
         a at most one b (the best-voted), and a rename is made where no node carries
@@ -1062,11 +1058,13 @@ class _Sweep:
         s = self.settings
         catalogue = np.asarray(self.catalogue, dtype=np.float64)
         votes: dict[tuple[int, int], float] = {}
+        # (sweep_parents: a node is of the top's tree iff it lies above the start on
+        # the first axis)
         for idx in sorted(self.state):
-            if self._root_of(idx) != self.seed:
+            if idx[0] > self.seed[0]:
                 continue
             q = self._nearest(idx, 0, 1)
-            if q is None or self._root_of(q) != self.top:
+            if q is None or q[0] <= self.seed[0]:
                 continue
             for b, a, w in _seam_matches(self.state[q], self.state[idx], self.wl,
                                          self.spacing, s):
